@@ -1,0 +1,269 @@
+"""The `deepcourse` command line. Every user error exits 2 with one message; Ctrl-C exits 130 after saving.
+
+Commands import torch and the plugins only when they run, so `deepcourse --help` answers at once.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import UserError
+
+# Keys that may differ between a run and the recipe that resumes it: they change how long or how visibly it
+# runs, not what it computes.
+RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.progress", "train.log_every", "train.checkpoint_every",
+                  "train.keep_checkpoints", "train.threads", "train.trackers", "train.early_stopping")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"deepcourse: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .engine import Interrupted
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            _fail(exc.render(), exc.exit_code)
+        except Interrupted as exc:
+            click.echo(f"deepcourse: {exc}. Continue with: deepcourse run --resume "
+                       f"{exc.checkpoint.parent.parent if exc.checkpoint else '<run dir>'}", err=True)
+            sys.exit(130)
+        except KeyboardInterrupt:
+            click.echo("deepcourse: aborted", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception:  # noqa: BLE001 - a bug in deepcourse or a plugin: show it, exit 1
+            traceback.print_exc()
+            click.echo("deepcourse: internal error (the traceback above is a bug, not a problem with your input;"
+                       " please report it)", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="deepcourse")
+def main() -> None:
+    """Train the networks of a deep-learning course from TOML recipes.
+
+    \b
+    deepcourse run recipes/quickstart.toml
+    deepcourse check recipes/mnist_lenet.toml --set optimizer.lr=0.01
+    deepcourse list models 'res*'
+    """
+
+
+def _override_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override a recipe key; VALUE is a TOML literal (repeatable).")(fn)
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(path_type=Path))
+@_override_option
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this run directory.")
+@click.option("--run-dir", type=click.Path(path_type=Path), help="Write the run here instead of runs/<name>/<time>/.")
+@click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+              help="Parent folder of new run directories.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+@handle_errors
+def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_dir: Path | None,
+        runs_root: Path, as_json: bool) -> None:
+    """Train RECIPE (or continue a run with --resume RUN_DIR)."""
+    from .engine import fit
+    from .recipe import load_recipe
+
+    if recipe is None and resume is None:
+        raise UserError("give a RECIPE to train, or --resume RUN_DIR to continue a run")
+    if resume is not None and run_dir is not None:
+        raise UserError("--run-dir and --resume cannot be combined: a resumed run stays in its own directory")
+    if resume is not None:
+        resolved = _resume_recipe(resume, recipe, overrides)
+    else:
+        resolved = load_recipe(recipe, overrides)
+    summary = fit(resolved, runs_root=runs_root, run_dir=run_dir, resume=resume)
+    from accelerate.state import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+    else:
+        best = {k: v for k, v in summary["best"].items() if isinstance(v, (int, float))}
+        shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in best.items())
+        click.echo(f"done in {summary['wall_time_s']:.1f} s. best: {shown}\nrun directory: {summary['run_dir']}")
+
+
+def _resume_recipe(resume: Path, recipe: Path | None, overrides: Sequence[str]) -> Any:
+    from .recipe import load_recipe, read_toml
+    from .rundir import require_run_dir
+
+    require_run_dir(resume)
+    saved = read_toml(resume / "recipe.toml")
+    if recipe is None:
+        new = load_recipe(resume / "recipe.toml", overrides)
+    else:
+        new = load_recipe(recipe, overrides)
+    old = load_recipe(data=saved).to_dict()
+    changed = [k for k in _diff_keys(old, new.to_dict()) if not k.startswith(RESUMABLE_KEYS)]
+    if changed:
+        raise UserError(f"--resume {resume}: the recipe differs from the one this run was started with, in keys "
+                        f"that change what is computed: " + ", ".join(changed) +
+                        ". Resume with the run's own recipe (omit RECIPE) or start a new run",
+                        [f"{k}: run has {_get(old, k)!r}, recipe has {_get(new.to_dict(), k)!r}" for k in changed])
+    return new
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@_override_option
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved recipe as JSON instead of TOML.")
+@handle_errors
+def check(recipe: Path, overrides: Sequence[str], as_json: bool) -> None:
+    """Validate RECIPE and print it fully resolved (exit 0), or list every problem (exit 2)."""
+    from .recipe import load_recipe
+
+    resolved = load_recipe(recipe, overrides)
+    click.echo(json.dumps(resolved.to_dict(), indent=1) if as_json else resolved.to_toml().rstrip())
+
+
+@main.command(name="list")
+@click.argument("kind", required=False, default="all")
+@click.argument("pattern", required=False, default="*")
+@click.option("-v", "--verbose", is_flag=True, help="Show each builder's parameters.")
+@handle_errors
+def list_(kind: str, pattern: str, verbose: bool) -> None:
+    """Registered components: KIND is models, datasets, tasks, optimizers, schedulers, transforms, metrics,
+    callbacks or all; PATTERN is a shell-style pattern such as 'res*'."""
+    from .builders import parameters
+    from .errors import did_you_mean
+    from .registry import ALL
+
+    if kind != "all" and kind not in ALL and kind + "s" in ALL:
+        kind += "s"
+    if kind != "all" and kind not in ALL:
+        raise UserError(f"unknown kind '{kind}'.{did_you_mean(kind, list(ALL))} Kinds: all, {', '.join(ALL)}")
+    kinds = list(ALL) if kind == "all" else [kind]
+    for k in kinds:
+        entries = ALL[k].entries(pattern)
+        if kind == "all" and not entries:
+            continue
+        click.secho(f"{k} ({len(entries)})", bold=True)
+        width = max((len(e.name) for e in entries), default=0)
+        for e in entries:
+            alias = f" (aka {', '.join(e.aliases)})" if e.aliases else ""
+            click.echo(f"  {e.name.ljust(width)}  [{e.origin}]  {e.summary}{alias}")
+            if verbose and callable(e.obj):
+                for name, (ann, default) in parameters(e.obj).items():
+                    shown = "required" if default is __import__("inspect").Parameter.empty else f"= {default!r}"
+                    click.echo(f"      {name}: {getattr(ann, '__name__', str(ann)).replace('typing.', '')} {shown}")
+        if not entries:
+            click.echo(f"  (none match '{pattern}')")
+
+
+@main.command()
+@click.option("-v", "--verbose", is_flag=True, help="Show each plugin's components and full tracebacks.")
+@handle_errors
+def plugins(verbose: bool) -> None:
+    """Installed plugins: distribution, version, status and errors."""
+    from . import plugins as plugin_mod
+
+    found = plugin_mod.plugins()
+    if not found:
+        click.echo("no plugins installed (pip install -e plugins/vision -e plugins/sequence)")
+        return
+    for p in found:
+        colour = {"ok": "green", "error": "red", "incompatible": "yellow"}.get(p.status, None)
+        status = click.style(p.status, fg=colour)
+        click.echo(f"{p.name:<12} {p.dist} {p.version:<10} {status:<12} {len(p.components)} components  ({p.target})")
+        if p.error:
+            click.echo(f"    {p.error}")
+        if verbose:
+            for kind, name in p.components:
+                click.echo(f"    {kind[:-1]}: {name}")
+            if p.details:
+                click.echo("    " + p.details.replace("\n", "\n    "))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--split", help="Split to evaluate (default: the recipe's eval.split).")
+@click.option("--data-dir", help="Read the split from this folder (it may hold only that split's files).")
+@click.option("--checkpoint", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@handle_errors
+def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint: str, as_json: bool) -> None:
+    """Metrics of a trained run's best (or latest) weights on a split."""
+    from .engine import evaluate_run
+
+    metrics = evaluate_run(run_dir, split=split, data_dir=data_dir, which=checkpoint, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=1))
+        return
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            click.echo(f"{key:<20} {value:.4f}")
+        elif isinstance(value, (int, str)):
+            click.echo(f"{key:<20} {value}")
+    from .engine import load_trained  # noqa: F401 - task-specific extras below
+    from .recipe import load_recipe
+    from .engine import build_task
+
+    task = build_task(load_recipe(run_dir / "recipe.toml"))
+    for line in task.describe_metrics(metrics):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input (JSON lines).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write results to this file.")
+@handle_errors
+def predict(run_dir: Path, inputs: Sequence[str], as_json: bool, batch_size: int, output: Path | None) -> None:
+    """Predict with a trained run on INPUTS (files or text, as the task takes them; '-' reads stdin lines)."""
+    from .engine import predict_run
+
+    items = [line.rstrip("\n") for line in sys.stdin] if list(inputs) == ["-"] else list(inputs)
+    task, results = predict_run(run_dir, items, batch_size=batch_size)
+    out = open(output, "w", encoding="utf-8") if output else None
+    try:
+        for result in results:
+            text = json.dumps(result) if as_json else task.format_prediction(result)
+            click.echo(text, file=out)
+    finally:
+        if out:
+            out.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

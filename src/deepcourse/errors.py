@@ -1,0 +1,55 @@
+"""Errors that end a command with exit code 2 and a message instead of a traceback.
+
+A user error is anything the person at the keyboard can fix: a recipe key, a file, a name. Internal bugs stay
+ordinary exceptions (exit 1 with a traceback) so they are not mistaken for the user's fault.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+
+
+class UserError(Exception):
+    """A problem in what the user gave us. Each line of `problems` names where it is (key path or file:line)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str | None = None, problems: Sequence[str] = ()) -> None:
+        self.problems = list(problems)
+        if message is None:
+            message = self.problems[0] if len(self.problems) == 1 else f"{len(self.problems)} problems"
+        super().__init__(message)
+
+    def render(self) -> str:
+        head = str(self)
+        if len(self.problems) <= 1 and (not self.problems or self.problems[0] == head):
+            return head
+        lines = [head + ":"] if not head.endswith(":") else [head]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class RecipeError(UserError):
+    """One or more problems in a recipe, each naming its key path."""
+
+
+class DataError(UserError):
+    """A data file is missing, unreadable or malformed; the message names the file (and line when there is one)."""
+
+
+class CheckpointError(UserError):
+    """A run directory or checkpoint cannot be used (missing, incomplete, unsafe or from another recipe)."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """' Did you mean 'x'?' (or '') using difflib, for unknown names and keys."""
+    choices = list(choices)
+    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.6)
+    if not close:
+        lowered = {c.lower(): c for c in choices}
+        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)]
+    if not close:
+        return ""
+    if len(close) == 1:
+        return f" Did you mean '{close[0]}'?"
+    return " Did you mean one of " + ", ".join(f"'{c}'" for c in close) + "?"

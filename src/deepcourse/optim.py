@@ -1,0 +1,170 @@
+"""Optimizers and learning-rate schedules a recipe can name in `[optimizer]` and `[scheduler]`.
+
+Each builder's signature is the recipe table's schema (with ranges, so `lr = -1` is caught before training).
+Every schedule is stepped once per optimizer step; epoch-based ones (step, multistep) convert epochs to steps so
+they behave the same whatever the batch size. `plateau` is the exception: it is stepped after each evaluation.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field
+from torch.optim import lr_scheduler
+
+from .registry import OPTIMIZERS, SCHEDULERS
+
+Params = Iterable[Any]
+Lr = Annotated[float, Field(gt=0)]
+Decay = Annotated[float, Field(ge=0)]
+Momentum = Annotated[float, Field(ge=0, lt=1)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
+Eps = Annotated[float, Field(gt=0)]
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(params: Params, lr: Lr = 0.1, momentum: Momentum = 0.0, nesterov: bool = False,
+        weight_decay: Decay = 0.0, dampening: Annotated[float, Field(ge=0, le=1)] = 0.0) -> torch.optim.Optimizer:
+    """Stochastic gradient descent, optionally with (Nesterov) momentum and L2 weight decay."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                           weight_decay=weight_decay, dampening=dampening)
+
+
+@OPTIMIZERS.register("adam")
+def adam(params: Params, lr: Lr = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999), eps: Eps = 1e-8,
+         weight_decay: Decay = 0.0, amsgrad: bool = False) -> torch.optim.Optimizer:
+    """Adam; weight_decay here is the classic L2 penalty added to the gradient."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(params: Params, lr: Lr = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999), eps: Eps = 1e-8,
+          weight_decay: Decay = 0.01, amsgrad: bool = False) -> torch.optim.Optimizer:
+    """Adam with decoupled weight decay (Loshchilov & Hutter)."""
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+
+@OPTIMIZERS.register("rmsprop")
+def rmsprop(params: Params, lr: Lr = 1e-2, alpha: Beta = 0.99, eps: Eps = 1e-8, weight_decay: Decay = 0.0,
+            momentum: Momentum = 0.0, centered: bool = False) -> torch.optim.Optimizer:
+    """RMSprop (Hinton's lecture 6e)."""
+    return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                               momentum=momentum, centered=centered)
+
+
+@OPTIMIZERS.register("adagrad")
+def adagrad(params: Params, lr: Lr = 1e-2, lr_decay: Decay = 0.0, weight_decay: Decay = 0.0,
+            eps: Eps = 1e-10) -> torch.optim.Optimizer:
+    """AdaGrad: per-parameter rates shrinking with the sum of squared gradients."""
+    return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
+
+
+@OPTIMIZERS.register("adadelta")
+def adadelta(params: Params, lr: Lr = 1.0, rho: Beta = 0.9, eps: Eps = 1e-6,
+             weight_decay: Decay = 0.0) -> torch.optim.Optimizer:
+    """AdaDelta (Zeiler 2012)."""
+    return torch.optim.Adadelta(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
+
+
+# -- schedules ----------------------------------------------------------------------------------------------------
+Steps = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+def _warmup_steps(warmup_steps: int, warmup_epochs: float, steps_per_epoch: int) -> int:
+    return max(warmup_steps, int(round(warmup_epochs * steps_per_epoch)))
+
+
+@SCHEDULERS.register("constant")
+def constant(optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmup_steps: Steps = 0,
+             warmup_epochs: Annotated[float, Field(ge=0)] = 0.0) -> lr_scheduler.LRScheduler:
+    """Constant learning rate, after an optional linear warm-up."""
+    warm = _warmup_steps(warmup_steps, warmup_epochs, steps_per_epoch)
+    return lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+
+
+@SCHEDULERS.register("cosine")
+def cosine(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int, warmup_steps: Steps = 0,
+           warmup_epochs: Annotated[float, Field(ge=0)] = 0.0, min_lr_ratio: Fraction = 0.0
+           ) -> lr_scheduler.LRScheduler:
+    """Linear warm-up, then cosine decay to min_lr_ratio * lr at the last step."""
+    warm = _warmup_steps(warmup_steps, warmup_epochs, steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@SCHEDULERS.register("linear")
+def linear(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int, warmup_steps: Steps = 0,
+           warmup_epochs: Annotated[float, Field(ge=0)] = 0.0, min_lr_ratio: Fraction = 0.0
+           ) -> lr_scheduler.LRScheduler:
+    """Linear warm-up, then linear decay to min_lr_ratio * lr."""
+    warm = _warmup_steps(warmup_steps, warmup_epochs, steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 1 - (1 - min_lr_ratio) * progress
+    return lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@SCHEDULERS.register("onecycle", aliases=("one_cycle",))
+def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.25,
+             anneal_strategy: Literal["cos", "linear"] = "cos", div_factor: Annotated[float, Field(gt=0)] = 25.0,
+             final_div_factor: Annotated[float, Field(gt=0)] = 1e4, three_phase: bool = False,
+             cycle_momentum: bool = True) -> lr_scheduler.LRScheduler:
+    """Smith's one-cycle policy: the optimizer's lr is the peak; momentum cycles inversely when it has one."""
+    has_momentum = any("momentum" in g and g["momentum"] > 0 or "betas" in g for g in optimizer.param_groups)
+    return lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total_steps, 2),
+        pct_start=pct_start, anneal_strategy=anneal_strategy,
+        div_factor=div_factor, final_div_factor=final_div_factor, three_phase=three_phase,
+        cycle_momentum=cycle_momentum and has_momentum)
+
+
+@SCHEDULERS.register("step")
+def step(optimizer: torch.optim.Optimizer, steps_per_epoch: int, step_epochs: Annotated[int, Field(gt=0)] = 30,
+         gamma: Annotated[float, Field(gt=0)] = 0.1) -> lr_scheduler.LRScheduler:
+    """Multiply the lr by gamma every step_epochs epochs."""
+    return lr_scheduler.StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
+
+
+@SCHEDULERS.register("multistep")
+def multistep(optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+              milestones: list[Annotated[int, Field(gt=0)]] = [30, 60],  # noqa: B006 - read-only default
+              gamma: Annotated[float, Field(gt=0)] = 0.1) -> lr_scheduler.LRScheduler:
+    """Multiply the lr by gamma at each milestone epoch."""
+    return lr_scheduler.MultiStepLR(optimizer, milestones=[m * steps_per_epoch for m in milestones], gamma=gamma)
+
+
+@SCHEDULERS.register("exponential")
+def exponential(optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                gamma: Annotated[float, Field(gt=0, le=1)] = 0.95) -> lr_scheduler.LRScheduler:
+    """Multiply the lr by gamma every epoch (smoothly, per step): NCRF++'s lr / (1 + decay * epoch) cousin."""
+    return lr_scheduler.LambdaLR(optimizer, lambda s: gamma ** (s / steps_per_epoch))
+
+
+@SCHEDULERS.register("inverse_time")
+def inverse_time(optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                 decay: Annotated[float, Field(ge=0)] = 0.05) -> lr_scheduler.LRScheduler:
+    """lr / (1 + decay * epoch), the decay of Ma & Hovy and NCRF++, applied at each epoch boundary."""
+    return lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (1.0 + decay * (s // steps_per_epoch)))
+
+
+@SCHEDULERS.register("plateau")
+def plateau(optimizer: torch.optim.Optimizer, factor: Annotated[float, Field(gt=0, lt=1)] = 0.1,
+            patience: Annotated[int, Field(ge=0)] = 3, threshold: Annotated[float, Field(ge=0)] = 1e-4,
+            min_lr: Annotated[float, Field(ge=0)] = 0.0, mode: Literal["auto", "min", "max"] = "auto") -> lr_scheduler.ReduceLROnPlateau:
+    """Reduce the lr when the monitored validation metric stops improving (stepped after each evaluation).
+    mode 'auto' follows train.monitor_mode."""
+    scheduler = lr_scheduler.ReduceLROnPlateau(optimizer, mode="min" if mode == "auto" else mode, factor=factor,
+                                               patience=patience, threshold=threshold, min_lr=min_lr)
+    scheduler.auto_mode = mode == "auto"  # type: ignore[attr-defined]
+    return scheduler

@@ -1,0 +1,136 @@
+"""Run directories: where a run's recipe, metrics, checkpoints and best weights live.
+
+    runs/<recipe name>/<timestamp>/
+        recipe.toml      the fully resolved recipe (what `--resume` and `evaluate` rebuild from)
+        run.json         versions, plugins, seed, command line, git commit
+        metrics.jsonl    one JSON object per logged event: epoch, step, split, metric values
+        checkpoints/     the latest N training states, each written atomically
+        best/            best weights (safetensors) + facts and artifacts to evaluate/predict without train data
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import CheckpointError, UserError
+
+RUN_FILES = ("recipe.toml", "run.json")
+
+
+def new_run_dir(root: Path, name: str, explicit: Path | None = None) -> Path:
+    """Pick (not create) a fresh run directory; never an existing one, so nothing is overwritten silently."""
+    if explicit is not None:
+        if explicit.exists() and any(explicit.iterdir()):
+            raise UserError(f"--run-dir {explicit}: already exists and is not empty; choose another folder, or "
+                            f"continue that run with --resume {explicit}")
+        return explicit
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = root / name / stamp
+    candidate, i = base, 1
+    while candidate.exists():
+        candidate = base.with_name(f"{stamp}-{i}")
+        i += 1
+    return candidate
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "recipe.toml").is_file()
+
+
+def require_run_dir(path: Path) -> Path:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run directory")
+    if not is_run_dir(path):
+        raise CheckpointError(f"{path}: not a deepcourse run directory (it has no recipe.toml); "
+                              f"run directories look like runs/<recipe>/<timestamp>/")
+    return path
+
+
+def git_commit(cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_info(seed: int, plugins_info: list[dict[str, Any]], extra: Mapping[str, Any]) -> dict[str, Any]:
+    import accelerate
+    import torch
+
+    from . import __version__
+
+    return {
+        "deepcourse": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "accelerate": accelerate.__version__,
+        "platform": platform.platform(),
+        "command": sys.argv,
+        "cwd": os.getcwd(),
+        "git_commit": git_commit(Path.cwd()),
+        "seed": seed,
+        "plugins": plugins_info,
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def remove_unstarted(path: Path) -> None:
+    """Remove a run directory that never got a checkpoint (the run failed during set-up)."""
+    if path.exists() and not any((path / "checkpoints").glob("step-*")) and not (path / "best").exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class MetricsLog:
+    """Appends one JSON object per event to metrics.jsonl, flushed at once so a crash loses nothing logged."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._file: TextIO | None = open(path, "a", encoding="utf-8") if path else None
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self._file is None:
+            return
+        self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a crash ends the log
+    return rows
+
+
+def truncate_metrics(path: Path, last_step: int, last_event: int) -> None:
+    """On resume, forget events logged after the checkpoint so the log reads as one uninterrupted run."""
+    rows = [r for r in read_metrics(path) if r.get("event", 0) <= last_event and r.get("step", 0) <= last_step]
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

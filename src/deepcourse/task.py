@@ -1,0 +1,100 @@
+"""The task interface: the few task-specific pieces the shared training loop needs from a plugin.
+
+A task turns a recipe's `[data]` table into datasets and facts, builds the model from `[model]`, and turns a batch
+into a loss (training) or into outputs to gather (evaluation). The engine owns everything else: devices, mixed
+precision, accumulation, clipping, schedules, checkpoints, logging. Register a subclass with
+`@TASKS.register("my-task")`; its `__init__` keyword arguments are the keys of the recipe's `[task]` table.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from .builders import call_builder
+from .registry import MODELS
+
+if TYPE_CHECKING:
+    from .metrics import MetricCollection
+    from .recipe import DataSection, ModelSection
+
+
+@dataclass
+class DataBundle:
+    """What a task's data set-up hands the engine.
+
+    splits: datasets by split name ("train", "validation", "test", ...). Items are whatever `collate_fn`
+        accepts; with the default `collate_fn=None` the dataset is expected to return whole batches from
+        `__getitems__` (see `deepcourse.data.ArrayDataset`).
+    facts: values builders may ask for by parameter name (num_classes, in_channels, vocab_size, embeddings...).
+        Saved with the run (tensors as safetensors) so `evaluate` and `predict` rebuild the same model.
+    artifacts: JSON-serialisable state fitted on the training data (vocabularies, class names, statistics),
+        saved with the run and passed back to `setup_data` when there is no training data to fit on.
+    """
+
+    splits: dict[str, Any]
+    facts: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    collate_fn: Callable[[Any], Any] | None = None
+
+
+class Task:
+    """Base class for tasks. Subclasses implement `setup_data`, `training_step`, `evaluation_step` and
+    `create_metrics`; `predict` is optional."""
+
+    #: metric (from `create_metrics().compute()`) watched for best-model selection and early stopping
+    monitor: ClassVar[str] = "loss"
+    monitor_mode: ClassVar[str] = "min"
+    #: value used to pad evaluation outputs of different lengths across processes before gathering
+    pad_index: ClassVar[int] = -100
+
+    eval_options: dict[str, Any]
+
+    def __init__(self) -> None:
+        self.eval_options = {}
+
+    # -- data -----------------------------------------------------------------------------------------------------
+    def setup_data(self, data: DataSection, *, splits: Sequence[str], seed: int,
+                   artifacts: Mapping[str, Any] | None = None) -> DataBundle:
+        """Load the requested splits. `artifacts` is None when training (fit vocabularies etc. on train);
+        otherwise it holds what the training run saved, and no training data may be needed."""
+        raise NotImplementedError
+
+    # -- model ----------------------------------------------------------------------------------------------------
+    def build_model(self, model: ModelSection, facts: Mapping[str, Any]) -> nn.Module:
+        """Default: call the registered model builder with the recipe's keys plus the facts it asks for."""
+        return call_builder(MODELS.get(model.name), model.options, loc="model", provided=facts)
+
+    # -- hot path -------------------------------------------------------------------------------------------------
+    def training_step(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        """Return the scalar loss of one batch (already on the training device)."""
+        raise NotImplementedError
+
+    def evaluation_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """Return tensors with the batch as first dimension; the engine gathers them across processes
+        (dropping the duplicated tail samples) and passes them to the metrics' `update`."""
+        raise NotImplementedError
+
+    def create_metrics(self) -> MetricCollection:
+        raise NotImplementedError
+
+    # -- inference ------------------------------------------------------------------------------------------------
+    def predict(self, model: nn.Module, inputs: Sequence[str], *, batch_size: int,
+                device: torch.device) -> Iterator[dict[str, Any]]:
+        """Yield one JSON-serialisable result per input (file path or text), streaming in batches."""
+        raise NotImplementedError(f"task {type(self).__name__} does not support predict")
+
+    def format_prediction(self, result: Mapping[str, Any]) -> str:
+        """One human-readable line (or block) for a `predict` result."""
+        return "  ".join(f"{k}={v}" for k, v in result.items())
+
+    def describe_metrics(self, metrics: Mapping[str, Any]) -> Iterable[str]:
+        """Extra lines for `evaluate` output (per-class tables and the like); default none."""
+        return ()
+
+    def save_extra(self, folder: Path) -> None:
+        """Hook to save task files beside the best weights (rarely needed: prefer artifacts)."""
