@@ -146,7 +146,7 @@ def evaluate(accelerator: Accelerator, task: Task, model: torch.nn.Module, loade
     metrics = task.create_metrics()
     metrics.reset()
     with torch.no_grad():
-        for batch in tqdm(loader, desc=desc, leave=False, disable=not (progress and accelerator.is_main_process),
+        for batch in tqdm(loader, desc=desc, leave=False, disable=True if not (progress and accelerator.is_main_process) else None,
                           dynamic_ncols=True):
             outputs = task.evaluation_step(model, batch)
             if accelerator.num_processes > 1:
@@ -260,7 +260,7 @@ def save_best(ctx: TrainContext, metrics: Mapping[str, Any]) -> None:
     ckpt.save_weights(ctx.accelerator.unwrap_model(ctx.model), tmp / "model.safetensors")
     save_facts(tmp, ctx.bundle)
     ckpt.atomic_write_text(tmp / "recipe.toml", ctx.recipe.to_toml())
-    ckpt.atomic_write_text(tmp / "metrics.json", _json({"epoch": ctx.state.epoch, "step": ctx.state.global_step,
+    ckpt.atomic_write_text(tmp / "metrics.json", _json({"epoch": ctx.state.epoch + 1, "step": ctx.state.global_step,
                                                            **metrics}))
     ctx.task.save_extra(tmp)
     ckpt.commit_dir(tmp, best)
@@ -408,10 +408,11 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
         if state.step_in_epoch:
             batches = acc.skip_first_batches(train_loader, state.step_in_epoch * cfg.grad_accum)
         bar = tqdm(total=ctx.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True, leave=False)
+                   disable=True if not (cfg.progress and ctx.is_main) else None, dynamic_ncols=True,
+                   leave=False)
         running, running_n, tick, tick_steps = torch.zeros((), device=acc.device), 0, time.perf_counter(), 0
+        epoch_sum, epoch_n = torch.zeros((), device=acc.device), 0
         epoch_start = time.perf_counter()
-        epoch_losses: list[float] = []
         hit_max_steps = False
 
         if state.step_in_epoch < ctx.steps_per_epoch:
@@ -435,6 +436,8 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
                 if finite:
                     running += loss.detach()
                     running_n += 1
+                    epoch_sum += loss.detach()
+                    epoch_n += 1
                 if not acc.sync_gradients:
                     continue
                 if not acc.optimizer_step_was_skipped and not is_plateau(ctx.scheduler):
@@ -452,9 +455,8 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
                     now = time.perf_counter()
                     rate = tick_steps * cfg.grad_accum * batch_size / max(now - tick, 1e-9)
                     lr = optimizer.param_groups[0]["lr"]
-                    _log(ctx, {"split": "train", "loss": mean_loss, "lr": lr, "samples_per_s": round(rate, 1)})
+                    _log(ctx, {"split": "train", "scope": "step", "loss": mean_loss, "lr": lr, "samples_per_s": round(rate, 1)})
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", **{"samples/s": f"{rate:,.0f}"})
-                    epoch_losses.append(mean_loss)
                     running.zero_()
                     running_n, tick, tick_steps = 0, now, 0
                     for cb in ctx.callbacks:
@@ -468,8 +470,10 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
                     hit_max_steps = True
                     break
         bar.close()
-        if running_n:  # loss of the few batches after the last logged step (grad_accum tails)
-            epoch_losses.append(float(acc.reduce(running / running_n, reduction="mean")))
+        epoch_loss = float(acc.reduce(epoch_sum / epoch_n, reduction="mean")) if epoch_n else None
+        if epoch_loss is not None:
+            _log(ctx, {"split": "train", "scope": "epoch", "loss": epoch_loss,
+                       "seconds": round(time.perf_counter() - epoch_start, 3)})
 
         # -- evaluation, best model, early stopping -----------------------------------------------------------
         metrics: dict[str, Any] = {}
@@ -480,7 +484,7 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
             if agreed(acc, stop.requested):
                 raise Interrupted(save_checkpoint(ctx))
             state.evaluated_epoch = epoch
-            _log(ctx, {"split": recipe.eval.split, **scalars(metrics)})
+            _log(ctx, {"split": recipe.eval.split, "scope": "epoch", **scalars(metrics)})
             if recipe.train.trackers:
                 acc.log({f"{recipe.eval.split}/{k}": v for k, v in scalars(metrics).items()}, step=state.global_step)
             for cb in ctx.callbacks:
@@ -510,10 +514,10 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
                           f"{state.bad_evals} evaluation(s) (best {state.best_value:.4f} at epoch "
                           f"{(state.best_epoch or 0) + 1})", flush=True)
         elif eval_loader is None and last_epoch:
-            save_best(ctx, {"loss": epoch_losses[-1]} if epoch_losses else {})
+            save_best(ctx, {"train_loss": epoch_loss} if epoch_loss is not None else {})
 
         if ctx.is_main:
-            _print_epoch(ctx, epoch, epoch_losses, metrics, time.perf_counter() - epoch_start)
+            _print_epoch(ctx, epoch, epoch_loss, metrics, time.perf_counter() - epoch_start)
         for cb in ctx.callbacks:
             cb.on_epoch_end(ctx)
         state.epoch += 1
@@ -542,11 +546,11 @@ def _nonfinite(ctx: TrainContext, value: float) -> None:
         f"train.clip_grad_norm, or set train.skip_nonfinite = true to skip such steps")
 
 
-def _print_epoch(ctx: TrainContext, epoch: int, losses: list[float], metrics: Mapping[str, Any],
+def _print_epoch(ctx: TrainContext, epoch: int, loss: float | None, metrics: Mapping[str, Any],
                  seconds: float) -> None:
     parts = [f"epoch {epoch + 1}/{ctx.recipe.train.epochs}"]
-    if losses:
-        parts.append(f"train loss {losses[-1]:.4f}")
+    if loss is not None:
+        parts.append(f"train loss {loss:.4f}")
     shown = scalars(metrics)
     if shown:
         parts.append(f"{ctx.recipe.eval.split} " + " ".join(f"{k} {v:.4f}" for k, v in shown.items()))

@@ -121,8 +121,8 @@ class Recipe(_Strict):
             defaults = {k: d for k, (_, d) in parameters(fn).items()
                         if d is not _EMPTY and d is not None and k not in data[section] and _plain(d)
                         and k not in _CONTEXT_KEYS.get(section, ())}
-            data[section] = {"name": data[section]["name"], **dict(sorted(defaults.items())),
-                             **{k: v for k, v in data[section].items() if k != "name"}}
+            merged = {**defaults, **{k: v for k, v in data[section].items() if k != "name"}}
+            data[section] = {"name": data[section]["name"], **dict(sorted(merged.items()))}
         return data
 
     def to_toml(self) -> str:
