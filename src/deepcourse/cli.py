@@ -17,10 +17,10 @@ import click
 from . import __version__
 from .errors import UserError
 
-# Keys that may differ between a run and the recipe that resumes it: they change how long or how visibly it
-# runs, not what it computes.
-RESUMABLE_KEYS = ("train.epochs", "train.max_steps", "train.progress", "train.log_every", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.threads", "train.trackers", "train.early_stopping")
+# Keys that may differ between a run and the recipe that resumes it: they change how visibly or how often it
+# saves, not what it computes. (Not epochs: schedules such as one-cycle are laid out over the original length.)
+RESUMABLE_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                  "train.threads", "train.trackers", "train.callbacks")
 
 
 def _fail(message: str, code: int = 2) -> None:

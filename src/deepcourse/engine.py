@@ -42,8 +42,6 @@ class Interrupted(Exception):
 class NonFiniteLoss(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
-    exit_code = 3
-
 
 @dataclass
 class TrainState:
@@ -60,6 +58,10 @@ class TrainState:
     done: bool = False
     num_processes: int = 1
     skipped_steps: int = 0
+    running_sum: float = 0.0  # training-loss sums not yet logged (this process)
+    running_n: int = 0
+    epoch_sum: float = 0.0
+    epoch_n: int = 0
 
 
 @dataclass
@@ -86,7 +88,23 @@ class TrainContext:
 
 
 # -- building blocks --------------------------------------------------------------------------------------------
+def warn_single_cpu_launch() -> None:
+    """`accelerate launch --cpu --num_processes N` starts ONE process unless mpirun is configured (accelerate
+    issue #2741). Its only trace is MASTER_ADDR without a WORLD_SIZE: say so instead of silently running 1."""
+    import os
+    import sys
+
+    env = os.environ
+    if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in env and "WORLD_SIZE" not in env \
+            and "PMI_SIZE" not in env and "OMPI_COMM_WORLD_SIZE" not in env:
+        print("deepcourse: warning: `accelerate launch --cpu --num_processes N` started a single process (accelerate "
+              "needs mpirun for several CPU processes). For N CPU processes use `accelerate launch --multi_gpu "
+              "--num_processes N -m deepcourse ...` on a machine without GPUs (or with CUDA_VISIBLE_DEVICES=), or "
+              "`torchrun --nproc_per_node N -m deepcourse ...`", file=sys.stderr, flush=True)
+
+
 def make_accelerator(recipe: Recipe, *, log_dir: Path | None = None) -> Accelerator:
+    warn_single_cpu_launch()
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     trackers = list(recipe.train.trackers)
@@ -114,10 +132,12 @@ def build_task(recipe: Recipe) -> Task:
 
 
 def make_loader(dataset: Any, batch_size: int, *, collate_fn: Any, num_workers: int,
-                sampler: Any = None) -> DataLoader:
+                sampler: Any = None, seed: int = 0) -> DataLoader:
+    # A private generator: each new iterator draws a base seed from it, never from the global RNG, so creating
+    # an iterator (every epoch, every evaluation, on resume) does not shift dropout or augmentation randomness.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       collate_fn=collate_fn or passthrough_collate, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
 
 
 def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -310,7 +330,7 @@ def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None 
     collate = bundle.collate_fn
     train_sampler = EpochSampler(len(bundle.splits["train"]), seed=recipe.seed)
     train_loader = make_loader(bundle.splits["train"], recipe.data.batch_size, collate_fn=collate,
-                               num_workers=recipe.data.num_workers, sampler=train_sampler)
+                               num_workers=recipe.data.num_workers, sampler=train_sampler, seed=recipe.seed)
     eval_loader = None
     if eval_split in bundle.splits and len(bundle.splits[eval_split]):
         eval_bs = recipe.eval.batch_size or recipe.data.eval_batch_size or recipe.data.batch_size
@@ -402,16 +422,20 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
 
     while state.epoch < cfg.epochs and not state.done:
         epoch = state.epoch
-        sampler.set_epoch(epoch)
         model.train()
         batches = train_loader
         if state.step_in_epoch:
             batches = acc.skip_first_batches(train_loader, state.step_in_epoch * cfg.grad_accum)
+        # Accelerate's loaders re-set the sampler's epoch from their own iteration counter when iterated (a
+        # fresh skip loader counts from 0), so tell the loader we iterate which epoch this is.
+        batches.set_epoch(epoch)
         bar = tqdm(total=ctx.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=True if not (cfg.progress and ctx.is_main) else None, dynamic_ncols=True,
                    leave=False)
-        running, running_n, tick, tick_steps = torch.zeros((), device=acc.device), 0, time.perf_counter(), 0
-        epoch_sum, epoch_n = torch.zeros((), device=acc.device), 0
+        # loss sums since the last log and over the epoch; restored on resume so the logs match an unbroken run
+        running = torch.tensor(state.running_sum, device=acc.device)
+        epoch_sum = torch.tensor(state.epoch_sum, device=acc.device)
+        running_n, epoch_n, tick, tick_steps = state.running_n, state.epoch_n, time.perf_counter(), 0
         epoch_start = time.perf_counter()
         hit_max_steps = False
 
@@ -459,13 +483,18 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", **{"samples/s": f"{rate:,.0f}"})
                     running.zero_()
                     running_n, tick, tick_steps = 0, now, 0
-                    for cb in ctx.callbacks:
-                        cb.on_step_end(ctx, mean_loss)
-                if cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0:
-                    save_checkpoint(ctx)
-                if agreed(acc, stop.requested):
-                    bar.close()
-                    raise Interrupted(save_checkpoint(ctx))
+                else:
+                    mean_loss = None
+                for cb in ctx.callbacks:
+                    cb.on_step_end(ctx, mean_loss)
+                stopping = agreed(acc, stop.requested)
+                if stopping or (cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0):
+                    state.running_sum, state.running_n = float(running), running_n
+                    state.epoch_sum, state.epoch_n = float(epoch_sum), epoch_n
+                    saved = save_checkpoint(ctx)
+                    if stopping:
+                        bar.close()
+                        raise Interrupted(saved)
                 if cfg.max_steps and state.global_step >= cfg.max_steps:
                     hit_max_steps = True
                     break
@@ -482,6 +511,8 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
             metrics = evaluate(acc, task, model, eval_loader, stop_flag=lambda: stop.requested,
                                desc=f"eval {recipe.eval.split}", progress=cfg.progress)
             if agreed(acc, stop.requested):
+                state.running_sum, state.running_n = float(running), running_n
+                state.epoch_sum, state.epoch_n = float(epoch_sum), epoch_n
                 raise Interrupted(save_checkpoint(ctx))
             state.evaluated_epoch = epoch
             _log(ctx, {"split": recipe.eval.split, "scope": "epoch", **scalars(metrics)})
@@ -522,6 +553,7 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
             cb.on_epoch_end(ctx)
         state.epoch += 1
         state.step_in_epoch = 0
+        state.running_sum, state.running_n, state.epoch_sum, state.epoch_n = 0.0, 0, 0.0, 0
         if hit_max_steps:
             state.done = True
         save_checkpoint(ctx)

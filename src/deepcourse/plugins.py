@@ -82,7 +82,8 @@ def refresh() -> None:
 
 def _load_entry_points() -> None:
     seen: set[str] = set()
-    for ep in md.entry_points(group=GROUP):
+    # sorted, so which plugin wins a name conflict never depends on the file system's order
+    for ep in sorted(md.entry_points(group=GROUP), key=lambda e: (e.name, e.value)):
         dist = ep.dist
         dist_name = dist.metadata["Name"] if dist is not None else "?"
         version = dist.version if dist is not None else "?"

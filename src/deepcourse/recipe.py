@@ -7,6 +7,7 @@ and reported at once with its key path, so a user fixes a recipe in one pass ins
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -167,7 +168,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: invalid TOML: {exc}") from None
+        where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        place = f"{path}:{where.group(1)}:{where.group(2)}" if where else str(path)
+        raise RecipeError(f"{place}: invalid TOML: {message}") from None
 
 
 def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -248,46 +252,66 @@ def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = (),
 
 
 def validate_recipe(data: Mapping[str, Any], source: Path | None = None) -> Recipe:
+    """Validate core keys and every plugin table together, so all problems are reported in one go."""
     from . import plugins
 
     prefix = f"{source}: " if source else ""
+    required = data.get("requires_plugins", [])
+    if isinstance(required, list) and all(isinstance(r, str) for r in required):
+        plugins.require(required)
+    problems: list[str] = []
+    recipe = None
     try:
         recipe = Recipe.model_validate(dict(data))
     except ValidationError as exc:
-        raise RecipeError(f"{prefix}invalid recipe", _recipe_problems(exc, data)) from None
-    recipe.source = source
-    plugins.require(recipe.requires_plugins)
-    problems = check_builders(recipe)
+        problems += _recipe_problems(exc, data)
+    problems += check_builders(data)
     if problems:
         raise RecipeError(f"{prefix}invalid recipe", problems)
+    assert recipe is not None
+    recipe.source = source
     return recipe
 
 
-def check_builders(recipe: Recipe) -> list[str]:
+def check_builders(data: Mapping[str, Any]) -> list[str]:
     """Check every plugin-owned table against its registered builder, before any data is loaded."""
     from .registry import ALL, TASKS
 
     problems: list[str] = []
     for section, kind in _BUILDER_SECTIONS.items():
-        table = getattr(recipe, section)
-        registry = ALL[kind]
-        if table.name not in registry:
-            problems.append(f"{section}.name: {registry.unknown_message(table.name)}")
+        table = data.get(section, {} if section in ("optimizer", "scheduler") else None)
+        if not isinstance(table, Mapping):
             continue
-        fn = registry.get(table.name)
-        _, found = validate_options(fn, table.options, loc=section, exclude=_CONTEXT_KEYS.get(section, ()))
+        default_name = _SECTION_MODELS[section].model_fields["name"].default
+        name = table.get("name", default_name)
+        if not isinstance(name, str):
+            continue  # reported by the core validation
+        registry = ALL[kind]
+        if name not in registry:
+            problems.append(f"{section}.name: {registry.unknown_message(name)}")
+            continue
+        core_keys = set(_SECTION_MODELS[section].model_fields)
+        options = {k: v for k, v in table.items() if k not in core_keys}
+        _, found = validate_options(registry.get(name), options, loc=section, exclude=_CONTEXT_KEYS.get(section, ()))
         problems += found
-    if recipe.task.name in TASKS:
-        task_cls = TASKS.get(recipe.task.name)
-        eval_fn = getattr(task_cls, "evaluation_options", None)
-        extras = recipe.eval.options
+    task = data.get("task")
+    task_name = task.get("name") if isinstance(task, Mapping) else None
+    if isinstance(task_name, str) and task_name in TASKS:
+        eval_table = data.get("eval", {})
+        extras = {k: v for k, v in eval_table.items() if k not in EvalSection.model_fields} \
+            if isinstance(eval_table, Mapping) else {}
+        eval_fn = getattr(TASKS.get(task_name), "evaluation_options", None)
         if eval_fn is not None:
-            _, found = validate_options(eval_fn, extras, loc="eval")
-            problems += found
-        elif extras:
-            problems += [f"eval.{k}: unknown key. Valid keys: split, every, batch_size." for k in extras]
-        for i, cb in enumerate(recipe.train.callbacks):
-            problems += _check_callback(cb, i)
+            problems += validate_options(eval_fn, extras, loc="eval")[1]
+        else:
+            valid = ", ".join(EvalSection.model_fields)
+            problems += [f"eval.{k}: unknown key.{did_you_mean(k, EvalSection.model_fields) or ' Valid keys: ' + valid + '.'}"
+                         for k in extras]
+    train = data.get("train")
+    callbacks = train.get("callbacks", []) if isinstance(train, Mapping) else []
+    for i, cb in enumerate(callbacks if isinstance(callbacks, list) else []):
+        if isinstance(cb, Mapping):
+            problems += _check_callback(dict(cb), i)
     return problems
 
 

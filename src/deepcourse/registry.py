@@ -42,6 +42,15 @@ class Entry:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def where(self) -> str:
+        """'plugin toy (toy_plugin)', 'deepcourse (deepcourse.optim)' or the registering module."""
+        if self.origin == self.module:
+            return f"module {self.module}"
+        if self.origin == "deepcourse":
+            return f"deepcourse ({self.module})"
+        return f"plugin {self.origin} ({self.module})"
+
+    @property
     def summary(self) -> str:
         doc = inspect.getdoc(self.obj) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""
@@ -84,9 +93,8 @@ class Registry:
                 continue
             if not override:
                 raise RegistryError(
-                    f"{self.kind[:-1]} '{key}' from {origin} ({entry.module}) is already registered by "
-                    f"{taken.origin} ({taken.module}); pass override=True to replace it"
-                )
+                    f"{self.kind[:-1]} '{key}' from {entry.where} is already registered by {taken.where}; "
+                    f"pass override=True to replace it")
             self._remove(taken.name)
         self._entries[name] = entry
         for alias in entry.aliases:

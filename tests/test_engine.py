@@ -1,0 +1,132 @@
+"""The shared training loop, end to end through the CLI with the toy plugin."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+
+TIMING_KEYS = {"samples_per_s", "seconds"}
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    last = sorted((run / "checkpoints").glob("step-*"))[-1]
+    return load_file(str(last / "model.safetensors"))
+
+
+def test_run_writes_a_complete_run_directory(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    out = run_cli(["run", str(toy_recipe), "--runs-root", str(tmp_path / "runs"), "--json"], cli_env)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    run = Path(summary["run_dir"])
+    assert run.parent == tmp_path / "runs" / "toy"
+    for name in ("recipe.toml", "run.json", "metrics.jsonl", "summary.json", "best/model.safetensors",
+                 "best/facts.json", "best/artifacts.json", "best/recipe.toml"):
+        assert (run / name).is_file(), name
+    info = json.loads((run / "run.json").read_text())
+    assert info["seed"] == 3 and info["num_parameters"] == summary["num_parameters"] > 0
+    assert any(p["name"] == "toy" for p in info["plugins"])
+    rows = metrics_rows(run)
+    evals = [r for r in rows if r["split"] == "validation"]
+    assert [r["epoch"] for r in evals] == [1, 2, 3]
+    assert all({"event", "epoch", "step", "split"} <= set(r) for r in rows)
+    assert len(list((run / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints default
+    best = json.loads((run / "best" / "metrics.json").read_text())
+    assert best["accuracy"] == max(r["accuracy"] for r in evals)
+    assert summary["best"]["accuracy"] == best["accuracy"]
+
+
+def test_exact_resume_after_ctrl_c(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    """Stopping mid-epoch (real SIGINT) and resuming gives the same weights and metrics as never stopping."""
+    common = ["--set", "train.checkpoint_every=4"]
+    whole = run_cli(["run", str(toy_recipe), "--run-dir", str(tmp_path / "whole"), *common], cli_env)
+    assert whole.returncode == 0, whole.stderr
+    cut = run_cli(["run", str(toy_recipe), "--run-dir", str(tmp_path / "cut"), *common,
+                   "--set", "train.callbacks=[{name = 'interrupt_at', step = 13}]"], cli_env)
+    assert cut.returncode == 130, cut.stderr
+    assert "deepcourse run --resume" in cut.stderr
+    assert (tmp_path / "cut" / "checkpoints" / "step-000000013").is_dir()
+    resumed = run_cli(["run", "--resume", str(tmp_path / "cut"), "--set", "train.callbacks=[]"], cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert metrics_rows(tmp_path / "whole") == metrics_rows(tmp_path / "cut")
+
+
+def test_resume_refuses_a_different_recipe(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    run = tmp_path / "r"
+    assert run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.epochs=1"],
+                   cli_env).returncode == 0
+    out = run_cli(["run", str(toy_recipe), "--resume", str(run), "--set", "optimizer.lr=0.5"], cli_env)
+    assert out.returncode == 2
+    assert "optimizer.lr: run has 0.05, recipe has 0.5" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_existing_run_dir_is_never_overwritten(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    out = run_cli(["run", str(toy_recipe), "--run-dir", str(target)], cli_env)
+    assert out.returncode == 2 and "already exists and is not empty" in out.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]
+
+
+def test_setup_error_leaves_no_run_directory(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    runs = tmp_path / "runs"
+    out = run_cli(["run", str(toy_recipe), "--runs-root", str(runs), "--set", "eval.split=test"], cli_env)
+    assert out.returncode == 2, out.stderr
+    assert "toy_blobs has no split 'test'" in out.stderr and "Traceback" not in out.stderr
+    assert not runs.exists() or not any(runs.rglob("*"))
+
+
+def test_nonfinite_loss_stops_with_clear_message(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    run = tmp_path / "nan"
+    out = run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.checkpoint_every=2",
+                   "--set", "train.callbacks=[{name = 'poison_at', step = 5}]"], cli_env)
+    assert out.returncode == 2, out.stderr
+    assert "the training loss became nan by step 6" in out.stderr
+    assert "step-000000004" in out.stderr  # the last good checkpoint is named and kept
+    assert (run / "checkpoints" / "step-000000004" / "trainer_state.json").exists()
+
+
+def test_evaluate_and_predict_from_run_directory(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    run = tmp_path / "r"
+    assert run_cli(["run", str(toy_recipe), "--run-dir", str(run)], cli_env).returncode == 0
+    out = run_cli(["evaluate", str(run), "--json"], cli_env)
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads(out.stdout)
+    best = json.loads((run / "best" / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(best["accuracy"])
+    assert metrics["loss"] == pytest.approx(best["loss"], rel=1e-5)
+    assert metrics["num_samples"] == 51
+    pred = run_cli(["predict", str(run), ",".join(["0.5"] * 8), "--json"], cli_env)
+    assert pred.returncode == 0, pred.stderr
+    assert json.loads(pred.stdout)["class"] in (0, 1, 2)
+
+
+def test_evaluate_rejects_what_is_not_a_run(tmp_path: Path, cli_env) -> None:
+    out = run_cli(["evaluate", str(tmp_path)], cli_env)
+    assert out.returncode == 2
+    assert "not a deepcourse run directory" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_max_steps_smoke_run(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    run = tmp_path / "smoke"
+    out = run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.max_steps=3"], cli_env)
+    assert out.returncode == 0, out.stderr
+    rows = metrics_rows(run)
+    assert max(r["step"] for r in rows) == 3
+    assert any(r["split"] == "validation" for r in rows)  # evaluated at the end even mid-epoch
