@@ -102,7 +102,7 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
-        best = {k: v for k, v in summary["best"].items() if isinstance(v, (int, float))}
+        best = {k: v for k, v in summary["best"].items() if isinstance(v, (int, float)) and k != "num_samples"}
         shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in best.items())
         click.echo(f"done in {summary['wall_time_s']:.1f} s. best: {shown}\nrun directory: {summary['run_dir']}")
 

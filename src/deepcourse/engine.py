@@ -114,7 +114,12 @@ def make_accelerator(recipe: Recipe, *, log_dir: Path | None = None) -> Accelera
         except ImportError:
             raise RecipeError("train.trackers: 'tensorboard' needs the tensorboard package "
                               "(pip install tensorboard)") from None
-    return Accelerator(cpu=recipe.train.device == "cpu", mixed_precision=recipe.train.mixed_precision,
+    # With no accelerator present, say cpu=True: only then does Accelerate join a multi-process launch with gloo
+    # (cpu=False silently gives each process a private, non-distributed run).
+    has_accelerator = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and
+                                                    torch.backends.mps.is_available())
+    cpu = recipe.train.device == "cpu" or not has_accelerator
+    return Accelerator(cpu=cpu, mixed_precision=recipe.train.mixed_precision,
                        gradient_accumulation_steps=recipe.train.grad_accum, rng_types=[],
                        log_with=trackers or None, project_dir=str(log_dir) if log_dir else None)
 
@@ -165,16 +170,19 @@ def evaluate(accelerator: Accelerator, task: Task, model: torch.nn.Module, loade
     model.eval()
     metrics = task.create_metrics()
     metrics.reset()
+    seen = 0
     with torch.no_grad():
         for batch in tqdm(loader, desc=desc, leave=False, disable=True if not (progress and accelerator.is_main_process) else None,
                           dynamic_ncols=True):
             outputs = task.evaluation_step(model, batch)
             if accelerator.num_processes > 1:
                 outputs = accelerator.pad_across_processes(outputs, dim=1, pad_index=task.pad_index)
-            metrics.update(accelerator.gather_for_metrics(outputs))
+            gathered = accelerator.gather_for_metrics(outputs)
+            seen += len(next(iter(gathered.values())))
+            metrics.update(gathered)
             if stop_flag is not None and stop_flag():
                 break
-    return metrics.compute()
+    return {**metrics.compute(), "num_samples": seen}
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -503,6 +511,8 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
         if epoch_loss is not None:
             _log(ctx, {"split": "train", "scope": "epoch", "loss": epoch_loss,
                        "seconds": round(time.perf_counter() - epoch_start, 3)})
+            epoch_sum.zero_()  # logged: a resume during this epoch's evaluation must not log it twice
+            epoch_n = 0
 
         # -- evaluation, best model, early stopping -----------------------------------------------------------
         metrics: dict[str, Any] = {}
@@ -583,7 +593,7 @@ def _print_epoch(ctx: TrainContext, epoch: int, loss: float | None, metrics: Map
     parts = [f"epoch {epoch + 1}/{ctx.recipe.train.epochs}"]
     if loss is not None:
         parts.append(f"train loss {loss:.4f}")
-    shown = scalars(metrics)
+    shown = {k: v for k, v in scalars(metrics).items() if k != "num_samples"}
     if shown:
         parts.append(f"{ctx.recipe.eval.split} " + " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     parts.append(f"({seconds:.1f} s)")
@@ -650,7 +660,7 @@ def evaluate_run(run_dir: Path, *, split: str | None = None, data_dir: str | Non
     loader = make_loader(bundle.splits[split], bs, collate_fn=bundle.collate_fn, num_workers=recipe.data.num_workers)
     model, loader = accelerator.prepare(model, loader)
     metrics = evaluate(accelerator, task, model, loader, desc=f"eval {split}", progress=progress)
-    return {"run_dir": str(run_dir), "split": split, "num_samples": len(bundle.splits[split]), **metrics}
+    return {"run_dir": str(run_dir), "split": split, **metrics}
 
 
 def predict_run(run_dir: Path, inputs: Sequence[str], *, batch_size: int = 64) -> Any:

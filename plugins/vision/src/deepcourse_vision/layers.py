@@ -6,14 +6,12 @@ batch norm for group norm or Switchable Normalization in any CNN without touchin
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
-from torch.nn import functional as F
 
 from deepcourse.errors import RecipeError
 
@@ -25,7 +23,8 @@ NonNegInt = Annotated[int, Field(ge=0)]
 Dropout = Annotated[float, Field(ge=0, lt=1)]
 
 __all__ = ["Norm", "Activation", "Pool", "SwitchableNorm2d", "make_norm", "norm_factory", "make_activation",
-           "make_pool", "conv_norm_act", "feature_shape", "replace_batchnorm"]
+           "make_pool", "conv_norm_act", "feature_shape", "replace_batchnorm", "ConvClassifier",
+           "init_weights", "mlp_head"]
 
 
 class SwitchableNorm2d(nn.Module):
@@ -171,8 +170,21 @@ def replace_batchnorm(module: nn.Module, kind: Norm, groups: int = 32) -> nn.Mod
     return module
 
 
-def flat_size(shape: torch.Size) -> int:
-    return math.prod(shape)
+def mlp_head(in_features: int, hidden: Sequence[int], num_classes: int, *, activation: Activation = "relu",
+             dropout: float = 0.0, dropout_first: bool = False) -> nn.Sequential:
+    """Fully connected layers [Linear -> activation -> Dropout] per `hidden` width, then the class scores.
+    `dropout_first` also drops the input features, as AlexNet and VGG do before each big linear layer."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        if dropout and dropout_first:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(width, h), make_activation(activation)]
+        if dropout and not dropout_first:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
 
 
 def init_weights(module: nn.Module, activation: Activation = "relu") -> None:
@@ -188,5 +200,13 @@ def init_weights(module: nn.Module, activation: Activation = "relu") -> None:
                 nn.init.zeros_(m.bias)
 
 
-def global_pool_flatten(x: torch.Tensor) -> torch.Tensor:
-    return F.adaptive_avg_pool2d(x, 1).flatten(1)
+class ConvClassifier(nn.Module):
+    """`features` (convolutions) then `classifier` on the flattened feature maps: the shape of LeNet, AlexNet,
+    VGG and the seed lab's CNN."""
+
+    def __init__(self, features: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.features, self.classifier = features, classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))

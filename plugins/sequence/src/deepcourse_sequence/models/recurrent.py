@@ -88,7 +88,7 @@ def build_tagger(
     embeddings: torch.Tensor | None = None,
     word_dim: PositiveInt | None = None,
     freeze_embeddings: bool = False,
-    char_vocab_size: int = 0,
+    char_vocab_size: int | None = None,
     char_features: CharFeatures = "none",
     char_dim: PositiveInt = 30,
     char_hidden: PositiveInt = 50,
@@ -97,8 +97,8 @@ def build_tagger(
     num_layers: PositiveInt = 1,
     dropout: Rate = 0.5,
     word_dropout: Rate = 0.0,
-    padding_idx: int = 0,
-    unk_idx: int = 1,
+    padding_idx: int | None = None,
+    unk_idx: int | None = None,
 ) -> SequenceTagger:
     """A tagger for sequences of word ids (the task provides vocab_size, num_tags, embeddings and the rest).
 
@@ -106,7 +106,11 @@ def build_tagger(
     overrides it per column (e.g. {pos = "softmax"} beside CRFs for chunks and entities). char_hidden is the
     number of CNN filters, or the hidden size per direction of the character BiLSTM. word_dropout replaces words
     by <unk> with this probability during training, so the model learns to tag from context and characters.
+    The facts default to None (char_vocab_size 0, padding_idx 0, unk_idx 1) so that a saved recipe, which lists
+    every default, never overrides what the data provides.
     """
+    padding_idx = 0 if padding_idx is None else padding_idx
+    unk_idx = 1 if unk_idx is None else unk_idx
     heads = num_tags if isinstance(num_tags, dict) else {"tags": num_tags}
     unknown = sorted(set(head_decoders or {}) - set(heads))
     if unknown:
@@ -122,7 +126,7 @@ def build_tagger(
         word_embedding = nn.Embedding(vocab_size, word_dim or 100, padding_idx=padding_idx)
     char_encoder: nn.Module | None = None
     if char_features != "none":
-        if char_vocab_size <= 0:
+        if not char_vocab_size:
             raise RecipeError(f"model.char_features: '{char_features}' needs character ids, which this task "
                               f"does not provide")
         char_encoder = (CharCNN(char_vocab_size, char_dim, char_hidden, char_kernel, dropout, padding_idx)
@@ -135,10 +139,11 @@ def build_tagger(
                           heads={name: (decoders[name], n) for name, n in heads.items()})
 
 
-def register_variant(name: str, doc: str, *, fixed: Mapping[str, Any], defaults: Mapping[str, Any] = {}) -> None:
+def register_variant(name: str, doc: str, *, fixed: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> None:
     """Register `build_tagger` as model `name` with some arguments fixed (no longer recipe keys) and other
     defaults; the variant's signature, and so its recipe schema and `deepcourse list -v`, shows exactly that."""
     sig = inspect.signature(build_tagger)
+    defaults = defaults or {}
     params = [p.replace(default=defaults[p.name]) if p.name in defaults else p
               for p in sig.parameters.values() if p.name not in fixed]
 

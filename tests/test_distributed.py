@@ -1,0 +1,57 @@
+"""Two processes on CPU (gloo) through `accelerate launch`: the same CLI, metrics over every sample once."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def launch(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    # `accelerate launch --cpu --num_processes 2` starts ONE process without mpirun (accelerate issue #2741);
+    # --multi_gpu on a machine whose GPUs are hidden runs N CPU processes with gloo.
+    env = {**env, "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "29517", "-m", "deepcourse", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_train_and_evaluate_every_sample_once(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    run = tmp_path / "ddp"
+    out = launch(["run", str(toy_recipe), "--run-dir", str(run), "--set", "data.eval_batch_size=8",
+                  "--set", "train.checkpoint_every=3"], cli_env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    info = json.loads((run / "run.json").read_text())
+    assert info["num_processes"] == 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["split"] == "validation"]
+    assert len(evals) == 3
+    assert all(r["num_samples"] == 51 for r in evals)  # 51 = 4 batches of 8 per process, tail not duplicated
+    steps = [r["step"] for r in rows if r.get("scope") == "epoch" and r["split"] == "train"]
+    assert steps == [5, 10, 15]  # 152 training samples / (16 per batch x 2 processes) = 5 steps per epoch
+    # only the main process wrote checkpoints: one set of files, one rng file per process
+    latest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    assert sorted(p.name for p in latest.glob("rng-*.safetensors")) == ["rng-0.safetensors", "rng-1.safetensors"]
+    best = json.loads((run / "best" / "metrics.json").read_text())
+    single = run_cli(["evaluate", str(run), "--json"], cli_env)
+    assert single.returncode == 0, single.stderr
+    metrics = json.loads(single.stdout)
+    assert metrics["num_samples"] == 51
+    assert metrics["accuracy"] == pytest.approx(best["accuracy"])
+    assert metrics["loss"] == pytest.approx(best["loss"], rel=1e-5)
+
+
+def test_resume_needs_the_same_process_count(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    run = tmp_path / "ddp"
+    out = launch(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.epochs=1"], cli_env)
+    assert out.returncode == 0, out.stderr
+    single = run_cli(["run", "--resume", str(run)], cli_env)
+    assert single.returncode == 2
+    assert "saved by 2 process(es)" in single.stderr
