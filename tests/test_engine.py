@@ -130,3 +130,12 @@ def test_max_steps_smoke_run(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     rows = metrics_rows(run)
     assert max(r["step"] for r in rows) == 3
     assert any(r["split"] == "validation" for r in rows)  # evaluated at the end even mid-epoch
+
+
+def test_tensorboard_tracker_writes_events(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "tb"
+    out = run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.trackers=['tensorboard']",
+                   "--set", "train.epochs=1"], cli_env)
+    assert out.returncode == 0, out.stderr
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))

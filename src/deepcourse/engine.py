@@ -103,7 +103,7 @@ def warn_single_cpu_launch() -> None:
               "`torchrun --nproc_per_node N -m deepcourse ...`", file=sys.stderr, flush=True)
 
 
-def make_accelerator(recipe: Recipe, *, log_dir: Path | None = None) -> Accelerator:
+def make_accelerator(recipe: Recipe) -> Accelerator:
     warn_single_cpu_launch()
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -120,8 +120,7 @@ def make_accelerator(recipe: Recipe, *, log_dir: Path | None = None) -> Accelera
                                                     torch.backends.mps.is_available())
     cpu = recipe.train.device == "cpu" or not has_accelerator
     return Accelerator(cpu=cpu, mixed_precision=recipe.train.mixed_precision,
-                       gradient_accumulation_steps=recipe.train.grad_accum, rng_types=[],
-                       log_with=trackers or None, project_dir=str(log_dir) if log_dir else None)
+                       gradient_accumulation_steps=recipe.train.grad_accum, rng_types=[])
 
 
 def build_task(recipe: Recipe) -> Task:
@@ -389,10 +388,8 @@ def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None 
         ckpt.atomic_write_text(out_dir / "run.json", _json(info))
     accelerator.wait_for_everyone()
     if is_main:
-        ctx.log = MetricsLog(out_dir / "metrics.jsonl")
-    if recipe.train.trackers:
-        accelerator.project_configuration.set_directories(str(out_dir))
-        accelerator.init_trackers("tensorboard", config=scalars(_flat(recipe.to_dict())))
+        ctx.log = MetricsLog(out_dir / "metrics.jsonl", tensorboard_dir=out_dir / "tensorboard"
+                             if "tensorboard" in recipe.train.trackers else None)
 
     try:
         with StopRequest() as stop:
@@ -403,8 +400,6 @@ def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None 
         raise
     finally:
         ctx.log.close()
-        if recipe.train.trackers:
-            accelerator.end_training()
 
     summary = {"run_dir": str(out_dir), "epochs": ctx.state.epoch, "steps": ctx.state.global_step,
                "best": _read_best(out_dir), "wall_time_s": round(time.perf_counter() - started, 2),
@@ -526,8 +521,6 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
                 raise Interrupted(save_checkpoint(ctx))
             state.evaluated_epoch = epoch
             _log(ctx, {"split": recipe.eval.split, "scope": "epoch", **scalars(metrics)})
-            if recipe.train.trackers:
-                acc.log({f"{recipe.eval.split}/{k}": v for k, v in scalars(metrics).items()}, step=state.global_step)
             for cb in ctx.callbacks:
                 cb.on_evaluate(ctx, metrics)
             value = metrics.get(monitor)
@@ -575,9 +568,6 @@ def _log(ctx: TrainContext, values: dict[str, Any]) -> None:
     ctx.state.event += 1
     record = {"event": ctx.state.event, "epoch": ctx.state.epoch + 1, "step": ctx.state.global_step, **values}
     ctx.log.write(record)
-    if ctx.recipe.train.trackers and values.get("split") == "train":
-        ctx.accelerator.log({f"train/{k}": v for k, v in values.items() if k != "split"},
-                            step=ctx.state.global_step)
 
 
 def _nonfinite(ctx: TrainContext, value: float) -> None:
@@ -598,17 +588,6 @@ def _print_epoch(ctx: TrainContext, epoch: int, loss: float | None, metrics: Map
         parts.append(f"{ctx.recipe.eval.split} " + " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     parts.append(f"({seconds:.1f} s)")
     print("  ".join(parts), flush=True)
-
-
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _read_best(run_dir: Path) -> dict[str, Any]:

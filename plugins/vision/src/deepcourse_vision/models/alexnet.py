@@ -27,7 +27,9 @@ def alexnet(num_classes: int, in_channels: int, image_size: int,
             variant: Literal["auto", "full", "small"] = "auto", norm: Norm = "lrn", norm_groups: PositiveInt = 32,
             activation: Activation = "relu", dropout: Dropout = 0.5, hidden: PositiveInt | None = None
             ) -> nn.Module:
-    """AlexNet. variant 'full': 96-256-384-384-256 channels, 11x11 stride-4 first layer, for 227 px input (62.4M
+    """AlexNet with LRN and dropout: the full 227 px layout or a small one for 28-32 px images.
+
+    variant 'full': 96-256-384-384-256 channels, 11x11 stride-4 first layer, for 227 px input (62.4M
     parameters with 1000 classes); 'small': 64-192-384-256-256 channels with 5x5 then 3x3 kernels and padded
     pooling, for 28-32 px images; 'auto' picks small under 64 px. norm 'lrn' follows the paper (after the ReLU of
     the first two convolutions); any other norm goes after every convolution. hidden: width of the two fully

@@ -40,8 +40,9 @@ def _densenet(num_classes: int, in_channels: int, image_size: int, growth_rate: 
 def densenet121(num_classes: int, in_channels: int, image_size: int, stem: Stem = "auto", norm: Norm = "batch",
                 norm_groups: PositiveInt = 32, drop_rate: Dropout = 0.0, memory_efficient: bool = False
                 ) -> nn.Module:
-    """DenseNet-121: growth 32, blocks (6, 12, 24, 16), 64 initial features (7.98M parameters with the ImageNet
-    stem and 1000 classes, as torchvision's). memory_efficient: recompute concatenations in backward."""
+    """DenseNet-121 on torchvision's DenseNet (7.98M parameters with the ImageNet stem and 1000 classes).
+
+    Growth 32, blocks (6, 12, 24, 16), 64 initial features; stem 'cifar' for small images. memory_efficient: recompute concatenations in backward."""
     return _densenet(num_classes, in_channels, image_size, 32, (6, 12, 24, 16), 64, stem, norm, norm_groups,
                      drop_rate, memory_efficient)
 
@@ -51,7 +52,8 @@ def densenet_small(num_classes: int, in_channels: int, image_size: int, growth_r
                    block_config: list[PositiveInt] = [6, 6, 6],  # noqa: B006 - read-only default
                    num_init_features: PositiveInt = 24, stem: Stem = "cifar", norm: Norm = "batch",
                    norm_groups: PositiveInt = 32, drop_rate: Dropout = 0.0) -> nn.Module:
-    """A small DenseNet-BC for 28-32 px images: three dense blocks of 6 bottleneck layers, growth 12, halving
-    transitions (about 0.17M parameters): CPU-trainable, same ideas as DenseNet-121."""
+    """A small DenseNet-BC for 28-32 px images (0.18M parameters): CPU-trainable, same ideas as DenseNet-121.
+
+    Three dense blocks of 6 bottleneck layers, growth 12, halving transitions."""
     return _densenet(num_classes, in_channels, image_size, growth_rate, tuple(block_config), num_init_features,
                      stem, norm, norm_groups, drop_rate, False)

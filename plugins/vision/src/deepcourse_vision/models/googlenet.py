@@ -49,8 +49,9 @@ class Inception(nn.Module):
 def googlenet(num_classes: int, in_channels: int, width: Annotated[float, Field(gt=0, le=4)] = 1.0,
               stem_channels: PositiveInt = 192, norm: Norm = "batch", norm_groups: PositiveInt = 32,
               activation: Activation = "relu", dropout: Dropout = 0.4) -> nn.Module:
-    """Small-image GoogLeNet: 3x3 stem, Inception 3a-3b, pool, 4a-4e, pool, 5a-5b, global average pool, dropout,
-    linear (6.2M parameters at width 1). width: multiplies every channel count (0.25 trains ~10x faster)."""
+    """GoogLeNet's nine Inception modules behind a 3x3 stem, for 32 px images.
+
+    Stem, Inception 3a-3b, pool, 4a-4e, pool, 5a-5b, global average pool, dropout, linear (6.2M parameters at width 1). width: multiplies every channel count (0.25 trains ~10x faster)."""
     def w(c: int) -> int:
         return max(1, round(c * width))
 

@@ -19,8 +19,9 @@ def simple_cnn(num_classes: int, in_channels: int, image_size: int,
                kernel_size: PositiveInt = 5, activation: Activation = "sigmoid", pool: Pool = "max",
                norm: Norm = "none", norm_groups: PositiveInt = 32, hidden: NonNegInt = 0,
                dropout: Dropout = 0.0) -> nn.Module:
-    """Conv-pool-sigmoid stages (one per entry of `channels`, 'same' padding, 2x2 pooling), then a linear layer
-    (with a `hidden` layer first when > 0). `norm` goes between each convolution and its pooling."""
+    """The first seed lab's conv-pool-sigmoid stack, then a linear layer.
+
+    One stage per entry of `channels` ('same' padding, 2x2 pooling), then a linear layer (with a `hidden` layer first when > 0). `norm` goes between each convolution and its pooling."""
     layers: list[nn.Module] = []
     width = in_channels
     for out in channels:

@@ -47,8 +47,9 @@ def _builder(name: str, config: str, depth: int) -> None:
         return _vgg(config, num_classes, in_channels, image_size, norm, norm_groups, head, dropout)
 
     build.__name__ = build.__qualname__ = name
-    build.__doc__ = (f"VGG-{depth}: 3x3 convolutions in five pooled blocks. norm 'batch' (default) is torchvision's "
-                     f"vgg{depth}_bn layout, 'none' plain vgg{depth}; head 'auto' is 'cifar' under 128 px.")
+    build.__doc__ = (f"VGG-{depth}: 3x3 convolutions in five pooled blocks, with or without batch norm.\n\n"
+                     f"norm 'batch' (default) is torchvision's vgg{depth}_bn layout, 'none' plain vgg{depth}; "
+                     f"head 'auto' is 'cifar' under 128 px.")
     MODELS.register(name, build)
 
 

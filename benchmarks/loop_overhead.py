@@ -1,0 +1,150 @@
+"""What does deepcourse's training loop cost over a hand-written one?
+
+The same small CNN, data (pre-loaded tensors), batch size, optimizer and seed are trained for a fixed number of
+steps twice per round: by `deepcourse.engine.fit` and by a plain PyTorch loop, alternating, in one process. Each
+step's wall time is recorded (after warm-up steps) and the ratio of the median step times is printed.
+
+    python benchmarks/loop_overhead.py [--steps 200] [--rounds 3] [--batch-size 128]
+
+Target: median step-time ratio <= 1.03 on CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from deepcourse.callbacks import Callback
+from deepcourse.data import ArrayDataset
+from deepcourse.metrics import Accuracy, MetricCollection
+from deepcourse.recipe import load_recipe
+from deepcourse.registry import CALLBACKS, DATASETS, MODELS, TASKS
+from deepcourse.task import DataBundle, Task
+
+N_IMAGES = 4096
+
+
+def make_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(N_IMAGES, 3, 32, 32, generator=g), torch.randint(0, 10, (N_IMAGES,), generator=g)
+
+
+def small_cnn() -> nn.Module:
+    """LeNet-5 sized for 32x32 RGB (the CIFAR lab's model)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
+# -- the deepcourse side: a task registered the way a plugin would -------------------------------------------------
+@DATASETS.register("bench_random_images", override=True)
+def bench_random_images() -> None:
+    """Random 3x32x32 images (loaded by the benchmark task itself)."""
+
+
+@MODELS.register("bench_cnn", override=True)
+def bench_cnn() -> nn.Module:
+    """LeNet-5 for 32x32 RGB."""
+    return small_cnn()
+
+
+@TASKS.register("bench-classification", override=True)
+class BenchTask(Task):
+    """Cross-entropy on pre-loaded tensors."""
+
+    def setup_data(self, data: Any, *, splits: Any, seed: int, artifacts: Any = None) -> DataBundle:
+        x, y = make_data()
+        return DataBundle({"train": ArrayDataset(x=x, y=y)})
+
+    def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return F.cross_entropy(model(batch["x"]), batch["y"])
+
+    def evaluation_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"preds": model(batch["x"]).argmax(-1), "targets": batch["y"]}
+
+    def create_metrics(self) -> MetricCollection:
+        return MetricCollection(Accuracy())
+
+
+@CALLBACKS.register("bench_step_timer", override=True)
+class StepTimer(Callback):
+    """Records the wall time at the end of every optimizer step."""
+
+    stamps: list[float] = []
+
+    def on_train_start(self, ctx: Any) -> None:
+        StepTimer.stamps = [time.perf_counter()]
+
+    def on_step_end(self, ctx: Any, loss: float | None) -> None:
+        StepTimer.stamps.append(time.perf_counter())
+
+
+def run_deepcourse(steps: int, batch_size: int, lr: float) -> list[float]:
+    from deepcourse.engine import fit
+
+    recipe = load_recipe(data={
+        "name": "loop_overhead", "seed": 0,
+        "task": {"name": "bench-classification"}, "data": {"name": "bench_random_images", "batch_size": batch_size},
+        "model": {"name": "bench_cnn"}, "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9},
+        "train": {"epochs": 1, "max_steps": steps, "progress": False, "log_every": 50,
+                  "callbacks": [{"name": "bench_step_timer"}]},
+    })
+    with tempfile.TemporaryDirectory() as tmp:
+        fit(recipe, run_dir=Path(tmp) / "run")
+    s = StepTimer.stamps
+    return [b - a for a, b in zip(s, s[1:])]
+
+
+def run_handwritten(steps: int, batch_size: int, lr: float) -> list[float]:
+    torch.manual_seed(0)
+    x, y = make_data()
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    model.train()
+    stamps = [time.perf_counter()]
+    for i in range(steps):
+        idx = perm[i * batch_size:(i + 1) * batch_size]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        stamps.append(time.perf_counter())
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    args = parser.parse_args()
+    if args.steps * args.batch_size > N_IMAGES:
+        parser.error(f"--steps x --batch-size must stay within one epoch of {N_IMAGES} images")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.steps} steps of batch "
+          f"{args.batch_size}, {args.rounds} rounds, first {args.warmup} steps of each run ignored")
+    ours: list[float] = []
+    theirs: list[float] = []
+    for r in range(args.rounds):
+        a = run_deepcourse(args.steps, args.batch_size, 0.01)[args.warmup:]
+        b = run_handwritten(args.steps, args.batch_size, 0.01)[args.warmup:]
+        ours += a
+        theirs += b
+        print(f"round {r + 1}: deepcourse median {statistics.median(a) * 1e3:.2f} ms/step, hand-written "
+              f"{statistics.median(b) * 1e3:.2f} ms/step, ratio {statistics.median(a) / statistics.median(b):.3f}")
+    ratio = statistics.median(ours) / statistics.median(theirs)
+    print(f"median step time: deepcourse {statistics.median(ours) * 1e3:.2f} ms, hand-written "
+          f"{statistics.median(theirs) * 1e3:.2f} ms")
+    print(f"step-time ratio deepcourse / hand-written: {ratio:.3f} (target <= 1.03)")
+
+
+if __name__ == "__main__":
+    main()
