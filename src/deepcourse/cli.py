@@ -224,7 +224,7 @@ def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint:
     """Metrics of a trained run's best (or latest) weights on a split."""
     from .engine import evaluate_run
 
-    metrics = evaluate_run(run_dir, split=split, data_dir=data_dir, which=checkpoint, progress=not as_json)
+    task, metrics = evaluate_run(run_dir, split=split, data_dir=data_dir, which=checkpoint, progress=not as_json)
     if as_json:
         click.echo(json.dumps(metrics, indent=1))
         return
@@ -233,11 +233,6 @@ def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint:
             click.echo(f"{key:<20} {value:.4f}")
         elif isinstance(value, (int, str)):
             click.echo(f"{key:<20} {value}")
-    from .engine import load_trained  # noqa: F401 - task-specific extras below
-    from .recipe import load_recipe
-    from .engine import build_task
-
-    task = build_task(load_recipe(run_dir / "recipe.toml"))
     for line in task.describe_metrics(metrics):
         click.echo(line)
 

@@ -625,7 +625,8 @@ def load_trained(run_dir: Path, *, which: str = "best", device: str = "auto") ->
 
 
 def evaluate_run(run_dir: Path, *, split: str | None = None, data_dir: str | None = None, which: str = "best",
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True) -> tuple[Task, dict[str, Any]]:
+    """Metrics of a finished run's weights on a split; `data_dir` may hold only that split's files."""
     recipe, task, facts, artifacts, model = load_trained(run_dir, which=which)
     split = split or recipe.eval.split
     data = recipe.data.model_copy(update={"data_dir": data_dir}) if data_dir else recipe.data
@@ -639,7 +640,7 @@ def evaluate_run(run_dir: Path, *, split: str | None = None, data_dir: str | Non
     loader = make_loader(bundle.splits[split], bs, collate_fn=bundle.collate_fn, num_workers=recipe.data.num_workers)
     model, loader = accelerator.prepare(model, loader)
     metrics = evaluate(accelerator, task, model, loader, desc=f"eval {split}", progress=progress)
-    return {"run_dir": str(run_dir), "split": split, **metrics}
+    return task, {"run_dir": str(run_dir), "split": split, **metrics}
 
 
 def predict_run(run_dir: Path, inputs: Sequence[str], *, batch_size: int = 64) -> Any:
