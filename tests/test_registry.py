@@ -80,3 +80,13 @@ def test_core_components_are_registered_with_core_origin() -> None:
 
 def test_plugin_components_carry_plugin_origin(plugin_site) -> None:
     assert MODELS.entry("toy_mlp").origin == "toy"
+
+
+def test_builder_with_a_signature_recipes_cannot_fill_is_refused() -> None:
+    reg = Registry("models")
+    with pytest.raises(RegistryError, match="positional-only"):
+        reg.register("pos", lambda x, /: x)
+    with pytest.raises(RegistryError, match=r"\*layers cannot be filled"):
+        def stack(*layers: int) -> None: ...
+        reg.register("stack", stack)
+    assert reg.names() == []

@@ -87,6 +87,11 @@ class Registry:
             raise RegistryError(f"{self.kind}: cannot register {obj!r} without a name")
         origin = plugins.current_origin() or _origin_of(obj)
         entry = Entry(name, obj, origin, getattr(obj, "__module__", "?") or "?", tuple(aliases), dict(meta))
+        if callable(obj):
+            problem = builder_signature_problem(obj)
+            if problem:
+                raise RegistryError(f"{self.kind[:-1]} '{name}' from {entry.where} cannot be built from a recipe: "
+                                    f"{problem}")
         for key in (name, *entry.aliases):
             taken = self._lookup(key)
             if taken is None:
@@ -159,6 +164,24 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+def builder_signature_problem(fn: Any) -> str:
+    """Why `fn` cannot be called with a recipe table's keyword arguments, or '' when it can.
+
+    Checked at registration, so a broken builder fails its plugin's load (reported by name) instead of
+    surfacing as a traceback in the middle of someone's run.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        return f"its signature cannot be read ({exc})"
+    for p in sig.parameters.values():
+        if p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
+            return f"parameter '{p.name}' is positional-only; builders are called with keyword arguments"
+        if p.kind is p.VAR_POSITIONAL:
+            return f"*{p.name} cannot be filled from a recipe table; use keyword parameters"
+    return ""
 
 
 def _origin_of(obj: Any) -> str:
