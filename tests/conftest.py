@@ -50,6 +50,13 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 '''registered before the conflict: must be rolled back'''
             OPTIMIZERS.register("sgd", lambda: None)  # taken by the core
         """})
+    make_distribution(site, "badsig-plugin", {"badsig": "badsig_plugin"}, {"badsig_plugin": """
+        from deepcourse.registry import MODELS
+
+        @MODELS.register("needs_positional")
+        def needs_positional(width, /):
+            return width
+        """})
     make_distribution(site, "future-plugin", {"future": "future_plugin"},
                       {"future_plugin": "from deepcourse.registry import MODELS\nMODELS.register('future_net', "
                                         "lambda: None)\n"}, requires=["deepcourse>=99"])

@@ -71,10 +71,12 @@ def test_raise_mode_reraises(tmp_path, monkeypatch) -> None:
 def test_cli_plugins_and_list_survive_broken_plugins(cli_env) -> None:
     out = run_cli(["plugins"], cli_env)
     assert out.returncode == 0, out.stderr
-    for name, status in (("toy", "ok"), ("broken", "error"), ("greedy", "error"), ("future", "incompatible")):
+    for name, status in (("toy", "ok"), ("broken", "error"), ("greedy", "error"), ("future", "incompatible"),
+                         ("badsig", "error")):
         line = next(l for l in out.stdout.splitlines() if l.startswith(name))
         assert status in line
     assert "this plugin is broken on purpose" in out.stdout
+    assert "model 'needs_positional' from plugin badsig (badsig_plugin) cannot be built from a recipe" in out.stdout
     assert "warning: plugin 'broken'" in out.stderr
     listing = run_cli(["list", "models", "toy*"], cli_env)
     assert listing.returncode == 0

@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import Field
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from deepcourse.errors import RecipeError
 from deepcourse.registry import MODELS
@@ -30,6 +29,51 @@ Rate = Annotated[float, Field(ge=0, lt=1)]
 _CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
+def reverse_index(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, T] positions that reverse each row within its length and leave the padding in place (an involution)."""
+    pos = torch.arange(width, device=lengths.device)
+    last = lengths.unsqueeze(1) - 1
+    return torch.where(pos < lengths.unsqueeze(1), last - pos, pos)
+
+
+class RecurrentEncoder(nn.Module):
+    """Stacked RNN/LSTM/GRU over padded batches, one or both directions.
+
+    No packing: the left-to-right pass may run over the padding (it comes after every real token), and the
+    right-to-left pass reads each sentence reversed within its own length (one gather), so padding never reaches
+    a real position's state. On CPU this runs the fused kernels of padded input, 2-3x faster than a
+    PackedSequence, and on GPU it needs no lengths on the host. `reverse_index` equals packing's result
+    (tests/sequence/test_models.py checks it against a packed torch.nn.LSTM).
+    """
+
+    def __init__(self, cell: Cell, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool,
+                 dropout: float) -> None:
+        super().__init__()
+        rnn = _CELLS[cell]
+        self.bidirectional = bidirectional
+        self.dropout = nn.Dropout(dropout)
+        sizes = [input_size] + [hidden_size * (2 if bidirectional else 1)] * (num_layers - 1)
+        self.forward_layers = nn.ModuleList(rnn(n, hidden_size, batch_first=True) for n in sizes)
+        self.backward_layers = nn.ModuleList(rnn(n, hidden_size, batch_first=True) for n in sizes) \
+            if bidirectional else None
+        self.out_features = hidden_size * (2 if bidirectional else 1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        index = None
+        if self.backward_layers is not None:
+            index = reverse_index(lengths, x.shape[1]).unsqueeze(2)
+        for i, forward in enumerate(self.forward_layers):
+            if i:
+                x = self.dropout(x)
+            states = forward(x)[0]
+            if index is not None:
+                backward = self.backward_layers[i]
+                reversed_states = backward(x.gather(1, index.expand(-1, -1, x.shape[2])))[0]
+                states = torch.cat([states, reversed_states.gather(1, index.expand(-1, -1, states.shape[2]))], 2)
+            x = states
+        return x
+
+
 class SequenceTagger(nn.Module):
     """Shared encoder and named heads. `forward(batch)` returns per-sentence losses `loss_<head>` for every head
     whose tags (`tags_<head>`) are in the batch and, with `decode=True`, tag ids `pred_<head>` [B, T]."""
@@ -42,10 +86,9 @@ class SequenceTagger(nn.Module):
         self.char_encoder = char_encoder
         in_features = word_embedding.embedding_dim + (char_encoder.out_features if char_encoder else 0)
         self.dropout = nn.Dropout(dropout)
-        self.rnn = _CELLS[cell](in_features, hidden_size, num_layers=num_layers, batch_first=True,
-                                bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
-        out_features = hidden_size * (2 if bidirectional else 1)
-        self.heads = nn.ModuleDict({name: HEADS[kind](out_features, n) for name, (kind, n) in heads.items()})
+        self.encoder = RecurrentEncoder(cell, in_features, hidden_size, num_layers, bidirectional, dropout)
+        self.heads = nn.ModuleDict({name: HEADS[kind](self.encoder.out_features, n)
+                                    for name, (kind, n) in heads.items()})
         self.word_dropout, self.unk_idx = word_dropout, unk_idx
 
     def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -59,10 +102,7 @@ class SequenceTagger(nn.Module):
             forms = self.char_encoder(batch["chars"], batch["char_lengths"])
             forms = torch.cat([forms, forms.new_zeros(1, forms.shape[1])])  # the padding row char_index uses
             x = torch.cat([x, forms[batch["char_index"]]], dim=-1)
-        packed = pack_padded_sequence(self.dropout(x), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        states, _ = self.rnn(packed)
-        states, _ = pad_packed_sequence(states, batch_first=True, total_length=words.shape[1])
-        return self.dropout(states)
+        return self.dropout(self.encoder(self.dropout(x), lengths))
 
     def forward(self, batch: Mapping[str, torch.Tensor], decode: bool = False) -> dict[str, torch.Tensor]:
         states = self.encode(batch)
