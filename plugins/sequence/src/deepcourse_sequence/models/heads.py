@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchcrf import CRF
 
-from ..crf import crf_decode
+from ..crf import crf_decode, crf_log_likelihood
 
 
 class SoftmaxHead(nn.Module):
@@ -39,7 +39,7 @@ class CRFHead(nn.Module):
         self.crf = CRF(num_tags, batch_first=True)
 
     def loss(self, states: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return -self.crf(self.proj(states), tags.clamp(min=0), mask, reduction="none")
+        return -crf_log_likelihood(self.crf, self.proj(states), tags, mask)
 
     def decode(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return crf_decode(self.crf, self.proj(states), mask)

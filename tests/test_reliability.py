@@ -1,0 +1,107 @@
+"""Runs survive SIGKILL at any point, checkpoints are atomic, and loading never executes planted code."""
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import FIXTURES, run_cli
+
+TIMING_KEYS = {"samples_per_s", "seconds"}
+
+
+def crash_run(args: list[str], env: dict[str, str], crash_at: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(FIXTURES / "crash_runner.py"), *args],
+                          env={**env, "CRASH_AT": crash_at}, capture_output=True, text=True, timeout=300)
+
+
+def final_state(run: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    last = sorted((run / "checkpoints").glob("step-*"))[-1]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return load_file(str(last / "model.safetensors")), [
+        {k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cli_env) -> tuple[Path, tuple]:
+    from conftest import TOY_RECIPE
+
+    folder = tmp_path_factory.mktemp("whole")
+    recipe = folder / "toy.toml"
+    recipe.write_text(TOY_RECIPE)
+    run = folder / "run"
+    out = run_cli(["run", str(recipe), "--run-dir", str(run), "--set", "train.checkpoint_every=3"], cli_env)
+    assert out.returncode == 0, out.stderr
+    return recipe, final_state(run)
+
+
+@pytest.mark.parametrize("crash_at", ["step:14", "eval:5", "checkpoint-write:4", "checkpoint-commit:2"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path, uninterrupted, cli_env,
+                                                          crash_at: str) -> None:
+    recipe, (weights, rows) = uninterrupted
+    run = tmp_path / "run"
+    killed = crash_run(["run", str(recipe), "--run-dir", str(run), "--set", "train.checkpoint_every=3"],
+                       cli_env, crash_at)
+    assert killed.returncode == -9, killed.stderr
+    # a checkpoint cut mid-write is never taken for a complete one
+    from deepcourse.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run / "checkpoints")
+    assert latest is not None and (latest / "trainer_state.json").exists()
+    resumed = run_cli(["run", "--resume", str(run)], cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    got_weights, got_rows = final_state(run)
+    assert got_rows == rows
+    for key in weights:
+        assert torch.equal(weights[key], got_weights[key]), key
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("victim", ["optimizer.pt", "scheduler.pt"])
+def test_planted_pickle_is_refused_and_never_runs(tmp_path: Path, toy_recipe: Path, cli_env, victim: str) -> None:
+    run = tmp_path / "run"
+    assert run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.checkpoint_every=4"],
+                   cli_env).returncode == 0
+    latest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    marker = tmp_path / "pwned"
+    with open(latest / victim, "wb") as f:
+        pickle.dump({"state": Payload(marker)}, f)
+    out = run_cli(["run", "--resume", str(run)], cli_env)
+    assert out.returncode == 2
+    assert f"{victim}: refused to load" in out.stderr and "Traceback" not in out.stderr
+    assert not marker.exists()
+
+
+def test_corrupt_weights_are_reported_not_crashed_on(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    run = tmp_path / "run"
+    assert run_cli(["run", str(toy_recipe), "--run-dir", str(run)], cli_env).returncode == 0
+    (run / "best" / "model.safetensors").write_bytes(b"not a safetensors file")
+    out = run_cli(["evaluate", str(run)], cli_env)
+    assert out.returncode == 2
+    assert "model.safetensors: cannot load weights" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_skip_nonfinite_steps(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    """With skip_nonfinite a NaN loss does not stop training; the skipped steps are counted."""
+    run = tmp_path / "run"
+    out = run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.skip_nonfinite=true",
+                   "--set", "train.callbacks=[{name = 'poison_at', step = 28}]"], cli_env)
+    assert out.returncode == 0, out.stderr
+    state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())
+    assert state["skipped_steps"] >= 1
