@@ -184,6 +184,20 @@ def evaluate(accelerator: Accelerator, task: Task, model: torch.nn.Module, loade
     return {**metrics.compute(), "num_samples": seen}
 
 
+def check_monitor(recipe: Recipe, task: Task) -> None:
+    """Fail before training (and before a run directory exists) when train.monitor names no metric."""
+    monitor = recipe.train.monitor or task.monitor
+    try:
+        known = scalars(task.create_metrics().compute())  # metrics of no samples: the names are what matter
+    except Exception:  # noqa: BLE001 - a metric that cannot compute on nothing; checked after the first eval
+        return
+    if monitor not in known:
+        from .errors import did_you_mean
+
+        raise RecipeError(f"train.monitor: task '{recipe.task.name}' computes no metric '{monitor}'."
+                          f"{did_you_mean(monitor, known)} It computes: {', '.join(known)}")
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -343,6 +357,8 @@ def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None 
         eval_bs = recipe.eval.batch_size or recipe.data.eval_batch_size or recipe.data.batch_size
         eval_loader = make_loader(bundle.splits[eval_split], eval_bs, collate_fn=collate,
                                   num_workers=recipe.data.num_workers)
+    if eval_loader is not None:
+        check_monitor(recipe, task)
     raw_optimizer = optimizer
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if eval_loader is not None:
@@ -523,10 +539,10 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
             _log(ctx, {"split": recipe.eval.split, "scope": "epoch", **scalars(metrics)})
             for cb in ctx.callbacks:
                 cb.on_evaluate(ctx, metrics)
-            value = metrics.get(monitor)
-            if value is None:
-                raise RecipeError(f"train.monitor: metric '{monitor}' is not computed by task "
-                                  f"'{recipe.task.name}'; it computes: {', '.join(scalars(metrics))}")
+            if monitor not in metrics:
+                raise RecipeError(f"train.monitor: task '{recipe.task.name}' computes no metric '{monitor}'. "
+                                  f"It computes: {', '.join(scalars(metrics))}")
+            value = metrics[monitor]
             if is_plateau(ctx.scheduler):
                 if getattr(ctx.scheduler, "auto_mode", False):
                     ctx.scheduler.mode = mode

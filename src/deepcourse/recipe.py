@@ -186,11 +186,11 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
 
 
 def resolve_extends(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    path = path.resolve()
-    if path in _chain:
-        cycle = " -> ".join(str(p) for p in (*_chain, path))
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, resolved))
         raise RecipeError(f"extends: cycle in recipe inheritance: {cycle}")
-    data = read_toml(path)
+    data = read_toml(path)  # messages name the file as the user wrote it
     parent = data.get("extends")
     if parent is None:
         return data
@@ -199,7 +199,7 @@ def resolve_extends(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
     parent_path = (path.parent / parent)
     if not parent_path.exists():
         raise RecipeError(f"{path}: extends: base recipe '{parent}' not found (looked for {parent_path})")
-    base = resolve_extends(parent_path, (*_chain, path))
+    base = resolve_extends(parent_path, (*_chain, resolved))
     base.pop("name", None)  # a child is its own experiment unless it says otherwise
     return deep_merge(base, data)
 
