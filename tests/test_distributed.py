@@ -55,3 +55,33 @@ def test_resume_needs_the_same_process_count(tmp_path: Path, toy_recipe: Path, c
     single = run_cli(["run", "--resume", str(run)], cli_env)
     assert single.returncode == 2
     assert "saved by 2 process(es)" in single.stderr
+
+
+def test_two_process_interrupt_and_resume_is_exact(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    common = ["--set", "train.checkpoint_every=4"]
+    whole = launch(["run", str(toy_recipe), "--run-dir", str(tmp_path / "whole"), *common], cli_env)
+    assert whole.returncode == 0, whole.stderr
+    cut = launch(["run", str(toy_recipe), "--run-dir", str(tmp_path / "cut"), *common,
+                  "--set", "train.callbacks=[{name = 'interrupt_at', step = 7}]"], cli_env)
+    assert cut.returncode != 0
+    assert (tmp_path / "cut" / "checkpoints" / "step-000000007").is_dir()
+    resumed = launch(["run", "--resume", str(tmp_path / "cut"), "--set", "train.callbacks=[]"], cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    from safetensors.torch import load_file
+    import torch
+
+    a = load_file(str(sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1] / "model.safetensors"))
+    b = load_file(str(sorted((tmp_path / "cut" / "checkpoints").glob("step-*"))[-1] / "model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_one_failing_process_stops_the_others(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    import time
+
+    start = time.monotonic()
+    out = launch(["run", str(toy_recipe), "--run-dir", str(tmp_path / "r"), "--set", "train.epochs=50",
+                  "--set", "train.callbacks=[{name = 'fail_on_rank', rank = 1, step = 3}]"], cli_env)
+    assert out.returncode != 0
+    assert "rank 1 fails on purpose" in out.stderr
+    assert time.monotonic() - start < 120  # nobody waits forever in a collective

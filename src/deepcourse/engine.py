@@ -446,8 +446,10 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
         if state.step_in_epoch:
             batches = acc.skip_first_batches(train_loader, state.step_in_epoch * cfg.grad_accum)
         # Accelerate's loaders re-set the sampler's epoch from their own iteration counter when iterated (a
-        # fresh skip loader counts from 0), so tell the loader we iterate which epoch this is.
+        # fresh skip loader counts from 0), so tell the loader we iterate which epoch this is; and the sampler
+        # itself, which Accelerate cannot reach through a skip loader over a sharded batch sampler.
         batches.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         bar = tqdm(total=ctx.steps_per_epoch, initial=state.step_in_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=True if not (cfg.progress and ctx.is_main) else None, dynamic_ncols=True,
                    leave=False)

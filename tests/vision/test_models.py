@@ -135,8 +135,8 @@ def test_resnet_stems() -> None:
     assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.in_channels == 1
     assert isinstance(imagenet.maxpool, nn.MaxPool2d)
     assert build("resnet18", {}, image_size=32).conv1.kernel_size == (3, 3)  # auto: cifar under 64 px
-    zero = build("resnet18", {"zero_init_residual": True})
-    assert float(zero.layer1[0].bn2.weight.abs().sum()) == 0
+    assert float(build("resnet18", {}).layer1[0].bn2.weight.detach().abs().sum()) == 0  # zero-init by default
+    assert float(build("resnet18", {"zero_init_residual": False}).layer1[0].bn2.weight.detach().abs().sum()) > 0
 
 
 NORMS = ["batch", "layer", "group", "instance", "switchable", "lrn", "none"]

@@ -29,7 +29,7 @@ def iter_sentences(path: str | os.PathLike, columns: Sequence[str] | None) -> It
     path = Path(path)
     names = list(columns) if columns is not None else ["token"]
     try:
-        handle = open(path, encoding="utf-8-sig", newline=None)
+        handle = open(path, "rb")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -38,33 +38,28 @@ def iter_sentences(path: str | os.PathLike, columns: Sequence[str] | None) -> It
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
     current: list[list[str]] = []
     first_line = 0
-    lineno = 0
     with handle:
-        try:
-            for lineno, line in enumerate(handle, 1):
-                fields = line.split()
-                if not fields:
-                    if current:
-                        yield first_line, _columns(names, current)
-                        current = []
-                    continue
-                if fields[0] == DOCSTART:
-                    if current:
-                        yield first_line, _columns(names, current)
-                        current = []
-                    continue
-                if columns is None:
-                    fields = fields[:1]
-                elif len(fields) != len(names):
-                    raise DataError(
-                        f"{path}:{lineno}: expected {len(names)} columns ({' '.join(names)}), found {len(fields)}: "
-                        f"{line.strip()[:80]!r}. Set data.columns to the columns of your files")
-                if not current:
-                    first_line = lineno
-                current.append(fields)
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}:{lineno + 1}: not valid UTF-8 ({exc.reason} at byte {exc.start} of the "
-                            f"line); convert the file with iconv -t utf-8") from None
+        for lineno, raw in enumerate(handle, 1):
+            try:  # decoded line by line, so an encoding error names its line
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start + 1} of the "
+                                f"line); convert the file, e.g. iconv -f latin1 -t utf-8") from None
+            fields = line.split()
+            if not fields or fields[0] == DOCSTART:
+                if current:
+                    yield first_line, _columns(names, current)
+                    current = []
+                continue
+            if columns is None:
+                fields = fields[:1]
+            elif len(fields) != len(names):
+                raise DataError(
+                    f"{path}:{lineno}: expected {len(names)} columns ({' '.join(names)}), found {len(fields)}: "
+                    f"{line.strip()[:80]!r}. Set data.columns to the columns of your files")
+            if not current:
+                first_line = lineno
+            current.append(fields)
     if current:  # no blank line after the last sentence
         yield first_line, _columns(names, current)
 

@@ -21,7 +21,8 @@ Stem = Literal["auto", "imagenet", "cifar"]
 
 def _zero_init_last_norm(model: nn.Module) -> None:
     """Start each residual branch at zero (Goyal et al. 2017): its last norm's scale is 0, so blocks begin as
-    identities. Done here because torchvision's own flag assumes batch norm."""
+    identities. Without it, activations grow through ResNet-152's 50 blocks and the first steps are chaotic.
+    Done here because torchvision's own flag assumes batch norm."""
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
     for m in model.modules():
@@ -54,14 +55,15 @@ def _resnet(block: str, layers: list[int], num_classes: int, in_channels: int, i
 
 def _builder(name: str, block: str, layers: list[int], params: str) -> None:
     def build(num_classes: int, in_channels: int, image_size: int, stem: Stem = "auto", norm: Norm = "batch",
-              norm_groups: PositiveInt = 32, zero_init_residual: bool = False, dropout: Dropout = 0.0) -> nn.Module:
+              norm_groups: PositiveInt = 32, zero_init_residual: bool = True, dropout: Dropout = 0.0) -> nn.Module:
         return _resnet(block, layers, num_classes, in_channels, image_size, stem, norm, norm_groups,
                        zero_init_residual, dropout)
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = (f"{name.replace('resnet', 'ResNet-')} on torchvision's ResNet ({params} parameters with the "
                      f"ImageNet stem and 1000 classes).\n\n{block.capitalize()} blocks {layers}; stem 'cifar' "
-                     f"(3x3, no max-pool) for small images, 'auto' picks it under 64 px.")
+                     f"(3x3, no max-pool) for small images, 'auto' picks it under 64 px. zero_init_residual (default, as "
+                     f"in timm): each block starts as the identity, which keeps deep nets trainable from step one.")
     MODELS.register(name, build)
 
 

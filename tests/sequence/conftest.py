@@ -1,0 +1,34 @@
+"""Shared fixtures of the sequence plugin's tests: the toy corpus in data/mini and a private datasets cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("deepcourse_sequence", reason="the sequence plugin is not installed (pip install -e plugins/sequence)")
+
+MINI = Path(__file__).parent / "data" / "mini"
+
+
+@pytest.fixture(autouse=True)
+def private_datasets_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the Arrow caches of files written by tests out of the user's ~/.cache/huggingface."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.getbasetemp() / "hf-datasets")
+
+
+@pytest.fixture
+def mini() -> Path:
+    return MINI
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def write():
+    """write(path, text) -> path, in UTF-8."""
+    return _write
