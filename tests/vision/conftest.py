@@ -13,6 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from deepcourse import plugins
+
+# Discover the plugin through its entry point before any test module imports deepcourse_vision directly, so its
+# components are registered with origin "vision" (as `deepcourse list` shows them), not a module name.
+plugins.load_plugins()
+
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
 

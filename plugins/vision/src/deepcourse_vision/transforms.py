@@ -83,8 +83,10 @@ def _pad(x: torch.Tensor, padding: int, mode: str, fill: float) -> torch.Tensor:
 
 @TRANSFORMS.register("random_crop")
 class RandomCrop(ImageTransform):
-    """Pad by `padding`, then crop `size` pixels (default: the input size) at a random place; at evaluation a
-    centre crop of `size` (nothing when it is the input size). CIFAR's standard augmentation is padding 4."""
+    """Random crop after padding (training); centre crop of the same size at evaluation.
+
+    Pads by `padding`, then crops `size` pixels (default: the input size) at a random place; at evaluation a centre
+    crop of `size` (nothing when it is the input size). CIFAR's standard augmentation is padding 4."""
 
     def __init__(self, size: PositiveInt | None = None, padding: NonNegInt = 0,
                  padding_mode: PaddingMode = "constant", fill: Fill = 0.0) -> None:
@@ -131,8 +133,10 @@ class CenterCrop(ImageTransform):
 
 @TRANSFORMS.register("resize")
 class Resize(ImageTransform):
-    """Resize to `size` x `size` (training and evaluation): e.g. 28 px MNIST to AlexNet's 227 px, on the device
-    instead of re-encoding the dataset. Antialiasing applies when shrinking with bilinear/bicubic."""
+    """Resize to `size` x `size`, in training and evaluation alike.
+
+    E.g. 28 px MNIST to AlexNet's 227 px, on the device instead of re-encoding the dataset. Antialiasing applies
+    when shrinking with bilinear/bicubic."""
 
     def __init__(self, size: PositiveInt, mode: Literal["bilinear", "bicubic", "nearest", "area"] = "bilinear",
                  antialias: bool = True) -> None:
@@ -174,8 +178,9 @@ def vflip(p: Probability = 0.5) -> RandomFlip:
 
 @TRANSFORMS.register("rotation")
 class RandomRotation(ImageTransform):
-    """Rotate each image by a uniform random angle in [-degrees, degrees] about its centre (training only);
-    uncovered corners get `fill`. One affine grid and one bilinear grid_sample for the whole batch."""
+    """Random rotation by up to `degrees` either way about the centre (training only).
+
+    Uncovered corners get `fill`. One affine grid and one bilinear grid_sample for the whole batch."""
 
     def __init__(self, degrees: Annotated[float, Field(gt=0, le=180)] = 15.0, p: Probability = 1.0,
                  fill: Fill = 0.0) -> None:
@@ -215,8 +220,9 @@ class GaussianNoise(ImageTransform):
 
 @TRANSFORMS.register("cutout")
 class Cutout(ImageTransform):
-    """Fill a `size` x `size` square at a random centre with `fill` (DeVries & Taylor 2017; training only). The
-    square may hang over the border, as in the paper, so edges are not favoured."""
+    """Cutout: blank a random `size` x `size` square with `fill` (DeVries & Taylor 2017; training only).
+
+    The square's centre is uniform over the image and it may hang over the border, as in the paper."""
 
     def __init__(self, size: PositiveInt = 8, p: Probability = 1.0, fill: Fill = 0.5) -> None:
         self.size, self.p, self.fill = size, p, fill

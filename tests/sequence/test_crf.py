@@ -1,0 +1,82 @@
+"""CRF likelihood and Viterbi decoding checked against brute-force enumeration of every tag path and against
+pytorch-crf's own (per-sentence, Python) implementation."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torchcrf import CRF
+
+from deepcourse_sequence.crf import crf_decode, crf_log_likelihood, viterbi_decode
+
+
+def path_score(crf: CRF, emissions: torch.Tensor, path: tuple[int, ...]) -> torch.Tensor:
+    score = crf.start_transitions[path[0]] + crf.end_transitions[path[-1]]
+    for t, tag in enumerate(path):
+        score = score + emissions[t, tag]
+        if t:
+            score = score + crf.transitions[path[t - 1], tag]
+    return score
+
+
+@pytest.fixture
+def tiny() -> tuple[CRF, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    num_tags, lengths = 3, torch.tensor([4, 1, 3, 2])
+    crf = CRF(num_tags, batch_first=True)
+    with torch.no_grad():  # larger than the default init, so paths differ clearly
+        for p in crf.parameters():
+            p.normal_()
+    emissions = torch.randn(len(lengths), int(lengths.max()), num_tags, dtype=torch.float64)
+    crf = crf.double()
+    mask = torch.arange(emissions.shape[1]) < lengths.unsqueeze(1)
+    tags = torch.randint(0, num_tags, emissions.shape[:2]).masked_fill(~mask, -100)
+    return crf, emissions, tags, mask
+
+
+def test_log_likelihood_matches_enumeration(tiny) -> None:
+    crf, emissions, tags, mask = tiny
+    ours = crf_log_likelihood(crf, emissions, tags, mask)
+    for b in range(len(tags)):
+        n = int(mask[b].sum())
+        paths = list(itertools.product(range(emissions.shape[2]), repeat=n))
+        log_z = torch.logsumexp(torch.stack([path_score(crf, emissions[b], p) for p in paths]), 0)
+        gold = path_score(crf, emissions[b], tuple(tags[b, :n].tolist()))
+        assert ours[b].item() == pytest.approx((gold - log_z).item(), abs=1e-9)
+    reference = crf(emissions, tags.clamp(min=0), mask, reduction="none")
+    torch.testing.assert_close(ours, reference)
+
+
+def test_gradients_match_pytorch_crf(tiny) -> None:
+    crf, emissions, tags, mask = tiny
+    emissions.requires_grad_(True)
+    weights = torch.randn(len(tags), dtype=torch.float64)  # a non-uniform upstream gradient
+    params = [emissions, crf.transitions, crf.start_transitions, crf.end_transitions]
+    ours = torch.autograd.grad((crf_log_likelihood(crf, emissions, tags, mask) * weights).sum(), params)
+    theirs = torch.autograd.grad((crf(emissions, tags.clamp(min=0), mask, reduction="none") * weights).sum(), params)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda e: crf_log_likelihood(crf, e, tags, mask), (emissions,))
+
+
+def test_viterbi_matches_enumeration_and_pytorch_crf(tiny) -> None:
+    crf, emissions, _, mask = tiny
+    decoded = crf_decode(crf, emissions, mask)
+    for b in range(len(mask)):
+        n = int(mask[b].sum())
+        best = max(itertools.product(range(emissions.shape[2]), repeat=n),
+                   key=lambda p: path_score(crf, emissions[b], p).item())
+        assert decoded[b, :n].tolist() == list(best)
+        assert (decoded[b, n:] == -100).all()
+    assert [decoded[b, :int(mask[b].sum())].tolist() for b in range(len(mask))] == crf.decode(emissions, mask)
+
+
+def test_viterbi_on_a_larger_random_batch() -> None:
+    torch.manual_seed(1)
+    crf = CRF(9, batch_first=True)
+    lengths = torch.randint(1, 30, (64,))
+    emissions = torch.randn(64, int(lengths.max()), 9)
+    mask = torch.arange(emissions.shape[1]) < lengths.unsqueeze(1)
+    decoded = viterbi_decode(emissions, mask, crf.start_transitions, crf.end_transitions, crf.transitions, pad=0)
+    assert [decoded[b, :n].tolist() for b, n in enumerate(lengths.tolist())] == crf.decode(emissions, mask)
