@@ -79,9 +79,10 @@ def _override_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
               help="Parent folder of new run directories.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+@click.option("--no-report", is_flag=True, help="Do not write RUN_DIR/report/ at the end.")
 @handle_errors
 def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_dir: Path | None,
-        runs_root: Path, as_json: bool) -> None:
+        runs_root: Path, as_json: bool, no_report: bool) -> None:
     """Train RECIPE (or continue a run with --resume RUN_DIR)."""
     from .engine import fit
     from .recipe import load_recipe
@@ -99,12 +100,18 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
 
     if not PartialState().is_main_process:
         return
+    if not no_report:
+        from .report import write_report
+
+        summary["report"] = str(write_report(Path(summary["run_dir"])))
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
         best = {k: v for k, v in summary["best"].items() if isinstance(v, (int, float)) and k != "num_samples"}
         shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in best.items())
         click.echo(f"done in {summary['wall_time_s']:.1f} s. best: {shown}\nrun directory: {summary['run_dir']}")
+        if "report" in summary:
+            click.echo(f"report: {summary['report']}")
 
 
 def _resume_recipe(resume: Path, recipe: Path | None, overrides: Sequence[str]) -> Any:
@@ -258,6 +265,60 @@ def predict(run_dir: Path, inputs: Sequence[str], as_json: bool, batch_size: int
     finally:
         if out:
             out.close()
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--no-task-figures", is_flag=True, help="Only the curves (skip figures that need the best weights).")
+@handle_errors
+def report(run_dir: Path, no_task_figures: bool) -> None:
+    """Write RUN_DIR/report/: PNG curves, the task's figures and report.md."""
+    from .report import write_report
+
+    md = write_report(run_dir, with_task=not no_task_figures)
+    click.echo(f"report: {md}")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("comparison"), show_default=True,
+              help="Folder for the PNGs and the compare.md / compare.csv tables.")
+@handle_errors
+def compare(run_dirs: Sequence[Path], output: Path) -> None:
+    """Overlay the curves of several runs and tabulate their metrics; lines are labelled by the recipe keys
+    that differ between the runs."""
+    from .report import compare_runs
+
+    _, md = compare_runs(list(run_dirs), output)
+    click.echo(md.read_text(encoding="utf-8").rstrip())
+    click.echo(f"\nwritten: {md}, {md.with_suffix('.csv')} and compare_*.png in {output}")
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(path_type=Path))
+@click.option("--grid", "grids", multiple=True, metavar="KEY=V1,V2",
+              help="Values to try for a recipe key (repeatable; the runs are the product).")
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Runs per grid point with seeds seed, seed+1, ... (tables show mean and spread).")
+@_override_option
+@click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Runs at a time, one process each.")
+@click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue an interrupted sweep folder.")
+@handle_errors
+def sweep(recipe: Path | None, grids: Sequence[str], seeds: int, overrides: Sequence[str], jobs: int,
+          runs_root: Path, resume: Path | None) -> None:
+    """Run RECIPE for every combination of --grid values (and seeds), then compare the runs."""
+    from .sweep import sweep as run_sweep
+
+    if recipe is None and resume is None:
+        raise UserError("give a RECIPE and --grid values, or --resume SWEEP_DIR")
+    if recipe is not None and not grids and resume is None:
+        raise UserError("give at least one --grid KEY=V1,V2 (e.g. --grid model.dropout=0,0.5)")
+    folder = run_sweep(recipe or Path("."), grids, seeds=seeds, overrides=overrides, jobs=jobs,
+                       runs_root=runs_root, resume=resume, echo=click.echo)
+    click.echo((folder / "compare.md").read_text(encoding="utf-8").rstrip())
+    click.echo(f"\nsweep folder: {folder}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -96,5 +96,15 @@ class Task:
         """Extra lines for `evaluate` output (per-class tables and the like); default none."""
         return ()
 
+    def report(self, model: nn.Module, recipe: Any, artifacts: Mapping[str, Any],
+               out: Path) -> tuple[list[Any], list[str]]:
+        """Task figures for `deepcourse report` (confusion matrix, mistakes, per-entity scores...).
+
+        Save PNGs into `out` (use `deepcourse.report.pyplot()`), return `deepcourse.report.Figure`s and extra
+        Markdown lines. Called with the best weights; load the evaluation split with `setup_data(recipe.data,
+        splits=(recipe.eval.split,), seed=recipe.seed, artifacts=artifacts)`. Default: nothing.
+        """
+        return [], []
+
     def save_extra(self, folder: Path) -> None:
         """Hook to save task files beside the best weights (rarely needed: prefer artifacts)."""

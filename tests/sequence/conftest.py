@@ -4,8 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from deepcourse import plugins
+
+plugins.load_plugins()  # through the entry point, so components are registered as the plugin 'sequence'
 pytest.importorskip("deepcourse_sequence", reason="the sequence plugin is not installed (pip install -e plugins/sequence)")
+torch.set_num_threads(1)  # tiny tensors: a second thread only adds synchronisation (and the CI box is shared)
 
 MINI = Path(__file__).parent / "data" / "mini"
 

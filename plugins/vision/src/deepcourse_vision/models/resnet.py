@@ -80,7 +80,9 @@ def resnet_mnist(num_classes: int, in_channels: int, channels: PositiveInt = 32,
                  norm_groups: PositiveInt = 32, dropout: Dropout = 0.0) -> nn.Module:
     """The small two-residual-block net that reaches 99% on MNIST.
 
-    3x3 conv stem, a residual block, 2x2 max-pool, a stride-2 residual block that doubles the channels, global average pool, linear. Two residual blocks are enough for 99% on MNIST."""
+    3x3 conv stem and 2x2 max-pool (28 -> 14 px), a residual block, a stride-2 residual block that doubles the
+    channels (-> 7 px), global average pool, linear: about 78k parameters and 6M multiply-adds per image, so three
+    epochs take minutes on a CPU."""
     from torchvision.models.resnet import BasicBlock
 
     norm_layer = norm_factory(norm, norm_groups)
@@ -88,7 +90,7 @@ def resnet_mnist(num_classes: int, in_channels: int, channels: PositiveInt = 32,
     downsample = nn.Sequential(nn.Conv2d(channels, wide, 1, 2, bias=False), make_norm(norm, wide, groups=norm_groups))
     return nn.Sequential(
         nn.Conv2d(in_channels, channels, 3, 1, 1, bias=False), make_norm(norm, channels, groups=norm_groups),
-        nn.ReLU(inplace=True),
-        BasicBlock(channels, channels, norm_layer=norm_layer), nn.MaxPool2d(2),
+        nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        BasicBlock(channels, channels, norm_layer=norm_layer),
         BasicBlock(channels, wide, stride=2, downsample=downsample, norm_layer=norm_layer),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(wide, num_classes))

@@ -1,0 +1,100 @@
+"""report, compare and sweep on tiny toy runs: the files exist, the PNGs open, the tables hold real metrics."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    import matplotlib.image as mpimg
+
+    height, width = mpimg.imread(path).shape[:2]
+    return width, height
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, cli_env) -> list[Path]:
+    from conftest import TOY_RECIPE
+
+    folder = tmp_path_factory.mktemp("runs")
+    recipe = folder / "toy.toml"
+    recipe.write_text(TOY_RECIPE)
+    runs = []
+    for dropout in (0.0, 0.3):
+        run = folder / f"d{dropout}"
+        out = run_cli(["run", str(recipe), "--run-dir", str(run), "--set", f"model.dropout={dropout}"], cli_env)
+        assert out.returncode == 0, out.stderr
+        runs.append(run)
+    return runs
+
+
+def test_run_writes_a_report_with_readable_plots(two_runs: list[Path]) -> None:
+    report = two_runs[0] / "report"
+    md = (report / "report.md").read_text()
+    best = json.loads((two_runs[0] / "best" / "metrics.json").read_text())
+    assert f"| accuracy | {best['accuracy']:.4f} |" in md
+    for name in ("loss.png", "accuracy.png", "lr.png", "samples_per_s.png"):
+        assert f"]({name})" in md
+        width, height = png_size(report / name)
+        assert 600 <= width <= 1000 and 350 <= height <= 700, (name, width, height)
+    assert "```toml" in md and 'name = "toy_mlp"' in md
+
+
+def test_report_command_rebuilds_the_report(two_runs: list[Path], cli_env) -> None:
+    import shutil
+
+    shutil.rmtree(two_runs[1] / "report")
+    out = run_cli(["report", str(two_runs[1])], cli_env)
+    assert out.returncode == 0, out.stderr
+    assert (two_runs[1] / "report" / "report.md").exists()
+
+
+def test_compare_labels_runs_by_their_differences(two_runs: list[Path], tmp_path: Path, cli_env) -> None:
+    out_dir = tmp_path / "cmp"
+    out = run_cli(["compare", *map(str, two_runs), "-o", str(out_dir)], cli_env)
+    assert out.returncode == 0, out.stderr
+    md = (out_dir / "compare.md").read_text()
+    assert "model.dropout=0.0" in md and "model.dropout=0.3" in md
+    rows = list(csv.DictReader(open(out_dir / "compare.csv")))
+    for row, run in zip(rows, two_runs):
+        summary = json.loads((run / "summary.json").read_text())
+        assert float(row["best accuracy"]) == pytest.approx(summary["best"]["accuracy"])
+        assert int(row["parameters"]) == summary["num_parameters"]
+    for name in ("compare_loss.png", "compare_accuracy.png"):
+        width, height = png_size(out_dir / name)
+        assert width > 600 and height > 350
+
+
+def test_interrupted_sweep_resumes(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    args = ["sweep", str(toy_recipe), "--grid", "model.hidden=8,16", "--runs-root", str(tmp_path),
+            "--set", "train.checkpoint_every=2", "--set", "train.callbacks=[{name = 'interrupt_at', step = 5}]"]
+    first = run_cli(args, cli_env)
+    assert first.returncode == 2  # every run was interrupted (Ctrl-C after step 5)
+    assert "2 of 2 sweep runs failed" in first.stderr
+    folder = next((tmp_path / "toy").glob("sweep-*"))
+    assert all((folder / d / "checkpoints" / "step-000000005").is_dir()
+               for d in ("000-model.hidden=8", "001-model.hidden=16"))
+    second = run_cli(["sweep", "--resume", str(folder)], cli_env)
+    assert second.returncode == 0, second.stderr
+    assert "resuming" in (folder / "000-model.hidden=8.log").read_text()
+    md = (folder / "compare.md").read_text()
+    assert "model.hidden=8" in md and "model.hidden=16" in md
+    third = run_cli(["sweep", "--resume", str(folder)], cli_env)  # nothing left to do: finished runs are kept
+    assert third.returncode == 0
+    assert (folder / "000-model.hidden=8.log").read_text().count("resuming") == 1
+
+
+def test_sweep_with_seeds_reports_mean_and_spread(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    out = run_cli(["sweep", str(toy_recipe), "--grid", "model.dropout=0,0.5", "--seeds", "2", "--runs-root",
+                   str(tmp_path), "--set", "train.epochs=1", "-j", "2"], cli_env)
+    assert out.returncode == 0, out.stderr
+    folder = next((tmp_path / "toy").glob("sweep-*"))
+    md = (folder / "compare.md").read_text()
+    assert "| model.dropout=0 | 2 |" in md and "±" in md
+    rows = list(csv.DictReader(open(folder / "compare.csv")))
+    assert len(rows) == 2 and "best accuracy sd" in rows[0]
