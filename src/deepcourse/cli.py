@@ -321,5 +321,22 @@ def sweep(recipe: Path | None, grids: Sequence[str], seeds: int, overrides: Sequ
     click.echo(f"\nsweep folder: {folder}")
 
 
+@main.command(name="new-plugin")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(path_type=Path),
+              help="Where to create the package (default: ./deepcourse-NAME).")
+@click.option("--kind", type=click.Choice(["model", "dataset", "task"]), default="model", show_default=True,
+              help="What the example plugin adds: a model, a dataset, or a whole task with its own data and model.")
+@handle_errors
+def new_plugin(name: str, directory: Path | None, kind: str) -> None:
+    """Generate a working plugin package (pyproject with the entry point, a registered component, a recipe and
+    a test) to start a model, dataset or task of your own."""
+    from .scaffold import new_plugin as scaffold
+
+    root = scaffold(name, directory, kind)
+    click.echo(f"created {root}\n\nnext:\n  pip install -e {root}\n  python -m pytest {root}/tests\n"
+               f"  deepcourse run {root}/recipes/{root.name.removeprefix('deepcourse-').replace('-', '_')}.toml")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

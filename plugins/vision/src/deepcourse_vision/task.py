@@ -9,6 +9,7 @@ training device with an `ImagePipeline` built from `task.transforms`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
@@ -242,6 +243,13 @@ class ImageClassification(Task):
             for name, row in zip(per_class, matrix):
                 lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
         return lines
+
+    def report(self, model: nn.Module, recipe: Any, artifacts: Mapping[str, Any],
+               out: Path) -> tuple[list[Any], list[str]]:
+        """Confusion matrix and most confident mistakes on the evaluation split, per-class accuracy table."""
+        from .report import write_figures
+
+        return write_figures(self, model, recipe, artifacts, out)
 
     # -- inference ---------------------------------------------------------------------------------------------------
     def predict(self, model: nn.Module, inputs: Sequence[str], *, batch_size: int,

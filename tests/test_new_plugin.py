@@ -1,0 +1,45 @@
+"""`deepcourse new-plugin` makes a package that installs, and whose own test and recipe pass as generated."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("kind", ["model", "dataset", "task"])
+def test_generated_plugin_installs_and_passes_its_tests(tmp_path: Path, cli_env, kind: str) -> None:
+    pytest.importorskip("deepcourse_vision")  # the model and dataset examples build on the vision plugin
+    name = f"gen{kind}"
+    root = tmp_path / f"deepcourse-{name}"
+    out = run_cli(["new-plugin", name, "--dir", str(root), "--kind", kind], cli_env)
+    assert out.returncode == 0, out.stderr
+    assert (root / "pyproject.toml").exists() and (root / f"src/deepcourse_{name}/__init__.py").exists()
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(root)]
+    assert subprocess.run(pip, capture_output=True, text=True).returncode == 0
+    try:
+        listed = run_cli(["plugins"], cli_env)
+        assert any(line.startswith(name) and "ok" in line for line in listed.stdout.splitlines()), listed.stdout
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
+                               capture_output=True, text=True, env=cli_env, cwd=tmp_path, timeout=600)
+        assert tests.returncode == 0, tests.stdout + tests.stderr
+        recipe = run_cli(["run", str(root / "recipes" / f"{name}.toml"), "--run-dir", str(tmp_path / "run"),
+                          "--set", "train.max_steps=3", "--no-report"], cli_env)
+        assert recipe.returncode == 0, recipe.stderr
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", f"deepcourse-{name}"],
+                       capture_output=True)
+
+
+def test_new_plugin_refuses_bad_names_and_occupied_folders(tmp_path: Path, cli_env) -> None:
+    out = run_cli(["new-plugin", "9lives", "--dir", str(tmp_path / "x")], cli_env)
+    assert out.returncode == 2 and "starting with a letter" in out.stderr
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "f").write_text("x")
+    out = run_cli(["new-plugin", "ok", "--dir", str(tmp_path / "busy")], cli_env)
+    assert out.returncode == 2 and "already exists and is not empty" in out.stderr
