@@ -222,7 +222,7 @@ def _decode_hf_split(ds: Any, row_names: Callable[[int], str], mode: Literal["L"
         if not data:
             raise DataError(f"{row_names(i)}: no image data")
         items.append((row_names(i), data))
-    labels = torch.as_tensor(np.asarray(table.column(label_col).to_numpy(zero_copy_only=False), dtype=np.int64))
+    labels = torch.from_numpy(np.array(table.column(label_col).to_numpy(zero_copy_only=False), dtype=np.int64))
     if names is None:
         names = [str(i) for i in range(int(labels.max()) + 1)] if len(labels) else []
     return ImageSplit(decode_images(items, mode=mode), labels), list(names)

@@ -90,8 +90,8 @@ class ImageClassification(Task):
     # -- data --------------------------------------------------------------------------------------------------------
     def setup_data(self, data: Any, *, splits: Sequence[str], seed: int,
                    artifacts: Mapping[str, Any] | None = None) -> DataBundle:
-        if self.tta == "ten_crop" and self.pipeline.ten_crop_index() is None:
-            self.pipeline.views(torch.zeros(1, 1, 1, 1, dtype=torch.uint8), "ten_crop")  # raises the RecipeError
+        if self.tta == "ten_crop":
+            self.pipeline.ten_crop_index()  # no random_crop to take the crops from: fail before loading any data
         carve = bool(data.val_split)
         wanted = {"train" if (s == "validation" and carve) else s for s in splits}
         out: dict[str, ImageSplit] = {}

@@ -310,10 +310,13 @@ class ImagePipeline:
     def __call__(self, images: torch.Tensor, *, train: bool) -> torch.Tensor:
         return self.normalize(self.run(self.to_float(images), self.transforms, train=train))
 
-    def ten_crop_index(self) -> int | None:
+    def ten_crop_index(self) -> int:
         """Position of the last random crop: test-time ten-crop views are taken where it crops."""
         found = [i for i, t in enumerate(self.transforms) if isinstance(t, RandomCrop)]
-        return found[-1] if found else None
+        if not found:
+            raise RecipeError("eval.tta: 'ten_crop' takes its crops where a random_crop transform crops; "
+                              "task.transforms has none (use tta = \"flip\", or add random_crop)")
+        return found[-1]
 
     def views(self, images: torch.Tensor, tta: str) -> list[torch.Tensor]:
         """Evaluation views of a batch: one (no TTA), the image and its mirror (flip), or ten crops."""
@@ -324,9 +327,6 @@ class ImagePipeline:
             return [x, x.flip(-1)]
         if tta == "ten_crop":
             i = self.ten_crop_index()
-            if i is None:
-                raise RecipeError("eval.tta: 'ten_crop' takes its crops where a random_crop transform crops; "
-                                  "task.transforms has none (use tta = \"flip\", or add random_crop)")
             x = self.run(self.to_float(images), self.transforms[:i], train=False)
             crop: RandomCrop = self.transforms[i]  # type: ignore[assignment]
             rest = self.transforms[i + 1:]

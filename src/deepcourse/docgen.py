@@ -1,0 +1,179 @@
+"""Generate docs/recipe-reference.md from the recipe schema and the registered builders' signatures.
+
+    python -m deepcourse.docgen > docs/recipe-reference.md
+
+A test regenerates it and fails when the committed file is stale, so the reference cannot drift from the code.
+"""
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+from . import __version__
+from .builders import parameters
+from .recipe import (DataSection, EarlyStopping, EvalSection, ModelSection, OptimizerSection, Recipe,
+                     SchedulerSection, TaskSection, TrainSection)
+from .registry import ALL
+
+CORE_DOCS: dict[str, str] = {
+    "name": "run name: runs go to runs/<name>/<timestamp>/ (default: the file name)",
+    "description": "free text, shown in reports",
+    "seed": "seeds Python, NumPy and torch, the data order and the validation split",
+    "extends": "path of a base recipe (relative to this file): tables merge, lists replace",
+    "requires_plugins": "plugins the recipe needs; a clear message names any that are missing",
+    "data.name": "registered dataset",
+    "data.data_dir": "folder with a local copy (else $DEEPCOURSE_DATA/<dataset>/, else the Hub)",
+    "data.batch_size": "samples per batch and process",
+    "data.eval_batch_size": "batch size for evaluation (default: batch_size)",
+    "data.val_split": "fraction of train carved off as validation when the dataset has none",
+    "data.num_workers": "DataLoader worker processes (0: load in the training process)",
+    "task.name": "registered task",
+    "model.name": "registered model",
+    "optimizer.name": "registered optimizer",
+    "scheduler.name": "registered learning-rate schedule (stepped per optimizer step; plateau per evaluation)",
+    "train.epochs": "passes over the training data",
+    "train.max_steps": "stop after this many optimizer steps (smoke runs), evaluating at the end",
+    "train.mixed_precision": "no, bf16 (CPU or recent GPUs) or fp16 (GPU, with a gradient scaler)",
+    "train.grad_accum": "batches per optimizer step",
+    "train.clip_grad_norm": "clip the global gradient norm to this value",
+    "train.l1": "L1 penalty on weight matrices and kernels, added to the loss (weight decay is L2)",
+    "train.monitor": "validation metric that picks the best epoch and drives early stopping (default: the task's)",
+    "train.monitor_mode": "min or max (default: the task's)",
+    "train.early_stopping": "{patience = N, min_delta = 0.0}: stop after N evaluations without improvement",
+    "train.checkpoint_every": "also checkpoint every N optimizer steps (0: at the end of each epoch only)",
+    "train.keep_checkpoints": "how many checkpoints to keep",
+    "train.log_every": "log the training loss every N optimizer steps",
+    "train.deterministic": "ask torch for deterministic algorithms (slower)",
+    "train.skip_nonfinite": "skip steps whose loss is NaN/inf instead of stopping",
+    "train.trackers": "extra loggers besides metrics.jsonl: tensorboard",
+    "train.progress": "progress bars on a terminal",
+    "train.device": "auto (GPU when there is one) or cpu",
+    "train.threads": "torch CPU threads per process",
+    "train.callbacks": "[{name = ..., ...}]: registered callbacks with their keys",
+    "train.early_stopping.patience": "evaluations without improvement before stopping",
+    "train.early_stopping.min_delta": "smallest change that counts as an improvement",
+    "eval.split": "split evaluated each epoch and used to pick the best model",
+    "eval.every": "evaluate every N epochs (and always after the last)",
+    "eval.batch_size": "batch size for evaluation",
+}
+
+SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("", Recipe), ("task", TaskSection), ("data", DataSection), ("model", ModelSection),
+    ("optimizer", OptimizerSection), ("scheduler", SchedulerSection), ("train", TrainSection),
+    ("train.early_stopping", EarlyStopping), ("eval", EvalSection),
+]
+BUILDER_KINDS = [("tasks", "task"), ("datasets", "data"), ("models", "model"), ("optimizers", "optimizer"),
+                 ("schedulers", "scheduler"), ("transforms", None), ("callbacks", "train.callbacks"),
+                 ("metrics", None)]
+CONTEXT = {"params", "optimizer", "total_steps", "steps_per_epoch", "epochs", "seed", "splits", "data_dir"}
+
+
+def type_name(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return "any"
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *extra = typing.get_args(annotation)
+        constraints = []
+        for meta in extra:
+            for item in [meta, *(getattr(meta, "metadata", None) or [])]:
+                for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+                    if getattr(item, attr, None) is not None:
+                        constraints.append(f"{symbol} {getattr(item, attr)}")
+                if getattr(item, "pattern", None):
+                    constraints.append("pattern")
+        return type_name(base) + (f" ({', '.join(constraints)})" if constraints else "")
+    if origin is typing.Literal:
+        return " \\| ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(annotation))
+        return " or ".join(type_name(a) for a in args) + (" or none" if optional else "")
+    if origin is not None:
+        args = ", ".join(type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+
+
+def show_default(value: Any) -> str:
+    if value is inspect.Parameter.empty:
+        return "required"
+    if isinstance(value, BaseModel):
+        return "(table)"
+    text = repr(value)
+    return f"`{text}`" if len(text) < 40 else "(see source)"
+
+
+def core_tables() -> list[str]:
+    lines = []
+    for prefix, model in SECTIONS:
+        title = f"[{prefix}]" if prefix else "top level"
+        lines += [f"### {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            if field.exclude or name in ("task", "data", "model", "optimizer", "scheduler", "train", "eval"):
+                continue
+            key = f"{prefix}.{name}" if prefix else name
+            default = inspect.Parameter.empty if field.is_required() else field.default
+            annotation = field.annotation
+            if field.metadata:
+                annotation = typing.Annotated[(annotation, *field.metadata)]  # type: ignore[valid-type]
+            lines.append(f"| `{name}` | {type_name(annotation)} | {show_default(default)} | "
+                         f"{CORE_DOCS.get(key, '')} |")
+        if model.model_config.get("extra") == "allow":
+            lines.append("| *other keys* | | | keyword arguments of the registered builder named by `name` |")
+        lines.append("")
+    return lines
+
+
+def builder_tables() -> list[str]:
+    lines = []
+    for kind, section in BUILDER_KINDS:
+        registry = ALL[kind]
+        entries = registry.entries()
+        if not entries:
+            continue
+        where = f" (`[{section}] name = ...`)" if section and section != "train.callbacks" else \
+            (" (`train.callbacks = [{name = ...}]`)" if section else "")
+        lines += [f"## {kind.capitalize()}{where}", ""]
+        for e in entries:
+            aliases = f" (alias: {', '.join(e.aliases)})" if e.aliases else ""
+            lines += [f"### `{e.name}`{aliases}", "", f"From `{e.origin}`. {e.summary}", ""]
+            params = {k: v for k, v in parameters(e.obj).items() if k not in CONTEXT} if callable(e.obj) else {}
+            if params:
+                lines += ["| key | type | default |", "|---|---|---|"]
+                for name, (annotation, default) in params.items():
+                    shown = "from the dataset" if default is inspect.Parameter.empty and section == "model" \
+                        else show_default(default)
+                    lines.append(f"| `{name}` | {type_name(annotation)} | {shown} |")
+                lines.append("")
+    return lines
+
+
+def reference() -> str:
+    from . import plugins
+
+    found = [p for p in plugins.plugins() if p.status == "ok"]
+    head = [
+        "# Recipe reference",
+        "",
+        "<!-- Generated by `python -m deepcourse.docgen > docs/recipe-reference.md`; do not edit by hand. -->",
+        "",
+        f"deepcourse {__version__} with plugins: " + (", ".join(f"{p.name} ({p.dist})" for p in found) or "none")
+        + ".",
+        "",
+        "A recipe is a TOML file. Keys of `[task]`, `[data]`, `[model]`, `[optimizer]` and `[scheduler]` other than",
+        "the core keys below are the keyword arguments of the registered builder named by `name`, checked against",
+        "its type hints; model parameters marked *from the dataset* are filled in by the task (`num_classes`,",
+        "`vocab_size`, ...). Every key can be overridden on the command line with `--set key.path=VALUE`.",
+        "",
+        "## Core keys",
+        "",
+    ]
+    return "\n".join(head + core_tables() + builder_tables()).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")
