@@ -1,6 +1,7 @@
 """Shared fixtures of the sequence plugin's tests: the toy corpus in data/mini and a private datasets cache."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +16,19 @@ torch.set_num_threads(1)  # tiny tensors: a second thread only adds synchronisat
 MINI = Path(__file__).parent / "data" / "mini"
 
 
-@pytest.fixture(autouse=True)
-def private_datasets_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True, scope="session")
+def private_datasets_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Keep the Arrow caches of files written by tests out of the user's ~/.cache/huggingface."""
     import datasets
 
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.getbasetemp() / "hf-datasets")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.getbasetemp() / "hf-datasets")
+        yield
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def mini() -> Path:
+    """The toy corpus (train/dev/test.txt, columns token pos chunk ner): sentences written for these tests."""
     return MINI
 
 

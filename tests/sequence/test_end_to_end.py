@@ -25,10 +25,8 @@ def train(tmp: Path, mini: Path, *overrides: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from .conftest import MINI  # noqa: PLC0415 - module-scoped fixtures cannot use the function-scoped one
-
-    return train(tmp_path_factory.mktemp("runs"), MINI)
+def run_dir(tmp_path_factory: pytest.TempPathFactory, mini: Path) -> Path:
+    return train(tmp_path_factory.mktemp("runs"), mini)
 
 
 def test_run_saves_everything_evaluate_needs(run_dir: Path) -> None:
