@@ -177,3 +177,13 @@ def test_grad_accum_counts_optimizer_steps(tmp_path: Path, toy_recipe: Path, cli
     assert out.returncode == 0, out.stderr
     epoch_rows = [r for r in metrics_rows(run) if r["split"] == "train" and r["scope"] == "epoch"]
     assert [r["step"] for r in epoch_rows] == [3, 6, 9]  # 10 batches per epoch -> ceil(10 / 4) = 3 steps
+
+
+def test_train_and_eval_samples_subset_reproducibly(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    run = tmp_path / "sub"
+    out = run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "data.train_samples=48",
+                   "--set", "data.eval_samples=20", "--set", "train.epochs=1"], cli_env)
+    assert out.returncode == 0, out.stderr
+    rows = metrics_rows(run)
+    assert [r["step"] for r in rows if r.get("scope") == "epoch" and r["split"] == "train"] == [3]  # 48 / 16
+    assert [r["num_samples"] for r in rows if r["split"] == "validation"] == [20]

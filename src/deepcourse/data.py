@@ -141,6 +141,18 @@ class ArrayDataset(Dataset):
         return ArrayDataset(**{k: v.index_select(0, indices) for k, v in self.arrays.items()})
 
 
+def random_subset(dataset: Any, size: int | None, seed: int) -> Any:
+    """At most `size` samples of `dataset`, drawn reproducibly from the seed (an ArrayDataset stays one)."""
+    if size is None or size >= len(dataset):
+        return dataset
+    keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 17))[:size].sort().values
+    if isinstance(dataset, ArrayDataset):
+        return dataset.subset(keep)
+    from torch.utils.data import Subset
+
+    return Subset(dataset, keep.tolist())  # forwards __getitems__ when the dataset has it
+
+
 def passthrough_collate(batch: Any) -> Any:
     """Collate for datasets whose `__getitems__` already returns a batch."""
     return batch

@@ -30,6 +30,8 @@ CORE_DOCS: dict[str, str] = {
     "data.eval_batch_size": "batch size for evaluation (default: batch_size)",
     "data.val_split": "fraction of train carved off as validation when the dataset has none",
     "data.num_workers": "DataLoader worker processes (0: load in the training process)",
+    "data.train_samples": "train on a random subset of this many samples (the same for the same seed): quick ablations",
+    "data.eval_samples": "evaluate on a random subset of this many samples (the same for the same seed)",
     "task.name": "registered task",
     "model.name": "registered model",
     "optimizer.name": "registered optimizer",

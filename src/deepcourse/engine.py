@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint as ckpt
 from .builders import call_builder, validate_options
 from .callbacks import Callback
-from .data import EpochSampler, passthrough_collate
+from .data import EpochSampler, passthrough_collate, random_subset
 from .errors import CheckpointError, RecipeError, UserError
 from .metrics import scalars
 from .recipe import Recipe
@@ -346,6 +346,9 @@ def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None 
     bundle = task.setup_data(recipe.data, splits=("train", eval_split), seed=recipe.seed, artifacts=artifacts)
     if "train" not in bundle.splits or len(bundle.splits["train"]) == 0:
         raise UserError(f"data: dataset '{recipe.data.name}' has no training samples")
+    bundle.splits["train"] = random_subset(bundle.splits["train"], recipe.data.train_samples, recipe.seed)
+    if eval_split in bundle.splits:
+        bundle.splits[eval_split] = random_subset(bundle.splits[eval_split], recipe.data.eval_samples, recipe.seed)
     model = task.build_model(recipe.model, bundle.facts)
     optimizer = build_optimizer(recipe, model)
     collate = bundle.collate_fn

@@ -49,6 +49,8 @@ class DataSection(_Open):
     eval_batch_size: PositiveInt | None = None
     val_split: Annotated[float, Field(ge=0, lt=1)] | None = None
     num_workers: NonNegInt = 0
+    train_samples: PositiveInt | None = None
+    eval_samples: PositiveInt | None = None
 
 
 class ModelSection(_Open):

@@ -36,7 +36,12 @@ __all__ = ["ImageTransform", "RandomCrop", "CenterCrop", "Resize", "RandomFlip",
 
 
 class ImageTransform:
-    """A transform of a float image batch [N, C, H, W]; `train` says whether to augment or evaluate."""
+    """A transform of a float image batch [N, C, H, W]; `train` says whether to augment or evaluate.
+
+    Transforms that only move pixels (crops, flips) set `moves_pixels = True` and also accept uint8 batches: the
+    pipeline runs them before converting to float, on a quarter of the bytes."""
+
+    moves_pixels = False
 
     def __call__(self, x: torch.Tensor, *, train: bool) -> torch.Tensor:
         raise NotImplementedError
@@ -61,13 +66,27 @@ def _where(mask: torch.Tensor | None, changed: torch.Tensor, original: torch.Ten
     return torch.cat([original, changed]).index_select(0, index)
 
 
-def crop_at(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Crop each image of the batch at its own (top, left) with one gather (no Python loop over samples)."""
+def _fold(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Map coordinates that fall in the padding back into the image: mirror (reflect) or clamp (replicate)."""
+    if mode == "replicate":
+        return index.clamp(0, size - 1)
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def crop_at(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: int, width: int, *,
+            padding: int = 0, padding_mode: str = "reflect") -> torch.Tensor:
+    """Crop each image of the batch at its own (top, left) with one gather, no Python loop over samples.
+
+    (top, left) are in the coordinates of the image padded by `padding` on each side; reflect/replicate padding
+    is folded into the gather's index instead of being materialised (constant padding must be applied first)."""
     n, c, h, w = x.shape
-    rows = top.view(n, 1, 1) + torch.arange(height, device=x.device).view(1, height, 1)
-    cols = left.view(n, 1, 1) + torch.arange(width, device=x.device).view(1, 1, width)
-    index = (rows * w + cols).view(n, 1, height * width).expand(n, c, height * width)
-    return x.reshape(n, c, h * w).gather(2, index).view(n, c, height, width)
+    rows = top.view(n, 1) - padding + torch.arange(height, device=x.device)
+    cols = left.view(n, 1) - padding + torch.arange(width, device=x.device)
+    if padding:
+        rows, cols = _fold(rows, h, padding_mode), _fold(cols, w, padding_mode)
+    index = (rows.view(n, height, 1) * w + cols.view(n, 1, width)).view(n, 1, height * width)
+    return x.reshape(n, c, h * w).gather(2, index.expand(n, c, height * width)).view(n, c, height, width)
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -82,8 +101,9 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 def _pad(x: torch.Tensor, padding: int, mode: str, fill: float) -> torch.Tensor:
     if padding == 0:
         return x
-    if mode == "constant":
-        return F.pad(x, (padding,) * 4, mode="constant", value=fill)
+    if mode == "constant":  # fill is on the [0, 1] scale; uint8 images are on [0, 255]
+        value = round(fill * 255) if x.dtype == torch.uint8 else fill
+        return F.pad(x, (padding,) * 4, mode="constant", value=value)
     return F.pad(x, (padding,) * 4, mode=mode)
 
 
@@ -93,6 +113,8 @@ class RandomCrop(ImageTransform):
 
     Pads by `padding`, then crops `size` pixels (default: the input size) at a random place; at evaluation a centre
     crop of `size` (nothing when it is the input size). CIFAR's standard augmentation is padding 4."""
+
+    moves_pixels = True
 
     def __init__(self, size: PositiveInt | None = None, padding: NonNegInt = 0,
                  padding_mode: PaddingMode = "constant", fill: Fill = 0.0) -> None:
@@ -105,15 +127,19 @@ class RandomCrop(ImageTransform):
         size = self._size(x)
         if not train:
             return x if size == x.shape[-1] == x.shape[-2] else center_crop(x, size)
-        padded = _pad(x, self.padding, self.padding_mode, self.fill)
-        h, w = padded.shape[-2:]
+        h, w = x.shape[-2] + 2 * self.padding, x.shape[-1] + 2 * self.padding
         if size > min(h, w):
             raise RecipeError(f"task.transforms: random_crop of {size} px is larger than the padded "
                               f"{h}x{w} images")
+        if self.padding_mode == "reflect" and self.padding >= min(x.shape[-2:]):
+            raise RecipeError(f"task.transforms: random_crop: reflect padding of {self.padding} px needs images "
+                              f"larger than that (got {x.shape[-1]} px)")
         n = x.shape[0]
         top = torch.randint(0, h - size + 1, (n,), device=x.device)
         left = torch.randint(0, w - size + 1, (n,), device=x.device)
-        return crop_at(padded, top, left, size, size)
+        if self.padding_mode == "constant":
+            return crop_at(_pad(x, self.padding, "constant", self.fill), top, left, size, size)
+        return crop_at(x, top, left, size, size, padding=self.padding, padding_mode=self.padding_mode)
 
     def ten_crop(self, x: torch.Tensor) -> list[torch.Tensor]:
         """AlexNet's test-time views: the four corner crops and the centre crop of the padded image, and their
@@ -129,6 +155,8 @@ class RandomCrop(ImageTransform):
 @TRANSFORMS.register("center_crop")
 class CenterCrop(ImageTransform):
     """Keep the central `size` x `size` pixels, in training and evaluation alike."""
+
+    moves_pixels = True
 
     def __init__(self, size: PositiveInt) -> None:
         self.size = size
@@ -159,6 +187,8 @@ class Resize(ImageTransform):
 
 class RandomFlip(ImageTransform):
     """Mirror each image with probability p along `dim` (-1: left-right, -2: upside down); training only."""
+
+    moves_pixels = True
 
     def __init__(self, p: float = 0.5, dim: int = -1) -> None:
         self.p, self.dim = p, dim
@@ -276,14 +306,16 @@ def build_transforms(specs: Sequence[Mapping[str, Any]], loc: str = "task.transf
 
 
 class ImagePipeline:
-    """uint8 batch -> float in [0, 1] -> transforms -> (x - mean) / std, on whatever device the batch is on."""
+    """uint8 batch -> transforms -> (x - mean) / std as floats, on whatever device the batch is on.
+
+    Transforms see floats in [0, 1], except the pixel-moving ones at the front, which run on the uint8 batch."""
 
     def __init__(self, transforms: Sequence[ImageTransform], mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
         self.transforms = list(transforms)
         self.mean = list(mean) if mean is not None else None
         self.std = list(std) if std is not None else None
-        self._stats: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._stats: dict[tuple[torch.device, float], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @staticmethod
     def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -291,24 +323,35 @@ class ImagePipeline:
             return images.float().div_(255)
         return images.float()
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mean is None or self.std is None:
-            return x
-        key = (x.device, x.dtype)
+    def _affine(self, device: torch.device, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b) with (x / scale - mean) / std = x * a + b, per channel, cached per device."""
+        key = (device, scale)
         if key not in self._stats:
-            mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-            inv = 1 / torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-            self._stats[key] = (mean, inv)
-        mean, inv = self._stats[key]
-        return (x - mean).mul_(inv)
+            mean = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+            self._stats[key] = (1 / (std * scale), -mean / std)
+        return self._stats[key]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(x - mean) / std as floats; a uint8 batch is converted and normalised in one pass."""
+        if self.mean is None or self.std is None:
+            return self.to_float(x)
+        if x.dtype == torch.uint8:
+            a, b = self._affine(x.device, 255.0)
+            return x.float().mul_(a).add_(b)
+        a, b = self._affine(x.device, 1.0)
+        return torch.addcmul(b, x.float(), a)
 
     def run(self, x: torch.Tensor, transforms: Sequence[ImageTransform], *, train: bool) -> torch.Tensor:
+        """Apply `transforms`; pixel-moving ones run on uint8, the first other one gets floats in [0, 1]."""
         for t in transforms:
+            if x.dtype == torch.uint8 and not t.moves_pixels:
+                x = self.to_float(x)
             x = t(x, train=train)
         return x
 
     def __call__(self, images: torch.Tensor, *, train: bool) -> torch.Tensor:
-        return self.normalize(self.run(self.to_float(images), self.transforms, train=train))
+        return self.normalize(self.run(images, self.transforms, train=train))
 
     def ten_crop_index(self) -> int:
         """Position of the last random crop: test-time ten-crop views are taken where it crops."""
@@ -327,7 +370,7 @@ class ImagePipeline:
             return [x, x.flip(-1)]
         if tta == "ten_crop":
             i = self.ten_crop_index()
-            x = self.run(self.to_float(images), self.transforms[:i], train=False)
+            x = self.run(images, self.transforms[:i], train=False)
             crop: RandomCrop = self.transforms[i]  # type: ignore[assignment]
             rest = self.transforms[i + 1:]
             return [self.normalize(self.run(v, rest, train=False)) for v in crop.ten_crop(x)]
