@@ -98,3 +98,14 @@ def test_sweep_with_seeds_reports_mean_and_spread(tmp_path: Path, toy_recipe: Pa
     assert "| model.dropout=0 | 2 |" in md and "±" in md
     rows = list(csv.DictReader(open(folder / "compare.csv")))
     assert len(rows) == 2 and "best accuracy sd" in rows[0]
+
+
+def test_sweep_grid_from_the_recipe(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    text = toy_recipe.read_text().replace("[train]\nepochs = 3", "[train]\nepochs = 1")
+    text += '\n[sweep]\ngrid = {"optimizer" = [{name = "sgd", lr = 0.05}, {name = "adam", lr = 0.01}]}\n'
+    recipe = tmp_path / "ablation.toml"
+    recipe.write_text(text)
+    out = run_cli(["sweep", str(recipe), "--runs-root", str(tmp_path)], cli_env)
+    assert out.returncode == 0, out.stderr
+    md = (next((tmp_path / "toy").glob("sweep-*")) / "compare.md").read_text()
+    assert "optimizer={name=sgd lr=0.05}" in md and "optimizer={name=adam lr=0.01}" in md

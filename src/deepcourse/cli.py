@@ -20,7 +20,7 @@ from .errors import UserError
 # Keys that may differ between a run and the recipe that resumes it: they change how visibly or how often it
 # saves, not what it computes. (Not epochs: schedules such as one-cycle are laid out over the original length.)
 RESUMABLE_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                  "train.threads", "train.trackers", "train.callbacks")
+                  "train.threads", "train.trackers", "train.callbacks", "sweep")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -298,23 +298,23 @@ def compare(run_dirs: Sequence[Path], output: Path) -> None:
 @click.argument("recipe", required=False, type=click.Path(path_type=Path))
 @click.option("--grid", "grids", multiple=True, metavar="KEY=V1,V2",
               help="Values to try for a recipe key (repeatable; the runs are the product).")
-@click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Runs per grid point with seeds seed, seed+1, ... (tables show mean and spread).")
+@click.option("--seeds", type=click.IntRange(min=1),
+              help="Runs per grid point with seeds seed, seed+1, ... (default: the recipe's sweep.seeds, or 1).")
 @_override_option
 @click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Runs at a time, one process each.")
 @click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue an interrupted sweep folder.")
 @handle_errors
-def sweep(recipe: Path | None, grids: Sequence[str], seeds: int, overrides: Sequence[str], jobs: int,
+def sweep(recipe: Path | None, grids: Sequence[str], seeds: int | None, overrides: Sequence[str], jobs: int,
           runs_root: Path, resume: Path | None) -> None:
-    """Run RECIPE for every combination of --grid values (and seeds), then compare the runs."""
+    """Run RECIPE for every combination of --grid values (and seeds), then compare the runs.
+
+    Without --grid, the recipe's own [sweep] table says what to vary (grid = {"model.dropout" = [0, 0.5]})."""
     from .sweep import sweep as run_sweep
 
     if recipe is None and resume is None:
         raise UserError("give a RECIPE and --grid values, or --resume SWEEP_DIR")
-    if recipe is not None and not grids and resume is None:
-        raise UserError("give at least one --grid KEY=V1,V2 (e.g. --grid model.dropout=0,0.5)")
     folder = run_sweep(recipe or Path("."), grids, seeds=seeds, overrides=overrides, jobs=jobs,
                        runs_root=runs_root, resume=resume, echo=click.echo)
     click.echo((folder / "compare.md").read_text(encoding="utf-8").rstrip())

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from . import __version__
 from .builders import parameters
 from .recipe import (DataSection, EarlyStopping, EvalSection, ModelSection, OptimizerSection, Recipe,
-                     SchedulerSection, TaskSection, TrainSection)
+                     SchedulerSection, SweepSection, TaskSection, TrainSection)
 from .registry import ALL
 
 CORE_DOCS: dict[str, str] = {
@@ -60,12 +60,14 @@ CORE_DOCS: dict[str, str] = {
     "eval.split": "split evaluated each epoch and used to pick the best model",
     "eval.every": "evaluate every N epochs (and always after the last)",
     "eval.batch_size": "batch size for evaluation",
+    "sweep.grid": "what `deepcourse sweep` varies: {\"key.path\" = [values]}, the runs are the product",
+    "sweep.seeds": "runs per grid point (seed, seed+1, ...), reported as mean and spread",
 }
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("", Recipe), ("task", TaskSection), ("data", DataSection), ("model", ModelSection),
     ("optimizer", OptimizerSection), ("scheduler", SchedulerSection), ("train", TrainSection),
-    ("train.early_stopping", EarlyStopping), ("eval", EvalSection),
+    ("train.early_stopping", EarlyStopping), ("eval", EvalSection), ("sweep", SweepSection),
 ]
 BUILDER_KINDS = [("tasks", "task"), ("datasets", "data"), ("models", "model"), ("optimizers", "optimizer"),
                  ("schedulers", "scheduler"), ("transforms", None), ("callbacks", "train.callbacks"),
@@ -115,7 +117,8 @@ def core_tables() -> list[str]:
         title = f"[{prefix}]" if prefix else "top level"
         lines += [f"### {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
-            if field.exclude or name in ("task", "data", "model", "optimizer", "scheduler", "train", "eval"):
+            if field.exclude or name in ("task", "data", "model", "optimizer", "scheduler", "train", "eval",
+                                         "sweep"):
                 continue
             key = f"{prefix}.{name}" if prefix else name
             default = inspect.Parameter.empty if field.is_required() else field.default

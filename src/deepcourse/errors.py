@@ -50,6 +50,9 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
         close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)]
     if not close:
         return ""
+    # offer several only when they are about as close as the best one ('seeed' -> 'seed', not also 'sweep')
+    score = {c: difflib.SequenceMatcher(None, name.lower(), c.lower()).ratio() for c in close}
+    close = [c for c in close if score[c] >= score[close[0]] - 0.05]
     if len(close) == 1:
         return f" Did you mean '{close[0]}'?"
     return " Did you mean one of " + ", ".join(f"'{c}'" for c in close) + "?"

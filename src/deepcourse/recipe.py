@@ -98,6 +98,12 @@ class EvalSection(_Open):
     batch_size: PositiveInt | None = None
 
 
+class SweepSection(_Strict):
+    """What `deepcourse sweep RECIPE` varies when no --grid is given: an ablation kept with its recipe."""
+    grid: dict[str, list[Any]] = {}
+    seeds: PositiveInt = 1
+
+
 class Recipe(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     description: str = ""
@@ -111,6 +117,7 @@ class Recipe(_Strict):
     scheduler: SchedulerSection = SchedulerSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
+    sweep: SweepSection = SweepSection()
 
     source: Path | None = Field(default=None, exclude=True)
 
@@ -332,6 +339,7 @@ def _check_callback(cb: dict[str, Any], i: int) -> list[str]:
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "task": TaskSection, "data": DataSection, "model": ModelSection, "optimizer": OptimizerSection,
     "scheduler": SchedulerSection, "train": TrainSection, "eval": EvalSection, "train.early_stopping": EarlyStopping,
+    "sweep": SweepSection,
 }
 
 

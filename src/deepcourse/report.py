@@ -249,7 +249,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 IGNORED_FOR_LABELS = ("name", "description", "train.progress", "train.log_every", "train.checkpoint_every",
-                      "train.keep_checkpoints", "train.threads", "train.trackers", "train.callbacks")
+                      "train.keep_checkpoints", "train.threads", "train.trackers", "train.callbacks", "sweep.")
 
 
 def differing_keys(recipes: Sequence[Mapping[str, Any]]) -> list[str]:

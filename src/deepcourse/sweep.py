@@ -61,27 +61,50 @@ def _split_top(raw: str) -> list[str]:
 
 
 def toml_literal(value: Any) -> str:
-    import tomli_w
+    """A TOML value on one line (tables inline), as `--set` reads it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_literal(v)}" for k, v in value.items()) + "}"
+    raise RecipeError(f"sweep: cannot write {value!r} as a TOML value")
 
-    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
-
-def plan(recipe_path: Path, grids: Sequence[str], seeds: int, overrides: Sequence[str]) -> list[dict[str, Any]]:
-    axes = [parse_grid(g) for g in grids]
+def plan(recipe_path: Path, grids: Sequence[str], seeds: int | None, overrides: Sequence[str]
+         ) -> tuple[list[dict[str, Any]], int]:
     base = load_recipe(recipe_path, overrides)  # fail early, once, on the base recipe
+    axes = dict(base.sweep.grid)  # the recipe's own ablation, then --grid on top
+    axes.update(parse_grid(g) for g in grids)
+    axes_list = list(axes.items())
+    if not axes_list:
+        raise UserError("nothing to sweep: give --grid KEY=V1,V2 (e.g. --grid model.dropout=0,0.5) or a "
+                        "[sweep] grid in the recipe")
+    seeds = seeds or base.sweep.seeds
     points = []
-    for combo in itertools.product(*[values for _, values in axes]):
+    for combo in itertools.product(*[values for _, values in axes_list]):
         for s in range(seeds):
-            sets = [f"{key}={toml_literal(v)}" for (key, _), v in zip(axes, combo)]
+            sets = [f"{key}={toml_literal(v)}" for (key, _), v in zip(axes_list, combo)]
             if seeds > 1:
                 sets.append(f"seed={base.seed + s}")
-            label = ", ".join(f"{key}={v}" for (key, _), v in zip(axes, combo)) or "base"
+            label = ", ".join(f"{key}={_label(v)}" for (key, _), v in zip(axes_list, combo)) or "base"
             points.append({"label": label, "seed": base.seed + s, "overrides": [*overrides, *sets]})
     for i, point in enumerate(points):
         load_recipe(recipe_path, point["overrides"])  # every point must be a valid recipe before anything runs
         slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", point["label"]).strip("_")[:80]
         point["dir"] = f"{i:03d}-{slug}" + (f"-seed{point['seed']}" if seeds > 1 else "")
-    return points
+    return points, seeds
+
+
+def _label(value: Any) -> str:
+    """Short text for a grid value: tables as 'name=sgd momentum=0.9'."""
+    if isinstance(value, dict):
+        return "{" + " ".join(f"{k}={_label(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def run_point(recipe: Path, point: dict[str, Any], folder: Path) -> int:
@@ -104,7 +127,7 @@ def run_point(recipe: Path, point: dict[str, Any], folder: Path) -> int:
                                                                                 "PYTHONUNBUFFERED": "1"}).returncode
 
 
-def sweep(recipe: Path, grids: Sequence[str], *, seeds: int = 1, overrides: Sequence[str] = (),
+def sweep(recipe: Path, grids: Sequence[str], *, seeds: int | None = None, overrides: Sequence[str] = (),
           jobs: int = 1, runs_root: Path = Path("runs"), resume: Path | None = None,
           echo: Any = print) -> Path:
     if resume is not None:
@@ -114,7 +137,7 @@ def sweep(recipe: Path, grids: Sequence[str], *, seeds: int = 1, overrides: Sequ
         spec = json.loads(manifest.read_text(encoding="utf-8"))
         folder, recipe, points = resume, Path(spec["recipe"]), spec["points"]
     else:
-        points = plan(recipe, grids, seeds, overrides)
+        points, seeds = plan(recipe, grids, seeds, overrides)
         name = load_recipe(recipe, overrides).name
         folder = runs_root / name / f"sweep-{_dt.datetime.now():%Y%m%d-%H%M%S}"
         folder.mkdir(parents=True)

@@ -90,8 +90,10 @@ def test_variants_fix_their_architecture() -> None:
     assert "cell" not in parameter_names(MODELS.get("bilstm_crf"))
     assert "bidirectional" not in parameter_names(MODELS.get("bilstm_tagger"))
     assert "bidirectional" in parameter_names(MODELS.get("lstm_tagger"))
-    assert MODELS.entry("bilstm_crf").origin == "sequence"
     _, facts = tiny_batch()
+    lstm = call_builder(MODELS.get("lstm_tagger"), {}, loc="model", provided=facts)
+    assert lstm.encoder.backward_layers is None and type(lstm.heads["ner"]).__name__ == "SoftmaxHead"
+    assert MODELS.entry("bilstm_crf").origin == "sequence"
     model = call_builder(MODELS.get("bilstm_crf"), {}, loc="model", provided=facts)
     assert type(model.heads["ner"]).__name__ == "CRFHead" and model.char_encoder is not None
     with pytest.raises(RecipeError, match="model.cell: unknown key"):

@@ -164,3 +164,24 @@ def test_transform_specs_are_checked_with_the_recipe(tmp_path) -> None:
     assert "task.transforms[0]: random_crop: padding" in text
     assert "task.transforms[1]" in text and "hflip" in text  # did you mean
     assert "task.transforms[2]: needs a 'name'" in text
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate"])
+def test_crop_and_flip_on_uint8_match_the_float_definition(mode: str) -> None:
+    images = torch.randint(0, 256, (16, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    specs = [{"name": "random_crop", "padding": 3, "padding_mode": mode, "fill": 0.2}, {"name": "hflip"}]
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.3, 0.25]
+    pipe = ImagePipeline(build_transforms(specs), mean=mean, std=std)
+    torch.manual_seed(0)
+    fast = pipe(images, train=True)  # crop and flip run on uint8, then one fused normalisation
+    torch.manual_seed(0)
+    x = images.float() / 255
+    for t in pipe.transforms:
+        x = t(x, train=True)
+    slow = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(fast, slow)
+    kwargs = {"value": 0.2} if mode == "constant" else {}
+    padded = F.pad(images.float() / 255, (3, 3, 3, 3), mode=mode, **kwargs)
+    for i in range(16):  # each image is the padded one (maybe mirrored) at one of the 7x7 offsets
+        views = [padded[i, :, t:t + 12, l:l + 12] for t in range(7) for l in range(7)]
+        assert any(torch.allclose(x[i], v) or torch.allclose(x[i], v.flip(-1)) for v in views)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepcourse.data import DATA_ENV, find_split_files, load_hf_splits, locate_splits
+from deepcourse.data import DATA_ENV, load_hf_splits, locate_splits
 from deepcourse.errors import DataError
 from deepcourse.registry import DATASETS
 
@@ -125,8 +125,8 @@ class ConllFiles(Corpus):
             if split in self.files:
                 given = Path(os.path.expandvars(self.files[split])).expanduser()
                 candidates.append(given if given.is_absolute() or folder is None else folder / given)
-            if folder is not None and folder.is_dir():
-                candidates += find_split_files(folder, SPLIT_FILES.get(split, ()))
+            if folder is not None:
+                candidates += [folder / name for name in SPLIT_FILES.get(split, ())]
             hit = next((c for c in candidates if c.is_file()), None)
             if hit is not None:
                 out[split] = LoadedSplit(read_conll(hit, self.columns), str(hit))

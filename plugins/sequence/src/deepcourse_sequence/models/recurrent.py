@@ -188,7 +188,7 @@ def register_variant(name: str, doc: str, *, fixed: Mapping[str, Any], defaults:
               for p in sig.parameters.values() if p.name not in fixed]
 
     def builder(**kwargs: Any) -> SequenceTagger:
-        return build_tagger(**{**fixed, **kwargs})
+        return build_tagger(**{**defaults, **kwargs, **fixed})
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = doc
