@@ -116,7 +116,7 @@ progress = false
     ("data.scheme='IOB2'", "data.scheme: input should be 'IOB1', 'BIO' or 'BIOES'"),
     ("model.char_features='rnn'", "model.char_features: input should be 'none', 'cnn' or 'lstm'"),
     ("data.embeddings='nowhere/vectors.txt'", "data.embeddings: file 'nowhere/vectors.txt' not found; tried"),
-    ("data.files={train='missing.txt'}", "no CoNLL file found for train"),
+    ("data.files={train='missing.txt'}", "data.files.train: 'missing.txt' not found (looked for"),
     ("task.loss_weights={lemma=1.0}", "task.loss_weights.lemma: not one of task.labels"),
 ])
 def test_user_errors_name_the_key_and_exit_2(tmp_path: Path, mini: Path, override: str, message: str) -> None:

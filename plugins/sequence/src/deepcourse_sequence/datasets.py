@@ -121,17 +121,19 @@ class ConllFiles(Corpus):
         tried: list[str] = []
         folder = Path(self.data_dir).expanduser() if self.data_dir else None
         for split in splits:
-            candidates: list[Path] = []
-            if split in self.files:
+            if split in self.files:  # an explicit name must exist: no silent fall-back to another file
                 given = Path(os.path.expandvars(self.files[split])).expanduser()
-                candidates.append(given if given.is_absolute() or folder is None else folder / given)
-            if folder is not None:
-                candidates += [folder / name for name in SPLIT_FILES.get(split, ())]
+                path = given if given.is_absolute() or folder is None else folder / given
+                if not path.is_file():
+                    raise DataError(f"data.files.{split}: '{self.files[split]}' not found (looked for {path})")
+                out[split] = LoadedSplit(read_conll(path, self.columns), str(path))
+                continue
+            candidates = [folder / name for name in SPLIT_FILES.get(split, ())] if folder is not None else []
             hit = next((c for c in candidates if c.is_file()), None)
             if hit is not None:
                 out[split] = LoadedSplit(read_conll(hit, self.columns), str(hit))
             else:
-                tried += [f"{split}: {c}" for c in candidates] or [f"{split}: no file given in data.files"]
+                tried += [f"{split}: {c}" for c in candidates] or [f"{split}: not in data.files"]
         if not out and splits:
             raise DataError("no CoNLL file found for " + ", ".join(splits) + ". Tried " + "; ".join(tried) +
                             ". Set data.files = {train = \"...\", validation = \"...\"} (relative to data.data_dir "
@@ -169,8 +171,8 @@ def conll(
 ) -> Corpus:
     """Your own CoNLL files: files = {train = "...", validation = "...", test = "..."} and their columns.
 
-    Relative file names are read from data.data_dir when it is set; a split missing from `files` is looked up
-    there under the usual names (train.txt, dev.txt, test.txt...), which is how `evaluate --data-dir DIR`
-    finds a test set.
+    Relative file names are read from data.data_dir when it is set (else the current folder). A split missing
+    from `files` is looked up in data.data_dir under the usual names (train.txt, dev.txt, test.txt...), which is
+    how `evaluate --split test --data-dir DIR` finds a test set.
     """
     return ConllFiles("conll", tuple(columns), scheme, strict, vocab, embeddings, data_dir, dict(files or {}))
