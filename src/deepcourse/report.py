@@ -340,7 +340,7 @@ def write_table(rows: Sequence[Mapping[str, Any]], out: Path, stem: str = "compa
         columns += [k for k in r if k not in columns and k != "dir"]
     md_lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        md_lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+        md_lines.append("| " + " | ".join(_fmt(r.get(c), c) for c in columns) + " |")
     out.mkdir(parents=True, exist_ok=True)
     md = out / f"{stem}.md"
     md.write_text("\n".join(md_lines) + "\n", encoding="utf-8")
@@ -352,11 +352,13 @@ def write_table(rows: Sequence[Mapping[str, Any]], out: Path, stem: str = "compa
     return md, csv_path
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, column: str = "") -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
+        if "time" in column or abs(value) >= 100:
+            return f"{value:,.1f}"
+        return f"{value:.4f}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)

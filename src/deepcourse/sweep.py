@@ -104,7 +104,7 @@ def _label(value: Any) -> str:
     """Short text for a grid value: tables as 'name=sgd momentum=0.9'."""
     if isinstance(value, dict):
         return "{" + " ".join(f"{k}={_label(v)}" for k, v in value.items()) + "}"
-    return str(value)
+    return toml_literal(value).strip('"') if isinstance(value, (bool, str)) else str(value)
 
 
 def run_point(recipe: Path, point: dict[str, Any], folder: Path) -> int:
@@ -187,7 +187,8 @@ def write_sweep_comparison(folder: Path, points: Sequence[dict[str, Any]]) -> Pa
                 continue
             if len(values) > 1 and all(isinstance(v, (int, float)) for v in values) and len(set(values)) > 1:
                 mean, sd = statistics.fmean(values), statistics.stdev(values)
-                shown[key] = f"{mean:.4f} ± {sd:.4f}" if abs(mean) < 100 else f"{mean:,.1f} ± {sd:,.1f}"
+                shown[key] = f"{mean:.4f} ± {sd:.4f}" if abs(mean) < 100 and "time" not in key \
+                    else f"{mean:,.1f} ± {sd:,.1f}"
                 flat[key], flat[f"{key} sd"] = mean, sd
             else:
                 shown[key] = flat[key] = values[0]

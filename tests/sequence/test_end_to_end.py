@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -105,9 +106,24 @@ word_dim = 8
 max_steps = 3
 progress = false
 """)
-    result = cli("run", recipe, "--runs-root", tmp_path / "runs")
+    result = cli("run", recipe, "--runs-root", tmp_path / "runs", "--json")
     assert result.exit_code == 0, result.output
-    assert "best:" in result.stdout and "f1" in result.stdout
+    run = Path(json.loads(result.stdout[result.stdout.index("{"):])["run_dir"])
+    shutil.rmtree(data)  # evaluate and predict need none of the training data
+    only_test = tmp_path / "only_test"
+    only_test.mkdir()
+    (only_test / "test.txt").write_text((mini / "test.txt").read_text())
+    result = cli("evaluate", run, "--split", "test", "--data-dir", only_test, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["num_samples"] == 3
+    result = cli("predict", run, "Alice visited Paris")
+    assert result.exit_code == 0 and len(result.stdout.strip().splitlines()) == 3
+
+
+def test_validation_carved_from_train_when_there_is_no_dev_file(tmp_path: Path, mini: Path) -> None:
+    (tmp_path / "train.txt").write_text((mini / "train.txt").read_text())
+    run = train(tmp_path / "runs", tmp_path, "data.files={train='train.txt'}", "data.val_split=0.25")
+    assert json.loads((run / "best" / "metrics.json").read_text())["num_samples"] == 4  # 25% of 16 sentences
 
 
 @pytest.mark.parametrize("override,message", [

@@ -185,3 +185,19 @@ def test_crop_and_flip_on_uint8_match_the_float_definition(mode: str) -> None:
     for i in range(16):  # each image is the padded one (maybe mirrored) at one of the 7x7 offsets
         views = [padded[i, :, t:t + 12, l:l + 12] for t in range(7) for l in range(7)]
         assert any(torch.allclose(x[i], v) or torch.allclose(x[i], v.flip(-1)) for v in views)
+
+
+def test_crop_then_flip_is_fused_with_identical_results() -> None:
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    transforms = build_transforms([{"name": "random_crop", "padding": 4, "padding_mode": "reflect"},
+                                   {"name": "hflip"}])
+    fused = ImagePipeline(transforms, mean=[0.5] * 3, std=[0.2] * 3)
+    assert len(fused.transforms) == 1 and fused.transforms[0].mirror_p == 0.5
+    assert transforms[0].mirror_p == 0  # the recipe's own transform objects are left alone
+    torch.manual_seed(0)
+    a = fused(images, train=True)
+    torch.manual_seed(0)
+    x = images
+    for t in transforms:  # one after the other, unfused
+        x = t(x, train=True)
+    torch.testing.assert_close(a, (x.float() / 255 - 0.5) / 0.2)

@@ -96,9 +96,9 @@ class SequenceTagging(Task):
         self._check_columns(corpus.columns)
         training = artifacts is None
         wanted = list(dict.fromkeys(["train", *splits] if training else splits))
-        carve = "validation" in wanted and bool(data.val_split)
-        loaded = corpus.load([s for s in wanted if s != "validation" or not carve] + (["train"] if carve else []))
-        if carve:
+        may_carve = "validation" in wanted and bool(data.val_split)  # data.val_split: hold out part of train
+        loaded = corpus.load(list(dict.fromkeys(wanted + ["train"] if may_carve else wanted))) if wanted else {}
+        if may_carve and "validation" not in loaded:
             loaded = self._carve_validation(loaded, data.val_split, seed)
         if training and "train" not in loaded:
             raise DataError(f"data: no training split found for dataset '{corpus.name}' (looked for "

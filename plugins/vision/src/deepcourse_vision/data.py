@@ -299,8 +299,9 @@ def fashion_mnist(splits: tuple[str, ...], data_dir: str | None = None,
 
 @DATASETS.register("digits")
 def digits(splits: tuple[str, ...], data_dir: str | None = None) -> ImageData:
-    """UCI optical digits (scikit-learn's load_digits): 1,797 8x8 grayscale images, shipped with the plugin so the
-    quickstart runs offline (train 1,437 / test 360; CC BY 4.0, see datasets/digits/ATTRIBUTION.md)."""
+    """UCI optical digits: 1,797 8x8 grayscale images shipped with the plugin, so the quickstart runs offline.
+
+    scikit-learn's load_digits copy, split train 1,437 / test 360 (CC BY 4.0, see datasets/digits/ATTRIBUTION.md)."""
     return load_parquet_images("digits", data_dir=data_dir or str(BUNDLED / "digits"), splits=splits,
                                hub_id=None, mode="L")
 
@@ -333,8 +334,9 @@ def _find_image_root(data_dir: str | None) -> Path:
 @DATASETS.register("imagefolder", aliases=("image_folder",))
 def imagefolder(splits: tuple[str, ...], data_dir: str | None = None, size: Annotated[int, Field(gt=0)] | None = None,
                 channels: Channels | None = None, classes: list[str] | None = None) -> ImageData:
-    """Images in data_dir/{train,val|develop|validation,test}/<class>/*.png|jpg|...: any small labelled set, e.g. a
-    12-class 28x28 character set. `size` resizes every image to size x size; `channels` forces 1 (grayscale) or 3
+    """A folder of labelled images: data_dir/{train,val|develop,test}/<class>/*.png|jpg|...
+
+    Any small labelled set, e.g. a 12-class 28x28 character set. `size` resizes every image to size x size; `channels` forces 1 (grayscale) or 3
     (RGB), default: as the first image; `classes` fixes the label order (default: train/'s sub-folders, sorted)."""
     root = _find_image_root(data_dir)
     folders = {s: _split_folder(root, s) for s in splits}

@@ -12,6 +12,7 @@ Transforms work on float images in [0, 1]; the task normalises with the dataset'
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
@@ -75,14 +76,18 @@ def _fold(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
 
 
 def crop_at(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: int, width: int, *,
-            padding: int = 0, padding_mode: str = "reflect") -> torch.Tensor:
+            padding: int = 0, padding_mode: str = "reflect", mirror: torch.Tensor | None = None) -> torch.Tensor:
     """Crop each image of the batch at its own (top, left) with one gather, no Python loop over samples.
 
     (top, left) are in the coordinates of the image padded by `padding` on each side; reflect/replicate padding
-    is folded into the gather's index instead of being materialised (constant padding must be applied first)."""
+    is folded into the gather's index instead of being materialised (constant padding must be applied first).
+    `mirror` (bool per sample) reads those crops right to left: a horizontal flip for free."""
     n, c, h, w = x.shape
+    across = torch.arange(width, device=x.device).expand(n, width)
+    if mirror is not None:
+        across = torch.where(mirror.view(n, 1), width - 1 - across, across)
     rows = top.view(n, 1) - padding + torch.arange(height, device=x.device)
-    cols = left.view(n, 1) - padding + torch.arange(width, device=x.device)
+    cols = left.view(n, 1) - padding + across
     if padding:
         rows, cols = _fold(rows, h, padding_mode), _fold(cols, w, padding_mode)
     index = (rows.view(n, height, 1) * w + cols.view(n, 1, width)).view(n, 1, height * width)
@@ -119,6 +124,7 @@ class RandomCrop(ImageTransform):
     def __init__(self, size: PositiveInt | None = None, padding: NonNegInt = 0,
                  padding_mode: PaddingMode = "constant", fill: Fill = 0.0) -> None:
         self.size, self.padding, self.padding_mode, self.fill = size, padding, padding_mode, fill
+        self.mirror_p = 0.0  # set by ImagePipeline when an hflip follows: flipped in the same gather
 
     def _size(self, x: torch.Tensor) -> int:
         return self.size or x.shape[-1]
@@ -137,9 +143,11 @@ class RandomCrop(ImageTransform):
         n = x.shape[0]
         top = torch.randint(0, h - size + 1, (n,), device=x.device)
         left = torch.randint(0, w - size + 1, (n,), device=x.device)
+        mirror = torch.rand(n, device=x.device) < self.mirror_p if self.mirror_p else None  # as RandomFlip draws
         if self.padding_mode == "constant":
-            return crop_at(_pad(x, self.padding, "constant", self.fill), top, left, size, size)
-        return crop_at(x, top, left, size, size, padding=self.padding, padding_mode=self.padding_mode)
+            return crop_at(_pad(x, self.padding, "constant", self.fill), top, left, size, size, mirror=mirror)
+        return crop_at(x, top, left, size, size, padding=self.padding, padding_mode=self.padding_mode,
+                       mirror=mirror)
 
     def ten_crop(self, x: torch.Tensor) -> list[torch.Tensor]:
         """AlexNet's test-time views: the four corner crops and the centre crop of the padded image, and their
@@ -305,6 +313,20 @@ def build_transforms(specs: Sequence[Mapping[str, Any]], loc: str = "task.transf
     return out
 
 
+def _fuse(transforms: Sequence[ImageTransform]) -> list[ImageTransform]:
+    """Merge each random_crop + hflip pair into one gather (the crop reads flipped images right to left). The
+    random draws happen in the same order, so the result is identical, one pass over the batch cheaper."""
+    out: list[ImageTransform] = []
+    for t in transforms:
+        before = out[-1] if out else None
+        if isinstance(t, RandomFlip) and t.dim == -1 and isinstance(before, RandomCrop) and not before.mirror_p:
+            out[-1] = copy.copy(before)
+            out[-1].mirror_p = t.p  # type: ignore[attr-defined]
+        else:
+            out.append(t)
+    return out
+
+
 class ImagePipeline:
     """uint8 batch -> transforms -> (x - mean) / std as floats, on whatever device the batch is on.
 
@@ -312,7 +334,7 @@ class ImagePipeline:
 
     def __init__(self, transforms: Sequence[ImageTransform], mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None) -> None:
-        self.transforms = list(transforms)
+        self.transforms = _fuse(transforms)
         self.mean = list(mean) if mean is not None else None
         self.std = list(std) if std is not None else None
         self._stats: dict[tuple[torch.device, float], tuple[torch.Tensor, torch.Tensor]] = {}
