@@ -52,6 +52,9 @@ class Task:
     #: value used to pad evaluation outputs of different lengths across processes before gathering
     pad_index: ClassVar[int] = -100
 
+    #: facts of a typical dataset for this task, for the model zoo (parameters and FLOPs of each model)
+    example_facts: ClassVar[dict[str, Any]] = {}
+
     eval_options: dict[str, Any]
 
     def __init__(self) -> None:
@@ -81,6 +84,10 @@ class Task:
 
     def create_metrics(self) -> MetricCollection:
         raise NotImplementedError
+
+    def example_batch(self, facts: Mapping[str, Any], batch_size: int = 1) -> Any:
+        """A batch shaped like real data for `facts`, for counting a model's FLOPs; None when not supported."""
+        return None
 
     # -- inference ------------------------------------------------------------------------------------------------
     def predict(self, model: nn.Module, inputs: Sequence[str], *, batch_size: int,
