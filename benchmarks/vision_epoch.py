@@ -8,8 +8,11 @@
               reflect) + RandomHorizontalFlip + ToTensor + Normalize, DataLoader(num_workers=2)
 
 and prints deepcourse / (a) (target <= 1.15) and (b) / deepcourse (target >= 2). Every leg trains on the same
-45,000 images (CIFAR-10 train minus deepcourse's 10% validation split, seed 0). Times are training-loop seconds;
-the deepcourse leg's comes from its metrics.jsonl (evaluation and set-up excluded, as for the others).
+45,000 images (CIFAR-10 train minus deepcourse's 10% validation split, seed 0). Times are training-loop seconds
+(set-up and evaluation excluded; the deepcourse leg is timed by a callback from its first to its last step).
+Besides wall time, the deepcourse and (a) legs report this process's CPU time: on a machine shared with other
+jobs, wall time mostly measures the neighbours, CPU time the work (the classic leg's workers are other processes,
+so it is compared by wall time only).
 
     DEEPCOURSE_DATA=../shared/data python benchmarks/vision_epoch.py [--threads N] [--repeats R]
 
@@ -35,6 +38,35 @@ LR, MOMENTUM = 0.05, 0.9
 MODEL = {"name": "lenet5", "activation": "relu", "pool": "max"}
 
 
+class Clock:
+    """Wall and CPU seconds of a stretch of code."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+TIMES: list[tuple[float, float]] = []
+
+
+def register_timer() -> None:
+    from deepcourse.callbacks import Callback
+    from deepcourse.registry import CALLBACKS
+
+    @CALLBACKS.register("bench_epoch_timer")
+    class EpochTimer(Callback):
+        """Times the training loop from its start to the end of its first epoch's last step."""
+
+        def on_train_start(self, ctx: Any) -> None:
+            self.clock = Clock()
+
+        def on_step_end(self, ctx: Any, loss: float | None) -> None:
+            if ctx.state.step_in_epoch == ctx.steps_per_epoch:
+                TIMES.append(self.clock.stop())
+
+
 def recipe(batch_size: int, augment: bool) -> dict[str, Any]:
     transforms = [{"name": "random_crop", "padding": 4, "padding_mode": "reflect"}, {"name": "hflip"}]
     return {
@@ -44,7 +76,7 @@ def recipe(batch_size: int, augment: bool) -> dict[str, Any]:
         "model": dict(MODEL),
         "optimizer": {"name": "sgd", "lr": LR, "momentum": MOMENTUM},
         "scheduler": {"name": "constant"},
-        "train": {"epochs": 1, "progress": False, "log_every": 100},
+        "train": {"epochs": 1, "progress": False, "log_every": 100, "callbacks": [{"name": "bench_epoch_timer"}]},
     }
 
 
@@ -69,30 +101,29 @@ def build_model() -> torch.nn.Module:
                         provided={"num_classes": 10, "in_channels": 3, "image_size": 32})
 
 
-def train_loop(batches: Any, model: torch.nn.Module) -> float:
+def train_loop(batches: Any, model: torch.nn.Module) -> tuple[float, float]:
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     model.train()
-    start = time.perf_counter()
+    clock = Clock()
     for x, y in batches:
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return time.perf_counter() - start
+    return clock.stop()
 
 
-def leg_deepcourse(batch_size: int, augment: bool) -> float:
+def leg_deepcourse(batch_size: int, augment: bool) -> tuple[float, float]:
     from deepcourse.engine import fit
     from deepcourse.recipe import load_recipe
 
     with tempfile.TemporaryDirectory() as tmp:
-        summary = fit(load_recipe(data=recipe(batch_size, augment)), runs_root=Path(tmp))
-        events = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    return next(e["seconds"] for e in events if e.get("scope") == "epoch" and e["split"] == "train")
+        fit(load_recipe(data=recipe(batch_size, augment)), runs_root=Path(tmp))
+    return TIMES.pop()
 
 
 def leg_pure(images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
-             batch_size: int) -> float:
+             batch_size: int) -> tuple[float, float]:
     x = (images.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     batches = ((x[idx], labels[idx]) for idx in order.split(batch_size))
@@ -117,7 +148,7 @@ class ClassicCIFAR(torch.utils.data.Dataset):
 
 
 def leg_classic(images: torch.Tensor, labels: torch.Tensor, mean: list[float], std: list[float],
-                batch_size: int, workers: int) -> float:
+                batch_size: int, workers: int) -> tuple[float, float]:
     from torchvision import transforms as T
 
     transform = T.Compose([T.RandomCrop(32, padding=4, padding_mode="reflect"), T.RandomHorizontalFlip(),
@@ -139,6 +170,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("DEEPCOURSE_DATA", str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
+    register_timer()
     images, labels, mean, std = training_data()
     print(f"CIFAR-10 train: {len(labels)} images, LeNet-5 ({sum(p.numel() for p in build_model().parameters())} "
           f"parameters), batch {args.batch_size}, SGD momentum {MOMENTUM}; torch {torch.__version__}, "
@@ -151,21 +183,29 @@ def main() -> None:
     }
     if args.no_augment_leg:
         legs["deepcourse_no_aug"] = lambda: leg_deepcourse(args.batch_size, False)
-    times: dict[str, list[float]] = {k: [] for k in legs}
+    wall: dict[str, list[float]] = {k: [] for k in legs}
+    cpu: dict[str, list[float]] = {k: [] for k in legs}
     for r in range(args.repeats):  # interleaved, so a busy moment on a shared machine hits every leg alike
         for name, leg in legs.items():
-            times[name].append(leg())
-            print(f"  run {r + 1}: {name:<18} {times[name][-1]:7.2f} s", flush=True)
-    best = {k: min(v) for k, v in times.items()}
+            w, c = leg()
+            wall[name].append(w)
+            cpu[name].append(c)
+            print(f"  run {r + 1}: {name:<18} {w:7.2f} s wall  {c:7.2f} s cpu", flush=True)
+    best = {k: min(v) for k, v in wall.items()}
+    best_cpu = {k: min(v) for k, v in cpu.items()}
     n = len(labels)
-    print(f"deepcourse epoch (crop + flip on tensors): {best['deepcourse']:7.2f} s  ({n / best['deepcourse']:,.0f} img/s)")
+    print(f"fastest of {args.repeats} (wall / this process's CPU):")
+    print(f"deepcourse epoch (crop + flip on tensors): {best['deepcourse']:7.2f} s / {best_cpu['deepcourse']:6.2f} s "
+          f"({n / best['deepcourse']:,.0f} img/s)")
     if "deepcourse_no_aug" in best:
-        print(f"deepcourse epoch (no augmentation):       {best['deepcourse_no_aug']:7.2f} s")
-    print(f"(a) pure compute on preloaded tensors:    {best['pure']:7.2f} s")
-    print(f"(b) classic PIL transforms + DataLoader:  {best['classic']:7.2f} s  ({args.workers} workers)")
-    ratio_a = best["deepcourse"] / best["pure"]
+        print(f"deepcourse epoch (no augmentation):       {best['deepcourse_no_aug']:7.2f} s / "
+              f"{best_cpu['deepcourse_no_aug']:6.2f} s")
+    print(f"(a) pure compute on preloaded tensors:    {best['pure']:7.2f} s / {best_cpu['pure']:6.2f} s")
+    print(f"(b) classic PIL transforms + DataLoader:  {best['classic']:7.2f} s   ({args.workers} workers)")
+    ratio_a, ratio_a_cpu = best["deepcourse"] / best["pure"], best_cpu["deepcourse"] / best_cpu["pure"]
     ratio_b = best["classic"] / best["deepcourse"]
-    print(f"deepcourse / (a) pure compute = {ratio_a:.3f}x   (target <= 1.15: {'met' if ratio_a <= 1.15 else 'MISSED'})")
+    print(f"deepcourse / (a) pure compute = {ratio_a:.3f}x wall, {ratio_a_cpu:.3f}x CPU   (target <= 1.15: "
+          f"{'met' if ratio_a <= 1.15 else 'MISSED'} on wall time)")
     print(f"(b) classic / deepcourse      = {ratio_b:.2f}x faster (target >= 2: {'met' if ratio_b >= 2 else 'MISSED'})")
 
 

@@ -18,10 +18,6 @@ from vision_fixtures import make_imagefolder, make_parquet
 # components are registered with origin "vision" (as `deepcourse list` shows them), not a module name.
 plugins.load_plugins()
 
-REPO = Path(__file__).resolve().parents[2]
-RECIPES = REPO / "recipes"
-
-
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Decoded-image cache and HF datasets cache in temporary folders; offline; one thread (tiny tensors, and a

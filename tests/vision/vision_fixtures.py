@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
 
 def class_image(label: int, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
     """A learnable toy image: a bright bar whose position encodes the class, plus noise."""

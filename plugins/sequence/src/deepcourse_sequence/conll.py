@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,21 +91,31 @@ def read_conll(path: str | os.PathLike, columns: Sequence[str], *, cache: bool =
     if not cache:
         rows = list(_generate(str(path), tuple(columns), (0, 0)))
         return datasets.Dataset.from_list(rows, features=features) if rows else _empty(features)
+    with quiet_datasets():
+        try:
+            return datasets.Dataset.from_generator(
+                _generate, features=features,
+                gen_kwargs={"path": str(path), "columns": tuple(columns), "stamp": (stat.st_size, stat.st_mtime_ns)})
+        except Exception as exc:  # noqa: BLE001 - datasets wraps generator errors; surface ours unchanged
+            cause: BaseException | None = exc
+            while cause is not None and not isinstance(cause, DataError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is not None:
+                raise cause from None
+            if _is_empty(path, columns):
+                return _empty(features)
+            raise
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """No `datasets` progress bars for the small, cached steps of loading a corpus."""
+    import datasets
+
     enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        return datasets.Dataset.from_generator(
-            _generate, features=features,
-            gen_kwargs={"path": str(path), "columns": tuple(columns), "stamp": (stat.st_size, stat.st_mtime_ns)})
-    except Exception as exc:  # noqa: BLE001 - datasets wraps generator errors; surface ours unchanged
-        cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, DataError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from None
-        if _is_empty(path, columns):
-            return _empty(features)
-        raise
+        yield
     finally:
         if enabled:
             datasets.enable_progress_bars()

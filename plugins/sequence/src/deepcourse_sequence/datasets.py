@@ -16,7 +16,7 @@ from deepcourse.data import DATA_ENV, load_hf_splits, locate_splits
 from deepcourse.errors import DataError
 from deepcourse.registry import DATASETS
 
-from .conll import read_conll
+from .conll import quiet_datasets, read_conll
 from .schemes import Scheme
 from .vocab import VocabOptions
 
@@ -109,7 +109,8 @@ class Conll2003(Corpus):
             out["line"] = [-1] * len(next(iter(batch.values())))
             return out
 
-        return ds.map(to_strings, batched=True, remove_columns=list(ds.column_names))
+        with quiet_datasets():
+            return ds.map(to_strings, batched=True, remove_columns=list(ds.column_names))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ nothing), so one `task.transforms` list describes training and evaluation.
 Randomness comes from torch's global generator on the batch's device, so `torch.manual_seed` (which the engine
 sets from the recipe's seed, and saves with every checkpoint) makes augmentation reproducible.
 
-Transforms work on float images in [0, 1]; the task normalises with the dataset's mean/std afterwards.
+Transforms work on float images in [0, 1]; the ones that only move pixels (crops, flips) also take the uint8
+batch, so a crop + flip recipe converts to float once, at the end, fused with the dataset's mean/std
+normalisation. A random crop followed by a horizontal flip is a single gather.
 """
 from __future__ import annotations
 

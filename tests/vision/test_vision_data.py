@@ -13,7 +13,7 @@ from deepcourse.recipe import load_recipe
 from deepcourse.registry import DATASETS
 from deepcourse_vision import data as vision_data
 
-from vision_fixtures import make_imagefolder, make_parquet, png_bytes
+from vision_fixtures import RECIPES, make_imagefolder, make_parquet, png_bytes
 
 
 def load(name: str, splits: tuple[str, ...], **options):
@@ -106,7 +106,7 @@ def test_bundled_digits() -> None:
 def quickstart_task(*overrides: str):
     from deepcourse.engine import build_task
 
-    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "quickstart.toml", overrides)
+    recipe = load_recipe(RECIPES / "quickstart.toml", overrides)
     return recipe, build_task(recipe)
 
 

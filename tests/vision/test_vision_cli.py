@@ -10,8 +10,7 @@ from click.testing import CliRunner
 
 from deepcourse.cli import main
 
-from conftest import RECIPES
-from vision_fixtures import class_image, make_imagefolder, png_bytes
+from vision_fixtures import RECIPES, class_image, make_imagefolder, png_bytes
 
 VISION_RECIPES = sorted(p.name for pattern in ("quickstart.toml", "cifar_*.toml", "mnist_*.toml",
                                                "imagefolder_*.toml") for p in RECIPES.glob(pattern))
