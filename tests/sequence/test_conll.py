@@ -74,6 +74,7 @@ def test_read_conll_is_a_cached_dataset(tmp_path: Path, write) -> None:
     assert ds.column_names == [*COLUMNS, "line"]
     assert ds[1] == {"token": ["Peter"], "pos": ["NNP"], "chunk": ["B-NP"], "ner": ["B-PER"], "line": 4}
     assert len(ds.cache_files) >= 1
+    assert read_conll(path, COLUMNS, cache=False).to_dict() == ds.to_dict()
     write(path, "Changed NNP B-NP O\n")  # the cache is keyed by size and mtime: edits are seen
     assert read_conll(path, COLUMNS)[0]["token"] == ["Changed"]
 

@@ -87,6 +87,11 @@ def test_imagefolder_alexnet_recipe_with_ten_crop_tta(tmp_path: Path) -> None:
     assert "top5_accuracy" in metrics and 0 <= metrics["accuracy"] <= 1
     code, out = cli("evaluate", str(run), "--split", "test", "--json")
     assert code == 0 and len(json.loads(out)["per_class_accuracy"]) == 12
+    elsewhere = make_imagefolder(tmp_path / "new_test", classes[:5], per_class=2, size=28, channels=1,
+                                 splits=("test",), seed=2)  # only test/, only some classes: no training data
+    code, out = cli("evaluate", str(run), "--split", "test", "--data-dir", str(elsewhere), "--json")
+    assert code == 0, out
+    assert json.loads(out)["num_samples"] == 10
 
 
 def test_corrupt_image_exits_2_naming_the_file(tmp_path: Path) -> None:
