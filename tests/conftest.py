@@ -7,31 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).parent / "fixtures"
-REPO = Path(__file__).resolve().parents[1]
-
-
-def make_distribution(site: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str],
-                      version: str = "0.1.0", requires: list[str] = ()) -> None:
-    """Write a minimal installed distribution into `site` (a folder on sys.path)."""
-    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True, exist_ok=True)
-    meta = [f"Metadata-Version: 2.1", f"Name: {dist}", f"Version: {version}"]
-    meta += [f"Requires-Dist: {r}" for r in requires]
-    (info / "METADATA").write_text("\n".join(meta) + "\n")
-    eps = "[deepcourse.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items())
-    (info / "entry_points.txt").write_text(eps)
-    for name, source in modules.items():
-        (site / f"{name}.py").write_text(textwrap.dedent(source))
-
+from core_support import FIXTURES, TOY_RECIPE, make_distribution
 
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -75,39 +57,6 @@ def cli_env(plugin_site: Path) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("DEEPCOURSE_PLUGIN_ERRORS", None)
     return env
-
-
-def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: int = 300
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "deepcourse", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-TOY_RECIPE = """\
-name = "toy"
-seed = 3
-[task]
-name = "toy-classification"
-[data]
-name = "toy_blobs"
-batch_size = 16
-n = 203
-noise = 2.5
-[model]
-name = "toy_mlp"
-hidden = 32
-dropout = 0.3
-[optimizer]
-name = "sgd"
-lr = 0.05
-momentum = 0.9
-[scheduler]
-name = "onecycle"
-[train]
-epochs = 3
-log_every = 2
-progress = false
-"""
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from core_support import run_cli
 
 TIMING_KEYS = {"samples_per_s", "seconds"}
 

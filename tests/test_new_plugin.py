@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from core_support import run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_distribution, run_cli
+from core_support import make_distribution, run_cli
 from deepcourse import plugins
 from deepcourse.errors import UserError
 from deepcourse.registry import DATASETS, MODELS, OPTIMIZERS, TASKS

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOY_RECIPE, run_cli
+from core_support import TOY_RECIPE, run_cli
 from deepcourse.errors import RecipeError, UserError
 from deepcourse.recipe import apply_overrides, load_recipe, parse_override
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FIXTURES, run_cli
+from core_support import FIXTURES, run_cli
 
 TIMING_KEYS = {"samples_per_s", "seconds"}
 
@@ -30,7 +30,7 @@ def final_state(run: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, cli_env) -> tuple[Path, tuple]:
-    from conftest import TOY_RECIPE
+    from core_support import TOY_RECIPE
 
     folder = tmp_path_factory.mktemp("whole")
     recipe = folder / "toy.toml"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from core_support import run_cli
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -19,7 +19,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, cli_env) -> list[Path]:
-    from conftest import TOY_RECIPE
+    from core_support import TOY_RECIPE
 
     folder = tmp_path_factory.mktemp("runs")
     recipe = folder / "toy.toml"

@@ -152,3 +152,14 @@ def test_strict_scheme_violation_names_file_and_line(tmp_path: Path, mini: Path)
     assert f"{tmp_path / 'train.txt'}:5: tag 'I-LOC' cannot appear after 'O'" in result.stderr
     lenient = train(tmp_path / "runs", tmp_path, "data.strict=false")  # repaired as conlleval reads it
     assert (lenient / "best").is_dir()
+
+
+def test_dev_tags_unseen_in_training_count_as_missed(tmp_path: Path, mini: Path) -> None:
+    (tmp_path / "train.txt").write_text((mini / "train.txt").read_text())
+    dev = (mini / "dev.txt").read_text().replace("Oslo NNP B-NP B-LOC", "Oslo NNP B-NP B-CITY")
+    (tmp_path / "dev.txt").write_text(dev.replace("Snow NN B-NP O", "Snow XX B-NP O"))  # also a new POS tag
+    run = train(tmp_path / "runs", tmp_path, "task.labels=['ner', 'pos']")
+    metrics = json.loads((run / "best" / "metrics.json").read_text())
+    assert metrics["ner_recall"] <= 6 / 7 and metrics["pos_accuracy"] < 1.0
+    result = cli("evaluate", run, "--json")
+    assert json.loads(result.stdout)["ner_per_type"]["CITY"]["recall"] == 0.0
