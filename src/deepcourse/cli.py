@@ -44,6 +44,11 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("deepcourse: aborted", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `deepcourse evaluate ... | head`: the reader has what it wanted
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except click.exceptions.Exit:
             raise
         except Exception:  # noqa: BLE001 - a bug in deepcourse or a plugin: show it, exit 1

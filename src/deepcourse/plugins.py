@@ -42,10 +42,27 @@ _state = {"loaded": False, "loading": False}
 _origin: contextvars.ContextVar[PluginInfo | None] = contextvars.ContextVar("deepcourse_plugin", default=None)
 
 
-def current_origin() -> str | None:
-    """Name of the plugin being loaded right now, so registrations know where they came from."""
+def current_origin(module: str | None = None) -> str | None:
+    """The plugin a registration comes from: the one being loaded right now, else the installed plugin whose
+    entry point lives in the registering module's top-level package (a plugin imported before discovery)."""
     info = _origin.get()
-    return info.name if info else None
+    if info is not None:
+        return info.name
+    if module:
+        return _plugin_packages().get(module.split(".")[0])
+    return None
+
+
+_packages: dict[str, str] = {}
+
+
+def _plugin_packages() -> dict[str, str]:
+    """top-level package -> plugin name, from the installed entry points (read once)."""
+    if not _packages:
+        for ep in md.entry_points(group=GROUP):
+            _packages.setdefault(ep.value.split(":")[0].split(".")[0], ep.name)
+        _packages.setdefault("", "")  # mark as read even when no plugin is installed
+    return _packages
 
 
 def record_registration(registry: Registry, name: str) -> None:
@@ -76,6 +93,7 @@ def load_plugins() -> None:
 def refresh() -> None:
     """Load plugins installed since the last scan (tests create throwaway distributions on sys.path)."""
     importlib.invalidate_caches()
+    _packages.clear()
     _state["loaded"] = False
     load_plugins()
 

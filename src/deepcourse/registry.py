@@ -85,7 +85,7 @@ class Registry:
         name = name or getattr(obj, "__name__", None)
         if not name:
             raise RegistryError(f"{self.kind}: cannot register {obj!r} without a name")
-        origin = plugins.current_origin() or _origin_of(obj)
+        origin = plugins.current_origin(getattr(obj, "__module__", None)) or _origin_of(obj)
         entry = Entry(name, obj, origin, getattr(obj, "__module__", "?") or "?", tuple(aliases), dict(meta))
         if callable(obj):
             problem = builder_signature_problem(obj)

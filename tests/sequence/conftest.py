@@ -10,7 +10,7 @@ import torch
 from deepcourse import plugins
 
 plugins.load_plugins()  # through the entry point, so components are registered as the plugin 'sequence'
-pytest.importorskip("deepcourse_sequence", reason="the sequence plugin is not installed (pip install -e plugins/sequence)")
+pytest.importorskip("deepcourse_sequence", reason="pip install -e plugins/sequence first")
 torch.set_num_threads(1)  # tiny tensors: a second thread only adds synchronisation (and the CI box is shared)
 
 MINI = Path(__file__).parent / "data" / "mini"

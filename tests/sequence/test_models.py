@@ -11,7 +11,7 @@ from deepcourse.errors import RecipeError
 from deepcourse.registry import MODELS
 from deepcourse_sequence.batching import TaggedSentences
 from deepcourse_sequence.models.recurrent import RecurrentEncoder, reverse_index
-from deepcourse_sequence.vocab import Vocabulary, VocabOptions
+from deepcourse_sequence.vocab import VocabOptions, Vocabulary
 
 TAGGERS = ["rnn_tagger", "lstm_tagger", "gru_tagger", "bilstm_tagger", "bilstm_crf"]
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from deepcourse.errors import DataError
-from deepcourse_sequence.vocab import (PAD, UNK, Vocabulary, VocabOptions, embedding_matrix, read_vectors,
-                                       word_lookup)
+from deepcourse_sequence.vocab import PAD, UNK, VocabOptions, Vocabulary, embedding_matrix, read_vectors, word_lookup
 
 
 def test_from_counts_orders_by_frequency_and_drops_rare() -> None:

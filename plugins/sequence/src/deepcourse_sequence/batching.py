@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .vocab import Vocabulary, VocabOptions, word_lookup
+from .vocab import VocabOptions, Vocabulary, word_lookup
 
 IGNORE = -100  # tag id of padding positions (what cross-entropy ignores and the engine pads with)
 

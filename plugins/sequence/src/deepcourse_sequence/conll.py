@@ -21,7 +21,8 @@ from deepcourse.errors import DataError
 DOCSTART = "-DOCSTART-"
 
 
-def iter_sentences(path: str | os.PathLike, columns: Sequence[str] | None) -> Iterator[tuple[int, dict[str, list[str]]]]:
+def iter_sentences(path: str | os.PathLike,
+                   columns: Sequence[str] | None) -> Iterator[tuple[int, dict[str, list[str]]]]:
     """Yield (line of the first token, {column: values}) per sentence.
 
     With `columns=None` (tagging a file at predict time) any number of columns is accepted and only the first,
@@ -133,4 +134,4 @@ def _empty(features: Any) -> Any:
 
 def format_sentence(columns: Sequence[Sequence[str]]) -> str:
     """One sentence as CoNLL lines: the i-th line holds the i-th value of every column, space-separated."""
-    return "\n".join(" ".join(values) for values in zip(*columns))
+    return "\n".join(" ".join(values) for values in zip(*columns, strict=True))

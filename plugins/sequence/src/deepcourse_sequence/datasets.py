@@ -28,6 +28,9 @@ SPLIT_FILES: dict[str, tuple[str, ...]] = {
 }
 
 
+DEFAULT_VOCAB = VocabOptions()  # immutable (a frozen pydantic model): safe as a shared default
+
+
 @dataclass(frozen=True)
 class LoadedSplit:
     """Sentences of one split (a `datasets.Dataset` of string columns plus `line`) and where they came from."""
@@ -148,7 +151,7 @@ def conll2003(
     columns: tuple[str, ...] = ("token", "pos", "chunk", "ner"),
     scheme: Scheme = "BIO",
     strict: bool = False,
-    vocab: VocabOptions = VocabOptions(),
+    vocab: VocabOptions = DEFAULT_VOCAB,
     embeddings: str | None = None,
 ) -> Corpus:
     """CoNLL-2003 English NER (POS, chunk and NER columns): local train.txt/dev.txt/test.txt or eriktks/conll2003.
@@ -167,7 +170,7 @@ def conll(
     columns: tuple[str, ...] = ("token", "ner"),
     scheme: Scheme = "BIO",
     strict: bool = False,
-    vocab: VocabOptions = VocabOptions(),
+    vocab: VocabOptions = DEFAULT_VOCAB,
     embeddings: str | None = None,
 ) -> Corpus:
     """Your own CoNLL files: files = {train = "...", validation = "...", test = "..."} and their columns.

@@ -36,7 +36,7 @@ class SpanF1(Metric):
         targets, preds = outputs[self.targets].cpu(), outputs[self.preds].cpu()
         lengths = (targets != self.ignore_index).sum(dim=1).tolist()
         names, n = self.tags, len(self.tags)
-        for gold, guess, length in zip(targets.tolist(), preds.tolist(), lengths):
+        for gold, guess, length in zip(targets.tolist(), preds.tolist(), lengths, strict=True):
             self.true.append([names[i] for i in gold[:length]])
             self.pred.append([names[i] if 0 <= i < n else "O" for i in guess[:length]])
 

@@ -97,7 +97,7 @@ def first_violation(tags: Sequence[str], scheme: Scheme) -> tuple[int, str] | No
         if not is_span_tag(tag) or (prefix != "O" and prefix not in allowed):
             return i, f"tag '{tag}' is not a {scheme} tag (expected O or {'/'.join(allowed)}-TYPE)"
     canonical = encode(spans(tags), len(tags), scheme)
-    for i, (tag, want) in enumerate(zip(tags, canonical)):
+    for i, (tag, want) in enumerate(zip(tags, canonical, strict=True)):
         if tag != want:
             before = f"after '{tags[i - 1]}'" if i else "at the start of a sentence"
             after = f" before '{tags[i + 1]}'" if i + 1 < len(tags) else " at the end of a sentence"

@@ -28,7 +28,7 @@ from .conll import format_sentence, iter_sentences
 from .datasets import Corpus, LoadedSplit
 from .metrics import SpanF1
 from .schemes import Scheme, convert, first_violation, is_span_tag, spans
-from .vocab import Vocabulary, VocabOptions, char_counts, embedding_matrix, read_vectors
+from .vocab import VocabOptions, Vocabulary, char_counts, embedding_matrix, read_vectors
 
 ARTIFACTS_FORMAT = 1
 

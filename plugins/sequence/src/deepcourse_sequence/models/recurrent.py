@@ -50,7 +50,6 @@ class RecurrentEncoder(nn.Module):
                  dropout: float) -> None:
         super().__init__()
         rnn = _CELLS[cell]
-        self.bidirectional = bidirectional
         self.dropout = nn.Dropout(dropout)
         sizes = [input_size] + [hidden_size * (2 if bidirectional else 1)] * (num_layers - 1)
         self.forward_layers = nn.ModuleList(rnn(n, hidden_size, batch_first=True) for n in sizes)
@@ -179,7 +178,8 @@ def build_tagger(
                           heads={name: (decoders[name], n) for name, n in heads.items()})
 
 
-def register_variant(name: str, doc: str, *, fixed: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> None:
+def register_variant(name: str, doc: str, *, fixed: Mapping[str, Any],
+                     defaults: Mapping[str, Any] | None = None) -> None:
     """Register `build_tagger` as model `name` with some arguments fixed (no longer recipe keys) and other
     defaults; the variant's signature, and so its recipe schema and `deepcourse list -v`, shows exactly that."""
     sig = inspect.signature(build_tagger)
