@@ -31,6 +31,7 @@ def test_bad_input(name: str, tmp_path: Path, plugin_site, monkeypatch) -> None:
     if args[0] == "run" and "--resume" not in args:
         args = [*args, "--runs-root", "runs"]
     monkeypatch.chdir(work)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a missing local copy must not turn into a network wait
     out = CliRunner().invoke(main, args)  # in-process: the same code path as the console script, faster
     assert out.exit_code == 2, f"exit {out.exit_code}\n{out.output}\n{out.exc_info}"
     assert case["expect"] in out.stderr, out.stderr
