@@ -126,7 +126,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for both loops")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.steps * args.batch_size > N_IMAGES:
         parser.error(f"--steps x --batch-size must stay within one epoch of {N_IMAGES} images")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.steps} steps of batch "

@@ -163,3 +163,15 @@ def test_dev_tags_unseen_in_training_count_as_missed(tmp_path: Path, mini: Path)
     assert metrics["ner_recall"] <= 6 / 7 and metrics["pos_accuracy"] < 1.0
     result = cli("evaluate", run, "--json")
     assert json.loads(result.stdout)["ner_per_type"]["CITY"]["recall"] == 0.0
+
+
+def test_resume_continues_from_the_saved_vocabularies(tmp_path: Path, mini: Path, write) -> None:
+    vectors = write(tmp_path / "vectors.txt", "alice 0.1 0.2 0.3\nparis 0.3 0.2 0.1\n")
+    run = train(tmp_path / "runs", mini, f"data.embeddings='{vectors}'", "model.word_dim=3")  # 2 epochs of 4 steps
+    checkpoints = sorted((run / "checkpoints").glob("step-*"))
+    assert [c.name for c in checkpoints] == ["step-000000004", "step-000000008"]
+    shutil.rmtree(checkpoints[-1])  # as if the run had been stopped after its first epoch
+    vectors.unlink()  # resuming reads the run's own vocabularies and rebuilds the model without the vectors file
+    result = cli("run", "--resume", run)
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output and (run / "checkpoints" / "step-000000008").is_dir()

@@ -85,6 +85,7 @@ class SequenceTagging(Task):
         self.word_options = VocabOptions()
         self.file_scheme: Scheme = "BIO"
         self.num_trained: dict[str, int] = {}  # tags the model predicts; evaluation may append unseen gold tags
+        self.embedding_dim: int | None = None
 
     # -- data -----------------------------------------------------------------------------------------------------
     def setup_data(self, data: Any, *, splits: Sequence[str], seed: int,
@@ -103,11 +104,10 @@ class SequenceTagging(Task):
         if training and "train" not in loaded:
             raise DataError(f"data: no training split found for dataset '{corpus.name}' (looked for "
                             f"{', '.join(wanted)}; found {', '.join(loaded) or 'none'})")
-        facts: dict[str, Any] = {}
         if training:
             facts = self._fit(corpus, loaded["train"], seed)
         else:
-            self._restore(artifacts)
+            facts = self._restore(artifacts)
         bundle_splits = {s: self._tensorise(loaded[s], strict=corpus.strict) for s in splits if s in loaded}
         return DataBundle(bundle_splits, facts=facts, artifacts=self._artifacts())
 
@@ -166,10 +166,15 @@ class SequenceTagging(Task):
             seen = Counter(t for s in self._label_sequences(train, name, values, strict=corpus.strict) for t in s)
             self.tags[name] = sorted(seen, key=lambda t: (t != "O", t[2:], t))  # O first, then by type
         self.num_trained = {name: len(t) for name, t in self.tags.items()}
+        self.embedding_dim = None if embeddings is None else int(embeddings.shape[1])
         self._set_monitor()
-        return {"vocab_size": len(words), "char_vocab_size": len(self.chars), "embeddings": embeddings,
-                "num_tags": {name: len(self.tags[name]) for name in self.labels}, "padding_idx": 0,
-                "unk_idx": words.unk_index}
+        return self._facts(embeddings)
+
+    def _facts(self, embeddings: torch.Tensor | None) -> dict[str, Any]:
+        """What the model builder may ask for (saved with the run, so evaluate/predict rebuild the same model)."""
+        assert self.words is not None and self.chars is not None
+        return {"vocab_size": len(self.words), "char_vocab_size": len(self.chars), "embeddings": embeddings,
+                "num_tags": dict(self.num_trained), "padding_idx": 0, "unk_idx": self.words.unk_index}
 
     def _label_sequences(self, split: LoadedSplit, name: str, values: Sequence[Sequence[str]], *,
                          strict: bool) -> Iterator[list[str]]:
@@ -214,9 +219,10 @@ class SequenceTagging(Task):
                 "kinds": self.kinds, "file_scheme": self.file_scheme, "tag_scheme": self.tag_scheme,
                 "tags": {name: self.tags[name][:self.num_trained[name]] for name in self.labels},
                 "word_options": self.word_options.model_dump(), "words": self.words.to_dict(),
-                "chars": self.chars.to_dict()}
+                "chars": self.chars.to_dict(), "embedding_dim": self.embedding_dim}
 
-    def _restore(self, artifacts: Mapping[str, Any]) -> None:
+    def _restore(self, artifacts: Mapping[str, Any]) -> dict[str, Any]:
+        """State saved by training; returns facts for a model whose weights will be loaded over it (resuming)."""
         if artifacts.get("format") != ARTIFACTS_FORMAT or artifacts.get("labels") != self.labels:
             raise DataError(f"the run's saved vocabularies (artifacts.json) do not match this task (labels "
                             f"{artifacts.get('labels')} vs {self.labels}); was it trained by another version?")
@@ -227,7 +233,10 @@ class SequenceTagging(Task):
         self.word_options = VocabOptions(**artifacts["word_options"])
         self.words = Vocabulary.from_dict(artifacts["words"])
         self.chars = Vocabulary.from_dict(artifacts["chars"])
+        self.embedding_dim = artifacts.get("embedding_dim")
         self._set_monitor()
+        shape = None if self.embedding_dim is None else torch.zeros(len(self.words), self.embedding_dim)
+        return self._facts(shape)
 
     # -- hot path -------------------------------------------------------------------------------------------------
     def _weighted(self, out: Mapping[str, torch.Tensor]) -> torch.Tensor:
