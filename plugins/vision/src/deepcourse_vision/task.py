@@ -181,6 +181,18 @@ class ImageClassification(Task):
                                 f"{(self.in_channels, self.source_size, self.source_size)}")
         self.pipeline = ImagePipeline(self.transforms, mean, std)
 
+    #: CIFAR-10-sized input for the model zoo's parameter and FLOP counts
+    example_facts = {"num_classes": 10, "in_channels": 3, "image_size": 32}
+
+    def example_batch(self, facts: Mapping[str, Any], batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """A uint8 batch of `facts`' shape, with the task set up to evaluate it (for FLOP counting)."""
+        self.class_names = [str(i) for i in range(facts["num_classes"])]
+        self.in_channels, self.source_size = facts["in_channels"], facts["image_size"]
+        self.pipeline = ImagePipeline(self.transforms, None, None)
+        size = facts["image_size"]
+        return {"image": torch.zeros(batch_size, facts["in_channels"], size, size, dtype=torch.uint8),
+                "label": torch.zeros(batch_size, dtype=torch.long)}
+
     def _model_input_size(self) -> int:
         probe = torch.zeros(1, self.in_channels, self.source_size, self.source_size, dtype=torch.uint8)
         shape = self.pipeline(probe, train=False).shape
