@@ -125,6 +125,8 @@ class Recipe(_Strict):
         """The fully resolved recipe: every key with its value, builder defaults included."""
         data = self.model_dump(mode="json", exclude_none=True, exclude={"source", "extends"})
         for section, registry_kind in _BUILDER_SECTIONS.items():
+            if section == "model":
+                continue  # a model default may be a fact the data provides: written out, it would override it
             fn = _builder_for(section, getattr(self, section).name)
             if fn is None:
                 continue

@@ -55,7 +55,7 @@ def test_gradients_match_pytorch_crf(tiny) -> None:
     params = [emissions, crf.transitions, crf.start_transitions, crf.end_transitions]
     ours = torch.autograd.grad((crf_log_likelihood(crf, emissions, tags, mask) * weights).sum(), params)
     theirs = torch.autograd.grad((crf(emissions, tags.clamp(min=0), mask, reduction="none") * weights).sum(), params)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b)
     assert torch.autograd.gradcheck(lambda e: crf_log_likelihood(crf, e, tags, mask), (emissions,))
 
