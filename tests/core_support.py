@@ -58,3 +58,11 @@ progress = false
 """
 
 
+
+
+def final_weights(run: Path) -> dict:
+    """The weights in a run's latest checkpoint (to compare an interrupted run with an uninterrupted one)."""
+    from safetensors.torch import load_file
+
+    last = sorted((run / "checkpoints").glob("step-*"))[-1]
+    return load_file(str(last / "model.safetensors"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core_support import run_cli
+from core_support import final_weights, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -67,11 +67,9 @@ def test_two_process_interrupt_and_resume_is_exact(tmp_path: Path, toy_recipe: P
     assert (tmp_path / "cut" / "checkpoints" / "step-000000007").is_dir()
     resumed = launch(["run", "--resume", str(tmp_path / "cut"), "--set", "train.callbacks=[]"], cli_env)
     assert resumed.returncode == 0, resumed.stderr
-    from safetensors.torch import load_file
     import torch
 
-    a = load_file(str(sorted((tmp_path / "whole" / "checkpoints").glob("step-*"))[-1] / "model.safetensors"))
-    b = load_file(str(sorted((tmp_path / "cut" / "checkpoints").glob("step-*"))[-1] / "model.safetensors"))
+    a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "cut")
     for key in a:
         assert torch.equal(a[key], b[key]), key
 

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from core_support import run_cli
+from core_support import final_weights, run_cli
 
 TIMING_KEYS = {"samples_per_s", "seconds"}
 
@@ -16,11 +15,6 @@ TIMING_KEYS = {"samples_per_s", "seconds"}
 def metrics_rows(run: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
-
-
-def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    last = sorted((run / "checkpoints").glob("step-*"))[-1]
-    return load_file(str(last / "model.safetensors"))
 
 
 def test_run_writes_a_complete_run_directory(tmp_path: Path, toy_recipe: Path, cli_env) -> None:

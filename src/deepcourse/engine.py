@@ -7,6 +7,7 @@ mixed precision, accumulation, clipping, schedules, checkpoints and logs live he
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -246,7 +247,6 @@ def save_checkpoint(ctx: TrainContext) -> Path:
     acc.wait_for_everyone()
     if ctx.is_main:
         if tmp.exists():
-            import shutil
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
@@ -264,7 +264,6 @@ def save_checkpoint(ctx: TrainContext) -> Path:
     acc.wait_for_everyone()
     if ctx.is_main:
         if final.exists():
-            import shutil
             shutil.rmtree(final)
         ckpt.commit_dir(tmp, final)
         ckpt.prune(folder, ctx.recipe.train.keep_checkpoints)
@@ -295,7 +294,6 @@ def save_best(ctx: TrainContext, metrics: Mapping[str, Any]) -> None:
         return
     best, tmp = ctx.run_dir / "best", ctx.run_dir / ".tmp-best"
     if tmp.exists():
-        import shutil
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     ckpt.save_weights(ctx.accelerator.unwrap_model(ctx.model), tmp / "model.safetensors")
@@ -460,6 +458,11 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
         running = torch.tensor(state.running_sum, device=acc.device)
         epoch_sum = torch.tensor(state.epoch_sum, device=acc.device)
         running_n, epoch_n, tick, tick_steps = state.running_n, state.epoch_n, time.perf_counter(), 0
+
+        def keep_sums() -> None:
+            """Put the un-logged loss sums into the state a checkpoint is about to save."""
+            state.running_sum, state.running_n = float(running), running_n
+            state.epoch_sum, state.epoch_n = float(epoch_sum), epoch_n
         epoch_start = time.perf_counter()
         hit_max_steps = False
 
@@ -513,8 +516,7 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
                     cb.on_step_end(ctx, mean_loss)
                 stopping = agreed(acc, stop.requested)
                 if stopping or (cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0):
-                    state.running_sum, state.running_n = float(running), running_n
-                    state.epoch_sum, state.epoch_n = float(epoch_sum), epoch_n
+                    keep_sums()
                     saved = save_checkpoint(ctx)
                     if stopping:
                         bar.close()
@@ -537,8 +539,7 @@ def _train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, e
             metrics = evaluate(acc, task, model, eval_loader, stop_flag=lambda: stop.requested,
                                desc=f"eval {recipe.eval.split}", progress=cfg.progress)
             if agreed(acc, stop.requested):
-                state.running_sum, state.running_n = float(running), running_n
-                state.epoch_sum, state.epoch_n = float(epoch_sum), epoch_n
+                keep_sums()
                 raise Interrupted(save_checkpoint(ctx))
             state.evaluated_epoch = epoch
             _log(ctx, {"split": recipe.eval.split, "scope": "epoch", **scalars(metrics)})
