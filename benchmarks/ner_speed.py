@@ -6,8 +6,8 @@ evaluation batch size. The hand-written side is what one writes without a framew
 DataLoader collate that pads words and characters, a bidirectional LSTM and pytorch-crf's own loss and `decode`;
 it runs twice, with a packed LSTM (correct) and on the padded batch (the quick script: faster on CPU, but the
 backward direction then reads the padding first). The deepcourse side is the real engine (`deepcourse run` with
-train.max_steps) and the task's evaluation step. Rounds alternate between the sides so the load of a shared
-machine hits them alike; medians over rounds are compared.
+train.max_steps), with and without `data.group_by_length`, and the task's evaluation step. Rounds alternate
+between the sides so the load of a shared machine hits them alike; medians over rounds are compared.
 
     export DEEPCOURSE_DATA=/path/to/data   # conll2003/train.txt and glove/
     python benchmarks/ner_speed.py --steps 150 --rounds 2
@@ -139,13 +139,15 @@ def hand_decode(items: list, sizes: dict, batch_size: int, packed: bool) -> floa
 
 
 # -- deepcourse -----------------------------------------------------------------------------------------------------
-def deepcourse_train(recipe_path: Path, steps: int, threads: int, runs: Path) -> tuple[float, int]:
+def deepcourse_train(recipe_path: Path, steps: int, threads: int, runs: Path, grouped: bool = False
+                     ) -> tuple[float, int]:
     """Seconds of the engine's training loop for `steps` steps, read from the run's metrics log."""
     from deepcourse.engine import fit
     from deepcourse.recipe import load_recipe
 
     recipe = load_recipe(recipe_path, [f"train.max_steps={steps}", f"train.log_every={steps}", "train.progress=false",
-                                       f"train.threads={threads}", "eval.split='none'"])
+                                       f"train.threads={threads}", "eval.split='none'",
+                                       f"data.group_by_length={str(grouped).lower()}"])
     summary = fit(recipe, runs_root=runs)
     events = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     epoch = next(e for e in events if e.get("scope") == "epoch" and e.get("split") == "train")
@@ -194,6 +196,7 @@ def main() -> None:
     legs = ("hand packed", "hand padded", "deepcourse")
     rows: dict[str, list[float]] = {f"{leg} {what}": [] for what in ("train", "decode") for leg in legs}
     rows["deepcourse evaluate"] = []
+    rows["deepcourse grouped train"] = []
     with tempfile.TemporaryDirectory() as runs:
         for round_ in range(args.rounds):
             for packed in (True, False):
@@ -202,6 +205,8 @@ def main() -> None:
                 rows[f"{leg} decode"].append(n / hand_decode(items, sizes, args.decode_batch, packed))
             seconds, batch = deepcourse_train(args.recipe, args.steps, args.threads, Path(runs))
             rows["deepcourse train"].append(args.steps * batch / seconds)
+            seconds, batch = deepcourse_train(args.recipe, args.steps, args.threads, Path(runs), grouped=True)
+            rows["deepcourse grouped train"].append(args.steps * batch / seconds)
             decode_s, evaluate_s, count = deepcourse_decode(args.recipe, args.decode_batch)
             rows["deepcourse decode"].append(count / decode_s)
             rows["deepcourse evaluate"].append(count / evaluate_s)
@@ -217,6 +222,8 @@ def main() -> None:
         ratios = "  ".join(f"vs {leg}: {median[f'deepcourse {what}'] / median[f'{leg} {what}']:.2f}"
                            for leg in legs[:2])
         print(f"  ratio {what:<6} deepcourse / hand-written  {ratios}")
+    print(f"  ratio train  deepcourse with data.group_by_length / without  "
+          f"{median['deepcourse grouped train'] / median['deepcourse train']:.2f}")
     print(f"  (deepcourse's full evaluation, with loss and entity F1: "
           f"{median['deepcourse evaluate'] / median['hand packed decode']:.2f} x the packed hand-written decode)")
 

@@ -32,3 +32,20 @@ def test_relative_links_resolve(doc: Path) -> None:
             continue
         path = (doc.parent / target.split("#")[0]).resolve()
         assert path.exists(), f"{doc.relative_to(REPO)}: broken link {target}"
+
+
+def test_every_page_is_in_the_site_navigation() -> None:
+    import yaml
+
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text(encoding="utf-8"))
+    listed = {next(iter(item.values())) for item in config["nav"]}
+    pages = {str(p.relative_to(REPO / "docs")) for p in (REPO / "docs").rglob("*.md")}
+    assert pages == listed, f"mkdocs.yml nav: missing {sorted(pages - listed)}, stale {sorted(listed - pages)}"
+
+
+def test_the_site_builds_strictly(tmp_path: Path) -> None:
+    pytest.importorskip("mkdocs")
+    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "getting-started" / "index.html").is_file()

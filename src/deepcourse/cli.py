@@ -20,7 +20,7 @@ from .errors import UserError
 # Keys that may differ between a run and the recipe that resumes it: they change how visibly or how often it
 # saves, not what it computes. (Not epochs: schedules such as one-cycle are laid out over the original length.)
 RESUMABLE_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                  "train.threads", "train.trackers", "train.callbacks", "sweep")
+                  "train.threads", "train.keep_freed_memory", "train.trackers", "train.callbacks", "sweep")
 
 
 def _fail(message: str, code: int = 2) -> None:

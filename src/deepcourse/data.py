@@ -182,5 +182,47 @@ class EpochSampler(Sampler[int]):
         return self.length
 
 
+class LengthGroupedSampler(EpochSampler):
+    """An `EpochSampler` whose batches hold samples of similar length, so little of each batch is padding.
+
+    Each epoch: a (seed, epoch) permutation, cut into groups of `group_batches` batches; each group is sorted by
+    length and cut into batches; the full batches are shuffled, and the one short batch (if any) goes last, where
+    the DataLoader expects it. Batches stay random in content and order, only their lengths are alike (the scheme
+    of AllenNLP's bucket sampler and HF's LengthGroupedSampler). Depending only on (seed, epoch), it keeps resume
+    exact and every process agreeing on the order.
+    """
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int, group_batches: int = 50) -> None:
+        super().__init__(len(lengths), seed)
+        self.lengths = torch.as_tensor(lengths)
+        self.batch_size, self.group_batches = batch_size, group_batches
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.length, generator=g)
+        group = self.batch_size * self.group_batches
+        ordered = torch.cat([chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]
+                             for chunk in perm.split(group)]) if self.length else perm
+        batches = list(ordered.split(self.batch_size))
+        short = batches.pop() if batches and len(batches[-1]) < self.batch_size else None
+        order = torch.randperm(len(batches), generator=g).tolist()
+        out = [batches[i] for i in order] + ([short] if short is not None else [])
+        return iter(torch.cat(out).tolist() if out else [])
+
+
+def sample_lengths(dataset: Any) -> torch.Tensor | None:
+    """Per-sample lengths of a variable-length dataset (its `lengths` attribute), through a `Subset` too."""
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, Subset):
+        inner = sample_lengths(dataset.dataset)
+        return None if inner is None else inner[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths)
+    return lengths if lengths.ndim == 1 and len(lengths) == len(dataset) else None
+
+
 def num_batches(length: int, batch_size: int, drop_last: bool = False) -> int:
     return length // batch_size if drop_last else math.ceil(length / batch_size)

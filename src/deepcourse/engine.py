@@ -6,6 +6,7 @@ mixed precision, accumulation, clipping, schedules, checkpoints and logs live he
 """
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import signal
@@ -21,9 +22,10 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
+from .allocator import keep_freed_memory
 from .builders import call_builder, validate_options
 from .callbacks import Callback
-from .data import EpochSampler, passthrough_collate, random_subset
+from .data import EpochSampler, LengthGroupedSampler, passthrough_collate, random_subset, sample_lengths
 from .errors import CheckpointError, RecipeError, UserError
 from .metrics import scalars
 from .recipe import Recipe
@@ -104,8 +106,22 @@ def warn_single_cpu_launch() -> None:
               "`torchrun --nproc_per_node N -m deepcourse ...`", file=sys.stderr, flush=True)
 
 
+def remember_lomo_probe() -> None:
+    """Accelerate (1.15) asks `is_lomo_available()` twice in every `AcceleratedOptimizer.step`, and each answer walks
+    sys.path through importlib: 0.3-0.4 ms with a few editable installs, 5% of a small CNN's CPU step
+    (benchmarks/loop_overhead.py). The answer cannot change within a process, so remember it."""
+    import accelerate.optimizer as accelerate_optimizer
+
+    probe = getattr(accelerate_optimizer, "is_lomo_available", None)
+    if probe is not None and not hasattr(probe, "cache_info"):
+        accelerate_optimizer.is_lomo_available = functools.cache(probe)
+
+
 def make_accelerator(recipe: Recipe) -> Accelerator:
     warn_single_cpu_launch()
+    remember_lomo_probe()
+    if recipe.train.keep_freed_memory:
+        keep_freed_memory()
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     trackers = list(recipe.train.trackers)
@@ -143,6 +159,17 @@ def make_loader(dataset: Any, batch_size: int, *, collate_fn: Any, num_workers: 
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       collate_fn=collate_fn or passthrough_collate, num_workers=num_workers,
                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+
+
+def make_train_sampler(recipe: Recipe, dataset: Any) -> EpochSampler:
+    if not recipe.data.group_by_length:
+        return EpochSampler(len(dataset), seed=recipe.seed)
+    lengths = sample_lengths(dataset)
+    if lengths is None:
+        raise RecipeError(f"data.group_by_length: dataset '{recipe.data.name}' gives no per-sample lengths "
+                          f"(a `lengths` attribute), so there is nothing to group by; it helps variable-length "
+                          f"data such as conll2003. Remove the key or set it to false")
+    return LengthGroupedSampler(lengths, recipe.data.batch_size, seed=recipe.seed)
 
 
 def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -350,7 +377,7 @@ def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None 
     model = task.build_model(recipe.model, bundle.facts)
     optimizer = build_optimizer(recipe, model)
     collate = bundle.collate_fn
-    train_sampler = EpochSampler(len(bundle.splits["train"]), seed=recipe.seed)
+    train_sampler = make_train_sampler(recipe, bundle.splits["train"])
     train_loader = make_loader(bundle.splits["train"], recipe.data.batch_size, collate_fn=collate,
                                num_workers=recipe.data.num_workers, sampler=train_sampler, seed=recipe.seed)
     eval_loader = None

@@ -51,6 +51,7 @@ class DataSection(_Open):
     num_workers: NonNegInt = 0
     train_samples: PositiveInt | None = None
     eval_samples: PositiveInt | None = None
+    group_by_length: bool = False
 
 
 class ModelSection(_Open):
@@ -89,6 +90,7 @@ class TrainSection(_Strict):
     progress: bool = True
     device: Literal["auto", "cpu"] = "auto"
     threads: PositiveInt | None = None
+    keep_freed_memory: bool = True
     callbacks: list[dict[str, Any]] = []
 
 

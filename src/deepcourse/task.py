@@ -54,6 +54,8 @@ class Task:
 
     #: facts of a typical dataset for this task, for the model zoo (parameters and FLOPs of each model)
     example_facts: ClassVar[dict[str, Any]] = {}
+    #: what one example of `example_batch` is, in words, when the facts do not say it (FLOPs grow with it)
+    example_input: ClassVar[str] = ""
 
     eval_options: dict[str, Any]
 

@@ -4,6 +4,9 @@ Everything per token (vocabulary lookups, character ids) happens once, when a sp
 cut out of the padded tensors by `__getitems__` (the DataLoader passes it the batch's indices), so the training
 loop never runs Python per token. Characters are stored once per distinct word form and each batch carries only
 its own distinct forms, so the character encoder runs once per form, not once per token.
+
+The token strings themselves are kept as given (`tokens`, a reference, never read by `__getitems__`) so that error
+analysis (`deepcourse report`) can show the sentences it scored without reading the files again.
 """
 from __future__ import annotations
 
@@ -26,10 +29,12 @@ def _scatter(values: Sequence[int], lengths: torch.Tensor, width: int, fill: int
 
 
 class TaggedSentences(Dataset):
-    """Padded word ids, per-position word-form ids, a form -> characters table, and tag ids per label."""
+    """Padded word ids, per-position word-form ids, a form -> characters table, and tag ids per label; `tokens`
+    are the sentences as strings, for reports."""
 
     def __init__(self, tokens: Sequence[Sequence[str]], *, words: Vocabulary, word_options: VocabOptions,
                  chars: Vocabulary, tags: Mapping[str, Sequence[Sequence[int]]] | None = None) -> None:
+        self.tokens = tokens
         self.lengths = torch.tensor([len(s) for s in tokens], dtype=torch.long)
         width = int(self.lengths.max()) if len(tokens) else 1
         flat = [tok for sentence in tokens for tok in sentence]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -31,6 +31,8 @@ from .schemes import Scheme, convert, first_violation, is_span_tag, spans
 from .vocab import VocabOptions, Vocabulary, char_counts, embedding_matrix, read_vectors
 
 ARTIFACTS_FORMAT = 1
+#: a made-up sentence of typical length (CoNLL-2003's training sentences average 14.5 tokens), for the model zoo
+EXAMPLE_SENTENCE = "Alice Smith of Acme Corp flew from Paris to Berlin on Monday morning ."
 
 
 @TASKS.register("sequence-tagging", aliases=("tagging",))
@@ -238,6 +240,27 @@ class SequenceTagging(Task):
         shape = None if self.embedding_dim is None else torch.zeros(len(self.words), self.embedding_dim)
         return self._facts(shape)
 
+    # -- model zoo ------------------------------------------------------------------------------------------------
+    #: the facts of `recipes/ner_bilstm_crf.toml` on CoNLL-2003 (lower-cased words plus GloVe's, BIOES tags), for
+    #: the model zoo's parameter and FLOP counts. The embedding rows are zeros: calloc'd, so no memory until read.
+    example_facts: ClassVar[dict[str, Any]] = {"vocab_size": 25_543, "char_vocab_size": 86, "num_tags": {"ner": 17},
+                                               "embeddings": torch.zeros(25_543, 50), "padding_idx": 0,
+                                               "unk_idx": 1}
+    example_input = f"one sentence of {len(EXAMPLE_SENTENCE.split())} tokens (CoNLL-2003's average is 14.5)"
+
+    def example_batch(self, facts: Mapping[str, Any], batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """`batch_size` copies of EXAMPLE_SENTENCE batched as real data is (distinct word forms, characters), with
+        the task set up to evaluate it, so FLOPs are counted on the path `evaluate` runs."""
+        tokens = EXAMPLE_SENTENCE.split()
+        num_tags = facts["num_tags"]
+        self.num_trained = dict(num_tags) if isinstance(num_tags, Mapping) else {self.labels[0]: int(num_tags)}
+        self.labels = list(self.num_trained)
+        self.loss_weights = {name: self.loss_weights.get(name, 1.0) for name in self.labels}
+        data = TaggedSentences([tokens] * batch_size, words=Vocabulary(tokens), word_options=VocabOptions(),
+                               chars=Vocabulary(sorted(set("".join(tokens)))),
+                               tags={name: [[0] * len(tokens)] * batch_size for name in self.labels})
+        return data.__getitems__(range(batch_size))
+
     # -- hot path -------------------------------------------------------------------------------------------------
     def _weighted(self, out: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.loss_weights[name] * out[f"loss_{name}"] for name in self.labels)  # type: ignore[return-value]
@@ -284,6 +307,15 @@ class SequenceTagging(Task):
             for type_, row in per_type.items():
                 yield (f"{type_:<14} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} "
                        f"{row['support']:>8}")
+
+    def report(self, model: nn.Module, recipe: Any, artifacts: Mapping[str, Any],
+               out: Path) -> tuple[list[Any], list[str]]:
+        """Precision / recall / F1 per entity type (accuracy per tag for token columns) over the whole evaluation
+        split, and example sentences with the mistakes marked: where the run's F1 comes from, and what its errors
+        look like."""
+        from .report import write_figures
+
+        return write_figures(self, model, recipe, artifacts, out)
 
     # -- inference ------------------------------------------------------------------------------------------------
     def predict(self, model: nn.Module, inputs: Sequence[str], *, batch_size: int,

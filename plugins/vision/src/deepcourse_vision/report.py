@@ -82,7 +82,7 @@ def mistakes_figure(images: torch.Tensor, labels: torch.Tensor, probs: torch.Ten
 def write_figures(task: ImageClassification, model: nn.Module, recipe: Any, artifacts: Any, out: Path
                   ) -> tuple[list[Any], list[str]]:
     from deepcourse.errors import UserError
-    from deepcourse.report import Figure
+    from deepcourse.report import Figure, markdown_escape, markdown_table
 
     split = recipe.eval.split
     try:
@@ -106,6 +106,5 @@ def write_figures(task: ImageClassification, model: nn.Module, recipe: Any, arti
                               f"the {shown} wrong {split} predictions with the highest probability: true -> "
                               f"predicted, probability"))
     per_class = matrix.diag().double() / matrix.sum(1).clamp(min=1)
-    notes = ["## Per-class accuracy", "", "| class | accuracy | images |", "|---|---|---|"]
-    notes += [f"| {name} | {float(a):.4f} | {int(c)} |" for name, a, c in zip(names, per_class, matrix.sum(1))]
-    return figures, notes + [""]
+    rows = [[markdown_escape(name), f"{float(a):.4f}", int(c)] for name, a, c in zip(names, per_class, matrix.sum(1))]
+    return figures, ["## Per-class accuracy", "", *markdown_table(["class", "accuracy", "images"], rows), ""]

@@ -1,7 +1,8 @@
 """Output layers of a tagger: one per label column, on the shared encoder's states.
 
-Both return per-sentence losses (summed over the sentence's tokens), so a task can weight heads and choose the
-batch reduction, and decode to a padded [B, T] tensor of tag ids.
+Both turn the encoder's states into per-token tag scores (`scores`, [B, T, K]) once; from those scores they return
+per-sentence losses (summed over the sentence's tokens), so a task can weight heads and choose the batch reduction,
+and decode to a padded [B, T] tensor of tag ids. Evaluation needs both, from one projection.
 """
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ class SoftmaxHead(nn.Module):
         super().__init__()
         self.proj = nn.Linear(in_features, num_tags)
 
-    def loss(self, states: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = self.proj(states)
-        token_loss = F.cross_entropy(logits.transpose(1, 2), tags, ignore_index=-100, reduction="none")
+    def scores(self, states: torch.Tensor) -> torch.Tensor:
+        return self.proj(states)
+
+    def loss(self, scores: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        token_loss = F.cross_entropy(scores.transpose(1, 2), tags, ignore_index=-100, reduction="none")
         return token_loss.sum(dim=1)
 
-    def decode(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.proj(states).argmax(dim=-1).masked_fill_(~mask, -100)
+    def decode(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return scores.argmax(dim=-1).masked_fill_(~mask, -100)
 
 
 class CRFHead(nn.Module):
@@ -38,11 +41,14 @@ class CRFHead(nn.Module):
         self.proj = nn.Linear(in_features, num_tags)
         self.crf = CRF(num_tags, batch_first=True)
 
-    def loss(self, states: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return -crf_log_likelihood(self.crf, self.proj(states), tags, mask)
+    def scores(self, states: torch.Tensor) -> torch.Tensor:
+        return self.proj(states)
 
-    def decode(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return crf_decode(self.crf, self.proj(states), mask)
+    def loss(self, scores: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return -crf_log_likelihood(self.crf, scores, tags, mask)
+
+    def decode(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return crf_decode(self.crf, scores, mask)
 
 
 HEADS: dict[str, type[nn.Module]] = {"softmax": SoftmaxHead, "crf": CRFHead}

@@ -109,10 +109,11 @@ class SequenceTagger(nn.Module):
         out: dict[str, torch.Tensor] = {}
         for name, head in self.heads.items():
             tags = batch.get(f"tags_{name}")
+            scores = head.scores(states)
             if tags is not None:
-                out[f"loss_{name}"] = head.loss(states, tags, mask)
+                out[f"loss_{name}"] = head.loss(scores, tags, mask)
             if decode:
-                out[f"pred_{name}"] = head.decode(states, mask)
+                out[f"pred_{name}"] = head.decode(scores, mask)
         return out
 
 
