@@ -5,9 +5,11 @@ Both encoders take the batch's distinct word forms as character ids [U, L] with 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 
 class CharCNN(nn.Module):
@@ -28,6 +30,18 @@ class CharCNN(nn.Module):
         return h.masked_fill(outside.unsqueeze(1), float("-inf")).amax(dim=2)  # padding never wins the max
 
 
+def run_recurrent(rnn: nn.RNNBase, x: Any) -> Any:
+    """`rnn(x)`, in float32 when CPU autocast is on (`train.mixed_precision = "bf16"` on a CPU).
+
+    oneDNN has no bfloat16 LSTM on CPUs without native bf16 ("could not create a primitive descriptor"), so under
+    CPU autocast the recurrent layers run in float32 and everything around them in bf16. GPUs keep autocast."""
+    data = x.data if isinstance(x, PackedSequence) else x
+    if data.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return rnn(x.float())
+    return rnn(x)
+
+
 class CharLSTM(nn.Module):
     """Lample et al. (2016): a character BiLSTM; the word is the last state of each direction, concatenated."""
 
@@ -42,5 +56,5 @@ class CharLSTM(nn.Module):
     def forward(self, chars: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         packed = pack_padded_sequence(self.dropout(self.embedding(chars)), lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
-        _, (h, _) = self.lstm(packed)  # h: [2, U, hidden], already in the input order
+        _, (h, _) = run_recurrent(self.lstm, packed)  # h: [2, U, hidden], already in the input order
         return torch.cat([h[0], h[1]], dim=1)

@@ -18,7 +18,7 @@ from torch import nn
 from deepcourse.errors import RecipeError
 from deepcourse.registry import MODELS
 
-from .chars import CharCNN, CharLSTM
+from .chars import CharCNN, CharLSTM, run_recurrent
 from .heads import HEADS
 
 Cell = Literal["rnn", "lstm", "gru"]
@@ -64,10 +64,10 @@ class RecurrentEncoder(nn.Module):
         for i, forward in enumerate(self.forward_layers):
             if i:
                 x = self.dropout(x)
-            states = forward(x)[0]
+            states = run_recurrent(forward, x)[0]
             if index is not None:
                 backward = self.backward_layers[i]
-                reversed_states = backward(x.gather(1, index.expand(-1, -1, x.shape[2])))[0]
+                reversed_states = run_recurrent(backward, x.gather(1, index.expand(-1, -1, x.shape[2])))[0]
                 states = torch.cat([states, reversed_states.gather(1, index.expand(-1, -1, states.shape[2]))], 2)
             x = states
         return x
