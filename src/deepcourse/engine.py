@@ -117,6 +117,17 @@ def remember_lomo_probe() -> None:
         accelerate_optimizer.is_lomo_available = functools.cache(probe)
 
 
+def forget_other_precision(mixed_precision: str) -> None:
+    """Accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision. Runs
+    made one after another in one process (a notebook, a sweep, the tests) each choose their own, so let go of the
+    old precision; the process group (PartialState) is kept."""
+    from accelerate.state import AcceleratorState
+
+    shared = getattr(AcceleratorState, "_shared_state", None)
+    if shared and str(shared.get("_mixed_precision", mixed_precision)) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def make_accelerator(recipe: Recipe) -> Accelerator:
     warn_single_cpu_launch()
     remember_lomo_probe()
@@ -136,6 +147,7 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     has_accelerator = torch.cuda.is_available() or (hasattr(torch.backends, "mps") and
                                                     torch.backends.mps.is_available())
     cpu = recipe.train.device == "cpu" or not has_accelerator
+    forget_other_precision(recipe.train.mixed_precision)
     return Accelerator(cpu=cpu, mixed_precision=recipe.train.mixed_precision,
                        gradient_accumulation_steps=recipe.train.grad_accum, rng_types=[])
 
