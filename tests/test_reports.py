@@ -109,3 +109,15 @@ def test_sweep_grid_from_the_recipe(tmp_path: Path, toy_recipe: Path, cli_env) -
     assert out.returncode == 0, out.stderr
     md = (next((tmp_path / "toy").glob("sweep-*")) / "compare.md").read_text()
     assert "optimizer={name=sgd lr=0.05}" in md and "optimizer={name=adam lr=0.01}" in md
+
+
+def test_results_table_comes_from_the_runs_files(two_runs: list[Path]) -> None:
+    from deepcourse.docgen import results
+
+    rows = results([str(r) for r in two_runs]).splitlines()[2:]
+    for run, row in zip(two_runs, rows, strict=True):
+        summary = json.loads((run / "summary.json").read_text())
+        cells = row.strip("| ").split(" | ")
+        metric, value = cells[4], cells[5]
+        assert value == f"{summary['best'][metric] * 100:.2f}%"
+        assert cells[-1] == f"{summary['wall_time_s']} s"

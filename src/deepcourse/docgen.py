@@ -280,6 +280,18 @@ def _si(value: float) -> str:
     return f"{value:.0f}"
 
 
+def _headline_metrics(recipe: dict[str, Any], best: dict[str, Any]) -> list[str]:
+    """The metric each row shows: the monitored one, or F1 / accuracy; one row per head of a multi-task run
+    (`ner_f1`, `chunk_f1`, `pos_accuracy`), all at the best checkpoint's evaluation."""
+    labels = recipe.get("task", {}).get("labels")
+    if isinstance(labels, list) and len(labels) > 1:
+        heads = [next((m for m in (f"{label}_f1", f"{label}_accuracy") if m in best), None) for label in labels]
+        if all(heads):
+            return heads
+    monitor = recipe.get("train", {}).get("monitor")
+    return [monitor or next((k for k in ("f1", "accuracy", "ner_f1") if k in best), "loss")]
+
+
 def results(run_dirs: list[str]) -> str:
     """A results table from finished runs' own files (summary.json, run.json, recipe.toml): never typed in."""
     from pathlib import Path
@@ -291,14 +303,13 @@ def results(run_dirs: list[str]) -> str:
     for d in run_dirs:
         run = read_run(Path(d))
         best = run.summary.get("best", {})
-        monitor = run.recipe.get("train", {}).get("monitor") or next(
-            (k for k in ("f1", "accuracy", "ner_f1") if k in best), "loss")
-        value = best.get(monitor)
         hardware = f"{run.info.get('device', '?')} x{run.info.get('num_processes', 1)}"
-        shown = f"{value * 100:.2f}%" if isinstance(value, float) and monitor != "loss" else str(value)
-        lines.append(f"| {run.name} | {run.recipe['data']['name']} | {run.recipe['model']['name']} | "
-                     f"{run.eval_split} | {monitor} | {shown} | {run.summary.get('epochs', '?')} | {hardware} | "
-                     f"{run.summary.get('wall_time_s', '?')} s |")
+        for metric in _headline_metrics(run.recipe, best):
+            value = best.get(metric)
+            shown = f"{value * 100:.2f}%" if isinstance(value, float) and metric != "loss" else str(value)
+            lines.append(f"| {run.name} | {run.recipe['data']['name']} | {run.recipe['model']['name']} | "
+                         f"{run.eval_split} | {metric} | {shown} | {run.summary.get('epochs', '?')} | {hardware} | "
+                         f"{run.summary.get('wall_time_s', '?')} s |")
     return "\n".join(lines) + "\n"
 
 

@@ -83,6 +83,12 @@ def test_multitask_run_reports_every_head(tmp_path: Path, mini: Path) -> None:
         "ner": "span", "chunk": "span", "pos": "token"}
     result = cli("predict", run, "Alice visited Paris", "--json")
     assert set(json.loads(result.stdout)["tags"]) == {"ner", "chunk", "pos"}
+    from deepcourse.docgen import results
+
+    rows = results([str(run)]).splitlines()[2:]  # the results page: one row per head, at the best evaluation
+    summary = json.loads((run / "summary.json").read_text())["best"]
+    assert [r.split(" | ")[4:6] for r in rows] == [
+        [m, f"{summary[m] * 100:.2f}%"] for m in ("ner_f1", "chunk_f1", "pos_accuracy")]
 
 
 def test_conll2003_local_copy_with_softmax_tagger(tmp_path: Path, mini: Path) -> None:
