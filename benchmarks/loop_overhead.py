@@ -2,13 +2,13 @@
 
 The same small CNN, data (pre-loaded tensors), batch size, optimizer and seed are trained for a fixed number of
 steps by `deepcourse.engine.fit` and by a plain PyTorch loop in one process, step by step interleaved: after each
-deepcourse step a callback runs one hand-written step. Each step's wall time is recorded (after warm-up steps) and
-the ratio of the median step times is printed. Interleaving makes both loops share the machine's moods; timing two
-runs one after the other on a noisy VM gave per-round ratios anywhere between 0.73 and 1.30.
+deepcourse step a callback runs one hand-written step. Each step's wall time is recorded (after warm-up steps),
+and the median of the paired step-time ratios is printed. Interleaving makes both loops share the machine's
+moods: timing two runs one after the other on a noisy VM gave per-round ratios anywhere between 0.73 and 1.30.
 
     python benchmarks/loop_overhead.py [--steps 30] [--rounds 5] [--batch-size 128] [--threads N]
 
-Target: median step-time ratio <= 1.03 on CPU.
+Target: median paired step-time ratio <= 1.03 on CPU.
 """
 from __future__ import annotations
 
@@ -162,11 +162,14 @@ def main() -> None:
         pair_ratios += [x / y for x, y in zip(a, b)]
         print(f"round {r + 1}: deepcourse median {statistics.median(a) * 1e3:.2f} ms/step, hand-written "
               f"{statistics.median(b) * 1e3:.2f} ms/step, ratio {statistics.median(a) / statistics.median(b):.3f}")
-    ratio = statistics.median(ours) / statistics.median(theirs)
     print(f"median step time: deepcourse {statistics.median(ours) * 1e3:.2f} ms, hand-written "
-          f"{statistics.median(theirs) * 1e3:.2f} ms")
-    print(f"median of the step-by-step ratios: {statistics.median(pair_ratios):.3f}")
-    print(f"step-time ratio deepcourse / hand-written: {ratio:.3f} (target <= 1.03)")
+          f"{statistics.median(theirs) * 1e3:.2f} ms (ratio of the medians "
+          f"{statistics.median(ours) / statistics.median(theirs):.3f})")
+    # The paired statistic: each deepcourse step against the hand-written step run right after it. When another
+    # job takes a core now and then, step times split into fast and slow groups and the ratio of the two
+    # medians jumps with whichever group each median lands in; the pairs stay comparable.
+    print(f"step-time ratio deepcourse / hand-written, median of {len(pair_ratios)} paired steps: "
+          f"{statistics.median(pair_ratios):.3f} (target <= 1.03)")
 
 
 if __name__ == "__main__":
