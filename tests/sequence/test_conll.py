@@ -24,6 +24,14 @@ def test_tab_only_and_whitespace_lines_separate_sentences(tmp_path: Path, write)
     assert found[0][1]["ner"] == ["B-ORG", "O"]
 
 
+def test_unicode_spaces_stay_inside_tokens(tmp_path: Path, write) -> None:
+    """Only ASCII spaces and tabs separate columns: a non-breaking space is part of its token."""
+    path = write(tmp_path / "a.txt", "10\u00a0000 CD I-NP O\nNew\u2009York NNP I-NP B-LOC\n")
+    (_, found), = sentences(path)
+    assert found["token"] == ["10\u00a0000", "New\u2009York"]
+    assert found["ner"] == ["O", "B-LOC"]
+
+
 def test_docstart_lines_are_skipped_and_end_a_sentence(tmp_path: Path, write) -> None:
     path = write(tmp_path / "a.txt", "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\n-DOCSTART- -X- -X- O\n"
                                      "Peter NNP B-NP B-PER\n")

@@ -1,6 +1,6 @@
 """Reading and writing CoNLL column files.
 
-One token per line, whitespace-separated columns (named by the recipe: `columns = ["token", "pos", "chunk",
+One token per line, columns separated by ASCII spaces or tabs (named by the recipe: `columns = ["token", "pos", "chunk",
 "ner"]`), sentences separated by blank or whitespace-only lines (some real files use a line holding a lone tab),
 `-DOCSTART-` document lines skipped. A malformed line fails with file:line, never with a traceback.
 
@@ -11,6 +11,7 @@ Arrow, keyed by the file's path, size and modification time, so a second run doe
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,16 @@ from typing import Any
 from deepcourse.errors import DataError
 
 DOCSTART = "-DOCSTART-"
+# Columns are separated by ASCII spaces and tabs only: str.split() would also cut a token at a non-breaking or
+# other Unicode space ("10\u00a0000", "New\u00a0York"), which is part of the token in real corpora.
+_ASCII_SPACE = " \t\r\n\f\v"
+_SEPARATOR = re.compile(f"[{_ASCII_SPACE}]+")
+
+
+def split_columns(line: str) -> list[str]:
+    """The columns of one line; [] for a blank (or whitespace-only) line."""
+    stripped = line.strip(_ASCII_SPACE)
+    return _SEPARATOR.split(stripped) if stripped else []
 
 
 def iter_sentences(path: str | os.PathLike,
@@ -47,7 +58,7 @@ def iter_sentences(path: str | os.PathLike,
             except UnicodeDecodeError as exc:
                 raise DataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start + 1} of the "
                                 f"line); convert the file, e.g. iconv -f latin1 -t utf-8") from None
-            fields = line.split()
+            fields = split_columns(line)
             if not fields or fields[0] == DOCSTART:
                 if current:
                     yield first_line, _columns(names, current)
