@@ -209,7 +209,9 @@ def grouped_bars(path: Path, groups: Sequence[str], series: Mapping[str, Sequenc
     ax.set_xticks(range(len(groups)), groups, rotation=90 if long_labels else 0)
     ax.grid(axis="x", visible=False)
     if ylim is not None:
-        ax.set_ylim(ylim[0], ylim[1] * (1.08 if labelled else 1.0))  # room for the value labels above 1.0
+        rotated = labelled and n_series * len(groups) > 24
+        # room for the value labels above a full bar: vertical labels ("1.000") need more than horizontal ones
+        ax.set_ylim(ylim[0], ylim[1] * ((1.15 if rotated else 1.08) if labelled else 1.0))
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if len(series) > 1:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
