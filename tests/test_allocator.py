@@ -53,7 +53,8 @@ def test_glibc_defaults_fault_every_reallocation() -> None:
     assert faults > 5 * 1000
 
 
-@pytest.mark.parametrize("env", [{"MALLOC_TRIM_THRESHOLD_": "131072"}, {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}])
+@pytest.mark.parametrize("env", [{"MALLOC_TRIM_THRESHOLD_": "131072"},
+                                 {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"}])
 def test_thresholds_the_user_chose_are_respected(env: dict[str, str]) -> None:
     applied, _ = probe("keep", **env)
     assert not applied

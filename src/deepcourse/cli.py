@@ -17,12 +17,6 @@ import click
 from . import __version__
 from .errors import UserError
 
-# Keys that may differ between a run and the recipe that resumes it: they change how visibly or how often it
-# saves, not what it computes. (Not epochs: schedules such as one-cycle are laid out over the original length.)
-RESUMABLE_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                  "train.threads", "train.keep_freed_memory", "train.trackers", "train.callbacks", "sweep")
-
-
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"deepcourse: error: {message}", err=True)
     sys.exit(code)
@@ -120,7 +114,7 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
 
 
 def _resume_recipe(resume: Path, recipe: Path | None, overrides: Sequence[str]) -> Any:
-    from .recipe import load_recipe, read_toml
+    from .recipe import NON_COMPUTING_KEYS, load_recipe, read_toml
     from .rundir import require_run_dir
 
     require_run_dir(resume)
@@ -130,7 +124,7 @@ def _resume_recipe(resume: Path, recipe: Path | None, overrides: Sequence[str]) 
     else:
         new = load_recipe(recipe, overrides)
     old = load_recipe(data=saved).to_dict()
-    changed = [k for k in _diff_keys(old, new.to_dict()) if not k.startswith(RESUMABLE_KEYS)]
+    changed = [k for k in _diff_keys(old, new.to_dict()) if not k.startswith(NON_COMPUTING_KEYS)]
     if changed:
         raise UserError(f"--resume {resume}: the recipe differs from the one this run was started with, in keys "
                         f"that change what is computed: " + ", ".join(changed) +

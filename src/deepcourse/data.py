@@ -175,8 +175,11 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.length))
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=g).tolist())
+        return iter(torch.randperm(self.length, generator=self.generator()).tolist())
+
+    def generator(self) -> torch.Generator:
+        """This epoch's random source, a function of (seed, epoch) only."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
 
     def __len__(self) -> int:
         return self.length
@@ -198,7 +201,7 @@ class LengthGroupedSampler(EpochSampler):
         self.batch_size, self.group_batches = batch_size, group_batches
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = self.generator()
         perm = torch.randperm(self.length, generator=g)
         group = self.batch_size * self.group_batches
         ordered = torch.cat([chunk[torch.argsort(self.lengths[chunk], descending=True, stable=True)]

@@ -394,8 +394,7 @@ def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None 
                                num_workers=recipe.data.num_workers, sampler=train_sampler, seed=recipe.seed)
     eval_loader = None
     if eval_split in bundle.splits and len(bundle.splits[eval_split]):
-        eval_bs = recipe.eval.batch_size or recipe.data.eval_batch_size or recipe.data.batch_size
-        eval_loader = make_loader(bundle.splits[eval_split], eval_bs, collate_fn=collate,
+        eval_loader = make_loader(bundle.splits[eval_split], recipe.eval_batch_size, collate_fn=collate,
                                   num_workers=recipe.data.num_workers)
     if eval_loader is not None:
         check_monitor(recipe, task)
@@ -697,8 +696,8 @@ def evaluate_run(run_dir: Path, *, split: str | None = None, data_dir: str | Non
                         f"(available: {', '.join(bundle.splits) or 'none'})")
     accelerator = make_accelerator(recipe.model_copy(update={"train": recipe.train.model_copy(
         update={"trackers": []})}))
-    bs = recipe.eval.batch_size or recipe.data.eval_batch_size or recipe.data.batch_size
-    loader = make_loader(bundle.splits[split], bs, collate_fn=bundle.collate_fn, num_workers=recipe.data.num_workers)
+    loader = make_loader(bundle.splits[split], recipe.eval_batch_size, collate_fn=bundle.collate_fn,
+                         num_workers=recipe.data.num_workers)
     model, loader = accelerator.prepare(model, loader)
     metrics = evaluate(accelerator, task, model, loader, desc=f"eval {split}", progress=progress)
     return task, {"run_dir": str(run_dir), "split": split, **metrics}

@@ -123,6 +123,12 @@ class Recipe(_Strict):
 
     source: Path | None = Field(default=None, exclude=True)
 
+    @property
+    def eval_batch_size(self) -> int:
+        """Samples per evaluation batch: eval.batch_size, else data.eval_batch_size, else data.batch_size. One
+        place, so the engine, `evaluate` and the tasks' reports batch the evaluation split alike."""
+        return self.eval.batch_size or self.data.eval_batch_size or self.data.batch_size
+
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe: every key with its value, builder defaults included."""
         data = self.model_dump(mode="json", exclude_none=True, exclude={"source", "extends"})
@@ -142,6 +148,12 @@ class Recipe(_Strict):
     def to_toml(self) -> str:
         return tomli_w.dumps(_toml_safe(self.to_dict()))
 
+
+#: Recipe keys (prefixes) that change how visibly or how often a run saves, not what it computes: a resumed run may
+#: change them, and `compare` does not label runs by them. (Not epochs: schedules such as one-cycle are laid out
+#: over the original length.)
+NON_COMPUTING_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                      "train.threads", "train.keep_freed_memory", "train.trackers", "train.callbacks", "sweep")
 
 _BUILDER_SECTIONS = {"task": "tasks", "data": "datasets", "model": "models", "optimizer": "optimizers",
                      "scheduler": "schedulers"}

@@ -235,6 +235,24 @@ def markdown_escape(text: str) -> str:
     return text.translate(_MARKDOWN_SPECIAL)
 
 
+def evaluation_split(task: Any, recipe: Any, artifacts: Any, *, samples: str = "samples"
+                     ) -> tuple[Any | None, list[str]]:
+    """The recipe's evaluation split for a task's report figures, loaded as `evaluate` loads it; or (None, a note
+    for report.md) when that data is not on this machine, so a report made elsewhere still has its curves.
+    `samples`: what the split holds, for the note (images, sentences)."""
+    from .errors import UserError
+
+    split = recipe.eval.split
+    try:
+        bundle = task.setup_data(recipe.data, splits=(split,), seed=recipe.seed, artifacts=artifacts)
+    except UserError as exc:
+        return None, [f"_No {split} figures: {exc}_", ""]
+    data = bundle.splits.get(split)
+    if data is None or len(data) == 0:
+        return None, [f"_No {split} figures: dataset '{recipe.data.name}' has no {split} {samples} here._", ""]
+    return data, []
+
+
 def report_device(recipe: Any) -> Any:
     """Where a report runs the model: the GPU when there is one and the recipe allows it, as `evaluate` does."""
     import torch
@@ -321,15 +339,14 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-IGNORED_FOR_LABELS = ("name", "description", "train.progress", "train.log_every", "train.checkpoint_every",
-                      "train.keep_checkpoints", "train.threads", "train.keep_freed_memory", "train.trackers", "train.callbacks", "sweep.")
-
-
 def differing_keys(recipes: Sequence[Mapping[str, Any]]) -> list[str]:
+    from .recipe import NON_COMPUTING_KEYS
+
+    ignored = ("name", "description", *NON_COMPUTING_KEYS)
     flat = [flatten(r) for r in recipes]
     keys = sorted(set().union(*flat)) if flat else []
-    return [k for k in keys if not k.startswith(IGNORED_FOR_LABELS) and len({json.dumps(f.get(k), sort_keys=True)
-                                                                               for f in flat}) > 1]
+    return [k for k in keys if not k.startswith(ignored) and len({json.dumps(f.get(k), sort_keys=True)
+                                                                  for f in flat}) > 1]
 
 
 def labels_for(runs: Sequence[RunData], ignore: Sequence[str] = ()) -> list[str]:

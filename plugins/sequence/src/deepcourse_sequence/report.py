@@ -163,8 +163,8 @@ class ColumnReport:
                            "", f"support: gold spans of the type in the {self.split} split; **all**: micro average.",
                            ""]
         else:
-            none = f"_No scores per type for {self.name}: the {self.split} split has no spans and the model predicts none._"
-            self.notes += [none, ""]
+            self.notes += [f"_No scores per type for {self.name}: the {self.split} split has no spans and the model "
+                           f"predicts none._", ""]
         self._span_examples()
 
     def _span_examples(self) -> None:
@@ -248,20 +248,14 @@ def write_figures(task: SequenceTagging, model: nn.Module, recipe: Any, artifact
                   ) -> tuple[list[Any], list[str]]:
     """Per label column: a score chart and table, and example sentences; notes instead when the split is not
     here (a report made on another machine still has its curves)."""
-    from deepcourse.errors import UserError
-    from deepcourse.report import report_autocast, report_device
+    from deepcourse.report import evaluation_split, report_autocast, report_device
 
     split = recipe.eval.split
-    try:
-        bundle = task.setup_data(recipe.data, splits=(split,), seed=recipe.seed, artifacts=artifacts)
-    except UserError as exc:
-        return [], [f"_No {split} figures: {exc}_", ""]
-    data = bundle.splits.get(split)
-    if not isinstance(data, TaggedSentences) or len(data) == 0:
-        return [], [f"_No {split} figures: dataset '{recipe.data.name}' has no {split} sentences here._", ""]
-    batch_size = recipe.eval.batch_size or recipe.data.eval_batch_size or recipe.data.batch_size
+    data, missing = evaluation_split(task, recipe, artifacts, samples="sentences")
+    if data is None:
+        return [], missing
     device = report_device(recipe)
-    tagged = tag_split(task, model, data, batch_size=batch_size, device=device,
+    tagged = tag_split(task, model, data, batch_size=recipe.eval_batch_size, device=device,
                        autocast=report_autocast(recipe, device))
     out.mkdir(parents=True, exist_ok=True)
     figures: list[Any] = []

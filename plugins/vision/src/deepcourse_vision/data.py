@@ -336,8 +336,9 @@ def imagefolder(splits: tuple[str, ...], data_dir: str | None = None, size: Anno
                 channels: Channels | None = None, classes: list[str] | None = None) -> ImageData:
     """A folder of labelled images: data_dir/{train,val|develop,test}/<class>/*.png|jpg|...
 
-    Any small labelled set, e.g. a 12-class 28x28 character set. `size` resizes every image to size x size; `channels` forces 1 (grayscale) or 3
-    (RGB), default: as the first image; `classes` fixes the label order (default: train/'s sub-folders, sorted)."""
+    Any small labelled set, e.g. a 12-class 28x28 character set. `size` resizes every image to size x size;
+    `channels` forces 1 (grayscale) or 3 (RGB), default: as the first image; `classes` fixes the label order
+    (default: train/'s sub-folders, sorted)."""
     root = _find_image_root(data_dir)
     folders = {s: _split_folder(root, s) for s in splits}
     if classes is None:

@@ -19,10 +19,9 @@ MAX_MISTAKES = 16
 
 
 @torch.no_grad()
-def predictions(task: ImageClassification, model: nn.Module, images: torch.Tensor, batch_size: int
-                ) -> torch.Tensor:
-    """Class probabilities of a uint8 image tensor, batch by batch, on the GPU when there is one."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def predictions(task: ImageClassification, model: nn.Module, images: torch.Tensor, batch_size: int,
+                device: torch.device) -> torch.Tensor:
+    """Class probabilities of a uint8 image tensor, batch by batch, on `device`."""
     model.to(device).eval()
     out = [task.log_probs(model, images[i:i + batch_size].to(device)).exp().cpu()
            for i in range(0, len(images), batch_size)]
@@ -81,18 +80,14 @@ def mistakes_figure(images: torch.Tensor, labels: torch.Tensor, probs: torch.Ten
 
 def write_figures(task: ImageClassification, model: nn.Module, recipe: Any, artifacts: Any, out: Path
                   ) -> tuple[list[Any], list[str]]:
-    from deepcourse.errors import UserError
-    from deepcourse.report import Figure, markdown_escape, markdown_table
+    from deepcourse.report import Figure, evaluation_split, markdown_escape, markdown_table, report_device
 
     split = recipe.eval.split
-    try:
-        bundle = task.setup_data(recipe.data, splits=(split,), seed=recipe.seed, artifacts=artifacts)
-    except UserError as exc:  # the data is not here (another machine): the curves still make a report
-        return [], [f"_No {split} figures: {exc}_", ""]
-    arrays = bundle.splits[split].arrays
-    images, labels = arrays["image"], arrays["label"]
-    batch = recipe.eval.batch_size or recipe.data.eval_batch_size or recipe.data.batch_size
-    probs = predictions(task, model, images, batch)
+    data, missing = evaluation_split(task, recipe, artifacts, samples="images")
+    if data is None:
+        return [], missing
+    images, labels = data.arrays["image"], data.arrays["label"]
+    probs = predictions(task, model, images, recipe.eval_batch_size, report_device(recipe))
     names = task.class_names
     n = len(names)
     matrix = torch.bincount(labels * n + probs.argmax(1), minlength=n * n).reshape(n, n)
