@@ -24,7 +24,6 @@ def make_distribution(site: Path, dist: str, entry_points: dict[str, str], modul
         (site / f"{name}.py").write_text(textwrap.dedent(source))
 
 
-
 def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None, timeout: int = 300
             ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "deepcourse", *args], env=env, cwd=cwd, capture_output=True,
@@ -56,8 +55,6 @@ epochs = 3
 log_every = 2
 progress = false
 """
-
-
 
 
 def final_weights(run: Path) -> dict:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
+from core_support import final_weights
 from deepcourse.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,17 +196,12 @@ def test_bf16_on_cpu_trains_lstm_taggers(tmp_path: Path, mini: Path, chars: str)
 def test_length_grouped_batches_resume_exactly(tmp_path: Path, mini: Path) -> None:
     """The grouped order depends only on (seed, epoch): a run resumed after its first epoch ends with the same
     weights as one that was never stopped."""
-    from safetensors.torch import load_file
-
-    def last_weights(run: Path) -> dict:
-        return load_file(str(sorted((run / "checkpoints").glob("step-*"))[-1] / "model.safetensors"))
-
     whole = train(tmp_path / "whole", mini, "data.group_by_length=true")  # 2 epochs of 4 steps
     run = train(tmp_path / "runs", mini, "data.group_by_length=true")
     checkpoints = sorted((run / "checkpoints").glob("step-*"))
     shutil.rmtree(checkpoints[-1])
     result = cli("run", "--resume", run)
     assert result.exit_code == 0, result.output
-    expected, got = last_weights(whole), last_weights(run)
+    expected, got = final_weights(whole), final_weights(run)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
