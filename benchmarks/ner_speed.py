@@ -157,8 +157,10 @@ def deepcourse_train(recipe_path: Path, steps: int, threads: int, runs: Path, gr
 def deepcourse_decode(recipe_path: Path, batch_size: int) -> tuple[float, float, int]:
     """Seconds to decode train with the task's evaluation step (model + Viterbi), and with the full evaluation
     (loss, decoding, entity F1) as `deepcourse evaluate` runs it."""
-    from deepcourse.engine import build_task, evaluate, make_accelerator, make_loader
-    from deepcourse.recipe import load_recipe
+    from deepcourse.accelerator import make_accelerator
+    from deepcourse.api import build_task, load_recipe
+    from deepcourse.components import make_loader
+    from deepcourse.evaluation import evaluation_loop
 
     recipe = load_recipe(recipe_path)
     task = build_task(recipe)
@@ -173,7 +175,7 @@ def deepcourse_decode(recipe_path: Path, batch_size: int) -> tuple[float, float,
     accelerator = make_accelerator(recipe)
     loader = accelerator.prepare(make_loader(data, batch_size, collate_fn=bundle.collate_fn, num_workers=0))
     start = time.perf_counter()
-    evaluate(accelerator, task, model, loader, progress=False)
+    evaluation_loop(accelerator, task, model, loader, sharded=True, progress=False)
     return decode_s, time.perf_counter() - start, len(data)
 
 

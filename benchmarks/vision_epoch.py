@@ -82,8 +82,7 @@ def recipe(batch_size: int, augment: bool) -> dict[str, Any]:
 
 def training_data() -> tuple[torch.Tensor, torch.Tensor, list[float], list[float]]:
     """The deepcourse leg's training split, for the other two legs."""
-    from deepcourse.engine import build_task
-    from deepcourse.recipe import load_recipe
+    from deepcourse.api import build_task, load_recipe
 
     r = load_recipe(data=recipe(BATCH, True))
     bundle = build_task(r).setup_data(r.data, splits=("train",), seed=r.seed)

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from core_support import FIXTURES, TOY_RECIPE, make_distribution
+from deepcourse.api import load_plugins
+
+load_plugins()  # the explicit discovery step the command line takes first: registries are filled, never implied
 
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

@@ -49,3 +49,17 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "getting-started" / "index.html").is_file()
+
+
+def test_the_python_example_in_getting_started_runs(tmp_path: Path) -> None:
+    """The notebook example of docs/getting-started.md, run as written (in a folder of its own)."""
+    pytest.importorskip("deepcourse_vision")
+    text = (REPO / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    section = text.split("## From Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "test accuracy" in out.stdout and "on 360 images" in out.stdout
+    assert list((tmp_path / "runs" / "quickstart").glob("*/best/model.safetensors"))

@@ -1,6 +1,26 @@
 """deepcourse: train the networks of a deep-learning course from TOML recipes.
 
-Plugins extend it through the `deepcourse.plugins` entry-point group; see `deepcourse.registry` and
-`deepcourse.task` for the public plugin API.
+From Python: `deepcourse.run(recipe, *overrides)`, `deepcourse.evaluate(run_dir)`, `deepcourse.predict(run_dir,
+inputs)` (see `deepcourse.runner`). Plugins import `deepcourse.api`, the one stable surface for them. Importing this
+package loads nothing else, so `deepcourse --help` answers at once.
 """
-__version__ = "0.1.0"
+from __future__ import annotations
+
+from typing import Any
+
+from ._version import __version__
+
+__all__ = ["__version__", "run", "evaluate", "predict", "RunResult"]
+_RUNNER = ("run", "evaluate", "predict", "RunResult")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RUNNER:
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'deepcourse' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_RUNNER])

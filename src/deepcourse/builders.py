@@ -105,7 +105,7 @@ def validate_options(
     try:
         validated = model(**values)
     except ValidationError as exc:
-        problems.extend(_format_errors(exc, loc, provided))
+        problems.extend(format_errors(exc, loc, provided))
         return {}, problems
     kwargs = {k: getattr(validated, k) for k in values}
     if var_kw:
@@ -131,7 +131,7 @@ def _join(loc: str, *parts: Any) -> str:
     return out
 
 
-def _format_errors(exc: ValidationError, loc: str, provided: Mapping[str, Any] | None) -> list[str]:
+def format_errors(exc: ValidationError, loc: str, provided: Mapping[str, Any] | None) -> list[str]:
     problems = []
     for err in exc.errors(include_url=False):
         path = _join(loc, *err["loc"])

@@ -1,14 +1,64 @@
-"""Callbacks: optional hooks into the training loop, named in `train.callbacks = [{name = "...", ...}]`.
+"""Callbacks: optional hooks into the training loop, and the state they see (`TrainContext`, `TrainState`).
 
 The loop calls each hook at a fixed point and never depends on what a callback returns, so the hot path stays
-readable. Register a subclass with `@CALLBACKS.register("name")`; its `__init__` keys are the table's keys.
+readable. Register a subclass with `@CALLBACKS.register("name")`; its `__init__` keys are the table's keys
+(`train.callbacks = [{name = "...", ...}]`).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .engine import TrainContext
+    import torch
+    from accelerate import Accelerator
+
+    from .meter import LossMeter
+    from .rundir import MetricsLog
+    from .schema import Recipe
+    from .task import DataBundle, Task
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a resumed run needs to continue exactly where it stopped."""
+
+    epoch: int = 0  # epoch being trained (0-based)
+    step_in_epoch: int = 0  # optimizer steps done in this epoch
+    global_step: int = 0
+    event: int = 0  # number of metrics.jsonl events written, to cut the log back on resume
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_evals: int = 0
+    evaluated_epoch: int = -1
+    done: bool = False
+    num_processes: int = 1
+    skipped_steps: int = 0
+
+
+@dataclass
+class TrainContext:
+    """What callbacks and helpers see of a running fit."""
+
+    accelerator: Accelerator
+    recipe: Recipe
+    task: Task
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    state: TrainState
+    run_dir: Path
+    bundle: DataBundle
+    log: MetricsLog
+    loss: LossMeter
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    callbacks: list[Callback] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
 
 
 class Callback:

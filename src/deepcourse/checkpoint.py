@@ -1,148 +1,34 @@
-"""Checkpoints that are atomic, complete and safe to load.
+"""The checkpoint layout of a run directory: training states under checkpoints/, the best weights under best/.
 
-A checkpoint is a folder written under a temporary name and renamed into place, so a crash mid-write never
-leaves something that looks complete. Weights are safetensors, small state is JSON, and the optimizer/scheduler
-state that only torch can serialise is loaded with `weights_only=True`: loading a run never unpickles code.
+    checkpoints/step-000001234/   model.safetensors, optimizer.pt, scheduler.pt, [scaler.pt],
+                                  rng-<rank>.safetensors + rng-<rank>.json, trainer_state.json (written last)
+    best/                         model.safetensors, facts.json [+ facts.safetensors], artifacts.json,
+                                  recipe.toml, metrics.json
+
+Each folder is written under a temporary name and renamed into place (`deepcourse.files.commit_dir`), so only
+complete checkpoints are ever listed or resumed from.
 """
 from __future__ import annotations
 
-import json
-import os
-import random
 import re
 import shutil
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
 
+from . import files
+from .callbacks import TrainContext, TrainState
 from .errors import CheckpointError
+from .task import DataBundle
 
 STEP_DIR = re.compile(r"^step-(\d{9})$")
 STATE_FILE = "trainer_state.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - not every platform can open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def commit_dir(tmp: Path, final: Path) -> None:
-    """Rename a fully written temporary folder into place, replacing an older one of the same name."""
-    for f in tmp.iterdir():
-        if f.is_file():
-            with open(f, "rb") as handle:
-                os.fsync(handle.fileno())
-    old = final.with_name(f".{final.name}.old")
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# -- RNG state ----------------------------------------------------------------------------------------------------
-def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Every RNG a training step may draw from: tensors for safetensors, the rest JSON."""
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda{i}"] = s
-    np_state = np.random.get_state()
-    tensors["numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64).copy())
-    py = random.getstate()
-    meta = {"python": [py[0], list(py[1]), py[2]], "numpy": [np_state[0], int(np_state[2]), int(np_state[3]),
-                                                              float(np_state[4])]}
-    return tensors, meta
-
-
-def set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
-    torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    name, pos, has_gauss, gauss = meta["numpy"]
-    np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = meta["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
-# -- files --------------------------------------------------------------------------------------------------------
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    save_model(model, str(path))
-
-
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    if not path.exists():
-        raise CheckpointError(f"{path}: weights file missing")
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: cannot load weights: {exc}") from None
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match the model built from the recipe "
-                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
-
-
-def safe_torch_load(path: Path) -> Any:
-    """torch.load restricted to tensors and plain containers: a planted pickle is refused, never run."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file missing") from None
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends: refuse with a clear message
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain values, "
-                              f"which could run code ({first})") from None
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-
-
-def save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
-
-
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file missing") from None
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: cannot read tensors: {exc}") from None
-
-
-# -- checkpoint folders -------------------------------------------------------------------------------------------
+# -- listing ------------------------------------------------------------------------------------------------------
 def step_dir_name(global_step: int) -> str:
     return f"step-{global_step:09d}"
 
@@ -152,7 +38,7 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name) and (p / STATE_FILE).exists()]
-    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -165,3 +51,106 @@ def prune(folder: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
     for tmp in folder.glob(".tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- training state -----------------------------------------------------------------------------------------------
+def save_checkpoint(ctx: TrainContext) -> Path:
+    """Write the training state of every process into checkpoints/step-N/; returns the folder."""
+    acc = ctx.accelerator
+    folder = ctx.run_dir / "checkpoints"
+    name = step_dir_name(ctx.state.global_step)
+    final, tmp = folder / name, folder / f".tmp-{name}"
+    acc.wait_for_everyone()
+    if ctx.is_main:
+        files.fresh_dir(tmp)
+    acc.wait_for_everyone()
+    tensors, meta = files.rng_state()
+    files.save_tensors(tensors, tmp / f"rng-{acc.process_index}.safetensors")
+    files.write_json(tmp / f"rng-{acc.process_index}.json", meta)
+    if ctx.is_main:
+        files.save_weights(acc.unwrap_model(ctx.model), tmp / "model.safetensors")
+        torch.save(ctx.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(ctx.scheduler.state_dict(), tmp / "scheduler.pt")
+        if acc.scaler is not None:
+            torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+        ctx.state.num_processes = acc.num_processes
+        files.write_json(tmp / STATE_FILE, {**asdict(ctx.state), "loss_meter": ctx.loss.state_dict()})  # last
+    acc.wait_for_everyone()
+    if ctx.is_main:
+        if final.exists():
+            shutil.rmtree(final)
+        files.commit_dir(tmp, final)
+        prune(folder, ctx.recipe.train.keep_checkpoints)
+    acc.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(ctx: TrainContext, folder: Path) -> None:
+    """Restore weights, optimizer, schedule, RNGs, loop state and loss sums from a checkpoint folder."""
+    acc = ctx.accelerator
+    saved = files.read_json(folder / STATE_FILE)
+    if saved.get("num_processes", 1) != acc.num_processes:
+        raise CheckpointError(f"{folder}: saved by {saved.get('num_processes')} process(es); resume it with the "
+                              f"same number (now {acc.num_processes}) so the data order and RNG streams match")
+    files.load_weights(acc.unwrap_model(ctx.model), folder / "model.safetensors")
+    ctx.optimizer.load_state_dict(files.safe_torch_load(folder / "optimizer.pt"))
+    ctx.scheduler.load_state_dict(files.safe_torch_load(folder / "scheduler.pt"))
+    if acc.scaler is not None and (folder / "scaler.pt").exists():
+        acc.scaler.load_state_dict(files.safe_torch_load(folder / "scaler.pt"))
+    files.set_rng_state(files.load_tensors(folder / f"rng-{acc.process_index}.safetensors"),
+                        files.read_json(folder / f"rng-{acc.process_index}.json"))
+    ctx.loss.load_state_dict(saved.get("loss_meter") or _older_loss_sums(saved))
+    known = set(TrainState.__dataclass_fields__)
+    ctx.state = TrainState(**{k: v for k, v in saved.items() if k in known})
+
+
+def _older_loss_sums(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """Checkpoints of deepcourse 0.1.0 before the loss meter kept the sums among the loop state."""
+    return {"log_sum": saved.get("running_sum", 0.0), "log_n": saved.get("running_n", 0),
+            "epoch_sum": saved.get("epoch_sum", 0.0), "epoch_n": saved.get("epoch_n", 0)}
+
+
+# -- best weights -------------------------------------------------------------------------------------------------
+def save_best(ctx: TrainContext, metrics: Mapping[str, Any]) -> None:
+    """best/: weights plus everything evaluate/predict need without the training data."""
+    if not ctx.is_main:
+        return
+    best = ctx.run_dir / "best"
+    tmp = files.fresh_dir(ctx.run_dir / ".tmp-best")
+    files.save_weights(ctx.accelerator.unwrap_model(ctx.model), tmp / "model.safetensors")
+    save_facts(tmp, ctx.bundle)
+    files.atomic_write_text(tmp / "recipe.toml", ctx.recipe.to_toml())
+    files.write_json(tmp / "metrics.json", {"epoch": ctx.state.epoch + 1, "step": ctx.state.global_step, **metrics})
+    ctx.task.save_extra(tmp)
+    files.commit_dir(tmp, best)
+
+
+def save_facts(folder: Path, bundle: DataBundle) -> None:
+    tensors = {k: v for k, v in bundle.facts.items() if isinstance(v, torch.Tensor)}
+    plain = {k: v for k, v in bundle.facts.items() if not isinstance(v, torch.Tensor)}
+    files.write_json(folder / "facts.json", plain)
+    if tensors:
+        files.save_tensors(tensors, folder / "facts.safetensors")
+    files.write_json(folder / "artifacts.json", bundle.artifacts)
+
+
+def best_folder(run_dir: Path) -> Path:
+    """best/ of a run (or the previous best/ a crash left mid-replacement)."""
+    best = run_dir / "best"
+    if best.is_dir():
+        return best
+    old = run_dir / ".best.old"
+    if old.is_dir():
+        return old
+    raise CheckpointError(f"{run_dir}: has no best/ weights yet (the run has not finished an evaluation)")
+
+
+def load_facts(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    facts = files.read_json(folder / "facts.json")
+    if (folder / "facts.safetensors").exists():
+        facts.update(files.load_tensors(folder / "facts.safetensors"))
+    return facts, files.read_json(folder / "artifacts.json")
+
+
+def read_best_metrics(run_dir: Path) -> dict[str, Any]:
+    return files.read_json(run_dir / "best" / "metrics.json", missing={})

@@ -14,8 +14,9 @@ from typing import Any
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .errors import UserError
+
 
 def _fail(message: str, code: int = 2) -> None:
     click.echo(f"deepcourse: error: {message}", err=True)
@@ -25,7 +26,7 @@ def _fail(message: str, code: int = 2) -> None:
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .engine import Interrupted
+        from .stopping import Interrupted
 
         try:
             return fn(*args, **kwargs)
@@ -59,8 +60,8 @@ def main() -> None:
     """Train the networks of a deep-learning course from TOML recipes.
 
     \b
-    deepcourse run recipes/quickstart.toml
-    deepcourse check recipes/mnist_lenet.toml --set optimizer.lr=0.01
+    deepcourse run quickstart                      (a shipped recipe, by name: see `deepcourse recipes`)
+    deepcourse run recipes/mnist_lenet.toml --set optimizer.lr=0.01
     deepcourse list models 'res*'
     """
 
@@ -82,7 +83,7 @@ def _override_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 @handle_errors
 def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_dir: Path | None,
         runs_root: Path, as_json: bool, no_report: bool) -> None:
-    """Train RECIPE (or continue a run with --resume RUN_DIR)."""
+    """Train RECIPE, a recipe file or the name of a shipped recipe (or continue a run with --resume RUN_DIR)."""
     from .engine import fit
     from .recipe import load_recipe
 
@@ -114,7 +115,7 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
 
 
 def _resume_recipe(resume: Path, recipe: Path | None, overrides: Sequence[str]) -> Any:
-    from .recipe import NON_COMPUTING_KEYS, load_recipe, read_toml
+    from .recipe import NON_COMPUTING_KEYS, differing_keys, load_recipe, read_toml, value_at
     from .rundir import require_run_dir
 
     require_run_dir(resume)
@@ -123,29 +124,14 @@ def _resume_recipe(resume: Path, recipe: Path | None, overrides: Sequence[str]) 
         new = load_recipe(resume / "recipe.toml", overrides)
     else:
         new = load_recipe(recipe, overrides)
-    old = load_recipe(data=saved).to_dict()
-    changed = [k for k in _diff_keys(old, new.to_dict()) if not k.startswith(NON_COMPUTING_KEYS)]
+    old, now = load_recipe(data=saved).to_dict(), new.to_dict()
+    changed = differing_keys([old, now], ignore=NON_COMPUTING_KEYS)
     if changed:
         raise UserError(f"--resume {resume}: the recipe differs from the one this run was started with, in keys "
                         f"that change what is computed: " + ", ".join(changed) +
                         ". Resume with the run's own recipe (omit RECIPE) or start a new run",
-                        [f"{k}: run has {_get(old, k)!r}, recipe has {_get(new.to_dict(), k)!r}" for k in changed])
+                        [f"{k}: run has {value_at(old, k)!r}, recipe has {value_at(now, k)!r}" for k in changed])
     return new
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-def _get(d: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
 
 
 @main.command()
@@ -171,8 +157,10 @@ def list_(kind: str, pattern: str, verbose: bool) -> None:
     callbacks or all; PATTERN is a shell-style pattern such as 'res*'."""
     from .builders import parameters
     from .errors import did_you_mean
+    from .plugins import load_plugins
     from .registry import ALL
 
+    load_plugins()
     if kind != "all" and kind not in ALL and kind + "s" in ALL:
         kind += "s"
     if kind != "all" and kind not in ALL:
@@ -220,6 +208,30 @@ def plugins(verbose: bool) -> None:
 
 
 @main.command()
+@click.argument("pattern", required=False, default="*")
+@handle_errors
+def recipes(pattern: str) -> None:
+    """The recipes that ship with deepcourse, which run by name (`deepcourse run quickstart`); PATTERN is a
+    shell-style pattern such as 'ner*' or 'ablations/*'."""
+    import fnmatch
+
+    from . import catalog
+
+    found = {name: path for name, path in catalog.shipped().items() if fnmatch.fnmatchcase(name, pattern)}
+    if not found:
+        click.echo(f"no shipped recipe matches '{pattern}'" if catalog.shipped() else
+                   "no recipes are shipped with this installation")
+        return
+    width = max(len(name) for name in found)
+    for name, path in found.items():
+        needs, text = catalog.describe(path)
+        plugins_text = f"[{', '.join(needs)}]" if needs else "[core]"
+        click.echo(f"  {name.ljust(width)}  {plugins_text:<10}  {text}")
+    click.echo(f"\n{len(found)} recipe(s) in {catalog.recipes_dir()}; run one with `deepcourse run NAME`, copy one "
+               f"with `deepcourse check NAME > my.toml`")
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--split", help="Split to evaluate (default: the recipe's eval.split).")
 @click.option("--data-dir", help="Read the split from this folder (it may hold only that split's files).")
@@ -228,7 +240,7 @@ def plugins(verbose: bool) -> None:
 @handle_errors
 def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint: str, as_json: bool) -> None:
     """Metrics of a trained run's best (or latest) weights on a split."""
-    from .engine import evaluate_run
+    from .inference import evaluate_run
 
     task, metrics = evaluate_run(run_dir, split=split, data_dir=data_dir, which=checkpoint, progress=not as_json)
     if as_json:
@@ -252,7 +264,7 @@ def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint:
 @handle_errors
 def predict(run_dir: Path, inputs: Sequence[str], as_json: bool, batch_size: int, output: Path | None) -> None:
     """Predict with a trained run on INPUTS (files or text, as the task takes them; '-' reads stdin lines)."""
-    from .engine import predict_run
+    from .inference import predict_run
 
     items = [line.rstrip("\n") for line in sys.stdin] if list(inputs) == ["-"] else list(inputs)
     task, results = predict_run(run_dir, items, batch_size=batch_size)
@@ -286,7 +298,7 @@ def report(run_dir: Path, no_task_figures: bool) -> None:
 def compare(run_dirs: Sequence[Path], output: Path) -> None:
     """Overlay the curves of several runs and tabulate their metrics; lines are labelled by the recipe keys
     that differ between the runs."""
-    from .report import compare_runs
+    from .compare import compare_runs
 
     _, md = compare_runs(list(run_dirs), output)
     click.echo(md.read_text(encoding="utf-8").rstrip())

@@ -1,16 +1,20 @@
-"""Data plumbing every task shares: finding a local copy or the Hub, carving a validation split, batched tensors.
+"""Data plumbing every task shares: finding a local copy or the Hub, choosing and carving splits, batched tensors.
 
 Local copies win over the Hub: `data.data_dir`, then `$DEEPCOURSE_DATA/<dataset>/`, then the Hub id. With none
 available the error lists every place that was tried, so offline machines get an answer instead of a timeout.
+The recipe's split keys mean the same for every task because they are implemented here, once: `data.val_split`
+carves validation from train only when the dataset has none (`resolve_splits`), and `data.train_samples` /
+`data.eval_samples` draw the same random subset for the same seed (`random_subset`).
 """
 from __future__ import annotations
 
 import glob
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -18,6 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from .errors import DataError
 
 DATA_ENV = "DEEPCOURSE_DATA"
+S = TypeVar("S")
 
 
 def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None) -> list[Path]:
@@ -114,6 +119,45 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
+def subset(split: Any, indices: torch.Tensor) -> Any:
+    """The samples `indices` of a split, of the same kind where it can be: the split's own `subset(indices)`
+    (ArrayDataset, a task's split type), a Hugging Face dataset's `select`, else a torch `Subset`."""
+    if hasattr(split, "subset"):
+        return split.subset(indices)
+    if hasattr(split, "select") and hasattr(split, "column_names"):
+        return split.select(indices.tolist())
+    from torch.utils.data import Subset
+
+    return Subset(split, indices.tolist())  # forwards __getitems__ when the dataset has it
+
+
+def resolve_splits(available: Mapping[str, S], wanted: Sequence[str], *, dataset: str, val_split: float | None,
+                   seed: int, source: str = "") -> dict[str, S]:
+    """The `wanted` splits out of those a dataset has, with the one meaning of `data.val_split`: when the dataset
+    has no validation split, that fraction of train is carved off as one (the same samples for the same seed, and
+    train keeps the rest); a dataset's own validation split is used as it is. A split that is still missing is a
+    DataError naming it and the splits there are, with the key that would help.
+
+    Tasks call this on their raw splits, before they fit anything (vocabularies, statistics) on train."""
+    splits = dict(available)
+    if "validation" in wanted and val_split:
+        if "validation" in splits:
+            print(f"deepcourse: warning: data.val_split = {val_split} is not used: dataset '{dataset}' has its own "
+                  f"validation split", file=sys.stderr, flush=True)
+        elif "train" in splits:
+            keep, held = split_indices(len(splits["train"]), float(val_split), seed)  # type: ignore[arg-type]
+            train = splits["train"]
+            splits["train"], splits["validation"] = subset(train, keep), subset(train, held)
+    where = f"{source}: " if source else ""
+    for split in wanted:
+        if split not in splits:
+            hint = (" Set data.val_split (e.g. 0.1) to carve a validation split from train." if split == "validation"
+                    and "train" in splits else "")
+            raise DataError(f"{where}{dataset} has no split '{split}' here (it has: "
+                            f"{', '.join(splits) or 'none'}).{hint}")
+    return {s: splits[s] for s in wanted}
+
+
 class ArrayDataset(Dataset):
     """Samples stored as aligned tensors; `__getitems__` returns a whole batch with one indexing op.
 
@@ -146,11 +190,7 @@ def random_subset(dataset: Any, size: int | None, seed: int) -> Any:
     if size is None or size >= len(dataset):
         return dataset
     keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 17))[:size].sort().values
-    if isinstance(dataset, ArrayDataset):
-        return dataset.subset(keep)
-    from torch.utils.data import Subset
-
-    return Subset(dataset, keep.tolist())  # forwards __getitems__ when the dataset has it
+    return subset(dataset, keep)
 
 
 def passthrough_collate(batch: Any) -> Any:

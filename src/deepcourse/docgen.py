@@ -2,79 +2,26 @@
 
     python -m deepcourse.docgen > docs/recipe-reference.md
 
-A test regenerates it and fails when the committed file is stale, so the reference cannot drift from the code.
+A test regenerates it and fails when the committed file is stale, so the reference cannot drift from the code. The
+meaning of each core key is its `description` in `deepcourse.schema`; builders' keys come from their signatures.
 """
 from __future__ import annotations
 
 import inspect
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from . import __version__
-from .builders import parameters
-from .recipe import (DataSection, EarlyStopping, EvalSection, ModelSection, OptimizerSection, Recipe,
-                     SchedulerSection, SweepSection, TaskSection, TrainSection)
-from .registry import ALL
+from . import plugins
+from ._version import __version__
+from .builders import parameters, validate_options
+from .registry import ALL, MODELS, TASKS
+from .rundir import read_run
+from .schema import CONTEXT_KEYS, REGISTRY_PLACES, SECTION_MODELS
 
-CORE_DOCS: dict[str, str] = {
-    "name": "run name: runs go to runs/<name>/<timestamp>/ (default: the file name)",
-    "description": "free text, shown in reports",
-    "seed": "seeds Python, NumPy and torch, the data order and the validation split",
-    "extends": "path of a base recipe (relative to this file): tables merge, lists replace",
-    "requires_plugins": "plugins the recipe needs; a clear message names any that are missing",
-    "data.name": "registered dataset",
-    "data.data_dir": "folder with a local copy (else $DEEPCOURSE_DATA/<dataset>/, else the Hub)",
-    "data.batch_size": "samples per batch and process",
-    "data.eval_batch_size": "batch size for evaluation (default: batch_size)",
-    "data.val_split": "fraction of train carved off as validation when the dataset has none",
-    "data.num_workers": "DataLoader worker processes (0: load in the training process)",
-    "data.train_samples": "train on a random subset of this many samples (the same for the same seed): quick ablations",
-    "data.eval_samples": "evaluate on a random subset of this many samples (the same for the same seed)",
-    "data.group_by_length": "batch sentences of similar length together (less padding, faster epochs on variable-length data); batches stay random in content and order",
-    "task.name": "registered task",
-    "model.name": "registered model",
-    "optimizer.name": "registered optimizer",
-    "scheduler.name": "registered learning-rate schedule (stepped per optimizer step; plateau per evaluation)",
-    "train.epochs": "passes over the training data",
-    "train.max_steps": "stop after this many optimizer steps (smoke runs), evaluating at the end",
-    "train.mixed_precision": "no, bf16 (CPU or recent GPUs) or fp16 (GPU, with a gradient scaler)",
-    "train.grad_accum": "batches per optimizer step",
-    "train.clip_grad_norm": "clip the global gradient norm to this value",
-    "train.l1": "L1 penalty on weight matrices and kernels, added to the loss (weight decay is L2)",
-    "train.monitor": "validation metric that picks the best epoch and drives early stopping (default: the task's)",
-    "train.monitor_mode": "min or max (default: the task's)",
-    "train.early_stopping": "{patience = N, min_delta = 0.0}: stop after N evaluations without improvement",
-    "train.checkpoint_every": "also checkpoint every N optimizer steps (0: at the end of each epoch only)",
-    "train.keep_checkpoints": "how many checkpoints to keep",
-    "train.log_every": "log the training loss every N optimizer steps",
-    "train.deterministic": "ask torch for deterministic algorithms (slower)",
-    "train.skip_nonfinite": "skip steps whose loss is NaN/inf instead of stopping",
-    "train.trackers": "extra loggers besides metrics.jsonl: tensorboard",
-    "train.progress": "progress bars on a terminal",
-    "train.device": "auto (GPU when there is one) or cpu",
-    "train.threads": "torch CPU threads per process",
-    "train.keep_freed_memory": "on Linux (glibc), keep freed memory for reuse instead of page-faulting it back every step (see deepcourse.allocator); false restores glibc's defaults",
-    "train.callbacks": "[{name = ..., ...}]: registered callbacks with their keys",
-    "train.early_stopping.patience": "evaluations without improvement before stopping",
-    "train.early_stopping.min_delta": "smallest change that counts as an improvement",
-    "eval.split": "split evaluated each epoch and used to pick the best model",
-    "eval.every": "evaluate every N epochs (and always after the last)",
-    "eval.batch_size": "batch size for evaluation",
-    "sweep.grid": "what `deepcourse sweep` varies: {\"key.path\" = [values]}, the runs are the product",
-    "sweep.seeds": "runs per grid point (seed, seed+1, ...), reported as mean and spread",
-}
-
-SECTIONS: list[tuple[str, type[BaseModel]]] = [
-    ("", Recipe), ("task", TaskSection), ("data", DataSection), ("model", ModelSection),
-    ("optimizer", OptimizerSection), ("scheduler", SchedulerSection), ("train", TrainSection),
-    ("train.early_stopping", EarlyStopping), ("eval", EvalSection), ("sweep", SweepSection),
-]
-BUILDER_KINDS = [("tasks", "task"), ("datasets", "data"), ("models", "model"), ("optimizers", "optimizer"),
-                 ("schedulers", "scheduler"), ("transforms", None), ("callbacks", "train.callbacks"),
-                 ("metrics", None)]
-CONTEXT = {"params", "optimizer", "total_steps", "steps_per_epoch", "epochs", "seed", "splits", "data_dir"}
+CONTEXT = {key for keys in CONTEXT_KEYS.values() for key in keys}  # filled by the engine, not the recipe
 
 
 def type_name(annotation: Any) -> str:
@@ -115,20 +62,18 @@ def show_default(value: Any) -> str:
 
 def core_tables() -> list[str]:
     lines = []
-    for prefix, model in SECTIONS:
+    for prefix, model in SECTION_MODELS.items():
         title = f"[{prefix}]" if prefix else "top level"
         lines += [f"### {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
-            if field.exclude or name in ("task", "data", "model", "optimizer", "scheduler", "train", "eval",
-                                         "sweep"):
+            if field.exclude or name in SECTION_MODELS:
                 continue
-            key = f"{prefix}.{name}" if prefix else name
             default = inspect.Parameter.empty if field.is_required() else field.default
             annotation = field.annotation
             if field.metadata:
                 annotation = typing.Annotated[(annotation, *field.metadata)]  # type: ignore[valid-type]
             lines.append(f"| `{name}` | {type_name(annotation)} | {show_default(default)} | "
-                         f"{CORE_DOCS.get(key, '')} |")
+                         f"{field.description or ''} |")
         if model.model_config.get("extra") == "allow":
             lines.append("| *other keys* | | | keyword arguments of the registered builder named by `name` |")
         lines.append("")
@@ -137,7 +82,7 @@ def core_tables() -> list[str]:
 
 def builder_tables() -> list[str]:
     lines = []
-    for kind, section in BUILDER_KINDS:
+    for kind, section in REGISTRY_PLACES.items():
         registry = ALL[kind]
         entries = registry.entries()
         if not entries:
@@ -160,8 +105,6 @@ def builder_tables() -> list[str]:
 
 
 def reference() -> str:
-    from . import plugins
-
     found = [p for p in plugins.plugins() if p.status == "ok"]
     head = [
         "# Recipe reference",
@@ -184,8 +127,6 @@ def reference() -> str:
 
 def model_zoo() -> str:
     """Every registered model that a task can build from its example facts, with parameters and forward FLOPs."""
-    from .registry import TASKS
-
     lines = ["# Model zoo", "",
              "<!-- Generated by `python -m deepcourse.docgen zoo > docs/model-zoo.md`; do not edit by hand. -->", "",
              "Parameters and forward-pass FLOPs (multiply-adds count as 2) of every registered model at its default "
@@ -204,16 +145,13 @@ def zoo_section(task_name: str) -> list[str]:
     own so a plugin's tests can check their rows of docs/model-zoo.md without counting every other model."""
     import torch
 
-    from .builders import validate_options
-    from .registry import MODELS, TASKS
-
     task_entry = TASKS.entry(task_name)
     task_cls = task_entry.obj
     facts = dict(getattr(task_cls, "example_facts", {}) or {})
     if not facts:
         return []
     task = task_cls()
-    batch = task.example_batch(facts)
+    batch = task.setup_example(facts)
     rows = []
     uncounted = False
     for entry in MODELS.entries():
@@ -226,7 +164,7 @@ def zoo_section(task_name: str) -> list[str]:
         except Exception:  # noqa: BLE001 - a model that does not fit this input size
             continue
         params = sum(p.numel() for p in model.parameters())
-        flops = _count_flops(task, model, batch) if batch is not None else None
+        flops = count_flops(task, model, batch) if batch is not None else None
         uncounted = uncounted or flops == 0
         shown_flops = "n/a" if flops is None else ("n/a ¹" if flops == 0 else _si(flops))
         rows.append(f"| `{entry.name}` | {entry.origin} | {params:,} | {shown_flops} | {entry.summary} |")
@@ -242,7 +180,7 @@ def zoo_section(task_name: str) -> list[str]:
     return lines
 
 
-def _count_flops(task: Any, model: Any, batch: Any) -> int | None:
+def count_flops(task: Any, model: Any, batch: Any) -> int | None:
     """FLOPs of the task's evaluation step on `batch`; None when the example input does not suit the model.
 
     oneDNN is switched off while counting: its fused LSTM kernel (aten.mkldnn_rnn_layer) is one operation the
@@ -280,31 +218,26 @@ def _si(value: float) -> str:
     return f"{value:.0f}"
 
 
-def _headline_metrics(recipe: dict[str, Any], best: dict[str, Any]) -> list[str]:
-    """The metric each row shows: the monitored one, or F1 / accuracy; one row per head of a multi-task run
-    (`ner_f1`, `chunk_f1`, `pos_accuracy`), all at the best checkpoint's evaluation."""
-    labels = recipe.get("task", {}).get("labels")
-    if isinstance(labels, list) and len(labels) > 1:
-        heads = [next((m for m in (f"{label}_f1", f"{label}_accuracy") if m in best), None) for label in labels]
-        if all(heads):
-            return heads
-    monitor = recipe.get("train", {}).get("monitor")
-    return [monitor or next((k for k in ("f1", "accuracy", "ner_f1") if k in best), "loss")]
+def _headline_metrics(run_summary: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
+    """The metrics a run's rows show: those its task named (`summary.json` "headline": one per head of a
+    multi-task run), else the one it was selected on."""
+    best = run_summary.get("best", {})
+    headline = [m for m in run_summary.get("headline") or () if m in best]
+    if headline:
+        return headline
+    monitor = run_summary.get("monitor") or recipe.get("train", {}).get("monitor")
+    return [monitor or next((k for k in ("f1", "accuracy") if k in best), "loss")]
 
 
 def results(run_dirs: list[str]) -> str:
     """A results table from finished runs' own files (summary.json, run.json, recipe.toml): never typed in."""
-    from pathlib import Path
-
-    from .report import read_run
-
     lines = ["| recipe | dataset | model | split | metric | value | epochs | hardware | wall time |",
              "|---|---|---|---|---|---|---|---|---|"]
     for d in run_dirs:
         run = read_run(Path(d))
         best = run.summary.get("best", {})
         hardware = f"{run.info.get('device', '?')} x{run.info.get('num_processes', 1)}"
-        for metric in _headline_metrics(run.recipe, best):
+        for metric in _headline_metrics(run.summary, run.recipe):
             value = best.get(metric)
             shown = f"{value * 100:.2f}%" if isinstance(value, float) and metric != "loss" else str(value)
             lines.append(f"| {run.name} | {run.recipe['data']['name']} | {run.recipe['model']['name']} | "
@@ -316,6 +249,7 @@ def results(run_dirs: list[str]) -> str:
 if __name__ == "__main__":
     import sys
 
+    plugins.load_plugins()
     if len(sys.argv) > 1 and sys.argv[1] == "zoo":
         print(model_zoo(), end="")
     elif len(sys.argv) > 1 and sys.argv[1] == "results":

@@ -18,10 +18,14 @@ class UserError(Exception):
         self.problems = list(problems)
         if message is None:
             message = self.problems[0] if len(self.problems) == 1 else f"{len(self.problems)} problems"
+        self.message = message
         super().__init__(message)
 
+    def __str__(self) -> str:  # `print(exc)` in a notebook shows every problem, as the command line does
+        return self.render()
+
     def render(self) -> str:
-        head = str(self)
+        head = self.message
         if len(self.problems) <= 1 and (not self.problems or self.problems[0] == head):
             return head
         lines = [head + ":"] if not head.endswith(":") else [head]
@@ -39,6 +43,10 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A run directory or checkpoint cannot be used (missing, incomplete, unsafe or from another recipe)."""
+
+
+class NonFiniteLoss(UserError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:

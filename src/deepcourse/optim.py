@@ -2,7 +2,8 @@
 
 Each builder's signature is the recipe table's schema (with ranges, so `lr = -1` is caught before training).
 Every schedule is stepped once per optimizer step; epoch-based ones (step, multistep) convert epochs to steps so
-they behave the same whatever the batch size. `plateau` is the exception: it is stepped after each evaluation.
+they behave the same whatever the batch size. `plateau` is the exception: it is stepped after each evaluation, with
+the monitored metric.
 """
 from __future__ import annotations
 
@@ -159,12 +160,11 @@ def inverse_time(optimizer: torch.optim.Optimizer, steps_per_epoch: int,
 
 
 @SCHEDULERS.register("plateau")
-def plateau(optimizer: torch.optim.Optimizer, factor: Annotated[float, Field(gt=0, lt=1)] = 0.1,
-            patience: Annotated[int, Field(ge=0)] = 3, threshold: Annotated[float, Field(ge=0)] = 1e-4,
-            min_lr: Annotated[float, Field(ge=0)] = 0.0, mode: Literal["auto", "min", "max"] = "auto") -> lr_scheduler.ReduceLROnPlateau:
+def plateau(optimizer: torch.optim.Optimizer, monitor_mode: Literal["min", "max"] = "min",
+            factor: Annotated[float, Field(gt=0, lt=1)] = 0.1, patience: Annotated[int, Field(ge=0)] = 3,
+            threshold: Annotated[float, Field(ge=0)] = 1e-4, min_lr: Annotated[float, Field(ge=0)] = 0.0,
+            mode: Literal["auto", "min", "max"] = "auto") -> lr_scheduler.ReduceLROnPlateau:
     """Reduce the lr when the monitored validation metric stops improving (stepped after each evaluation).
-    mode 'auto' follows train.monitor_mode."""
-    scheduler = lr_scheduler.ReduceLROnPlateau(optimizer, mode="min" if mode == "auto" else mode, factor=factor,
-                                               patience=patience, threshold=threshold, min_lr=min_lr)
-    scheduler.auto_mode = mode == "auto"  # type: ignore[attr-defined]
-    return scheduler
+    mode 'auto' follows the run's monitor mode (train.monitor_mode, else the task's)."""
+    return lr_scheduler.ReduceLROnPlateau(optimizer, mode=monitor_mode if mode == "auto" else mode, factor=factor,
+                                          patience=patience, threshold=threshold, min_lr=min_lr)

@@ -1,28 +1,27 @@
 """Plugin discovery through the `deepcourse.plugins` entry-point group, as pytest and flake8 do it.
 
-Each entry point names a module (importing it registers components) or a zero-argument callable. A plugin that
-fails is reported by name and skipped: whatever it registered before failing is rolled back, and everything else
-keeps working. Set DEEPCOURSE_PLUGIN_ERRORS=raise to get the original exception instead (useful when writing one).
+Each entry point names a module (importing it registers components) or a zero-argument callable. Discovery is
+explicit and runs once (`load_plugins`); the command line and the Python API call it before they read a registry.
+A plugin that fails is reported by name and skipped: whatever its own modules registered is rolled back, and
+everything else keeps working. Set DEEPCOURSE_PLUGIN_ERRORS=raise to get the original exception instead (useful
+when writing one).
 """
 from __future__ import annotations
 
-import contextvars
 import importlib
 import importlib.metadata as md
 import inspect
 import os
 import sys
 import traceback
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
 
+from . import credits
+from ._version import __version__
 from .errors import UserError, did_you_mean
+from .registry import ALL
 
-if TYPE_CHECKING:
-    from .registry import Registry
-
-GROUP = "deepcourse.plugins"
-CORE_MODULES = ("deepcourse.optim", "deepcourse.metrics", "deepcourse.callbacks")
+GROUP = credits.GROUP
 
 
 @dataclass
@@ -34,41 +33,19 @@ class PluginInfo:
     status: str = "pending"  # ok | error | incompatible
     error: str = ""
     details: str = ""  # traceback, shown by `deepcourse plugins -v`
-    components: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def components(self) -> list[tuple[str, str]]:
+        """(registry kind, name) of every component credited to this plugin (see `deepcourse.credits`)."""
+        return components_of(self.name)
 
 
 _plugins: dict[str, PluginInfo] = {}
 _state = {"loaded": False, "loading": False}
-_origin: contextvars.ContextVar[PluginInfo | None] = contextvars.ContextVar("deepcourse_plugin", default=None)
 
 
-def current_origin(module: str | None = None) -> str | None:
-    """The plugin a registration comes from: the one being loaded right now, else the installed plugin whose
-    entry point lives in the registering module's top-level package (a plugin imported before discovery)."""
-    info = _origin.get()
-    if info is not None:
-        return info.name
-    if module:
-        return _plugin_packages().get(module.split(".")[0])
-    return None
-
-
-_packages: dict[str, str] = {}
-
-
-def _plugin_packages() -> dict[str, str]:
-    """top-level package -> plugin name, from the installed entry points (read once)."""
-    if not _packages:
-        for ep in md.entry_points(group=GROUP):
-            _packages.setdefault(ep.value.split(":")[0].split(".")[0], ep.name)
-        _packages.setdefault("", "")  # mark as read even when no plugin is installed
-    return _packages
-
-
-def record_registration(registry: Registry, name: str) -> None:
-    info = _origin.get()
-    if info is not None:
-        info.components.append((registry.kind, name))
+def components_of(origin: str) -> list[tuple[str, str]]:
+    return [(kind, e.name) for kind, registry in ALL.items() for e in registry.entries() if e.origin == origin]
 
 
 def plugins() -> list[PluginInfo]:
@@ -77,13 +54,12 @@ def plugins() -> list[PluginInfo]:
 
 
 def load_plugins() -> None:
-    """Import the core components and every installed plugin, once. Cheap after the first call."""
+    """Register the core components and every installed plugin's, once. Cheap after the first call."""
     if _state["loaded"] or _state["loading"]:
         return
     _state["loading"] = True
     try:
-        for module in CORE_MODULES:
-            importlib.import_module(module)
+        from . import metrics, optim  # noqa: F401 - the core's own optimizers, schedules and metrics
         _load_entry_points()
     finally:
         _state["loading"] = False
@@ -93,7 +69,7 @@ def load_plugins() -> None:
 def refresh() -> None:
     """Load plugins installed since the last scan (tests create throwaway distributions on sys.path)."""
     importlib.invalidate_caches()
-    _packages.clear()
+    credits.forget()
     _state["loaded"] = False
     load_plugins()
 
@@ -120,7 +96,6 @@ def _load_entry_points() -> None:
 
 
 def _load_one(info: PluginInfo, ep: md.EntryPoint) -> None:
-    token = _origin.set(info)
     try:
         target = ep.load()
         if callable(target) and not inspect.ismodule(target):
@@ -134,32 +109,24 @@ def _load_one(info: PluginInfo, ep: md.EntryPoint) -> None:
         if os.environ.get("DEEPCOURSE_PLUGIN_ERRORS", "").lower() == "raise":
             raise
         _warn(info)
-    finally:
-        _origin.reset(token)
 
 
 def _rollback(info: PluginInfo) -> None:
-    from .registry import ALL
-
-    for kind, name in info.components:
+    """Unregister what the failed plugin's own modules registered; what it imported from others stays theirs."""
+    for kind, name in components_of(info.name):
         ALL[kind].unregister(name)
-    info.components.clear()
 
 
 def _incompatibility(dist: md.Distribution | None) -> str:
     """The plugin's own `deepcourse` requirement (Requires-Dist) decides which core versions it supports."""
     if dist is None:
         return ""
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:  # pragma: no cover - packaging ships with pip and setuptools
-        return ""
-    from . import __version__
+    from packaging.requirements import InvalidRequirement, Requirement
 
     for line in dist.requires or []:
         try:
             req = Requirement(line)
-        except Exception:  # noqa: BLE001
+        except InvalidRequirement:
             continue
         if req.name.lower().replace("_", "-") != "deepcourse" or (req.marker and "extra" in str(req.marker)):
             continue

@@ -1,185 +1,30 @@
 """Recipes: TOML files that bind a dataset to a model, validated before anything is loaded.
 
-Loading goes: read TOML -> follow `extends` (tables deep-merge, lists replace) -> apply `--set` overrides -> check
-the core keys with pydantic -> check each plugin table against its builder's signature. Every problem is collected
-and reported at once with its key path, so a user fixes a recipe in one pass instead of one error per run.
+Loading goes: find the file (a path, or the name of a shipped recipe) -> read TOML -> follow `extends` (tables
+deep-merge, lists replace) -> apply `--set` overrides -> check the core keys against `deepcourse.schema` -> check each
+plugin table against its builder's signature. Every problem is collected and reported at once with its key path, so
+a user fixes a recipe in one pass instead of one error per run.
 """
 from __future__ import annotations
 
 import copy
+import json
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from .builders import _format_errors, parameters, validate_options
+from . import catalog, plugins
+from .builders import format_errors, validate_options
 from .errors import RecipeError, UserError, did_you_mean
+from .registry import ALL, CALLBACKS, DATASETS, TASKS
+from .schema import BUILDER_SECTIONS, CONTEXT_KEYS, NON_COMPUTING_KEYS, SECTION_MODELS, EvalSection, Recipe
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class _Open(BaseModel):
-    """A table whose extra keys belong to a registered builder, checked against its signature."""
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class TaskSection(_Open):
-    name: str
-
-
-class DataSection(_Open):
-    name: str
-    data_dir: str | None = None
-    batch_size: PositiveInt = 32
-    eval_batch_size: PositiveInt | None = None
-    val_split: Annotated[float, Field(ge=0, lt=1)] | None = None
-    num_workers: NonNegInt = 0
-    train_samples: PositiveInt | None = None
-    eval_samples: PositiveInt | None = None
-    group_by_length: bool = False
-
-
-class ModelSection(_Open):
-    name: str
-
-
-class OptimizerSection(_Open):
-    name: str = "adamw"
-
-
-class SchedulerSection(_Open):
-    name: str = "constant"
-
-
-class EarlyStopping(_Strict):
-    patience: PositiveInt
-    min_delta: NonNegFloat = 0.0
-
-
-class TrainSection(_Strict):
-    epochs: PositiveInt = 10
-    max_steps: PositiveInt | None = None
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    grad_accum: PositiveInt = 1
-    clip_grad_norm: PositiveFloat | None = None
-    l1: NonNegFloat = 0.0
-    monitor: str | None = None
-    monitor_mode: Literal["min", "max"] | None = None
-    early_stopping: EarlyStopping | None = None
-    checkpoint_every: NonNegInt = 0
-    keep_checkpoints: PositiveInt = 2
-    log_every: PositiveInt = 50
-    deterministic: bool = False
-    skip_nonfinite: bool = False
-    trackers: list[Literal["tensorboard"]] = []
-    progress: bool = True
-    device: Literal["auto", "cpu"] = "auto"
-    threads: PositiveInt | None = None
-    keep_freed_memory: bool = True
-    callbacks: list[dict[str, Any]] = []
-
-
-class EvalSection(_Open):
-    split: str = "validation"
-    every: PositiveInt = 1
-    batch_size: PositiveInt | None = None
-
-
-class SweepSection(_Strict):
-    """What `deepcourse sweep RECIPE` varies when no --grid is given: an ablation kept with its recipe."""
-    grid: dict[str, list[Any]] = {}
-    seeds: PositiveInt = 1
-
-
-class Recipe(_Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    description: str = ""
-    seed: NonNegInt = 0
-    extends: str | None = None
-    requires_plugins: list[str] = []
-    task: TaskSection
-    data: DataSection
-    model: ModelSection
-    optimizer: OptimizerSection = OptimizerSection()
-    scheduler: SchedulerSection = SchedulerSection()
-    train: TrainSection = TrainSection()
-    eval: EvalSection = EvalSection()
-    sweep: SweepSection = SweepSection()
-
-    source: Path | None = Field(default=None, exclude=True)
-
-    @property
-    def eval_batch_size(self) -> int:
-        """Samples per evaluation batch: eval.batch_size, else data.eval_batch_size, else data.batch_size. One
-        place, so the engine, `evaluate` and the tasks' reports batch the evaluation split alike."""
-        return self.eval.batch_size or self.data.eval_batch_size or self.data.batch_size
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fully resolved recipe: every key with its value, builder defaults included."""
-        data = self.model_dump(mode="json", exclude_none=True, exclude={"source", "extends"})
-        for section, registry_kind in _BUILDER_SECTIONS.items():
-            if section == "model":
-                continue  # a model default may be a fact the data provides: written out, it would override it
-            fn = _builder_for(section, getattr(self, section).name)
-            if fn is None:
-                continue
-            defaults = {k: d for k, (_, d) in parameters(fn).items()
-                        if d is not _EMPTY and d is not None and k not in data[section] and _plain(d)
-                        and k not in _CONTEXT_KEYS.get(section, ())}
-            merged = {**defaults, **{k: v for k, v in data[section].items() if k != "name"}}
-            data[section] = {"name": data[section]["name"], **dict(sorted(merged.items()))}
-        return data
-
-    def to_toml(self) -> str:
-        return tomli_w.dumps(_toml_safe(self.to_dict()))
-
-
-#: Recipe keys (prefixes) that change how visibly or how often a run saves, not what it computes: a resumed run may
-#: change them, and `compare` does not label runs by them. (Not epochs: schedules such as one-cycle are laid out
-#: over the original length.)
-NON_COMPUTING_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                      "train.threads", "train.keep_freed_memory", "train.trackers", "train.callbacks", "sweep")
-
-_BUILDER_SECTIONS = {"task": "tasks", "data": "datasets", "model": "models", "optimizer": "optimizers",
-                     "scheduler": "schedulers"}
-# Parameters a builder receives from the engine, never from the recipe table.
-_CONTEXT_KEYS = {"optimizer": ("params",), "scheduler": ("optimizer", "total_steps", "steps_per_epoch", "epochs"),
-                 "data": ("data_dir", "seed", "splits", "val_split")}
-_EMPTY = __import__("inspect").Parameter.empty
-
-
-def _plain(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool, tuple, list, dict))
-
-
-def _toml_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _toml_safe(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        return [_toml_safe(v) for v in value]
-    return value
-
-
-def _builder_for(section: str, name: str) -> Any:
-    from .registry import ALL
-
-    registry = ALL[_BUILDER_SECTIONS[section]]
-    return registry.get(name) if name in registry else None
+__all__ = ["Recipe", "load_recipe", "validate_recipe", "read_toml", "parse_override", "apply_overrides",
+           "differing_keys", "flatten", "NON_COMPUTING_KEYS"]
 
 
 # -- reading -------------------------------------------------------------------------------------------------------
@@ -187,7 +32,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UserError(f"{path}: recipe file not found") from None
+        raise UserError(f"{path}: recipe file not found.{catalog.not_found_hint(path)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read recipe: {exc}") from None
     try:
@@ -265,11 +110,16 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = (),
                 data: Mapping[str, Any] | None = None) -> Recipe:
-    """Read, merge, override and validate a recipe; raise RecipeError listing every problem."""
+    """Read, merge, override and validate a recipe; raise RecipeError listing every problem.
+
+    `path` is a recipe file or the name of a shipped recipe ('quickstart'); `data` an already parsed table. The
+    installed plugins are discovered first (once per process): a recipe names their components."""
+    plugins.load_plugins()
     if data is None:
         if path is None:
             raise ValueError("load_recipe needs a path or data")
-        data = resolve_extends(Path(path))
+        path = catalog.resolve(path)
+        data = resolve_extends(path)
     data = apply_overrides(dict(data), overrides)
     if path is not None:
         data.setdefault("name", Path(path).stem)
@@ -278,8 +128,6 @@ def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = (),
 
 def validate_recipe(data: Mapping[str, Any], source: Path | None = None) -> Recipe:
     """Validate core keys and every plugin table together, so all problems are reported in one go."""
-    from . import plugins
-
     prefix = f"{source}: " if source else ""
     required = data.get("requires_plugins", [])
     if isinstance(required, list) and all(isinstance(r, str) for r in required):
@@ -300,14 +148,12 @@ def validate_recipe(data: Mapping[str, Any], source: Path | None = None) -> Reci
 
 def check_builders(data: Mapping[str, Any]) -> list[str]:
     """Check every plugin-owned table against its registered builder, before any data is loaded."""
-    from .registry import ALL, TASKS
-
     problems: list[str] = []
-    for section, kind in _BUILDER_SECTIONS.items():
+    for section, kind in BUILDER_SECTIONS.items():
         table = data.get(section, {} if section in ("optimizer", "scheduler") else None)
         if not isinstance(table, Mapping):
             continue
-        default_name = _SECTION_MODELS[section].model_fields["name"].default
+        default_name = SECTION_MODELS[section].model_fields["name"].default
         name = table.get("name", default_name)
         if not isinstance(name, str):
             continue  # reported by the core validation
@@ -315,12 +161,13 @@ def check_builders(data: Mapping[str, Any]) -> list[str]:
         if name not in registry:
             problems.append(f"{section}.name: {registry.unknown_message(name)}")
             continue
-        core_keys = set(_SECTION_MODELS[section].model_fields)
+        core_keys = set(SECTION_MODELS[section].model_fields)
         options = {k: v for k, v in table.items() if k not in core_keys}
-        _, found = validate_options(registry.get(name), options, loc=section, exclude=_CONTEXT_KEYS.get(section, ()))
+        _, found = validate_options(registry.get(name), options, loc=section, exclude=CONTEXT_KEYS.get(section, ()))
         problems += found
     task = data.get("task")
     task_name = task.get("name") if isinstance(task, Mapping) else None
+    problems += _dataset_task_problems(data, task_name)
     if isinstance(task_name, str) and task_name in TASKS:
         eval_table = data.get("eval", {})
         extras = {k: v for k, v in eval_table.items() if k not in EvalSection.model_fields} \
@@ -340,9 +187,30 @@ def check_builders(data: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _check_callback(cb: dict[str, Any], i: int) -> list[str]:
-    from .registry import CALLBACKS
+def _dataset_task_problems(data: Mapping[str, Any], task_name: Any) -> list[str]:
+    """A dataset registered with `task=...` feeds only those tasks: say so before anything is loaded."""
+    table = data.get("data")
+    name = table.get("name") if isinstance(table, Mapping) else None
+    if not (isinstance(name, str) and name in DATASETS and isinstance(task_name, str) and task_name in TASKS):
+        return []
+    serves = DATASETS.entry(name).meta.get("task")
+    if serves is None:
+        return []
+    serves = (serves,) if isinstance(serves, str) else tuple(serves)
+    task = TASKS.entry(task_name).name
+    if task in serves:
+        return []
+    fitting = [e.name for e in DATASETS.entries() if task in _tasks_of(e.meta.get("task"))]
+    return [f"data.name: dataset '{name}' is for task {' or '.join(repr(t) for t in serves)}, but task.name is "
+            f"'{task_name}'. Datasets for '{task}': " + (", ".join(fitting) or "none registered") +
+            "; or change task.name"]
 
+
+def _tasks_of(meta: Any) -> tuple[str, ...]:
+    return () if meta is None else (meta,) if isinstance(meta, str) else tuple(meta)
+
+
+def _check_callback(cb: dict[str, Any], i: int) -> list[str]:
     loc = f"train.callbacks[{i}]"
     name = cb.get("name")
     if not isinstance(name, str):
@@ -352,20 +220,13 @@ def _check_callback(cb: dict[str, Any], i: int) -> list[str]:
     return validate_options(CALLBACKS.get(name), {k: v for k, v in cb.items() if k != "name"}, loc=loc)[1]
 
 
-_SECTION_MODELS: dict[str, type[BaseModel]] = {
-    "task": TaskSection, "data": DataSection, "model": ModelSection, "optimizer": OptimizerSection,
-    "scheduler": SchedulerSection, "train": TrainSection, "eval": EvalSection, "train.early_stopping": EarlyStopping,
-    "sweep": SweepSection,
-}
-
-
 def _recipe_problems(exc: ValidationError, data: Mapping[str, Any]) -> list[str]:
     problems = []
-    for line, err in zip(_format_errors(exc, "", None), exc.errors(include_url=False)):
+    for line, err in zip(format_errors(exc, "", None), exc.errors(include_url=False)):
         if err["type"] == "extra_forbidden":
             loc = [str(p) for p in err["loc"]]
             parent = ".".join(loc[:-1])
-            model = _SECTION_MODELS.get(parent, Recipe if not parent else None)
+            model = SECTION_MODELS.get(parent)
             valid = [k for k, f in model.model_fields.items() if not f.exclude] if model else []
             hint = did_you_mean(loc[-1], valid) or (f" Valid keys: {', '.join(valid)}." if valid else "")
             line = f"{'.'.join(loc)}: unknown key.{hint}"
@@ -374,3 +235,31 @@ def _recipe_problems(exc: ValidationError, data: Mapping[str, Any]) -> list[str]
             line = f"{loc}: required" + (" (every recipe names one)" if loc.endswith("name") else "")
         problems.append(line)
     return problems
+
+
+# -- comparing recipes ----------------------------------------------------------------------------------------------
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'optimizer': {'lr': 0.1}} -> {'optimizer.lr': 0.1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def differing_keys(recipes: Sequence[Mapping[str, Any]], ignore: Sequence[str] = ()) -> list[str]:
+    """Key paths whose values differ between resolved recipes (as TOML values: a tuple equals the list it is
+    written as), leaving out keys under the `ignore` prefixes."""
+    flat = [flatten(r) for r in recipes]
+    keys = sorted(set().union(*flat)) if flat else []
+    return [k for k in keys if not k.startswith(tuple(ignore)) and len({json.dumps(f.get(k), sort_keys=True)
+                                                                        for f in flat}) > 1]
+
+
+def value_at(recipe: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = recipe
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node

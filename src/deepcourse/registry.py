@@ -1,16 +1,18 @@
 """Named components (models, datasets, tasks, ...) that recipes refer to by string.
 
-There is one `Registry` per kind. Plugins fill them when they are imported; the first lookup in any registry
-discovers the installed plugins (see `deepcourse.plugins`), so `import deepcourse` and `deepcourse --help` stay fast.
+There is one `Registry` per kind. A registry stores and looks up, nothing more: plugins fill it when they are
+imported, and discovering the installed plugins is an explicit step (`deepcourse.plugins.load_plugins`) taken once
+by the command line and the Python API, never a side effect of a lookup.
 """
 from __future__ import annotations
 
 import fnmatch
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .credits import CORE, credit
 from .errors import UserError, did_you_mean
 
 T = TypeVar("T")
@@ -28,27 +30,29 @@ class RegistryError(Exception):
 class UnknownNameError(UserError, KeyError):
     """A recipe or command named a component that nobody registered."""
 
-    def __str__(self) -> str:  # KeyError would quote the message
-        return self.args[0]
-
 
 @dataclass
 class Entry:
     name: str
     obj: Any
-    origin: str  # plugin name ("vision"), "deepcourse" for the core, else the registering module
-    module: str
+    module: str  # where the builder is defined: what the component is credited to
     aliases: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def origin(self) -> str:
+        """The plugin the component comes from ("vision"), "deepcourse" for the core, else its module."""
+        return credit(self.module)
+
+    @property
     def where(self) -> str:
-        """'plugin toy (toy_plugin)', 'deepcourse (deepcourse.optim)' or the registering module."""
-        if self.origin == self.module:
+        """'plugin toy (toy_plugin)', 'deepcourse (deepcourse.optim)' or 'module x'."""
+        origin = self.origin
+        if origin == self.module:
             return f"module {self.module}"
-        if self.origin == "deepcourse":
+        if origin == CORE:
             return f"deepcourse ({self.module})"
-        return f"plugin {self.origin} ({self.module})"
+        return f"plugin {origin} ({self.module})"
 
     @property
     def summary(self) -> str:
@@ -74,19 +78,19 @@ class Registry:
         override: bool = False,
         **meta: Any,
     ) -> Any:
-        """Register `obj` under `name`; without `obj`, return a decorator. Returns `obj` unchanged."""
+        """Register `obj` under `name`; without `obj`, return a decorator. Returns `obj` unchanged.
+
+        `meta` is free-form data kept with the entry; the core reads `task=` on datasets (the task, or tuple of
+        tasks, a dataset serves) to refuse a recipe that binds a dataset to a task it cannot feed."""
         if obj is None:
             def decorator(target: T) -> T:
                 self.register(name, target, aliases=aliases, override=override, **meta)
                 return target
             return decorator
-        from . import plugins  # late: plugins imports this module
-
         name = name or getattr(obj, "__name__", None)
         if not name:
             raise RegistryError(f"{self.kind}: cannot register {obj!r} without a name")
-        origin = plugins.current_origin(getattr(obj, "__module__", None)) or _origin_of(obj)
-        entry = Entry(name, obj, origin, getattr(obj, "__module__", "?") or "?", tuple(aliases), dict(meta))
+        entry = Entry(name, obj, getattr(obj, "__module__", None) or "?", tuple(aliases), dict(meta))
         if callable(obj):
             problem = builder_signature_problem(obj)
             if problem:
@@ -94,17 +98,19 @@ class Registry:
                                     f"{problem}")
         for key in (name, *entry.aliases):
             taken = self._lookup(key)
-            if taken is None:
-                continue
+            if taken is None or _same_definition(taken, entry):
+                continue  # a module executed again (reloaded, or imported anew after a failed import) replaces itself
             if not override:
                 raise RegistryError(
                     f"{self.kind[:-1]} '{key}' from {entry.where} is already registered by {taken.where}; "
                     f"pass override=True to replace it")
-            self._remove(taken.name)
+        for key in (name, *entry.aliases):
+            taken = self._lookup(key)
+            if taken is not None:
+                self._remove(taken.name)
         self._entries[name] = entry
         for alias in entry.aliases:
             self._aliases[alias] = name
-        plugins.record_registration(self, name)
         return obj
 
     def _remove(self, name: str) -> None:
@@ -119,18 +125,15 @@ class Registry:
 
     # -- lookup -------------------------------------------------------------------------------------------------
     def _lookup(self, name: str) -> Entry | None:
-        canonical = self._aliases.get(name, name)
-        return self._entries.get(canonical)
+        return self._entries.get(self._aliases.get(name, name))
 
     def entry(self, name: str) -> Entry:
-        _ensure_plugins()
         found = self._lookup(name)
         if found is None:
             raise UnknownNameError(self.unknown_message(name))
         return found
 
     def unknown_message(self, name: str) -> str:
-        _ensure_plugins()
         known = sorted(set(self._entries) | set(self._aliases))
         hint = did_you_mean(name, known)
         if not hint:
@@ -146,24 +149,32 @@ class Registry:
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered (canonical) names matching an fnmatch pattern, sorted."""
-        _ensure_plugins()
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
 
     def entries(self, pattern: str = "*") -> list[Entry]:
         return [self._entries[n] for n in self.names(pattern)]
 
     def __contains__(self, name: object) -> bool:
-        _ensure_plugins()
         return isinstance(name, str) and self._lookup(name) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self.names())
+        return len(self._entries)
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self._entries)} entries)"
+
+
+def _same_definition(a: Entry, b: Entry) -> bool:
+    """The same builder defined anew by the same module (same name and source line), not a second one."""
+    return _definition(a.obj) == _definition(b.obj) and a.module == b.module and _definition(b.obj)[0] is not None
+
+
+def _definition(obj: Any) -> tuple[str | None, int | None]:
+    code = getattr(obj, "__code__", None)
+    return getattr(obj, "__qualname__", None), getattr(code, "co_firstlineno", None)
 
 
 def builder_signature_problem(fn: Any) -> str:
@@ -182,18 +193,6 @@ def builder_signature_problem(fn: Any) -> str:
         if p.kind is p.VAR_POSITIONAL:
             return f"*{p.name} cannot be filled from a recipe table; use keyword parameters"
     return ""
-
-
-def _origin_of(obj: Any) -> str:
-    module = getattr(obj, "__module__", None) or "?"
-    top = module.split(".")[0]
-    return "deepcourse" if top == "deepcourse" else module
-
-
-def _ensure_plugins() -> None:
-    from . import plugins
-
-    plugins.load_plugins()
 
 
 MODELS = Registry("models")

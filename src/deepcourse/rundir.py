@@ -6,6 +6,9 @@
         metrics.jsonl    one JSON object per logged event: epoch, step, split, metric values
         checkpoints/     the latest N training states, each written atomically
         best/            best weights (safetensors) + facts and artifacts to evaluate/predict without train data
+        summary.json     best metrics, wall time, parameter count (written when the run finishes)
+
+`read_run` reads one back for reports, comparisons and results tables: everything they show comes from these files.
 """
 from __future__ import annotations
 
@@ -16,11 +19,15 @@ import platform
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ._version import __version__
 from .errors import CheckpointError, UserError
+from .files import atomic_write_text, read_json, to_json
 
 RUN_FILES = ("recipe.toml", "run.json")
 
@@ -66,8 +73,6 @@ def run_info(seed: int, plugins_info: list[dict[str, Any]], extra: Mapping[str, 
     import accelerate
     import torch
 
-    from . import __version__
-
     return {
         "deepcourse": __version__,
         "python": platform.python_version(),
@@ -106,7 +111,7 @@ class MetricsLog:
     def write(self, record: Mapping[str, Any]) -> None:
         if self._file is None:
             return
-        self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        self._file.write(to_json(record, indent=None) + "\n")
         self._file.flush()
         if self._tb is not None:
             prefix = record.get("split", "train") + ("_epoch" if record.get("scope") == "epoch" and
@@ -140,12 +145,56 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def truncate_metrics(path: Path, last_step: int, last_event: int) -> None:
     """On resume, forget events logged after the checkpoint so the log reads as one uninterrupted run."""
     rows = [r for r in read_metrics(path) if r.get("event", 0) <= last_event and r.get("step", 0) <= last_step]
-    from .checkpoint import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(path, "".join(to_json(r, indent=None) + "\n" for r in rows))
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
+# -- reading a run back -------------------------------------------------------------------------------------------
+NOT_METRICS = {"event", "epoch", "step", "split", "scope", "seconds", "num_samples"}
+
+
+@dataclass
+class RunData:
+    """A run directory's recipe, logged events, summary and run.json, as reports and comparisons read them."""
+
+    path: Path
+    recipe: dict[str, Any]
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    info: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.recipe.get("name", self.path.name)
+
+    @property
+    def eval_split(self) -> str:
+        return self.recipe.get("eval", {}).get("split", "validation")
+
+    def epoch_series(self, split: str, key: str) -> tuple[list[int], list[float]]:
+        points = [(r["epoch"], r[key]) for r in self.rows
+                  if r.get("split") == split and r.get("scope", "epoch") == "epoch" and key in r]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    def step_series(self, key: str) -> tuple[list[int], list[float]]:
+        points = [(r["step"], r[key]) for r in self.rows
+                  if r.get("split") == "train" and r.get("scope") == "step" and key in r]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    def eval_metrics(self) -> list[str]:
+        names: list[str] = []
+        for r in self.rows:
+            if r.get("split") == self.eval_split:
+                names += [k for k, v in r.items() if k not in NOT_METRICS and isinstance(v, (int, float))
+                          and k not in names]
+        return names
+
+    def final(self) -> dict[str, float]:
+        rows = [r for r in self.rows if r.get("split") == self.eval_split]
+        return {k: v for k, v in rows[-1].items() if k not in NOT_METRICS} if rows else {}
+
+
+def read_run(run_dir: Path) -> RunData:
+    require_run_dir(run_dir)
+    recipe = tomllib.loads((run_dir / "recipe.toml").read_text(encoding="utf-8"))
+    return RunData(run_dir, recipe, read_metrics(run_dir / "metrics.jsonl"),
+                   read_json(run_dir / "summary.json", missing={}), read_json(run_dir / "run.json", missing={}))

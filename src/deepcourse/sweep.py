@@ -20,8 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_text, latest_checkpoint
+from . import catalog
+from .checkpoint import latest_checkpoint
 from .errors import RecipeError, UserError
+from .files import atomic_write_text, read_json, to_json
 from .recipe import load_recipe
 
 
@@ -134,16 +136,17 @@ def sweep(recipe: Path, grids: Sequence[str], *, seeds: int | None = None, overr
         manifest = resume / "sweep.json"
         if not manifest.exists():
             raise UserError(f"--resume {resume}: not a sweep folder (no sweep.json)")
-        spec = json.loads(manifest.read_text(encoding="utf-8"))
+        spec = read_json(manifest)
         folder, recipe, points = resume, Path(spec["recipe"]), spec["points"]
     else:
+        recipe = catalog.resolve(recipe)  # a shipped recipe's name: every run gets the file's path
         points, seeds = plan(recipe, grids, seeds, overrides)
         name = load_recipe(recipe, overrides).name
         folder = runs_root / name / f"sweep-{_dt.datetime.now():%Y%m%d-%H%M%S}"
         folder.mkdir(parents=True)
-        atomic_write_text(folder / "sweep.json", json.dumps(
+        atomic_write_text(folder / "sweep.json", to_json(
             {"recipe": str(recipe.resolve()), "grids": list(grids), "seeds": seeds, "overrides": list(overrides),
-             "points": points}, indent=1))
+             "points": points}))
     echo(f"sweep: {len(points)} runs in {folder} ({jobs} at a time)")
 
     def one(point: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -169,7 +172,8 @@ def write_sweep_comparison(folder: Path, points: Sequence[dict[str, Any]]) -> Pa
     """compare.md/.csv and overlaid curves; with several seeds, mean and spread per grid point."""
     import statistics
 
-    from .report import plot_comparison, read_run, summary_row, write_table
+    from .compare import plot_comparison, summary_row, write_table
+    from .rundir import read_run
 
     runs = [read_run(folder / p["dir"]) for p in points]
     labels = [p["label"] for p in points]

@@ -4,6 +4,9 @@ A task turns a recipe's `[data]` table into datasets and facts, builds the model
 into a loss (training) or into outputs to gather (evaluation). The engine owns everything else: devices, mixed
 precision, accumulation, clipping, schedules, checkpoints, logging. Register a subclass with
 `@TASKS.register("my-task")`; its `__init__` keyword arguments are the keys of the recipe's `[task]` table.
+
+Only the `setup_*` hooks change what a task holds (vocabularies, class names, statistics fitted on the data); the
+other hooks read it, and none of them changes the task's configuration from the recipe.
 """
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ from .builders import call_builder
 from .registry import MODELS
 
 if TYPE_CHECKING:
+    from .figures import Figure
     from .metrics import MetricCollection
-    from .recipe import DataSection, ModelSection
+    from .schema import DataSection, ModelSection, Recipe
 
 
 @dataclass
@@ -46,15 +50,16 @@ class Task:
     """Base class for tasks. Subclasses implement `setup_data`, `training_step`, `evaluation_step` and
     `create_metrics`; `predict` is optional."""
 
-    #: metric (from `create_metrics().compute()`) watched for best-model selection and early stopping
-    monitor: ClassVar[str] = "loss"
-    monitor_mode: ClassVar[str] = "min"
+    #: metric (from `create_metrics().compute()`) watched for best-model selection and early stopping; a class
+    #: attribute, or a property when it depends on the data (the sequence task watches F1 or accuracy)
+    monitor: str = "loss"
+    monitor_mode: str = "min"
     #: value used to pad evaluation outputs of different lengths across processes before gathering
     pad_index: ClassVar[int] = -100
 
     #: facts of a typical dataset for this task, for the model zoo (parameters and FLOPs of each model)
     example_facts: ClassVar[dict[str, Any]] = {}
-    #: what one example of `example_batch` is, in words, when the facts do not say it (FLOPs grow with it)
+    #: what one example of `setup_example` is, in words, when the facts do not say it (FLOPs grow with it)
     example_input: ClassVar[str] = ""
 
     eval_options: dict[str, Any]
@@ -87,9 +92,15 @@ class Task:
     def create_metrics(self) -> MetricCollection:
         raise NotImplementedError
 
-    def example_batch(self, facts: Mapping[str, Any], batch_size: int = 1) -> Any:
-        """A batch shaped like real data for `facts`, for counting a model's FLOPs; None when not supported."""
+    def setup_example(self, facts: Mapping[str, Any], batch_size: int = 1) -> Any:
+        """Set the task up as for a trained run with these `facts` (as `setup_data` does from saved artifacts) and
+        return a batch shaped like real data, for counting a model's FLOPs; None when not supported."""
         return None
+
+    def headline_metrics(self, monitor: str) -> list[str]:
+        """The metrics a results table shows for a run (`monitor`: the one the run was selected on). Default: the
+        monitored one alone; a task with several heads names each head's."""
+        return [monitor]
 
     # -- inference ------------------------------------------------------------------------------------------------
     def predict(self, model: nn.Module, inputs: Sequence[str], *, batch_size: int,
@@ -105,14 +116,14 @@ class Task:
         """Extra lines for `evaluate` output (per-class tables and the like); default none."""
         return ()
 
-    def report(self, model: nn.Module, recipe: Any, artifacts: Mapping[str, Any],
-               out: Path) -> tuple[list[Any], list[str]]:
+    def report(self, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any],
+               out: Path) -> tuple[list[Figure], list[str]]:
         """Task figures for `deepcourse report` (confusion matrix, mistakes, per-entity scores...).
 
-        Save PNGs into `out` (use `deepcourse.report.pyplot()`), return `deepcourse.report.Figure`s and extra
-        Markdown lines. Called with the best weights; load the evaluation split with `setup_data(recipe.data,
-        splits=(recipe.eval.split,), seed=recipe.seed, artifacts=artifacts)`. Default: nothing.
-        """
+        Called with the best weights. Run the evaluation split with `deepcourse.api.evaluate_split` (the numbers
+        `deepcourse evaluate` prints, its `on_batch` hook sees every batch's outputs), save PNGs into `out` with the
+        figure toolkit (`pyplot`, `grouped_bars`, ...) and return `Figure`s and extra Markdown lines. Default:
+        nothing."""
         return [], []
 
     def save_extra(self, folder: Path) -> None:

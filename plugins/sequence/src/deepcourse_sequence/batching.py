@@ -50,6 +50,17 @@ class TaggedSentences(Dataset):
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def subset(self, indices: torch.Tensor) -> TaggedSentences:
+        """Some of the sentences, in the given order (`data.train_samples`, `data.eval_samples`), sharing the
+        word-form table; a batch of them is the batch the same sentences make here."""
+        part = object.__new__(TaggedSentences)
+        part.tokens = [self.tokens[i] for i in indices.tolist()]
+        part.lengths = self.lengths[indices]
+        part.words, part.forms = self.words[indices], self.forms[indices]
+        part.form_lengths, part.form_chars = self.form_lengths, self.form_chars
+        part.tags = {name: tags[indices] for name, tags in self.tags.items()}
+        return part
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([index])
 

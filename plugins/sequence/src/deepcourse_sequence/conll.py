@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from deepcourse.errors import DataError
+from deepcourse.api import DataError
 
 DOCSTART = "-DOCSTART-"
 # Columns are separated by ASCII spaces and tabs only: str.split() would also cut a token at a non-breaking or

@@ -10,7 +10,7 @@ dominate a CPU training step:
   with a few vectorised operations and computes the log-partition with the forward algorithm under `no_grad`;
   its gradient (the tag marginals) comes from the backward algorithm, in one custom autograd function.
 
-`tests/sequence/test_crf.py` checks both against pytorch-crf and against brute-force enumeration of every path.
+`plugins/sequence/tests/test_crf.py` checks both against pytorch-crf and against brute-force enumeration of every path.
 """
 from __future__ import annotations
 

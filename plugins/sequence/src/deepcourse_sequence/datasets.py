@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepcourse.data import DATA_ENV, load_hf_splits, locate_splits
-from deepcourse.errors import DataError
-from deepcourse.registry import DATASETS
+from deepcourse.api import DATASETS, DATA_ENV, DataError, load_hf_splits, locate_splits
 
 from .conll import quiet_datasets, read_conll
 from .schemes import Scheme
 from .vocab import VocabOptions
+
+#: the task the CoNLL datasets feed (a recipe binding them to another task fails at `deepcourse check`)
+TASK = "sequence-tagging"
 
 #: file names tried for each split in a data folder, in order
 SPLIT_FILES: dict[str, tuple[str, ...]] = {
@@ -44,6 +45,13 @@ class LoadedSplit:
         if line is None or line < 0:
             return f"{self.source}, sentence {sentence + 1}, token {token + 1}"
         return f"{self.source}:{line + token}"
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def subset(self, indices: Any) -> LoadedSplit:
+        """Some of the sentences (validation carved from train), still pointing at their lines in the file."""
+        return LoadedSplit(self.dataset.select(indices.tolist()), self.source)
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,7 @@ class ConllFiles(Corpus):
         return out
 
 
-@DATASETS.register("conll2003")
+@DATASETS.register("conll2003", task=TASK)
 def conll2003(
     data_dir: str | None = None,
     columns: tuple[str, ...] = ("token", "pos", "chunk", "ner"),
@@ -163,7 +171,7 @@ def conll2003(
     return Conll2003("conll2003", tuple(columns), scheme, strict, vocab, embeddings, data_dir)
 
 
-@DATASETS.register("conll")
+@DATASETS.register("conll", task=TASK)
 def conll(
     files: dict[str, str] | None = None,
     data_dir: str | None = None,

@@ -11,8 +11,7 @@ from typing import Any
 
 import torch
 
-from deepcourse.metrics import Metric
-from deepcourse.registry import METRICS
+from deepcourse.api import METRICS, Metric
 
 from .schemes import Scheme, convert
 

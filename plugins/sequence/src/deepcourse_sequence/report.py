@@ -10,19 +10,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-from .batching import TaggedSentences
-from .schemes import Span, convert, spans
+from deepcourse.api import (Figure, Task, UserError, evaluate_split, grouped_bars, markdown_escape,
+                            markdown_table)
 
-if TYPE_CHECKING:
-    from .task import SequenceTagging
+from .schemes import Span, convert, spans
 
 #: example sentences per label column: up to MAX_EXAMPLES - 1 with a mistake and one without
 MAX_EXAMPLES = 6
@@ -43,28 +41,23 @@ class TaggedSplit:
     metrics: dict[str, Any]
 
 
-@torch.no_grad()
-def tag_split(task: SequenceTagging, model: nn.Module, data: TaggedSentences, *, batch_size: int,
-              device: torch.device, autocast: AbstractContextManager[Any]) -> TaggedSplit:
-    """Decode every sentence in batches of `batch_size`, in order, feeding the task's metrics as `evaluate` does."""
-    model.to(device).eval()
-    metrics = task.create_metrics()
-    metrics.reset()
+def tag_split(task: Task, model: nn.Module, recipe: Any, artifacts: Any) -> TaggedSplit:
+    """Decode the evaluation split exactly as `deepcourse evaluate` does (`evaluate_split`: the same batches, device,
+    precision and metric objects), keeping each sentence's gold and predicted tags."""
     gold: dict[str, list[list[str]]] = {name: [] for name in task.labels}
     pred: dict[str, list[list[str]]] = {name: [] for name in task.labels}
-    with autocast:
-        for start in range(0, len(data), batch_size):
-            cpu_batch = data.__getitems__(range(start, min(start + batch_size, len(data))))
-            outputs = task.evaluation_step(model, {k: v.to(device) for k, v in cpu_batch.items()})
-            metrics.update(outputs)
-            lengths = cpu_batch["lengths"].tolist()
-            for name in task.labels:
-                names = task.tags[name]
-                targets, preds = outputs[f"targets_{name}"].tolist(), outputs[f"preds_{name}"].tolist()
-                for g, p, n in zip(targets, preds, lengths, strict=True):
-                    gold[name].append([names[i] for i in g[:n]])
-                    pred[name].append([names[i] for i in p[:n]])
-    return TaggedSplit(data.tokens, gold, pred, metrics.compute())
+
+    def keep(batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+        lengths = batch["lengths"].tolist()
+        for name in task.labels:
+            names = task.tags[name]
+            targets, preds = outputs[f"targets_{name}"].tolist(), outputs[f"preds_{name}"].tolist()
+            for g, p, n in zip(targets, preds, lengths, strict=True):
+                gold[name].append([names[i] for i in g[:n]])
+                pred[name].append([names[i] for i in p[:n]])
+
+    result = evaluate_split(task, model, recipe, artifacts, on_batch=keep)
+    return TaggedSplit(result.data.tokens, gold, pred, result.metrics)
 
 
 def choose_examples(mistakes: Sequence[int], informative: Sequence[bool], lengths: Sequence[int],
@@ -88,8 +81,6 @@ def _spread(indices: Sequence[int], n: int, lengths: Sequence[int]) -> list[int]
 
 def render_spans(tokens: Sequence[str], found: Iterable[Span], marked: set[Span]) -> str:
     """A sentence in Markdown with its spans in brackets, `[PER Alice Smith]`, the `marked` ones in bold."""
-    from deepcourse.report import markdown_escape
-
     by_start = {start: (type_, start, end) for type_, start, end in found}
     words, i = [], 0
     while i < len(tokens):
@@ -106,9 +97,7 @@ def render_spans(tokens: Sequence[str], found: Iterable[Span], marked: set[Span]
 
 def render_token_tags(tokens: Sequence[str], gold: Sequence[str], pred: Sequence[str]) -> str:
     """A sentence in Markdown, each wrongly tagged token in bold as `token/GOLD→PREDICTED`."""
-    from deepcourse.report import markdown_escape as esc
-
-    return " ".join(esc(t) if g == p else f"**{esc(t)}/{esc(g)}→{esc(p)}**"
+    return " ".join(markdown_escape(t) if g == p else f"**{markdown_escape(t)}/{markdown_escape(g)}→{markdown_escape(p)}**"
                     for t, g, p in zip(tokens, gold, pred, strict=True))
 
 
@@ -119,7 +108,7 @@ def _plural(n: int, word: str) -> str:
 class ColumnReport:
     """Figure, table and examples of one label column; `span_section` or `token_section` fill them."""
 
-    def __init__(self, task: SequenceTagging, tagged: TaggedSplit, name: str, split: str, out: Path) -> None:
+    def __init__(self, task: Task, tagged: TaggedSplit, name: str, split: str, out: Path) -> None:
         self.task, self.tagged, self.name, self.split, self.out = task, tagged, name, split, out
         self.prefix = f"{name}_" if len(task.labels) > 1 else ""
         self.figures: list[Any] = []
@@ -131,8 +120,6 @@ class ColumnReport:
 
     # -- span columns (entities, chunks): seqeval's per-type scores ---------------------------------------------
     def span_section(self) -> None:
-        from deepcourse.report import Figure, grouped_bars, markdown_table
-
         metrics, p = self.tagged.metrics, self.prefix
         per_type: dict[str, dict[str, Any]] = metrics.get(f"{p}per_type") or {}
         scheme = self.task.score_scheme
@@ -168,8 +155,6 @@ class ColumnReport:
         self._span_examples()
 
     def _span_examples(self) -> None:
-        from deepcourse.report import markdown_table
-
         tag, score = self.task.tag_scheme, self.task.score_scheme
         gold = [set(spans(convert(s, tag, score))) for s in self.tagged.gold[self.name]]
         pred = [set(spans(convert(s, tag, score))) for s in self.tagged.pred[self.name]]
@@ -200,8 +185,6 @@ class ColumnReport:
 
     # -- token columns (part of speech): accuracy per gold tag -----------------------------------------------------
     def token_section(self) -> None:
-        from deepcourse.report import Figure, grouped_bars, markdown_escape, markdown_table
-
         support: Counter[str] = Counter()
         correct: Counter[str] = Counter()
         for gold, pred in zip(self.tagged.gold[self.name], self.tagged.pred[self.name], strict=True):
@@ -244,21 +227,17 @@ class ColumnReport:
                        *markdown_table([f"{self.split} sentence", "tagged", "mistakes"], rows), ""]
 
 
-def write_figures(task: SequenceTagging, model: nn.Module, recipe: Any, artifacts: Any, out: Path
-                  ) -> tuple[list[Any], list[str]]:
+def write_figures(task: Task, model: nn.Module, recipe: Any, artifacts: Any, out: Path
+                  ) -> tuple[list[Figure], list[str]]:
     """Per label column: a score chart and table, and example sentences; notes instead when the split is not
     here (a report made on another machine still has its curves)."""
-    from deepcourse.report import evaluation_split, report_autocast, report_device
-
     split = recipe.eval.split
-    data, missing = evaluation_split(task, recipe, artifacts, samples="sentences")
-    if data is None:
-        return [], missing
-    device = report_device(recipe)
-    tagged = tag_split(task, model, data, batch_size=recipe.eval_batch_size, device=device,
-                       autocast=report_autocast(recipe, device))
+    try:
+        tagged = tag_split(task, model, recipe, artifacts)
+    except UserError as exc:
+        return [], [f"_No {split} figures: {exc}_", ""]
     out.mkdir(parents=True, exist_ok=True)
-    figures: list[Any] = []
+    figures: list[Figure] = []
     notes: list[str] = []
     for name in task.labels:
         column = ColumnReport(task, tagged, name, split, out)

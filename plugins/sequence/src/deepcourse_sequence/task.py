@@ -16,12 +16,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from deepcourse.builders import call_builder
-from deepcourse.data import split_indices
-from deepcourse.errors import DataError, RecipeError
-from deepcourse.metrics import Accuracy, MeanLoss, Metric, MetricCollection
-from deepcourse.registry import DATASETS, TASKS
-from deepcourse.task import DataBundle, Task
+from deepcourse.api import (DATASETS, TASKS, Accuracy, DataBundle, DataError, MeanLoss, Metric, MetricCollection,
+                            RecipeError, Task, call_builder, resolve_splits)
 
 from .batching import TaggedSentences
 from .conll import format_sentence, iter_sentences
@@ -39,7 +35,6 @@ EXAMPLE_SENTENCE = "Alice Smith of Acme Corp flew from Paris to Berlin on Monday
 class SequenceTagging(Task):
     """Tag every token of CoNLL sentences (NER, chunking, POS), one column or several jointly."""
 
-    monitor = "f1"
     monitor_mode = "max"
 
     def __init__(
@@ -99,17 +94,11 @@ class SequenceTagging(Task):
         self._check_columns(corpus.columns)
         training = artifacts is None
         wanted = list(dict.fromkeys(["train", *splits] if training else splits))
-        may_carve = "validation" in wanted and bool(data.val_split)  # data.val_split: hold out part of train
-        loaded = corpus.load(list(dict.fromkeys(wanted + ["train"] if may_carve else wanted))) if wanted else {}
-        if may_carve and "validation" not in loaded:
-            loaded = self._carve_validation(loaded, data.val_split, seed)
-        if training and "train" not in loaded:
-            raise DataError(f"data: no training split found for dataset '{corpus.name}' (looked for "
-                            f"{', '.join(wanted)}; found {', '.join(loaded) or 'none'})")
-        if training:
-            facts = self._fit(corpus, loaded["train"], seed)
-        else:
-            facts = self._restore(artifacts)
+        # train too when validation may have to be carved from it (the corpus decides by having none)
+        needed = wanted + ["train"] if "validation" in wanted and data.val_split else wanted
+        loaded = corpus.load(list(dict.fromkeys(needed))) if wanted else {}
+        loaded = resolve_splits(loaded, wanted, dataset=corpus.name, val_split=data.val_split, seed=seed)
+        facts = self._fit(corpus, loaded["train"], seed) if training else self._restore(artifacts)
         bundle_splits = {s: self._tensorise(loaded[s], strict=corpus.strict) for s in splits if s in loaded}
         return DataBundle(bundle_splits, facts=facts, artifacts=self._artifacts())
 
@@ -121,15 +110,6 @@ class SequenceTagging(Task):
                             f"({', '.join(columns)})")
         if problems:
             raise RecipeError("the task and the data disagree on columns", problems)
-
-    @staticmethod
-    def _carve_validation(loaded: dict[str, LoadedSplit], fraction: float, seed: int) -> dict[str, LoadedSplit]:
-        if "train" not in loaded:
-            return loaded
-        train = loaded["train"]
-        keep, held = split_indices(len(train.dataset), fraction, seed)
-        return {**loaded, "train": LoadedSplit(train.dataset.select(keep.tolist()), train.source),
-                "validation": LoadedSplit(train.dataset.select(held.tolist()), train.source + " (held out)")}
 
     def _fit(self, corpus: Corpus, train: LoadedSplit, seed: int) -> dict[str, Any]:
         """Vocabularies, tag sets and pretrained vectors from the training split; returns the model's facts."""
@@ -169,7 +149,6 @@ class SequenceTagging(Task):
             self.tags[name] = sorted(seen, key=lambda t: (t != "O", t[2:], t))  # O first, then by type
         self.num_trained = {name: len(t) for name, t in self.tags.items()}
         self.embedding_dim = None if embeddings is None else int(embeddings.shape[1])
-        self._set_monitor()
         return self._facts(embeddings)
 
     def _facts(self, embeddings: torch.Tensor | None) -> dict[str, Any]:
@@ -209,10 +188,18 @@ class SequenceTagging(Task):
         return TaggedSentences(columns[self.token_column], words=self.words, word_options=self.word_options,
                                chars=self.chars, tags=tag_ids)
 
-    def _set_monitor(self) -> None:
-        """Watch the primary column's F1 (span labels) or accuracy (token labels)."""
-        metric = "f1" if self.kinds[self.primary] == "span" else "accuracy"
-        self.monitor = metric if len(self.labels) == 1 else f"{self.primary}_{metric}"
+    @property
+    def monitor(self) -> str:  # type: ignore[override]
+        """The primary column's F1 (span labels) or accuracy (token labels), prefixed with it when there are more."""
+        return self._metric_of(self.primary)
+
+    def _metric_of(self, name: str) -> str:
+        metric = "f1" if self.kinds.get(name, "span") == "span" else "accuracy"
+        return metric if len(self.labels) == 1 else f"{name}_{metric}"
+
+    def headline_metrics(self, monitor: str) -> list[str]:
+        """Every head's score in a multi-task run (`ner_f1`, `pos_accuracy`); the monitored metric otherwise."""
+        return [self._metric_of(name) for name in self.labels] if len(self.labels) > 1 else [monitor]
 
     # -- saved state ----------------------------------------------------------------------------------------------
     def _artifacts(self) -> dict[str, Any]:
@@ -236,7 +223,6 @@ class SequenceTagging(Task):
         self.words = Vocabulary.from_dict(artifacts["words"])
         self.chars = Vocabulary.from_dict(artifacts["chars"])
         self.embedding_dim = artifacts.get("embedding_dim")
-        self._set_monitor()
         shape = None if self.embedding_dim is None else torch.zeros(len(self.words), self.embedding_dim)
         return self._facts(shape)
 
@@ -248,14 +234,17 @@ class SequenceTagging(Task):
                                                "unk_idx": 1}
     example_input = f"one sentence of {len(EXAMPLE_SENTENCE.split())} tokens (CoNLL-2003's average is 14.5)"
 
-    def example_batch(self, facts: Mapping[str, Any], batch_size: int = 1) -> dict[str, torch.Tensor]:
-        """`batch_size` copies of EXAMPLE_SENTENCE batched as real data is (distinct word forms, characters), with
-        the task set up to evaluate it, so FLOPs are counted on the path `evaluate` runs."""
+    def setup_example(self, facts: Mapping[str, Any], batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """Set up as for a trained run with `facts`' tag counts, and return `batch_size` copies of EXAMPLE_SENTENCE
+        batched as real data is (distinct word forms, characters), so FLOPs are counted on the path `evaluate`
+        runs. The recipe's label columns stay as they are: each must have its tag count in the facts."""
         tokens = EXAMPLE_SENTENCE.split()
         num_tags = facts["num_tags"]
-        self.num_trained = dict(num_tags) if isinstance(num_tags, Mapping) else {self.labels[0]: int(num_tags)}
-        self.labels = list(self.num_trained)
-        self.loss_weights = {name: self.loss_weights.get(name, 1.0) for name in self.labels}
+        counts = dict(num_tags) if isinstance(num_tags, Mapping) else {self.labels[0]: int(num_tags)}
+        missing = [name for name in self.labels if name not in counts]
+        if missing:
+            raise ValueError(f"example facts give no num_tags for the label column(s) {', '.join(missing)}")
+        self.num_trained = {name: int(counts[name]) for name in self.labels}
         data = TaggedSentences([tokens] * batch_size, words=Vocabulary(tokens), word_options=VocabOptions(),
                                chars=Vocabulary(sorted(set("".join(tokens)))),
                                tags={name: [[0] * len(tokens)] * batch_size for name in self.labels})

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from deepcourse.errors import DataError
+from deepcourse.api import DataError
 
 PAD, UNK = "<pad>", "<unk>"
 _DIGITS = re.compile(r"\d")

@@ -6,7 +6,8 @@ fingerprint) and the decoding options. A second run reads that file back and tou
 files, so an epoch costs what the model costs. The cache lives in $DEEPCOURSE_CACHE/vision (default
 ~/.cache/deepcourse/vision) and may be deleted at any time.
 
-Dataset builders return an `ImageData`; the task carves validation splits, computes statistics and batches.
+Dataset builders return an `ImageData` with the splits they have; the task chooses and carves splits (through
+`deepcourse.api.resolve_splits`), computes statistics and batches.
 """
 from __future__ import annotations
 
@@ -24,9 +25,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from deepcourse.data import candidate_dirs, load_hf_splits, locate_splits
-from deepcourse.errors import DataError
-from deepcourse.registry import DATASETS
+from deepcourse.api import DATASETS, DataError, candidate_dirs, load_hf_splits, locate_splits
 
 CACHE_ENV = "DEEPCOURSE_CACHE"
 CACHE_VERSION = 1
@@ -53,6 +52,10 @@ __all__ = ["ImageSplit", "ImageData", "decode_images", "load_image_files", "cach
            "cifar10", "mnist", "fashion_mnist", "digits", "imagefolder"]
 
 
+#: the task every dataset here feeds (a recipe binding one to another task fails at `deepcourse check`)
+TASK = "image-classification"
+
+
 @dataclass
 class ImageSplit:
     images: torch.Tensor  # uint8 [N, C, H, W]
@@ -60,6 +63,9 @@ class ImageSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> ImageSplit:
+        return ImageSplit(self.images.index_select(0, indices), self.labels.index_select(0, indices))
 
 
 @dataclass
@@ -278,26 +284,26 @@ def _build_local(split: str, files: list[Path], mode: Literal["L", "RGB"] | None
     return _decode_hf_split(ds, _parquet_row_names(files), mode, str(files[0]))
 
 
-@DATASETS.register("cifar10", aliases=("cifar-10",))
+@DATASETS.register("cifar10", aliases=("cifar-10",), task=TASK)
 def cifar10(splits: tuple[str, ...], data_dir: str | None = None, hub_id: str = "uoft-cs/cifar10") -> ImageData:
     """CIFAR-10: 50,000 train and 10,000 test 32x32 colour images of 10 classes (Krizhevsky 2009)."""
     return load_parquet_images("cifar10", data_dir=data_dir, splits=splits, hub_id=hub_id, mode="RGB")
 
 
-@DATASETS.register("mnist")
+@DATASETS.register("mnist", task=TASK)
 def mnist(splits: tuple[str, ...], data_dir: str | None = None, hub_id: str = "ylecun/mnist") -> ImageData:
     """MNIST handwritten digits: 60,000 train and 10,000 test 28x28 grayscale images (LeCun et al. 1998)."""
     return load_parquet_images("mnist", data_dir=data_dir, splits=splits, hub_id=hub_id, mode="L")
 
 
-@DATASETS.register("fashion_mnist", aliases=("fashion-mnist",))
+@DATASETS.register("fashion_mnist", aliases=("fashion-mnist",), task=TASK)
 def fashion_mnist(splits: tuple[str, ...], data_dir: str | None = None,
                   hub_id: str = "zalando-datasets/fashion_mnist") -> ImageData:
     """Fashion-MNIST: Zalando's 28x28 grayscale clothing images in MNIST's format, 10 classes (Xiao et al. 2017)."""
     return load_parquet_images("fashion_mnist", data_dir=data_dir, splits=splits, hub_id=hub_id, mode="L")
 
 
-@DATASETS.register("digits")
+@DATASETS.register("digits", task=TASK)
 def digits(splits: tuple[str, ...], data_dir: str | None = None) -> ImageData:
     """UCI optical digits: 1,797 8x8 grayscale images shipped with the plugin, so the quickstart runs offline.
 
@@ -331,7 +337,7 @@ def _find_image_root(data_dir: str | None) -> Path:
                                                                   "nothing (data.data_dir is not set)"))
 
 
-@DATASETS.register("imagefolder", aliases=("image_folder",))
+@DATASETS.register("imagefolder", aliases=("image_folder",), task=TASK)
 def imagefolder(splits: tuple[str, ...], data_dir: str | None = None, size: Annotated[int, Field(gt=0)] | None = None,
                 channels: Channels | None = None, classes: list[str] | None = None) -> ImageData:
     """A folder of labelled images: data_dir/{train,val|develop,test}/<class>/*.png|jpg|...

@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from deepcourse.errors import RecipeError
+from deepcourse.api import RecipeError
 
 Norm = Literal["batch", "layer", "group", "instance", "switchable", "lrn", "none"]
 Activation = Literal["relu", "sigmoid", "tanh", "gelu", "silu", "leaky_relu", "elu"]

@@ -1,36 +1,24 @@
 """Figures for `deepcourse report`: the confusion matrix and the most confident mistakes of the evaluation split.
 
-Drawn from the best weights over the recipe's `eval.split`, so a lab report shows which classes the network mixes
-up and what those images look like.
+Drawn from the best weights over the recipe's `eval.split`, evaluated exactly as `deepcourse evaluate` evaluates it
+(`deepcourse.api.evaluate_split`), so a lab report shows which classes the network mixes up, and what those images
+look like, with the run's own numbers.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .task import ImageClassification
+from deepcourse.api import Figure, Task, UserError, evaluate_split, markdown_escape, markdown_table, pyplot
 
 MAX_MISTAKES = 16
 
 
-@torch.no_grad()
-def predictions(task: ImageClassification, model: nn.Module, images: torch.Tensor, batch_size: int,
-                device: torch.device) -> torch.Tensor:
-    """Class probabilities of a uint8 image tensor, batch by batch, on `device`."""
-    model.to(device).eval()
-    out = [task.log_probs(model, images[i:i + batch_size].to(device)).exp().cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, len(task.class_names))
-
-
 def confusion_figure(matrix: torch.Tensor, names: Sequence[str], path: Path) -> None:
-    from deepcourse.report import pyplot
-
     plt = pyplot()
     n = len(names)
     rates = matrix.double() / matrix.sum(1, keepdim=True).clamp(min=1)
@@ -55,8 +43,6 @@ def confusion_figure(matrix: torch.Tensor, names: Sequence[str], path: Path) -> 
 def mistakes_figure(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, names: Sequence[str],
                     path: Path) -> int:
     """A grid of the wrong predictions the model was surest of; returns how many are shown."""
-    from deepcourse.report import pyplot
-
     confidence, predicted = probs.max(1)
     wrong = (predicted != labels).nonzero().flatten()
     order = wrong[confidence[wrong].argsort(descending=True)][:MAX_MISTAKES]
@@ -78,24 +64,31 @@ def mistakes_figure(images: torch.Tensor, labels: torch.Tensor, probs: torch.Ten
     return len(order)
 
 
-def write_figures(task: ImageClassification, model: nn.Module, recipe: Any, artifacts: Any, out: Path
-                  ) -> tuple[list[Any], list[str]]:
-    from deepcourse.report import Figure, evaluation_split, markdown_escape, markdown_table, report_device
-
+def write_figures(task: Task, model: nn.Module, recipe: Any, artifacts: Any, out: Path
+                  ) -> tuple[list[Figure], list[str]]:
     split = recipe.eval.split
-    data, missing = evaluation_split(task, recipe, artifacts, samples="images")
-    if data is None:
-        return [], missing
-    images, labels = data.arrays["image"], data.arrays["label"]
-    probs = predictions(task, model, images, recipe.eval_batch_size, report_device(recipe))
+    images: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    probs: list[torch.Tensor] = []
+
+    def keep(batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> None:
+        images.append(batch["image"].cpu())
+        labels.append(outputs["targets"].cpu())
+        probs.append(outputs["logits"].float().exp().cpu())  # the evaluation's log-probabilities (after TTA)
+
+    try:
+        evaluate_split(task, model, recipe, artifacts, on_batch=keep)
+    except UserError as exc:
+        return [], [f"_No {split} figures: {exc}_", ""]
     names = task.class_names
     n = len(names)
-    matrix = torch.bincount(labels * n + probs.argmax(1), minlength=n * n).reshape(n, n)
+    all_images, all_labels, all_probs = torch.cat(images), torch.cat(labels), torch.cat(probs)
+    matrix = torch.bincount(all_labels * n + all_probs.argmax(1), minlength=n * n).reshape(n, n)
     out.mkdir(parents=True, exist_ok=True)
     confusion_figure(matrix, names, out / "confusion_matrix.png")
     figures = [Figure("Confusion matrix", "confusion_matrix.png",
-                      f"{split} split, {len(labels)} images; rows: true class, columns: predicted class")]
-    shown = mistakes_figure(images, labels, probs, names, out / "mistakes.png")
+                      f"{split} split, {len(all_labels)} images; rows: true class, columns: predicted class")]
+    shown = mistakes_figure(all_images, all_labels, all_probs, names, out / "mistakes.png")
     if shown:
         figures.append(Figure("Most confident mistakes", "mistakes.png",
                               f"the {shown} wrong {split} predictions with the highest probability: true -> "

@@ -1,8 +1,9 @@
 """The `image-classification` task: cross-entropy training with batched on-device augmentation, accuracy / top-k /
 per-class accuracy / confusion matrix evaluation with optional test-time augmentation, and `predict` on files.
 
-Data flow: the dataset builder gives uint8 tensors (decoded once, cached); `setup_data` carves the validation
-split, measures the training set's per-channel mean/std and wraps each split in an `ArrayDataset`, so the
+Data flow: the dataset builder gives uint8 tensors (decoded once, cached); `setup_data` picks the splits (carving
+validation from train when the dataset has none and `data.val_split` asks for it), measures the training set's
+per-channel mean/std and wraps each split in an `ArrayDataset`, so the
 DataLoader fetches a batch with one `index_select`. The steps convert, augment and normalise that batch on the
 training device with an `ImagePipeline` built from `task.transforms`.
 """
@@ -17,12 +18,8 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from deepcourse.builders import call_builder
-from deepcourse.data import ArrayDataset, split_indices
-from deepcourse.errors import DataError, RecipeError
-from deepcourse.metrics import Accuracy, ConfusionMatrix, MeanLoss, MetricCollection, TopKAccuracy
-from deepcourse.registry import DATASETS, TASKS
-from deepcourse.task import DataBundle, Task
+from deepcourse.api import (DATASETS, TASKS, Accuracy, ArrayDataset, ConfusionMatrix, DataBundle, DataError, MeanLoss,
+                            MetricCollection, RecipeError, Task, TopKAccuracy, call_builder, resolve_splits)
 
 from .data import ImageData, ImageSplit, load_image_files
 from .transforms import ImagePipeline, TransformSpec, build_transforms
@@ -92,13 +89,16 @@ class ImageClassification(Task):
                    artifacts: Mapping[str, Any] | None = None) -> DataBundle:
         if self.tta == "ten_crop":
             self.pipeline.ten_crop_index()  # no random_crop to take the crops from: fail before loading any data
-        carve = bool(data.val_split)
-        wanted = {"train" if (s == "validation" and carve) else s for s in splits}
         out: dict[str, ImageSplit] = {}
         class_names: list[str] = []
-        if wanted:
+        if splits:
+            # train too when validation may have to be carved from it (the dataset decides by having none)
+            wanted = {*splits, *(("train",) if "validation" in splits and data.val_split else ())}
             raw = self._load(data, sorted(wanted), seed, artifacts)
-            out, class_names = self._assign_splits(data, raw, splits, carve, seed), raw.class_names
+            out = resolve_splits(raw.splits, splits, dataset=data.name, val_split=data.val_split, seed=seed,
+                                 source=raw.source)
+            self._check_labels(raw, out)
+            class_names = raw.class_names
         elif artifacts is None:
             raise DataError("no saved artifacts (class names, statistics) to predict with; is this a finished run?")
         self._fit_state(out, class_names, artifacts)
@@ -123,31 +123,10 @@ class ImageClassification(Task):
         return raw
 
     @staticmethod
-    def _assign_splits(data: Any, raw: ImageData, splits: Sequence[str], carve: bool, seed: int
-                       ) -> dict[str, ImageSplit]:
-        out: dict[str, ImageSplit] = {}
-        for split in splits:
-            if split == "validation" and carve or split == "train":
-                if "train" not in raw.splits:
-                    raise DataError(f"{raw.source}: dataset '{data.name}' has no train split here")
-                train = raw.splits["train"]
-                if carve:
-                    train_idx, val_idx = split_indices(len(train), float(data.val_split), seed)
-                    idx = train_idx if split == "train" else val_idx
-                    out[split] = ImageSplit(train.images.index_select(0, idx), train.labels.index_select(0, idx))
-                else:
-                    out[split] = train
-            elif split in raw.splits:
-                out[split] = raw.splits[split]
-            else:
-                hint = (" Set data.val_split (e.g. 0.1) to carve a validation split from train."
-                        if split == "validation" else "")
-                raise DataError(f"{raw.source}: dataset '{data.name}' has no '{split}' split here (found: "
-                                f"{', '.join(raw.splits) or 'none'}).{hint}")
+    def _check_labels(raw: ImageData, out: Mapping[str, ImageSplit]) -> None:
         for split, part in out.items():
             if len(part) and (int(part.labels.min()) < 0 or int(part.labels.max()) >= len(raw.class_names)):
                 raise DataError(f"{raw.source}: '{split}' labels outside 0..{len(raw.class_names) - 1}")
-        return out
 
     def _fit_state(self, out: Mapping[str, ImageSplit], class_names: list[str],
                    artifacts: Mapping[str, Any] | None) -> None:
@@ -184,12 +163,12 @@ class ImageClassification(Task):
     #: CIFAR-10-sized input for the model zoo's parameter and FLOP counts
     example_facts = {"num_classes": 10, "in_channels": 3, "image_size": 32}
 
-    def example_batch(self, facts: Mapping[str, Any], batch_size: int = 1) -> dict[str, torch.Tensor]:
-        """A uint8 batch of `facts`' shape, with the task set up to evaluate it (for FLOP counting)."""
-        self.class_names = [str(i) for i in range(facts["num_classes"])]
-        self.in_channels, self.source_size = facts["in_channels"], facts["image_size"]
-        self.pipeline = ImagePipeline(self.transforms, None, None)
+    def setup_example(self, facts: Mapping[str, Any], batch_size: int = 1) -> dict[str, torch.Tensor]:
+        """Set up as for a trained run on images of `facts`' shape (no normalisation statistics) and return a uint8
+        batch of them (for FLOP counting)."""
         size = facts["image_size"]
+        self._fit_state({}, [], {"class_names": [str(i) for i in range(facts["num_classes"])],
+                                 "in_channels": facts["in_channels"], "source_size": size})
         return {"image": torch.zeros(batch_size, facts["in_channels"], size, size, dtype=torch.uint8),
                 "label": torch.zeros(batch_size, dtype=torch.long)}
 

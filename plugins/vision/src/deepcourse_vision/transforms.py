@@ -24,9 +24,7 @@ from pydantic import AfterValidator, Field
 from pydantic_core import PydanticCustomError
 from torch.nn import functional as F
 
-from deepcourse.builders import call_builder, validate_options
-from deepcourse.errors import RecipeError
-from deepcourse.registry import TRANSFORMS
+from deepcourse.api import TRANSFORMS, RecipeError, call_builder, validate_options
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]

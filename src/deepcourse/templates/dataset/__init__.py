@@ -6,7 +6,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
-from deepcourse.registry import DATASETS
+from deepcourse.api import DATASETS
 from deepcourse_vision.data import ImageData, ImageSplit
 
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
@@ -23,7 +23,7 @@ def stripes(n: int, size: int, seed: int) -> ImageSplit:
     return ImageSplit(images[:, None], labels)
 
 
-@DATASETS.register("${name}_stripes")
+@DATASETS.register("${name}_stripes", task="image-classification")  # the task it feeds
 def ${name}_stripes(splits: tuple[str, ...], data_dir: str | None = None,
                     size: Annotated[int, Field(ge=4)] = 16,
                     samples: Annotated[int, Field(gt=0)] = 512) -> ImageData:

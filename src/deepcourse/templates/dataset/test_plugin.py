@@ -5,18 +5,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deepcourse.api import DATASETS, load_plugins
+
+load_plugins()  # what the command line does first: find the installed plugins through their entry points
 RECIPE = Path(__file__).parents[1] / "recipes" / "${name}.toml"
 
 
 def test_dataset_is_registered_by_the_plugin() -> None:
-    from deepcourse.registry import DATASETS
-
     assert DATASETS.entry("${name}_stripes").origin == "${name}"
 
 
 def test_splits_and_labels() -> None:
-    from deepcourse.registry import DATASETS
-
     data = DATASETS.build("${name}_stripes", splits=("train", "test"), size=8, samples=64)
     assert set(data.splits) == {"train", "test"}
     train = data.splits["train"]

@@ -6,7 +6,7 @@ from typing import Annotated
 from pydantic import Field
 from torch import nn
 
-from deepcourse.registry import MODELS
+from deepcourse.api import MODELS
 
 
 @MODELS.register("${name}_net")

@@ -7,18 +7,17 @@ from pathlib import Path
 
 import torch
 
+from deepcourse.api import MODELS, load_plugins
+
+load_plugins()  # what the command line does first: find the installed plugins through their entry points
 RECIPE = Path(__file__).parents[1] / "recipes" / "${name}.toml"
 
 
 def test_model_is_registered_by_the_plugin() -> None:
-    from deepcourse.registry import MODELS
-
     assert MODELS.entry("${name}_net").origin == "${name}"
 
 
 def test_output_shape() -> None:
-    from deepcourse.registry import MODELS
-
     model = MODELS.build("${name}_net", num_classes=10, in_channels=1, image_size=8, width=8)
     assert model(torch.zeros(4, 1, 8, 8)).shape == (4, 10)
 

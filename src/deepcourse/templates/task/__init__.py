@@ -10,15 +10,11 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from deepcourse.builders import call_builder
-from deepcourse.data import ArrayDataset, split_indices
-from deepcourse.errors import DataError, UserError
-from deepcourse.metrics import MeanLoss, MetricCollection
-from deepcourse.registry import DATASETS, MODELS, TASKS
-from deepcourse.task import DataBundle, Task
+from deepcourse.api import (DATASETS, MODELS, TASKS, ArrayDataset, DataBundle, MeanLoss, MetricCollection, Task,
+                            UserError, call_builder, resolve_splits)
 
 
-@DATASETS.register("${name}_waves")
+@DATASETS.register("${name}_waves", task="${name}-regression")  # the task it feeds
 def ${name}_waves(seed: int, samples: Annotated[int, Field(gt=10)] = 1024,
                   frequency: Annotated[float, Field(gt=0)] = 3.0,
                   noise: Annotated[float, Field(ge=0)] = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,14 +55,10 @@ class ${name}Regression(Task):
         if not splits:  # predict: nothing to load, the facts are enough
             return DataBundle({}, facts=facts, artifacts=dict(artifacts or {}))
         x, y = call_builder(DATASETS.get(data.name), data.options, loc="data", provided={"seed": seed})
-        full = ArrayDataset(x=x, y=y)
-        train, validation = split_indices(len(full), data.val_split or 0.2, seed)
-        available = {"train": full.subset(train), "validation": full.subset(validation)}
-        for split in splits:
-            if split not in available:
-                raise DataError(f"eval.split: dataset '{data.name}' has no split '{split}' "
-                                f"(it has: {', '.join(available)})")
-        return DataBundle({s: available[s] for s in splits}, facts=facts, artifacts={"frequency_hint": "sin"})
+        # the dataset is one split; data.val_split carves validation from it (resolve_splits: the core's meaning)
+        available = {"train": ArrayDataset(x=x, y=y)}
+        chosen = resolve_splits(available, splits, dataset=data.name, val_split=data.val_split, seed=seed)
+        return DataBundle(chosen, facts=facts, artifacts={"frequency_hint": "sin"})
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = F.huber_loss if self.huber else F.mse_loss

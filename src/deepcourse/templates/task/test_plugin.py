@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from deepcourse.api import DATASETS, MODELS, TASKS, load_plugins
+
+load_plugins()  # what the command line does first: find the installed plugins through their entry points
 RECIPE = Path(__file__).parents[1] / "recipes" / "${name}.toml"
 
 
@@ -16,15 +19,11 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_components_are_registered_by_the_plugin() -> None:
-    from deepcourse.registry import DATASETS, MODELS, TASKS
-
     for registry, name in ((TASKS, "${name}-regression"), (DATASETS, "${name}_waves"), (MODELS, "${name}_mlp")):
         assert registry.entry(name).origin == "${name}"
 
 
 def test_training_step_lowers_the_loss() -> None:
-    from deepcourse.registry import MODELS, TASKS
-
     torch.manual_seed(0)
     task, model = TASKS.build("${name}-regression"), MODELS.build("${name}_mlp", in_features=1)
     batch = {"x": torch.linspace(-1, 1, 64)[:, None]}

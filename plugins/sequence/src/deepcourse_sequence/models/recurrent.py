@@ -15,8 +15,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from deepcourse.errors import RecipeError
-from deepcourse.registry import MODELS
+from deepcourse.api import MODELS, RecipeError
 
 from .chars import CharCNN, CharLSTM, run_recurrent
 from .heads import HEADS
@@ -43,7 +42,7 @@ class RecurrentEncoder(nn.Module):
     right-to-left pass reads each sentence reversed within its own length (one gather), so padding never reaches
     a real position's state. On CPU this runs the fused kernels of padded input, 2-3x faster than a
     PackedSequence, and on GPU it needs no lengths on the host. `reverse_index` equals packing's result
-    (tests/sequence/test_models.py checks it against a packed torch.nn.LSTM).
+    (plugins/sequence/tests/test_models.py checks it against a packed torch.nn.LSTM).
     """
 
     def __init__(self, cell: Cell, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool,

@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from deepcourse.registry import MODELS
+from deepcourse.api import MODELS
 
 from ..layers import Activation, Dropout, Norm, PositiveInt, conv_norm_act
 

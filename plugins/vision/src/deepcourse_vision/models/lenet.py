@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from deepcourse.registry import MODELS
+from deepcourse.api import MODELS
 
 from ..layers import (Activation, ConvClassifier, Dropout, NonNegInt, Norm, Pool, PositiveInt, feature_shape,
                       make_activation, make_norm, make_pool, mlp_head)

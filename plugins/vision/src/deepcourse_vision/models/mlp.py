@@ -5,7 +5,7 @@ from typing import Literal
 
 from torch import nn
 
-from deepcourse.registry import MODELS
+from deepcourse.api import MODELS
 
 from ..layers import Activation, Dropout, PositiveInt, make_activation
 

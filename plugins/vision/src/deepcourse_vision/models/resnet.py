@@ -12,7 +12,7 @@ from typing import Literal
 
 from torch import nn
 
-from deepcourse.registry import MODELS
+from deepcourse.api import MODELS
 
 from ..layers import Dropout, Norm, PositiveInt, make_norm, norm_factory
 

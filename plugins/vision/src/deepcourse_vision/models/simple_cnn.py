@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from deepcourse.registry import MODELS
+from deepcourse.api import MODELS
 
 from ..layers import (Activation, ConvClassifier, Dropout, Norm, NonNegInt, Pool, PositiveInt, feature_shape,
                       make_activation, make_norm, make_pool, mlp_head)

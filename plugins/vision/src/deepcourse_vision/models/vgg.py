@@ -11,7 +11,7 @@ from typing import Literal
 
 from torch import nn
 
-from deepcourse.registry import MODELS
+from deepcourse.api import MODELS
 
 from ..layers import Dropout, Norm, PositiveInt, conv_norm_act, mlp_head
 

@@ -1,0 +1,116 @@
+"""Fast likelihood and batched Viterbi decoding on the parameters of a pytorch-crf `CRF` layer.
+
+The layer (its parameters and initialisation) is pytorch-crf's; two of its code paths are replaced because they
+dominate a CPU training step:
+
+- `decode` backtracks one sentence at a time in Python and returns lists. `viterbi_decode` runs the forward pass
+  and the backtrace on whole-batch tensors (no host synchronisation) and returns a padded tensor ready to be
+  gathered across processes.
+- the log-likelihood records a dozen autograd nodes per time step. `crf_log_likelihood` scores the gold path
+  with a few vectorised operations and computes the log-partition with the forward algorithm under `no_grad`;
+  its gradient (the tag marginals) comes from the backward algorithm, in one custom autograd function.
+
+`plugins/sequence/tests/test_crf.py` checks both against pytorch-crf and against brute-force enumeration of every path.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchcrf import CRF
+
+
+def viterbi_decode(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                   transitions: torch.Tensor, pad: int = -100) -> torch.Tensor:
+    """Best tag path of each sentence.
+
+    emissions [B, T, K], mask [B, T] (bool, each row a prefix of True: the sentence, at least one token),
+    start/end [K], transitions [K, K] with transitions[i, j] the score of tag i followed by tag j.
+    Returns [B, T] tag ids with `pad` after each sentence's end.
+    """
+    batch, length, _ = emissions.shape
+    mask = mask.bool()
+    score = start + emissions[:, 0]  # best score of a path ending in each tag, [B, K]
+    history = []
+    for t in range(1, length):
+        best, prev = (score.unsqueeze(2) + transitions).max(dim=1)  # over the previous tag
+        score = torch.where(mask[:, t:t + 1], best + emissions[:, t], score)
+        history.append(prev)
+    current = (score + end).argmax(dim=1)
+    tags = torch.empty(batch, length, dtype=torch.long, device=emissions.device)
+    for t in range(length - 1, 0, -1):
+        tags[:, t] = current
+        previous = history[t - 1].gather(1, current.unsqueeze(1)).squeeze(1)
+        current = torch.where(mask[:, t], previous, current)  # past a sentence's end, keep its last tag
+    tags[:, 0] = current
+    return tags.masked_fill_(~mask, pad)
+
+
+def crf_decode(crf: CRF, emissions: torch.Tensor, mask: torch.Tensor, pad: int = -100) -> torch.Tensor:
+    """`viterbi_decode` with the parameters of a batch-first pytorch-crf layer."""
+    if not crf.batch_first:
+        emissions, mask = emissions.transpose(0, 1), mask.transpose(0, 1)
+    return viterbi_decode(emissions, mask, crf.start_transitions, crf.end_transitions, crf.transitions, pad)
+
+
+def _log_matmul(log_x: torch.Tensor, exp_w: torch.Tensor) -> torch.Tensor:
+    """log(exp(log_x) @ exp_w), stable for each row: a matrix product instead of a [B, K, K] logsumexp, which
+    is 3-8x faster on CPU (the recursion below runs once per time step)."""
+    top = log_x.amax(dim=1, keepdim=True)
+    return ((log_x - top).exp() @ exp_w).log() + top
+
+
+class _LogPartition(torch.autograd.Function):
+    """log Z of a linear-chain CRF per sentence; the gradient is the expected tag (pair) counts."""
+
+    @staticmethod
+    def forward(ctx: Any, emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                transitions: torch.Tensor) -> torch.Tensor:
+        length = emissions.shape[1]
+        shift = transitions.max()
+        exp_transitions = (transitions - shift).exp()
+        alpha = start + emissions[:, 0]
+        alphas = [alpha]
+        for t in range(1, length):
+            step = _log_matmul(alpha, exp_transitions) + (emissions[:, t] + shift)
+            alpha = torch.where(mask[:, t:t + 1], step, alpha)
+            alphas.append(alpha)
+        log_z = torch.logsumexp(alpha + end, dim=1)
+        ctx.save_for_backward(emissions, mask, end, transitions, torch.stack(alphas, 1), log_z)
+        return log_z
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        emissions, mask, end, transitions, alphas, log_z = ctx.saved_tensors
+        length = emissions.shape[1]
+        shift = transitions.max()
+        exp_transitions_t = (transitions - shift).exp().t()
+        beta = end.expand_as(alphas[:, 0])
+        betas = [beta]
+        for t in range(length - 2, -1, -1):  # beta_t: log-score of every continuation from tag i at t
+            step = _log_matmul(emissions[:, t + 1] + beta, exp_transitions_t) + shift
+            beta = torch.where(mask[:, t + 1:t + 2], step, beta)
+            betas.append(beta)
+        betas = torch.stack(betas[::-1], 1)
+        norm = log_z.view(-1, 1, 1)
+        scale = grad.view(-1, 1, 1)
+        unary = (alphas + betas - norm).exp() * mask.unsqueeze(2) * scale  # P(y_t = k), [B, T, K]
+        pairs = (alphas[:, :-1].unsqueeze(3) + transitions + (emissions[:, 1:] + betas[:, 1:]).unsqueeze(2)
+                 - norm.unsqueeze(3)).exp() * (mask[:, 1:].view(*mask[:, 1:].shape, 1, 1) * scale.unsqueeze(3))
+        lengths = mask.sum(1)
+        last = (alphas.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, alphas.shape[2])).squeeze(1) + end
+                - log_z.unsqueeze(1)).exp() * grad.unsqueeze(1)
+        return unary, None, unary[:, 0].sum(0), last.sum(0), pairs.sum((0, 1))
+
+
+def crf_log_likelihood(crf: CRF, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sentence log p(tags | emissions) of a batch-first CRF layer, equal to `crf(emissions, tags, mask,
+    reduction="none")`. Tags at padding positions are ignored (any value)."""
+    mask = mask.bool()
+    tags = tags.masked_fill(~mask, 0)
+    weights = mask.to(emissions.dtype)
+    gold = (emissions.gather(2, tags.unsqueeze(2)).squeeze(2) * weights).sum(1)
+    gold = gold + (crf.transitions[tags[:, :-1], tags[:, 1:]] * weights[:, 1:]).sum(1)
+    last = tags.gather(1, (mask.sum(1) - 1).unsqueeze(1)).squeeze(1)
+    gold = gold + crf.start_transitions[tags[:, 0]] + crf.end_transitions[last]
+    return gold - _LogPartition.apply(emissions, mask, crf.start_transitions, crf.end_transitions, crf.transitions)

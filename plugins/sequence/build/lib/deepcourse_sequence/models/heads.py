@@ -1,0 +1,54 @@
+"""Output layers of a tagger: one per label column, on the shared encoder's states.
+
+Both turn the encoder's states into per-token tag scores (`scores`, [B, T, K]) once; from those scores they return
+per-sentence losses (summed over the sentence's tokens), so a task can weight heads and choose the batch reduction,
+and decode to a padded [B, T] tensor of tag ids. Evaluation needs both, from one projection.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchcrf import CRF
+
+from ..crf import crf_decode, crf_log_likelihood
+
+
+class SoftmaxHead(nn.Module):
+    """Independent per-token classification: each tag chosen on its own."""
+
+    def __init__(self, in_features: int, num_tags: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_features, num_tags)
+
+    def scores(self, states: torch.Tensor) -> torch.Tensor:
+        return self.proj(states)
+
+    def loss(self, scores: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        token_loss = F.cross_entropy(scores.transpose(1, 2), tags, ignore_index=-100, reduction="none")
+        return token_loss.sum(dim=1)
+
+    def decode(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return scores.argmax(dim=-1).masked_fill_(~mask, -100)
+
+
+class CRFHead(nn.Module):
+    """A linear-chain CRF (pytorch-crf) on per-token scores: the whole tag sequence is scored and decoded
+    jointly, so transitions such as O -> I-PER are learnt to be impossible."""
+
+    def __init__(self, in_features: int, num_tags: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_features, num_tags)
+        self.crf = CRF(num_tags, batch_first=True)
+
+    def scores(self, states: torch.Tensor) -> torch.Tensor:
+        return self.proj(states)
+
+    def loss(self, scores: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return -crf_log_likelihood(self.crf, scores, tags, mask)
+
+    def decode(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return crf_decode(self.crf, scores, mask)
+
+
+HEADS: dict[str, type[nn.Module]] = {"softmax": SoftmaxHead, "crf": CRFHead}

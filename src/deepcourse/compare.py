@@ -1,0 +1,127 @@
+"""Comparing runs: their curves on shared axes and a table of their metrics, each run labelled by the recipe keys
+that differ between them (`model.dropout=0.5`), so an ablation reads without a legend to decode.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .figures import Figure, markdown_table, nice, pyplot, save_figure
+from .recipe import NON_COMPUTING_KEYS, differing_keys, flatten
+from .rundir import RunData, read_run
+
+#: keys that never label a run: its name and description, and what does not change what it computes
+UNLABELLED = ("name", "description", *NON_COMPUTING_KEYS)
+
+
+def labels_for(runs: Sequence[RunData], ignore: Sequence[str] = ()) -> list[str]:
+    """Label each run by the recipe keys that differ between the runs (`model.dropout=0.5`)."""
+    keys = [k for k in differing_keys([r.recipe for r in runs], ignore=UNLABELLED) if k not in ignore]
+    if not keys:
+        return [r.path.name for r in runs]
+    labels = []
+    for r in runs:
+        flat = flatten(r.recipe)
+        labels.append(", ".join(f"{k}={_short(flat.get(k))}" for k in keys))
+    if len(set(labels)) < len(labels):  # same recipe run twice: tell them apart by folder
+        labels = [f"{label} ({r.path.name})" for label, r in zip(labels, runs)]
+    return labels
+
+
+def _short(value: Any) -> str:
+    return "-" if value is None else (json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+
+
+def summary_row(run: RunData, label: str) -> dict[str, Any]:
+    best = run.summary.get("best", {})
+    final = run.final()
+    row: dict[str, Any] = {"run": label, "dir": str(run.path)}
+    for k, v in best.items():
+        if isinstance(v, (int, float)) and k not in ("step", "num_samples"):
+            row[f"best {k}"] = v
+    for k, v in final.items():
+        if isinstance(v, (int, float)):
+            row[f"final {k}"] = v
+    wall = run.summary.get("wall_time_s")
+    row["wall time (s)"] = round(wall, 1) if isinstance(wall, (int, float)) else None
+    row["parameters"] = run.summary.get("num_parameters", run.info.get("num_parameters"))
+    return row
+
+
+def plot_comparison(runs: Sequence[RunData], labels: Sequence[str], out: Path,
+                    groups: Sequence[str] | None = None) -> list[Figure]:
+    """One figure per metric, the runs' curves on shared axes; with `groups`, mean and spread per group."""
+    plt = pyplot()
+    split = runs[0].eval_split
+    metrics = ["loss"] + [m for m in runs[0].eval_metrics() if m != "loss"]
+    figures = []
+    for metric in metrics:
+        fig, ax = plt.subplots(figsize=(7.2, 4.5))
+        series: dict[str, list[tuple[list[int], list[float]]]] = {}
+        for run, label, group in zip(runs, labels, groups or labels):
+            series.setdefault(group, []).append(run.epoch_series(split, metric))
+        for i, (group, curves) in enumerate(series.items()):
+            colour = f"C{i % 10}"
+            if len(curves) == 1:
+                e, v = curves[0]
+                ax.plot(e, v, "o-", color=colour, label=group, ms=3)
+                continue
+            length = min(len(c[1]) for c in curves)
+            xs = curves[0][0][:length]
+            mean = [statistics.fmean(c[1][j] for c in curves) for j in range(length)]
+            low = [min(c[1][j] for c in curves) for j in range(length)]
+            high = [max(c[1][j] for c in curves) for j in range(length)]
+            ax.plot(xs, mean, "o-", color=colour, ms=3, label=f"{group} (mean of {len(curves)})")
+            ax.fill_between(xs, low, high, color=colour, alpha=0.2)
+        if metric == "loss":
+            for i, (run, group) in enumerate(zip(runs, groups or labels)):
+                e, v = run.epoch_series("train", "loss")
+                idx = list(series).index(group)
+                ax.plot(e, v, ":", color=f"C{idx % 10}", lw=1)
+        title = f"{split} {nice(metric)}" + (" (solid) and train loss (dotted)" if metric == "loss" else "")
+        ax.set(title=title, xlabel="epoch", ylabel=nice(metric))
+        ax.legend(fontsize=8)
+        figures.append(save_figure(fig, out, f"compare_{metric}.png", f"{split} {nice(metric)}", ""))
+    return figures
+
+
+def write_table(rows: Sequence[Mapping[str, Any]], out: Path, stem: str = "compare") -> tuple[Path, Path]:
+    import csv
+
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns and k != "dir"]
+    md_lines = markdown_table(columns, ([_fmt(r.get(c), c) for c in columns] for r in rows))
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / f"{stem}.md"
+    md.write_text("\n".join(md_lines) + "\n", encoding="utf-8")
+    csv_path = out / f"{stem}.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns + ["dir"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return md, csv_path
+
+
+def _fmt(value: Any, column: str = "") -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if "time" in column or abs(value) >= 100:
+            return f"{value:,.1f}"
+        return f"{value:.4f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def compare_runs(run_dirs: Sequence[Path], out: Path) -> tuple[list[dict[str, Any]], Path]:
+    runs = [read_run(p) for p in run_dirs]
+    labels = labels_for(runs)
+    rows = [summary_row(r, label) for r, label in zip(runs, labels)]
+    plot_comparison(runs, labels, out)
+    md, _ = write_table(rows, out)
+    return rows, md

@@ -1,0 +1,113 @@
+"""Building a run's pieces from its recipe: the task, its data, the loaders, optimizer, schedule and callbacks.
+
+Each builder is a registered function or class called with the recipe table's keys (validated against its
+signature) plus what the run provides (`params`, `total_steps`, ...), so every user error surfaces here, before a
+run directory exists.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from .builders import call_builder, validate_options
+from .callbacks import Callback
+from .data import EpochSampler, LengthGroupedSampler, passthrough_collate, random_subset, sample_lengths
+from .errors import RecipeError, UserError, did_you_mean
+from .metrics import scalars
+from .registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
+from .schema import Recipe
+from .task import DataBundle, Task
+
+
+def build_task(recipe: Recipe) -> Task:
+    task_cls = TASKS.get(recipe.task.name)
+    task = call_builder(task_cls, recipe.task.options, loc="task", provided={})
+    eval_fn = getattr(task_cls, "evaluation_options", None)
+    if eval_fn is not None:
+        kwargs, problems = validate_options(eval_fn, recipe.eval.options, loc="eval", provided={})
+        if problems:
+            raise RecipeError("invalid [eval] table", problems)
+        task.eval_options = kwargs
+    return task
+
+
+def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] | None) -> DataBundle:
+    """Train and evaluation splits, cut to `data.train_samples` / `data.eval_samples`. `artifacts` are a resumed
+    run's (vocabularies and statistics are not fitted anew)."""
+    split = recipe.eval.split
+    bundle = task.setup_data(recipe.data, splits=("train", split), seed=recipe.seed, artifacts=artifacts)
+    if "train" not in bundle.splits or len(bundle.splits["train"]) == 0:
+        raise UserError(f"data: dataset '{recipe.data.name}' has no training samples")
+    bundle.splits["train"] = random_subset(bundle.splits["train"], recipe.data.train_samples, recipe.seed)
+    if split in bundle.splits:
+        bundle.splits[split] = random_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed)
+    return bundle
+
+
+def make_loader(dataset: Any, batch_size: int, *, collate_fn: Any, num_workers: int,
+                sampler: Any = None, seed: int = 0) -> DataLoader:
+    # A private generator: each new iterator draws a base seed from it, never from the global RNG, so creating
+    # an iterator (every epoch, every evaluation, on resume) does not shift dropout or augmentation randomness.
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                      collate_fn=collate_fn or passthrough_collate, num_workers=num_workers,
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+
+
+def make_train_sampler(recipe: Recipe, dataset: Any) -> EpochSampler:
+    if not recipe.data.group_by_length:
+        return EpochSampler(len(dataset), seed=recipe.seed)
+    lengths = sample_lengths(dataset)
+    if lengths is None:
+        raise RecipeError(f"data.group_by_length: dataset '{recipe.data.name}' gives no per-sample lengths "
+                          f"(a `lengths` attribute), so there is nothing to group by; it helps variable-length "
+                          f"data such as conll2003. Remove the key or set it to false")
+    return LengthGroupedSampler(lengths, recipe.data.batch_size, seed=recipe.seed)
+
+
+def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return call_builder(OPTIMIZERS.get(recipe.optimizer.name), recipe.optimizer.options, loc="optimizer",
+                        provided={"params": params})
+
+
+def build_scheduler(recipe: Recipe, task: Task, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    total_steps: int) -> Any:
+    return call_builder(SCHEDULERS.get(recipe.scheduler.name), recipe.scheduler.options, loc="scheduler",
+                        provided={"optimizer": optimizer, "steps_per_epoch": steps_per_epoch,
+                                  "total_steps": total_steps, "epochs": recipe.train.epochs,
+                                  "monitor_mode": monitor_of(recipe, task)[1]})
+
+
+def build_callbacks(recipe: Recipe) -> list[Callback]:
+    return [call_builder(CALLBACKS.get(cb["name"]), {k: v for k, v in cb.items() if k != "name"},
+                         loc=f"train.callbacks[{i}]", provided={})
+            for i, cb in enumerate(recipe.train.callbacks)]
+
+
+def steps_per_evaluation(scheduler: Any) -> bool:
+    """A schedule stepped with the monitored value after each evaluation (plateau), not after each step."""
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def monitor_of(recipe: Recipe, task: Task) -> tuple[str, str]:
+    """(metric, 'min' or 'max') that picks the best evaluation: the recipe's train.monitor, else the task's."""
+    return recipe.train.monitor or task.monitor, recipe.train.monitor_mode or task.monitor_mode
+
+
+def check_monitor(recipe: Recipe, task: Task) -> None:
+    """Fail before training (and before a run directory exists) when train.monitor names no metric."""
+    monitor = monitor_of(recipe, task)[0]
+    try:
+        known = scalars(task.create_metrics().compute())  # metrics of no samples: the names are what matter
+    except Exception:  # noqa: BLE001 - a metric that cannot compute on nothing; checked after the first eval
+        return
+    if monitor not in known:
+        raise RecipeError(f"train.monitor: task '{recipe.task.name}' computes no metric '{monitor}'."
+                          f"{did_you_mean(monitor, known)} It computes: {', '.join(known)}")
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,102 @@
+"""Evaluation: one loop for the evaluation during training, `deepcourse evaluate`, and the tasks' report figures.
+
+During training the loop runs over each process's shard of the split and gathers the outputs, every sample counted
+once. From a finished run (`evaluate_split`), one process runs the whole split with the model placed and cast as
+Accelerate prepares it for the recipe (device, mixed precision), so `deepcourse evaluate`, `deepcourse.evaluate()`
+and a task's report figures compute the same numbers from the same batches.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import send_to_device
+
+from .accelerator import make_accelerator
+from .components import make_loader
+from .data import random_subset
+from .errors import DataError
+from .schema import Recipe
+from .task import DataBundle, Task
+
+#: `on_batch(batch, outputs)`: called after each evaluation batch, both on the evaluation device
+BatchHook = Callable[[Any, dict[str, torch.Tensor]], None]
+
+
+def evaluation_loop(accelerator: Accelerator, task: Task, model: torch.nn.Module, batches: Iterable[Any], *,
+                    sharded: bool, stop_flag: Callable[[], bool] | None = None, on_batch: BatchHook | None = None,
+                    desc: str = "eval", progress: bool = True) -> dict[str, Any]:
+    """The task's metrics over `batches`. `sharded`: each process holds a shard of a prepared loader, so outputs
+    are padded and gathered across processes; otherwise this process sees every batch and moves it itself."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    metrics = task.create_metrics()
+    metrics.reset()
+    seen = 0
+    show = progress and accelerator.is_main_process
+    with torch.no_grad():
+        for batch in tqdm(batches, desc=desc, leave=False, disable=True if not show else None, dynamic_ncols=True):
+            if not sharded:
+                batch = send_to_device(batch, accelerator.device, non_blocking=True)
+            outputs = task.evaluation_step(model, batch)
+            if sharded:
+                if accelerator.num_processes > 1:
+                    outputs = accelerator.pad_across_processes(outputs, dim=1, pad_index=task.pad_index)
+                outputs = accelerator.gather_for_metrics(outputs)
+            seen += len(next(iter(outputs.values())))
+            metrics.update(outputs)
+            if on_batch is not None:
+                on_batch(batch, outputs)
+            if stop_flag is not None and stop_flag():
+                break
+    return {**metrics.compute(), "num_samples": seen}
+
+
+def load_split(task: Task, recipe: Recipe, artifacts: Mapping[str, Any], split: str, *,
+               data_dir: str | Path | None = None) -> DataBundle:
+    """One split of a trained run's dataset, as `deepcourse evaluate` loads it: with the run's artifacts (no
+    training data needed unless validation is carved from train), cut to `data.eval_samples`. `data_dir` may
+    hold only that split's files."""
+    data = recipe.data.model_copy(update={"data_dir": str(data_dir)}) if data_dir else recipe.data
+    bundle = task.setup_data(data, splits=(split,), seed=recipe.seed, artifacts=artifacts)
+    if split not in bundle.splits:
+        raise DataError(f"--split {split}: dataset '{recipe.data.name}' has no such split here "
+                        f"(available: {', '.join(bundle.splits) or 'none'})")
+    if len(bundle.splits[split]) == 0:
+        raise DataError(f"--split {split}: dataset '{recipe.data.name}' has no samples in that split here")
+    bundle.splits = {split: random_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed)}
+    return bundle
+
+
+@dataclass
+class SplitEvaluation:
+    """What `evaluate_split` measured: the split's name, its samples in order, and the task's metrics."""
+
+    split: str
+    data: Any
+    metrics: dict[str, Any]
+
+
+def evaluate_split(task: Task, model: torch.nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], *,
+                   split: str | None = None, data_dir: str | Path | None = None, on_batch: BatchHook | None = None,
+                   progress: bool = False) -> SplitEvaluation:
+    """Evaluate a trained model on a split (default: the recipe's `eval.split`) exactly as `deepcourse evaluate`
+    does: the same data (`load_split`), batches (the recipe's evaluation batch size, in order), device and mixed
+    precision (Accelerate's own casting of the model), and the task's metrics. `on_batch(batch, outputs)` sees
+    each batch's evaluation outputs, for figures that need more than the metrics (a confusion matrix, examples).
+
+    Raises a DataError naming the split when its data is not on this machine."""
+    split = split or recipe.eval.split
+    bundle = load_split(task, recipe, artifacts, split, data_dir=data_dir)
+    accelerator = make_accelerator(recipe, trackers=False)
+    model = accelerator.prepare_model(model, evaluation_mode=True)  # device and autocast, no distributed wrapper
+    loader = make_loader(bundle.splits[split], recipe.eval_batch_size, collate_fn=bundle.collate_fn,
+                         num_workers=recipe.data.num_workers)
+    metrics = evaluation_loop(accelerator, task, model, loader, sharded=False, on_batch=on_batch,
+                              desc=f"eval {split}", progress=progress)
+    return SplitEvaluation(split, bundle.splits[split], metrics)

@@ -1,0 +1,113 @@
+"""The figure toolkit every report draws with: the core's curves and comparisons, and the tasks' own figures.
+
+One look for every chart (size, resolution, grid, no top/right spines) and one way to write a Markdown table, so a
+lab report that mixes the core's curves with a plugin's confusion matrix reads as one document.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FIGSIZE = (6.4, 4.0)
+DPI = 120
+
+
+@dataclass
+class Figure:
+    """A saved PNG for report.md: its section title, file name (in the report folder) and caption."""
+
+    title: str
+    file: str
+    caption: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def pyplot() -> Any:
+    """matplotlib with a non-interactive backend: reports are made on servers and in CI."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+                         "axes.spines.right": False, "figure.dpi": DPI, "savefig.bbox": "tight"})
+    return plt
+
+
+def integer_epochs(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def nice(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def save_figure(fig: Any, out: Path, file: str, title: str, caption: str) -> Figure:
+    """Save `fig` as out/file (epoch axes get integer ticks), close it, and describe it for report.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    for ax in fig.axes:
+        if ax.get_xlabel() == "epoch":
+            integer_epochs(ax)
+    fig.savefig(out / file)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return Figure(title, file, caption)
+
+
+def grouped_bars(path: Path, groups: Sequence[str], series: Mapping[str, Sequence[float]], *, title: str,
+                 xlabel: str, ylabel: str, ylim: tuple[float, float] | None = (0.0, 1.0),
+                 max_labelled_bars: int = 48, total_last: bool = False, decimals: int = 2) -> None:
+    """Save a bar chart of several series side by side per group (precision / recall / F1 per entity type, accuracy
+    per class...), with each bar's value written on it, so tasks' score charts look and read the same.
+
+    The figure widens with the number of bars (up to 16 inches) instead of squeezing them, and the legend sits
+    outside the axes, where it cannot hide a bar near 1.0. `total_last`: the last group is a total (a micro
+    average), set apart by a dashed line so it is not read as one more class. `decimals`: of the value labels.
+    """
+    plt = pyplot()
+    n_series = max(len(series), 1)
+    width = min(16.0, max(FIGSIZE[0], 1.8 + len(groups) * (0.3 * n_series + 0.35)))
+    long_labels = max((len(line) for g in groups for line in g.split("\n")), default=0) * len(groups) > width * 9
+    fig, ax = plt.subplots(figsize=(width, FIGSIZE[1] + (0.8 if long_labels else 0.0)))
+    bar = 0.8 / n_series
+    labelled = len(groups) * n_series <= max_labelled_bars
+    for i, (name, values) in enumerate(series.items()):
+        xs = [g + (i - (n_series - 1) / 2) * bar for g in range(len(groups))]
+        bars = ax.bar(xs, values, bar, label=name, color=f"C{i % 10}")
+        if labelled:
+            ax.bar_label(bars, labels=["0" if v == 0 else f"{v:.{decimals}f}" for v in values], fontsize=7, padding=1,
+                         rotation=90 if n_series * len(groups) > 24 else 0)
+    if total_last and len(groups) > 1:
+        ax.axvline(len(groups) - 1.5, color="grey", ls="--", lw=1)
+    ax.set_xticks(range(len(groups)), groups, rotation=90 if long_labels else 0)
+    ax.grid(axis="x", visible=False)
+    if ylim is not None:
+        rotated = labelled and n_series * len(groups) > 24
+        # room for the value labels above a full bar: vertical labels ("1.000") need more than horizontal ones
+        ax.set_ylim(ylim[0], ylim[1] * ((1.15 if rotated else 1.08) if labelled else 1.0))
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if len(series) > 1:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """Lines of a Markdown table; cells are written with `str` (format numbers first) and must not hold `|`."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|#"})
+
+
+def markdown_escape(text: str) -> str:
+    """Text (a token, a class name) shown literally in Markdown, table cells included: `*`, `_`, `|`... escaped."""
+    return text.translate(_MARKDOWN_SPECIAL)

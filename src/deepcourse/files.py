@@ -1,0 +1,165 @@
+"""Files a run writes and reads: atomic text and folders, JSON, safetensors, and loading that never runs code.
+
+A file is written under a temporary name and renamed into place (a folder likewise), so a crash mid-write never
+leaves something that looks complete. Weights and tensors are safetensors, small state is JSON, and the
+optimizer/scheduler state that only torch can serialise is read with `weights_only=True`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from .errors import CheckpointError
+
+
+# -- text and folders -------------------------------------------------------------------------------------------
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - not every platform can open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit_dir(tmp: Path, final: Path) -> None:
+    """Rename a fully written temporary folder into place, replacing an older one of the same name."""
+    for f in tmp.iterdir():
+        if f.is_file():
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+    old = final.with_name(f".{final.name}.old")
+    if final.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def fresh_dir(path: Path) -> Path:
+    """An empty folder at `path` (a leftover of a crashed write is removed first)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+# -- JSON: the one reader and writer of the project's files -----------------------------------------------------
+def to_json(obj: Any, *, indent: int | None = 1) -> str:
+    """JSON text of run state; tensors and arrays become lists, anything else unknown its `str`."""
+    return json.dumps(obj, indent=indent, default=_jsonable)
+
+
+def _jsonable(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, to_json(obj))
+
+
+def read_json(path: Path, *, missing: Any = ...) -> Any:
+    """The JSON in `path`, or a CheckpointError naming the file. `missing`, when given, stands in for a file that
+    does not exist (optional files such as summary.json of an unfinished run); a damaged file is always an error."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if missing is not ...:
+            return missing
+        raise CheckpointError(f"{path}: file missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+
+
+# -- tensors ----------------------------------------------------------------------------------------------------
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    save_model(model, str(path))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{path}: weights file missing")
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: cannot load weights: {exc}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the model built from the recipe "
+                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+
+
+def save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file missing") from None
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: cannot read tensors: {exc}") from None
+
+
+def safe_torch_load(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers: a planted pickle is refused, never run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file missing") from None
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends: refuse with a clear message
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain values, "
+                              f"which could run code ({first})") from None
+
+
+# -- random number generators -----------------------------------------------------------------------------------
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every RNG a training step may draw from: tensors for safetensors, the rest JSON."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda{i}"] = s
+    np_state = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64).copy())
+    py = random.getstate()
+    meta = {"python": [py[0], list(py[1]), py[2]], "numpy": [np_state[0], int(np_state[2]), int(np_state[3]),
+                                                              float(np_state[4])]}
+    return tensors, meta
+
+
+def set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    name, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = meta["python"]
+    random.setstate((version, tuple(internal), gauss_next))

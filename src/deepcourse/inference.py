@@ -1,0 +1,62 @@
+"""Inference from a finished run: rebuild its task and model from the run's own files, then evaluate or predict.
+
+Nothing here needs the training data: the best weights, the facts the model was built from and the task's artifacts
+(vocabularies, class names, statistics) are all in the run directory.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .accelerator import make_accelerator, torch_threads
+from .checkpoint import best_folder, latest_checkpoint, load_facts
+from .components import build_task
+from .errors import CheckpointError
+from .evaluation import evaluate_split
+from .files import load_weights
+from .recipe import load_recipe
+from .rundir import require_run_dir
+from .schema import Recipe
+from .task import Task
+
+
+def load_trained(run_dir: Path, *, which: str = "best") -> tuple[Recipe, Task, dict[str, Any], dict[str, Any],
+                                                                 torch.nn.Module]:
+    """(recipe, task, facts, artifacts, model) of a run, with its best (or latest) weights loaded."""
+    require_run_dir(run_dir)
+    recipe = load_recipe(run_dir / "recipe.toml")
+    best = best_folder(run_dir)
+    facts, artifacts = load_facts(best)
+    task = build_task(recipe)
+    model = task.build_model(recipe.model, facts)
+    weights = best / "model.safetensors"
+    if which == "latest":
+        latest = latest_checkpoint(run_dir / "checkpoints")
+        if latest is None:
+            raise CheckpointError(f"{run_dir}: no complete checkpoint")
+        weights = latest / "model.safetensors"
+    load_weights(model, weights)
+    return recipe, task, facts, artifacts, model
+
+
+def evaluate_run(run_dir: Path, *, split: str | None = None, data_dir: str | Path | None = None,
+                 which: str = "best", progress: bool = True) -> tuple[Task, dict[str, Any]]:
+    """Metrics of a finished run's weights on a split; `data_dir` may hold only that split's files."""
+    recipe, task, _, artifacts, model = load_trained(run_dir, which=which)
+    with torch_threads(recipe.train.threads):
+        result = evaluate_split(task, model, recipe, artifacts, split=split, data_dir=data_dir, progress=progress)
+    return task, {"run_dir": str(run_dir), "split": result.split, **result.metrics}
+
+
+def predict_run(run_dir: Path, inputs: Sequence[str], *, batch_size: int = 64) -> tuple[Task, Iterator[Any]]:
+    """The task's predictions for `inputs` (files or text, as the task reads them), streamed in batches, with the
+    model placed and cast as for evaluation."""
+    recipe, task, _, artifacts, model = load_trained(run_dir)
+    task.setup_data(recipe.data, splits=(), seed=recipe.seed, artifacts=artifacts)
+    accelerator = make_accelerator(recipe, trackers=False)
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    model.eval()
+    return task, task.predict(model, inputs, batch_size=batch_size, device=accelerator.device)

@@ -1,0 +1,68 @@
+"""deepcourse from Python: `run`, `evaluate` and `predict`, for notebooks and scripts.
+
+    import deepcourse
+    result = deepcourse.run("quickstart", "train.epochs=2")      # a shipped recipe, a file, or a dict
+    result.best["accuracy"], result.run_dir
+    deepcourse.evaluate(result.run_dir, split="test")
+
+They do what the commands of the same names do (the same recipe checks, run directory, checkpoints and report) and
+raise `deepcourse.api.UserError` where a command would exit 2: `print(exc)` shows every problem.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .engine import fit
+from .inference import evaluate_run, predict_run
+from .recipe import load_recipe
+from .report import write_report
+from .rundir import read_metrics
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class RunResult:
+    """A finished run: its folder, the best evaluation's metrics, every logged event, and summary.json."""
+
+    run_dir: Path
+    best: dict[str, Any]
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    report: Path | None = field(default=None)
+
+
+def run(recipe: PathLike | Mapping[str, Any], *overrides: str, runs_root: PathLike | None = None,
+        run_dir: PathLike | None = None, report: bool = True) -> RunResult:
+    """Train a recipe (a file, the name of a shipped recipe such as 'quickstart', or a dict laid out as the TOML
+    file) with `--set`-style overrides ('train.epochs=2'); the run goes to runs_root/<name>/<time>/ (default
+    ./runs) or to `run_dir`. The torch thread count is left as it was."""
+    if isinstance(recipe, Mapping):
+        resolved = load_recipe(data=recipe, overrides=overrides)
+    else:
+        resolved = load_recipe(recipe, overrides)
+    summary = fit(resolved, runs_root=Path(runs_root or "runs"), run_dir=Path(run_dir) if run_dir else None)
+    out = Path(summary["run_dir"])
+    from accelerate.state import PartialState
+
+    written = write_report(out) if report and PartialState().is_main_process else None
+    return RunResult(out, dict(summary.get("best", {})), read_metrics(out / "metrics.jsonl"), summary, written)
+
+
+def evaluate(run_dir: PathLike, split: str | None = None, *, data_dir: PathLike | None = None,
+             checkpoint: str = "best", progress: bool = False) -> dict[str, Any]:
+    """The metrics of a run's best (or latest) weights on a split (default: the recipe's eval.split), exactly as
+    `deepcourse evaluate --json` prints them."""
+    _, metrics = evaluate_run(Path(run_dir), split=split, data_dir=data_dir, which=checkpoint, progress=progress)
+    return metrics
+
+
+def predict(run_dir: PathLike, inputs: PathLike | Sequence[PathLike], *, batch_size: int = 64) -> list[Any]:
+    """The run's predictions, one per input (an image file, a sentence, as the task reads them)."""
+    items = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(i) for i in inputs]
+    _, results = predict_run(Path(run_dir), items, batch_size=batch_size)
+    return list(results)
