@@ -6,6 +6,7 @@ folder with only that one on the path, so nothing can come from the checkout.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,7 +23,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path
     pytest.importorskip("deepcourse_vision")
     pytest.importorskip("deepcourse_sequence")
     wheels = tmp_path_factory.mktemp("wheels")
-    for project in (REPO, REPO / "plugins" / "vision", REPO / "plugins" / "sequence"):
+    # built from a copy of the tracked tree: setuptools writes build/ folders beside the sources it builds
+    source = tmp_path_factory.mktemp("source") / "deepcourse"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "runs", "site",
+                                                                 "__pycache__", ".pytest_cache"))
+    for project in (source, source / "plugins" / "vision", source / "plugins" / "sequence"):
         out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                               "-w", str(wheels), str(project)], capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr
