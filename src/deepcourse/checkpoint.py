@@ -10,6 +10,7 @@ complete checkpoints are ever listed or resumed from.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 from collections.abc import Mapping
@@ -100,7 +101,7 @@ def load_checkpoint(ctx: TrainContext, folder: Path) -> None:
     files.set_rng_state(files.load_tensors(folder / f"rng-{acc.process_index}.safetensors"),
                         files.read_json(folder / f"rng-{acc.process_index}.json"))
     ctx.loss.load_state_dict(saved.get("loss_meter") or _older_loss_sums(saved))
-    known = set(TrainState.__dataclass_fields__)
+    known = {f.name for f in dataclasses.fields(TrainState)}
     ctx.state = TrainState(**{k: v for k, v in saved.items() if k in known})
 
 

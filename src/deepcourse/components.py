@@ -63,7 +63,7 @@ def make_train_sampler(recipe: Recipe, dataset: Any) -> EpochSampler:
     if lengths is None:
         raise RecipeError(f"data.group_by_length: dataset '{recipe.data.name}' gives no per-sample lengths "
                           f"(a `lengths` attribute), so there is nothing to group by; it helps variable-length "
-                          f"data such as conll2003. Remove the key or set it to false")
+                          f"data such as sentences. Remove the key or set it to false")
     return LengthGroupedSampler(lengths, recipe.data.batch_size, seed=recipe.seed)
 
 
