@@ -130,3 +130,25 @@ def test_registry_lookups_never_discover_plugins() -> None:
             "assert 'sgd' in OPTIMIZERS\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+# -- shipped recipes --------------------------------------------------------------------------------------------
+def test_shipped_recipes_are_listed_and_found_by_name(tmp_path: Path, cli_env, monkeypatch) -> None:
+    from deepcourse.api import shipped_recipes
+    from deepcourse.catalog import resolve
+
+    monkeypatch.chdir(tmp_path)  # not the checkout: a name, or recipes/NAME.toml, finds the shipped file
+
+    shipped = shipped_recipes()
+    assert {"quickstart", "cifar_resnet", "ner_bilstm_crf", "ablations/lenet_dropout"} <= set(shipped)
+    assert resolve("quickstart") == shipped["quickstart"] == resolve("recipes/quickstart.toml")
+    mine = tmp_path / "quickstart"
+    mine.write_text("")
+    assert resolve(mine) == mine  # a file of your own always wins over a shipped name
+    listed = run_cli(["recipes"], cli_env, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if line.split()[:1] == ["quickstart"])
+    assert "[vision]" in line and "digits" in line
+    assert f"{len(shipped)} recipe(s)" in listed.stdout
+    wrong = run_cli(["check", "quikstart"], cli_env, cwd=tmp_path)
+    assert wrong.returncode == 2 and "quikstart: recipe file not found. Did you mean 'quickstart'?" in wrong.stderr

@@ -103,8 +103,9 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
         ctx.log.close()
 
     # 4. the summary
+    monitor = monitor_of(recipe, task)[0]
     summary = {"run_dir": str(out_dir), "epochs": ctx.state.epoch, "steps": ctx.state.global_step,
-               "monitor": monitor_of(recipe, task)[0], "headline": list(task.headline_metrics(monitor_of(recipe, task)[0])),
+               "monitor": monitor, "headline": list(task.headline_metrics(monitor)),
                "best": read_best_metrics(out_dir), "wall_time_s": round(time.perf_counter() - started, 2),
                "num_parameters": count_parameters(model)}
     if acc.is_main_process:

@@ -9,7 +9,7 @@ run always shows the same ones and a reader sees the kinds of errors rather than
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcourse.api import (Figure, Task, UserError, evaluate_split, grouped_bars, markdown_escape,
+from deepcourse.api import (Figure, Recipe, Task, UserError, evaluate_split, grouped_bars, markdown_escape,
                             markdown_table)
 
 from .schemes import Span, convert, spans
@@ -41,7 +41,7 @@ class TaggedSplit:
     metrics: dict[str, Any]
 
 
-def tag_split(task: Task, model: nn.Module, recipe: Any, artifacts: Any) -> TaggedSplit:
+def tag_split(task: Task, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any]) -> TaggedSplit:
     """Decode the evaluation split exactly as `deepcourse evaluate` does (`evaluate_split`: the same batches, device,
     precision and metric objects), keeping each sentence's gold and predicted tags."""
     gold: dict[str, list[list[str]]] = {name: [] for name in task.labels}
@@ -227,7 +227,7 @@ class ColumnReport:
                        *markdown_table([f"{self.split} sentence", "tagged", "mistakes"], rows), ""]
 
 
-def write_figures(task: Task, model: nn.Module, recipe: Any, artifacts: Any, out: Path
+def write_figures(task: Task, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], out: Path
                   ) -> tuple[list[Figure], list[str]]:
     """Per label column: a score chart and table, and example sentences; notes instead when the split is not
     here (a report made on another machine still has its curves)."""

@@ -16,8 +16,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from deepcourse.api import (DATASETS, TASKS, Accuracy, DataBundle, DataError, MeanLoss, Metric, MetricCollection,
-                            RecipeError, Task, call_builder, resolve_splits)
+from deepcourse.api import (DATASETS, TASKS, Accuracy, DataBundle, DataError, DataSection, Figure, MeanLoss, Metric,
+                            MetricCollection, Recipe, RecipeError, Task, call_builder, resolve_splits)
 
 from .batching import TaggedSentences
 from .conll import format_sentence, iter_sentences
@@ -85,7 +85,7 @@ class SequenceTagging(Task):
         self.embedding_dim: int | None = None
 
     # -- data -----------------------------------------------------------------------------------------------------
-    def setup_data(self, data: Any, *, splits: Sequence[str], seed: int,
+    def setup_data(self, data: DataSection, *, splits: Sequence[str], seed: int,
                    artifacts: Mapping[str, Any] | None = None) -> DataBundle:
         corpus = call_builder(DATASETS.get(data.name), data.options, loc="data", provided={"data_dir": data.data_dir})
         if not isinstance(corpus, Corpus):
@@ -297,8 +297,8 @@ class SequenceTagging(Task):
                 yield (f"{type_:<14} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} "
                        f"{row['support']:>8}")
 
-    def report(self, model: nn.Module, recipe: Any, artifacts: Mapping[str, Any],
-               out: Path) -> tuple[list[Any], list[str]]:
+    def report(self, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any],
+               out: Path) -> tuple[list[Figure], list[str]]:
         """Precision / recall / F1 per entity type (accuracy per tag for token columns) over the whole evaluation
         split, and example sentences with the mistakes marked: where the run's F1 comes from, and what its errors
         look like."""

@@ -6,14 +6,15 @@ look like, with the run's own numbers.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from deepcourse.api import Figure, Task, UserError, evaluate_split, markdown_escape, markdown_table, pyplot
+from deepcourse.api import (Figure, Recipe, Task, UserError, evaluate_split, markdown_escape, markdown_table,
+                            pyplot)
 
 MAX_MISTAKES = 16
 
@@ -64,7 +65,7 @@ def mistakes_figure(images: torch.Tensor, labels: torch.Tensor, probs: torch.Ten
     return len(order)
 
 
-def write_figures(task: Task, model: nn.Module, recipe: Any, artifacts: Any, out: Path
+def write_figures(task: Task, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], out: Path
                   ) -> tuple[list[Figure], list[str]]:
     split = recipe.eval.split
     images: list[torch.Tensor] = []

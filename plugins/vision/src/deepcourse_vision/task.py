@@ -18,8 +18,9 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from deepcourse.api import (DATASETS, TASKS, Accuracy, ArrayDataset, ConfusionMatrix, DataBundle, DataError, MeanLoss,
-                            MetricCollection, RecipeError, Task, TopKAccuracy, call_builder, resolve_splits)
+from deepcourse.api import (DATASETS, TASKS, Accuracy, ArrayDataset, ConfusionMatrix, DataBundle, DataError,
+                            DataSection, Figure, MeanLoss, MetricCollection, ModelSection, Recipe, RecipeError, Task,
+                            TopKAccuracy, call_builder, resolve_splits)
 
 from .data import ImageData, ImageSplit, load_image_files
 from .transforms import ImagePipeline, TransformSpec, build_transforms
@@ -85,7 +86,7 @@ class ImageClassification(Task):
         return self.eval_options.get("tta", "none")
 
     # -- data --------------------------------------------------------------------------------------------------------
-    def setup_data(self, data: Any, *, splits: Sequence[str], seed: int,
+    def setup_data(self, data: DataSection, *, splits: Sequence[str], seed: int,
                    artifacts: Mapping[str, Any] | None = None) -> DataBundle:
         if self.tta == "ten_crop":
             self.pipeline.ten_crop_index()  # no random_crop to take the crops from: fail before loading any data
@@ -109,7 +110,7 @@ class ImageClassification(Task):
                  "mean": self.pipeline.mean, "std": self.pipeline.std, "dataset": data.name}
         return DataBundle(bundle_splits, facts=facts, artifacts=saved)
 
-    def _load(self, data: Any, wanted: list[str], seed: int, artifacts: Mapping[str, Any] | None) -> ImageData:
+    def _load(self, data: DataSection, wanted: list[str], seed: int, artifacts: Mapping[str, Any] | None) -> ImageData:
         provided: dict[str, Any] = {"data_dir": data.data_dir, "splits": tuple(wanted), "seed": seed}
         if artifacts:  # evaluate / predict / resume: decode new files exactly as the training files were
             provided.update(classes=list(artifacts["class_names"]), size=artifacts["source_size"],
@@ -180,7 +181,7 @@ class ImageClassification(Task):
         return int(shape[-1])
 
     # -- model -------------------------------------------------------------------------------------------------------
-    def build_model(self, model: Any, facts: Mapping[str, Any]) -> nn.Module:
+    def build_model(self, model: ModelSection, facts: Mapping[str, Any]) -> nn.Module:
         net = super().build_model(model, facts)
         return net.to(memory_format=torch.channels_last) if self.channels_last else net
 
@@ -235,8 +236,8 @@ class ImageClassification(Task):
                 lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
         return lines
 
-    def report(self, model: nn.Module, recipe: Any, artifacts: Mapping[str, Any],
-               out: Path) -> tuple[list[Any], list[str]]:
+    def report(self, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any],
+               out: Path) -> tuple[list[Figure], list[str]]:
         """Confusion matrix and most confident mistakes on the evaluation split, per-class accuracy table."""
         from .report import write_figures
 
