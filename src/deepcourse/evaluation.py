@@ -65,10 +65,10 @@ def load_split(task: Task, recipe: Recipe, artifacts: Mapping[str, Any], split: 
     data = recipe.data.model_copy(update={"data_dir": str(data_dir)}) if data_dir else recipe.data
     bundle = task.setup_data(data, splits=(split,), seed=recipe.seed, artifacts=artifacts)
     if split not in bundle.splits:
-        raise DataError(f"--split {split}: dataset '{recipe.data.name}' has no such split here "
+        raise DataError(f"split '{split}': dataset '{recipe.data.name}' has no such split here "
                         f"(available: {', '.join(bundle.splits) or 'none'})")
     if len(bundle.splits[split]) == 0:
-        raise DataError(f"--split {split}: dataset '{recipe.data.name}' has no samples in that split here")
+        raise DataError(f"split '{split}': dataset '{recipe.data.name}' has no samples in that split here")
     bundle.splits = {split: random_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed)}
     return bundle
 
