@@ -64,7 +64,9 @@ def test_two_process_interrupt_and_resume_is_exact(tmp_path: Path, toy_recipe: P
     cut = launch(["run", str(toy_recipe), "--run-dir", str(tmp_path / "cut"), *common,
                   "--set", "train.callbacks=[{name = 'interrupt_at', step = 7}]"], cli_env)
     assert cut.returncode != 0
-    assert (tmp_path / "cut" / "checkpoints" / "step-000000007").is_dir()
+    # Ctrl-C after step 7 of one process: both stop at the next agreement point, step 10 (train.stop_check_every)
+    assert (tmp_path / "cut" / "checkpoints" / "step-000000010").is_dir()
+    assert not (tmp_path / "cut" / "checkpoints" / "step-000000011").exists()
     resumed = launch(["run", "--resume", str(tmp_path / "cut"), "--set", "train.callbacks=[]"], cli_env)
     assert resumed.returncode == 0, resumed.stderr
     import torch

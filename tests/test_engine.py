@@ -132,7 +132,7 @@ def test_tensorboard_tracker_writes_events(tmp_path: Path, toy_recipe: Path, cli
     out = run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.trackers=['tensorboard']",
                    "--set", "train.epochs=1"], cli_env)
     assert out.returncode == 0, out.stderr
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run / "trackers").rglob("events.out.tfevents.*"))  # Accelerate's TensorBoard tracker writes them
 
 
 def test_early_stopping_stops_when_the_monitor_stalls(tmp_path: Path, toy_recipe: Path, cli_env) -> None:

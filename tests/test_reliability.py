@@ -79,6 +79,10 @@ def test_planted_pickle_is_refused_and_never_runs(tmp_path: Path, toy_recipe: Pa
     assert run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.checkpoint_every=4"],
                    cli_env).returncode == 0
     latest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    assert not list(latest.glob("*.pt"))  # this version writes no pickle at all: state is JSON + safetensors
+    stem = victim.removesuffix(".pt")
+    for written in (f"{stem}.json", f"{stem}.safetensors"):  # as a run of an older version left it: a .pt file
+        (latest / written).unlink()
     marker = tmp_path / "pwned"
     with open(latest / victim, "wb") as f:
         pickle.dump({"state": Payload(marker)}, f)

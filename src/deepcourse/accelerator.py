@@ -10,13 +10,17 @@ import functools
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import (DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration,
+                               TorchDynamoPlugin)
 
 from .allocator import keep_freed_memory
-from .errors import RecipeError
-from .schema import Recipe
+from .errors import RecipeError, UserError
+from .schema import CompileOptions, Recipe
 
 
 def warn_single_cpu_launch() -> None:
@@ -59,24 +63,139 @@ def has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
 
 
-def make_accelerator(recipe: Recipe, *, trackers: bool = True) -> Accelerator:
-    """The Accelerator a recipe trains (or, with trackers=False, evaluates) under."""
+@dataclass(frozen=True)
+class Settings:
+    """What a run trains with after the one precedence rule: a value the recipe sets wins (with a one-line warning
+    when the launcher said otherwise); an unset one is the launcher's (`accelerate launch` flags or its config file,
+    which reach the process as ACCELERATE_* variables), else the default. `source` says where each came from."""
+
+    mixed_precision: str
+    grad_accum: int
+    compile: dict[str, Any] | None  # torch.compile options, or None when not compiling
+    source: dict[str, str] = field(default_factory=dict)
+
+    def as_record(self) -> dict[str, Any]:
+        """For run.json: the effective values and where each came from."""
+        return {"mixed_precision": self.mixed_precision, "grad_accum": self.grad_accum, "compile": self.compile,
+                "settings_from": dict(self.source)}
+
+
+def effective_settings(recipe: Recipe, *, warn: bool = True) -> Settings:
+    env, train, source = os.environ, recipe.train, {}
+    launcher_mp = env.get("ACCELERATE_MIXED_PRECISION", "").lower() or None
+    launcher_accum = int(env["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"]) \
+        if env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "").strip().isdigit() else None
+    backend = env.get("ACCELERATE_DYNAMO_BACKEND", "no").lower()
+    launcher_compile = None if backend in ("", "no") else {
+        "backend": backend, "mode": env.get("ACCELERATE_DYNAMO_MODE") or None,
+        "fullgraph": env.get("ACCELERATE_DYNAMO_USE_FULLGRAPH", "false").lower() in ("1", "true", "yes"),
+        "dynamic": _env_bool("ACCELERATE_DYNAMO_USE_DYNAMIC")}
+    if train.compile is None:
+        recipe_compile: Any = ...
+    elif train.compile is False:
+        recipe_compile = None
+    else:
+        options = CompileOptions() if train.compile is True else train.compile
+        recipe_compile = options.model_dump()
+    mp = _choose("train.mixed_precision", train.mixed_precision, launcher_mp, "no", source, warn)
+    accum = _choose("train.grad_accum", train.grad_accum, launcher_accum, 1, source, warn)
+    compiled = _choose("train.compile", None if recipe_compile is ... else recipe_compile, launcher_compile, None,
+                       source, warn and recipe_compile is not ..., explicit=recipe_compile is not ...)
+    return Settings(mp, int(accum), compiled, source)
+
+
+def _choose(key: str, recipe_value: Any, launcher_value: Any, default: Any, source: dict[str, str], warn: bool,
+            explicit: bool | None = None) -> Any:
+    name = key.split(".")[-1]
+    explicit = recipe_value is not None if explicit is None else explicit
+    if explicit:
+        source[name] = "recipe"
+        if warn and launcher_value is not None and launcher_value != recipe_value:
+            print(f"deepcourse: warning: {key} = {_shown(recipe_value)} (the recipe's) is used; the launcher says "
+                  f"{_shown(launcher_value)}", file=sys.stderr, flush=True)
+        return recipe_value
+    if launcher_value is not None:
+        source[name] = "launcher"
+        return launcher_value
+    source[name] = "default"
+    return default
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {v!r}" for k, v in value.items() if v is not None) + "}"
+    return "off" if value is None else repr(value)
+
+
+def _env_bool(name: str) -> bool | None:
+    value = os.environ.get(name)
+    return None if value is None else value.lower() in ("1", "true", "yes")
+
+
+def refuse_unsupported_launch(settings: Settings, cpu: bool) -> None:
+    """Exit 2 before training on what deepcourse does not support, naming what is."""
+    env = os.environ
+    for variable, flag, name in (("ACCELERATE_USE_FSDP", "--use_fsdp", "FSDP"),
+                                 ("ACCELERATE_USE_DEEPSPEED", "--use_deepspeed", "DeepSpeed"),
+                                 ("ACCELERATE_USE_MEGATRON_LM", "--use_megatron_lm", "Megatron-LM")):
+        if env.get(variable, "false").lower() == "true":
+            raise UserError(f"accelerate launch {flag}: {name} is not supported by deepcourse, which trains data-"
+                            f"parallel (DDP: each process holds the whole model and optimizer, as the course's "
+                            f"networks fit one device). Launch with --multi_gpu (GPUs) or without {flag}; see "
+                            f"docs/scaling.md")
+    if settings.mixed_precision == "fp16" and cpu:
+        where = "train.mixed_precision" if settings.source.get("mixed_precision") == "recipe" else \
+            "accelerate launch --mixed_precision (ACCELERATE_MIXED_PRECISION)"
+        raise RecipeError(f"{where}: 'fp16' needs a CUDA GPU (it trains with a gradient scaler), and this run is on "
+                          f"the CPU. Valid here: 'bf16' (CPU autocast) or 'no'")
+
+
+def make_accelerator(recipe: Recipe, *, trackers: bool = True, warn: bool = True) -> Accelerator:
+    """The Accelerator a recipe trains (or, with trackers=False, evaluates) under, after `effective_settings`."""
     warn_single_cpu_launch()
     remember_lomo_probe()
     if recipe.train.keep_freed_memory:
         keep_freed_memory()
-    if trackers and "tensorboard" in recipe.train.trackers:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise RecipeError("train.trackers: 'tensorboard' needs the tensorboard package "
-                              "(pip install tensorboard)") from None
+    settings = effective_settings(recipe, warn=warn)
     # With no accelerator present, say cpu=True: only then does Accelerate join a multi-process launch with gloo
     # (cpu=False silently gives each process a private, non-distributed run).
     cpu = recipe.train.device == "cpu" or not has_accelerator()
-    forget_other_precision(recipe.train.mixed_precision)
-    return Accelerator(cpu=cpu, mixed_precision=recipe.train.mixed_precision,
-                       gradient_accumulation_steps=recipe.train.grad_accum, rng_types=[])
+    refuse_unsupported_launch(settings, cpu)
+    log_with = list(recipe.train.trackers) if trackers else []
+    check_trackers(log_with)
+    apply_gpu_flags(recipe)
+    forget_other_precision(settings.mixed_precision)
+    compiled = settings.compile or {"backend": "no"}
+    dynamo = TorchDynamoPlugin(**{k: v for k, v in compiled.items() if v is not None})
+    loaders = DataLoaderConfiguration(non_blocking=not cpu)  # with pinned memory: copies overlap the step
+    # trackers start once the run directory exists (deepcourse.tracking sets logging_dir to it); until then, a
+    # placeholder, since Accelerate checks at construction that file-writing trackers have one
+    project = ProjectConfiguration(logging_dir=os.getcwd())
+    return Accelerator(cpu=cpu, mixed_precision=settings.mixed_precision, dynamo_plugin=dynamo,
+                       gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=settings.grad_accum),
+                       dataloader_config=loaders, log_with=log_with or None, project_config=project, rng_types=[])
+
+
+def check_trackers(names: list[str]) -> None:
+    """Each tracker's package must be importable: say which one to install, before a run directory exists."""
+    packages = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "aim": "aim",
+                "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "trackio": "trackio",
+                "swanlab": "swanlab"}
+    import importlib.util
+
+    missing = [name for name in names if importlib.util.find_spec(packages[name]) is None]
+    if missing:
+        raise RecipeError("train.trackers: " + "; ".join(
+            f"'{name}' needs the {packages[name]} package (pip install {'mlflow-skinny' if name == 'mlflow' else name})"
+            for name in missing))
+
+
+def apply_gpu_flags(recipe: Recipe) -> None:
+    """train.tf32 and train.cudnn_benchmark, through torch's public switches (no effect on a CPU)."""
+    if recipe.train.tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = recipe.train.tf32
+        torch.backends.cudnn.allow_tf32 = recipe.train.tf32
+    torch.backends.cudnn.benchmark = recipe.train.cudnn_benchmark
 
 
 @contextlib.contextmanager

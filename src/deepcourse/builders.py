@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -142,5 +143,9 @@ def format_errors(exc: ValidationError, loc: str, provided: Mapping[str, Any] | 
             continue
         shown = err.get("input")
         got = f" (got {shown!r})" if not isinstance(shown, (dict,)) and len(repr(shown)) < 80 else ""
-        problems.append(f"{path}: {err['msg'][0].lower()}{err['msg'][1:]}{got}")
+        hint = ""
+        if kind == "literal_error" and isinstance(shown, str):  # one of a few words: suggest the nearest
+            hint = did_you_mean(shown, re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", ""))))
+        problems.append(f"{path}: {err['msg'][0].lower()}{err['msg'][1:]}{got}.{hint}" if hint else
+                        f"{path}: {err['msg'][0].lower()}{err['msg'][1:]}{got}")
     return problems

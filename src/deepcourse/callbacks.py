@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
 
-    from .meter import LossMeter
+    from .meter import LossMeter, TrainMetrics
     from .rundir import MetricsLog
     from .schema import Recipe
     from .task import DataBundle, Task
@@ -55,10 +55,17 @@ class TrainContext:
     steps_per_epoch: int = 0
     total_steps: int = 0
     callbacks: list[Callback] = field(default_factory=list)
+    train_metrics: TrainMetrics = field(default_factory=lambda: _no_train_metrics())
 
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+
+def _no_train_metrics() -> TrainMetrics:
+    from .meter import TrainMetrics
+
+    return TrainMetrics(None)
 
 
 class Callback:

@@ -1,27 +1,34 @@
 """The checkpoint layout of a run directory: training states under checkpoints/, the best weights under best/.
 
-    checkpoints/step-000001234/   model.safetensors, optimizer.pt, scheduler.pt, [scaler.pt],
-                                  rng-<rank>.safetensors + rng-<rank>.json, trainer_state.json (written last)
+    checkpoints/step-000001234/   model.safetensors, optimizer.{json,safetensors}, scheduler.{json,safetensors},
+                                  [scaler.{json,safetensors}], rng-<rank>.{json,safetensors} for every process,
+                                  trainer_state.json (written last)
     best/                         model.safetensors, facts.json [+ facts.safetensors], artifacts.json,
                                   recipe.toml, metrics.json
 
 Each folder is written under a temporary name and renamed into place (`deepcourse.files.commit_dir`), so only
-complete checkpoints are ever listed or resumed from.
+complete checkpoints are ever listed or resumed from. Only the main process touches the folder: the other processes
+send it their random-number states and receive what they resume from (`deepcourse.collective`), so a run on several
+machines needs no shared filesystem. Nothing in it is a pickle; older runs' optimizer.pt / scheduler.pt / scaler.pt
+are still read, with `weights_only=True`.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 
 from . import files
 from .callbacks import TrainContext, TrainState
+from .collective import gather_to_all, launched, on_main
 from .errors import CheckpointError
 from .task import DataBundle
 
@@ -55,29 +62,33 @@ def prune(folder: Path, keep: int) -> None:
 
 
 # -- training state -----------------------------------------------------------------------------------------------
+def unwrapped(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module of a prepared model: no DDP wrapper and no torch.compile wrapper, so saved weights have the
+    names of the model a recipe builds, however it was launched."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
 def save_checkpoint(ctx: TrainContext) -> Path:
-    """Write the training state of every process into checkpoints/step-N/; returns the folder."""
+    """Write the training state of every process into checkpoints/step-N/ (main process); returns the folder."""
     acc = ctx.accelerator
     folder = ctx.run_dir / "checkpoints"
     name = step_dir_name(ctx.state.global_step)
     final, tmp = folder / name, folder / f".tmp-{name}"
-    acc.wait_for_everyone()
+    generators = gather_to_all(files.rng_state())  # every process's random state, on the main process too
+    ctx.train_metrics.fold(acc)  # the kept outputs into the training metrics, whose sums the checkpoint holds
     if ctx.is_main:
         files.fresh_dir(tmp)
-    acc.wait_for_everyone()
-    tensors, meta = files.rng_state()
-    files.save_tensors(tensors, tmp / f"rng-{acc.process_index}.safetensors")
-    files.write_json(tmp / f"rng-{acc.process_index}.json", meta)
-    if ctx.is_main:
-        files.save_weights(acc.unwrap_model(ctx.model), tmp / "model.safetensors")
-        torch.save(ctx.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(ctx.scheduler.state_dict(), tmp / "scheduler.pt")
+        for rank, (tensors, meta) in enumerate(generators):
+            files.save_tensors(tensors, tmp / f"rng-{rank}.safetensors")
+            files.write_json(tmp / f"rng-{rank}.json", meta)
+        files.save_weights(unwrapped(acc, ctx.model), tmp / "model.safetensors")
+        files.save_state(ctx.optimizer.state_dict(), tmp / "optimizer")
+        files.save_state(ctx.scheduler.state_dict(), tmp / "scheduler")
         if acc.scaler is not None:
-            torch.save(acc.scaler.state_dict(), tmp / "scaler.pt")
+            files.save_state(acc.scaler.state_dict(), tmp / "scaler")
         ctx.state.num_processes = acc.num_processes
-        files.write_json(tmp / STATE_FILE, {**asdict(ctx.state), "loss_meter": ctx.loss.state_dict()})  # last
-    acc.wait_for_everyone()
-    if ctx.is_main:
+        files.write_json(tmp / STATE_FILE, {**asdict(ctx.state), "loss_meter": ctx.loss.state_dict(),
+                                            "train_metrics": ctx.train_metrics.state_dict()})  # written last
         if final.exists():
             shutil.rmtree(final)
         files.commit_dir(tmp, final)
@@ -87,22 +98,50 @@ def save_checkpoint(ctx: TrainContext) -> Path:
 
 
 def load_checkpoint(ctx: TrainContext, folder: Path) -> None:
-    """Restore weights, optimizer, schedule, RNGs, loop state and loss sums from a checkpoint folder."""
+    """Restore weights, optimizer, schedule, RNGs, loop state and loss sums from a checkpoint folder. The main
+    process reads it; the others get what they need from it."""
     acc = ctx.accelerator
-    saved = files.read_json(folder / STATE_FILE)
-    if saved.get("num_processes", 1) != acc.num_processes:
-        raise CheckpointError(f"{folder}: saved by {saved.get('num_processes')} process(es); resume it with the "
-                              f"same number (now {acc.num_processes}) so the data order and RNG streams match")
-    files.load_weights(acc.unwrap_model(ctx.model), folder / "model.safetensors")
-    ctx.optimizer.load_state_dict(files.safe_torch_load(folder / "optimizer.pt"))
-    ctx.scheduler.load_state_dict(files.safe_torch_load(folder / "scheduler.pt"))
-    if acc.scaler is not None and (folder / "scaler.pt").exists():
-        acc.scaler.load_state_dict(files.safe_torch_load(folder / "scaler.pt"))
-    files.set_rng_state(files.load_tensors(folder / f"rng-{acc.process_index}.safetensors"),
-                        files.read_json(folder / f"rng-{acc.process_index}.json"))
-    ctx.loss.load_state_dict(saved.get("loss_meter") or _older_loss_sums(saved))
+    model = unwrapped(acc, ctx.model)
+    saved = on_main(lambda: _read_checkpoint(folder, acc.num_processes, model))
+    if not acc.is_main_process:
+        with tempfile.TemporaryDirectory() as scratch:  # the main process checked these bytes already
+            weights = Path(scratch) / "model.safetensors"
+            weights.write_bytes(saved["weights"])
+            files.load_weights(model, weights)
+    ctx.optimizer.load_state_dict(saved["optimizer"])
+    ctx.scheduler.load_state_dict(saved["scheduler"])
+    if acc.scaler is not None and saved["scaler"] is not None:
+        acc.scaler.load_state_dict(saved["scaler"])
+    files.set_rng_state(*saved["rng"][acc.process_index])
+    state = saved["state"]
+    ctx.loss.load_state_dict(state.get("loss_meter") or _older_loss_sums(state))
+    ctx.train_metrics.load_state_dict(state.get("train_metrics"))
     known = {f.name for f in dataclasses.fields(TrainState)}
-    ctx.state = TrainState(**{k: v for k, v in saved.items() if k in known})
+    ctx.state = TrainState(**{k: v for k, v in state.items() if k in known})
+
+
+def _read_checkpoint(folder: Path, num_processes: int, model: torch.nn.Module) -> dict[str, Any]:
+    """Everything a resume needs from a checkpoint folder, read (and the weights loaded into `model`) by the main
+    process; the weights' bytes too when other processes need them."""
+    state = files.read_json(folder / STATE_FILE)
+    if state.get("num_processes", 1) != num_processes:
+        raise CheckpointError(f"{folder}: saved by {state.get('num_processes')} process(es); resume it with the "
+                              f"same number (now {num_processes}) so the data order and RNG streams match")
+    files.load_weights(model, folder / "model.safetensors")
+    has_scaler = files.has_state(folder / "scaler") or (folder / "scaler.pt").exists()
+    rng = [(files.load_tensors(folder / f"rng-{rank}.safetensors"), files.read_json(folder / f"rng-{rank}.json"))
+           for rank in range(num_processes)]
+    return {"state": state, "optimizer": _read_state(folder, "optimizer"),
+            "scheduler": _read_state(folder, "scheduler"),
+            "scaler": _read_state(folder, "scaler") if has_scaler else None, "rng": rng,
+            "weights": (folder / "model.safetensors").read_bytes() if launched() else None}
+
+
+def _read_state(folder: Path, name: str) -> Any:
+    """A state dict as this version writes it (JSON + safetensors), or as older runs did (a .pt file)."""
+    if files.has_state(folder / name):
+        return files.load_state(folder / name)
+    return files.safe_torch_load(folder / f"{name}.pt")
 
 
 def _older_loss_sums(saved: Mapping[str, Any]) -> dict[str, Any]:
@@ -118,7 +157,7 @@ def save_best(ctx: TrainContext, metrics: Mapping[str, Any]) -> None:
         return
     best = ctx.run_dir / "best"
     tmp = files.fresh_dir(ctx.run_dir / ".tmp-best")
-    files.save_weights(ctx.accelerator.unwrap_model(ctx.model), tmp / "model.safetensors")
+    files.save_weights(unwrapped(ctx.accelerator, ctx.model), tmp / "model.safetensors")
     save_facts(tmp, ctx.bundle)
     files.atomic_write_text(tmp / "recipe.toml", ctx.recipe.to_toml())
     files.write_json(tmp / "metrics.json", {"epoch": ctx.state.epoch + 1, "step": ctx.state.global_step, **metrics})

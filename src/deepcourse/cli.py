@@ -35,7 +35,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Interrupted as exc:
             click.echo(f"deepcourse: {exc}. Continue with: deepcourse run --resume "
                        f"{exc.checkpoint.parent.parent if exc.checkpoint else '<run dir>'}", err=True)
-            sys.exit(130)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("deepcourse: aborted", err=True)
             sys.exit(130)
@@ -91,8 +91,10 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
         raise UserError("give a RECIPE to train, or --resume RUN_DIR to continue a run")
     if resume is not None and run_dir is not None:
         raise UserError("--run-dir and --resume cannot be combined: a resumed run stays in its own directory")
-    if resume is not None:
-        resolved = _resume_recipe(resume, recipe, overrides)
+    if resume is not None:  # the run directory may be on the main process's machine only: it reads the recipe
+        from .collective import on_main
+
+        resolved = load_recipe(data=on_main(lambda: _resume_recipe(resume, recipe, overrides).to_dict()))
     else:
         resolved = load_recipe(recipe, overrides)
     summary = fit(resolved, runs_root=runs_root, run_dir=run_dir, resume=resume)

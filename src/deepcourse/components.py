@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from .builders import call_builder, validate_options
 from .callbacks import Callback
-from .data import EpochSampler, LengthGroupedSampler, passthrough_collate, random_subset, sample_lengths
+from .data import (ArrayDataset, EpochSampler, LengthGroupedSampler, passthrough_collate, random_subset,
+                   sample_lengths)
 from .errors import RecipeError, UserError, did_you_mean
 from .metrics import scalars
 from .registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
@@ -47,13 +48,31 @@ def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] 
     return bundle
 
 
-def make_loader(dataset: Any, batch_size: int, *, collate_fn: Any, num_workers: int,
-                sampler: Any = None, seed: int = 0) -> DataLoader:
+def make_loader(dataset: Any, batch_size: int, *, collate_fn: Any, num_workers: int, sampler: Any = None,
+                seed: int = 0, pin_memory: bool = False) -> DataLoader:
+    """`pin_memory` (training on a GPU): batches in page-locked memory, so the copy to the GPU can overlap the step
+    (Accelerate copies with non_blocking=True then)."""
     # A private generator: each new iterator draws a base seed from it, never from the global RNG, so creating
     # an iterator (every epoch, every evaluation, on resume) does not shift dropout or augmentation randomness.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       collate_fn=collate_fn or passthrough_collate, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
+                      pin_memory=pin_memory)
+
+
+def place_data(recipe: Recipe, bundle: DataBundle, device: torch.device) -> None:
+    """data.on_device: move every split's tensors to the training device once, so a batch is cut out there."""
+    if not recipe.data.on_device:
+        return
+    for name, split in bundle.splits.items():
+        if not isinstance(split, ArrayDataset):
+            raise RecipeError(f"data.on_device: dataset '{recipe.data.name}' keeps its '{name}' split as "
+                              f"{type(split).__name__}, not as tensors (ArrayDataset); only tensor datasets can live "
+                              f"on the device. Remove the key")
+        if recipe.data.num_workers:
+            raise RecipeError("data.on_device: a dataset on the device is cut into batches in the training process; "
+                              "set data.num_workers = 0")
+        bundle.splits[name] = split.to(device)
 
 
 def make_train_sampler(recipe: Recipe, dataset: Any) -> EpochSampler:

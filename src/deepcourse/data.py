@@ -178,11 +178,20 @@ class ArrayDataset(Dataset):
         return {k: v[index] for k, v in self.arrays.items()}
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
         return {k: v.index_select(0, idx) for k, v in self.arrays.items()}
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.arrays.values())).device if self.arrays else torch.device("cpu")
+
     def subset(self, indices: torch.Tensor) -> ArrayDataset:
-        return ArrayDataset(**{k: v.index_select(0, indices) for k, v in self.arrays.items()})
+        idx = indices.to(self.device)
+        return ArrayDataset(**{k: v.index_select(0, idx) for k, v in self.arrays.items()})
+
+    def to(self, device: torch.device | str) -> ArrayDataset:
+        """The same samples held on `device` (data.on_device): batches are then cut out there."""
+        return ArrayDataset(**{k: v.to(device) for k, v in self.arrays.items()})
 
 
 def random_subset(dataset: Any, size: int | None, seed: int) -> Any:

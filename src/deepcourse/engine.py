@@ -14,24 +14,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from . import files, plugins
-from .accelerator import make_accelerator, torch_threads
+from .accelerator import effective_settings, make_accelerator, torch_threads
 from .callbacks import TrainContext, TrainState
 from .checkpoint import latest_checkpoint, load_checkpoint, read_best_metrics, save_best, save_checkpoint
+from .collective import on_main
 from .components import (build_callbacks, build_optimizer, build_scheduler, build_task, check_monitor,
                          count_parameters, load_training_data, make_loader, make_train_sampler, monitor_of,
-                         steps_per_evaluation)
+                         place_data, steps_per_evaluation)
 from .data import EpochSampler
 from .errors import CheckpointError, NonFiniteLoss, RecipeError
 from .evaluation import evaluation_loop
-from .meter import LossMeter
+from .meter import LossMeter, TrainMetrics
 from .metrics import scalars
-from .rundir import MetricsLog, new_run_dir, remove_unstarted, run_info, truncate_metrics
+from .rundir import new_run_dir, remove_unstarted, run_info, truncate_metrics
 from .schema import Recipe
-from .stopping import Interrupted, StopRequest, agreed, patience_exhausted, record_evaluation
+from .stopping import Interrupted, StopRequest, agreed, check_due, patience_exhausted, record_evaluation
+from .tracking import RunLog, start_trackers
 
 
 def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None = None,
@@ -49,15 +51,17 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
 
     # 1. task, data, model, optimizer, schedule: every user error surfaces here, before a run directory exists
     task = build_task(recipe)
-    artifacts = files.read_json(resume / "artifacts.json", missing=None) if resume else None
+    artifacts = on_main(lambda: files.read_json(resume / "artifacts.json", missing=None)) if resume else None
     bundle = load_training_data(task, recipe, artifacts)
+    place_data(recipe, bundle, acc.device)
     model = task.build_model(recipe.model, bundle.facts)
     optimizer = build_optimizer(recipe, model)
     sampler = make_train_sampler(recipe, bundle.splits["train"])
+    pin = acc.device.type == "cuda" and not recipe.data.on_device
     train_loader = make_loader(bundle.splits["train"], recipe.data.batch_size, collate_fn=bundle.collate_fn,
-                               num_workers=recipe.data.num_workers, sampler=sampler, seed=recipe.seed)
+                               num_workers=recipe.data.num_workers, sampler=sampler, seed=recipe.seed, pin_memory=pin)
     eval_data = bundle.splits.get(recipe.eval.split)
-    eval_loader = make_loader(eval_data, recipe.eval_batch_size, collate_fn=bundle.collate_fn,
+    eval_loader = make_loader(eval_data, recipe.eval_batch_size, collate_fn=bundle.collate_fn, pin_memory=pin,
                               num_workers=recipe.data.num_workers) if eval_data is not None and len(eval_data) \
         else None
     if eval_loader is not None:
@@ -66,30 +70,25 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
     model, optimizer, train_loader = acc.prepare(model, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = acc.prepare(eval_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / recipe.train.grad_accum)
+    steps_per_epoch = math.ceil(len(train_loader) / acc.gradient_accumulation_steps)
     total_steps = steps_per_epoch * recipe.train.epochs
     if recipe.train.max_steps:
         total_steps = min(total_steps, recipe.train.max_steps)
     scheduler = build_scheduler(recipe, task, raw_optimizer, steps_per_epoch, total_steps)
     callbacks = build_callbacks(recipe)
 
-    # 2. the run directory: a new one (named once, by the main process) or the one being resumed
-    if resume is None:
-        chosen = [new_run_dir(runs_root, recipe.name, run_dir) if acc.is_main_process else None]
-        broadcast_object_list(chosen)
-        out_dir = Path(chosen[0])
-    else:
-        out_dir = resume
-    ctx = TrainContext(acc, recipe, task, model, optimizer, scheduler, TrainState(), out_dir, bundle,
-                       MetricsLog(None), LossMeter(acc.device), steps_per_epoch, total_steps, callbacks)
+    # 2. the run directory: a new one (named by the main process) or the one being resumed
+    out_dir = resume or Path(on_main(lambda: str(new_run_dir(runs_root, recipe.name, run_dir))))
+    ctx = TrainContext(acc, recipe, task, model, optimizer, scheduler, TrainState(), out_dir, bundle, RunLog(None),
+                       LossMeter(acc.device), steps_per_epoch, total_steps, callbacks,
+                       train_metrics=TrainMetrics(task.create_train_metrics(), task.pad_index))
     if resume is not None:
         resume_from_latest(ctx)
     else:
-        start_run_dir(ctx)
-    acc.wait_for_everyone()
+        on_main(lambda: start_run_dir(ctx))
+    start_trackers(acc, recipe, out_dir, runs_root)
     if acc.is_main_process:
-        ctx.log = MetricsLog(out_dir / "metrics.jsonl", tensorboard_dir=out_dir / "tensorboard"
-                             if "tensorboard" in recipe.train.trackers else None)
+        ctx.log = RunLog(out_dir / "metrics.jsonl", acc)
 
     # 3. training
     try:
@@ -106,8 +105,8 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
     monitor = monitor_of(recipe, task)[0]
     summary = {"run_dir": str(out_dir), "epochs": ctx.state.epoch, "steps": ctx.state.global_step,
                "monitor": monitor, "headline": list(task.headline_metrics(monitor)),
-               "best": read_best_metrics(out_dir), "wall_time_s": round(time.perf_counter() - started, 2),
-               "num_parameters": count_parameters(model)}
+               "best": read_best_metrics(out_dir) if acc.is_main_process else {},
+               "wall_time_s": round(time.perf_counter() - started, 2), "num_parameters": count_parameters(model)}
     if acc.is_main_process:
         files.write_json(out_dir / "summary.json", summary)
     return summary
@@ -115,8 +114,6 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
 
 def start_run_dir(ctx: TrainContext) -> None:
     """checkpoints/, the resolved recipe, the artifacts and run.json of a new run (main process)."""
-    if not ctx.is_main:
-        return
     out_dir, recipe = ctx.run_dir, ctx.recipe
     (out_dir / "checkpoints").mkdir(parents=True)
     files.atomic_write_text(out_dir / "recipe.toml", recipe.to_toml())
@@ -124,20 +121,39 @@ def start_run_dir(ctx: TrainContext) -> None:
     info = run_info(recipe.seed, [{"name": p.name, "dist": p.dist, "version": p.version, "status": p.status}
                                   for p in plugins.plugins()],
                     {"num_processes": ctx.accelerator.num_processes, "device": str(ctx.accelerator.device),
-                     "mixed_precision": recipe.train.mixed_precision, "num_parameters": count_parameters(ctx.model)})
+                     **effective_settings(recipe, warn=False).as_record(),
+                     "num_parameters": count_parameters(ctx.model)})
     files.write_json(out_dir / "run.json", info)
 
 
 def resume_from_latest(ctx: TrainContext) -> None:
-    latest = latest_checkpoint(ctx.run_dir / "checkpoints")
-    if latest is None:
-        raise CheckpointError(f"--resume {ctx.run_dir}: no complete checkpoint in {ctx.run_dir / 'checkpoints'}; "
-                              f"start a new run instead")
+    """Continue from the newest complete checkpoint, with the settings the run was started with."""
+    def find() -> Path:
+        latest = latest_checkpoint(ctx.run_dir / "checkpoints")
+        if latest is None:
+            raise CheckpointError(f"--resume {ctx.run_dir}: no complete checkpoint in "
+                                  f"{ctx.run_dir / 'checkpoints'}; start a new run instead")
+        check_same_settings(ctx)
+        return latest
+
+    latest = Path(on_main(lambda: str(find())))
     load_checkpoint(ctx, latest)
     if ctx.is_main:
         truncate_metrics(ctx.run_dir / "metrics.jsonl", ctx.state.global_step, ctx.state.event)
         print(f"deepcourse: resuming {ctx.run_dir} from {latest.name} (epoch {ctx.state.epoch + 1}, "
               f"step {ctx.state.global_step})", flush=True)
+
+
+def check_same_settings(ctx: TrainContext) -> None:
+    """A resumed run must train as it started: the effective precision and accumulation, wherever they came from."""
+    started = files.read_json(ctx.run_dir / "run.json", missing={})
+    now = effective_settings(ctx.recipe, warn=False)
+    differ = [f"{key}: the run trained with {started[key]!r}, now {value!r}"
+              for key, value in (("mixed_precision", now.mixed_precision), ("grad_accum", now.grad_accum))
+              if key in started and started[key] != value]
+    if differ:
+        raise CheckpointError(f"--resume {ctx.run_dir}: the launch settings differ from the run's; resume with the "
+                              f"same (set them in the recipe, or pass the same accelerate launch flags)", differ)
 
 
 # -- the loop -----------------------------------------------------------------------------------------------------
@@ -175,13 +191,13 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
     from tqdm.auto import tqdm
 
     acc, task, model, optimizer, state = ctx.accelerator, ctx.task, ctx.model, ctx.optimizer, ctx.state
-    cfg = ctx.recipe.train
+    cfg, accum = ctx.recipe.train, acc.gradient_accumulation_steps
     l1_params = [p for p in model.parameters() if p.requires_grad and p.ndim > 1] if cfg.l1 else []
     step_scheduler = not steps_per_evaluation(ctx.scheduler)
     model.train()
     batches = train_loader
     if state.step_in_epoch:
-        batches = acc.skip_first_batches(train_loader, state.step_in_epoch * cfg.grad_accum)
+        batches = acc.skip_first_batches(train_loader, state.step_in_epoch * accum)
     # Accelerate's loaders re-set the sampler's epoch from their own iteration counter when iterated (a fresh skip
     # loader counts from 0), so tell the loader which epoch this is; and the sampler itself, which Accelerate
     # cannot reach through a skip loader over a sharded batch sampler.
@@ -197,20 +213,21 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
         for batch in batches:
             # -- one batch: forward, backward, and (every grad_accum batches) an optimizer step ---------------------
             with acc.accumulate(model):
-                loss = task.training_step(model, batch)
+                loss, outputs = split_step(task.training_step(model, batch))
                 if cfg.l1:
                     loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
                 finite = not cfg.skip_nonfinite or bool(torch.isfinite(loss).all())
                 if finite:
                     acc.backward(loss)
-                    if acc.sync_gradients and cfg.clip_grad_norm:
-                        acc.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+                    if acc.sync_gradients and (cfg.clip_grad_norm or log_due(ctx, state.global_step + 1)):
+                        tick.grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
                     optimizer.step()
                 else:
                     state.skipped_steps += 1
                 optimizer.zero_grad(set_to_none=True)
             if finite:
                 ctx.loss.add(loss)
+                ctx.train_metrics.add(outputs)
             if not acc.sync_gradients:
                 continue
             if step_scheduler and not acc.optimizer_step_was_skipped:
@@ -221,16 +238,14 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
             bar.update(1)
 
             # -- logging, checkpoints and stop requests at step boundaries --------------------------------------
-            mean_loss = None
-            if state.global_step % cfg.log_every == 0 or state.step_in_epoch == ctx.steps_per_epoch:
-                mean_loss = log_train_step(ctx, tick, bar)
+            mean_loss = log_train_step(ctx, tick, bar) if log_due(ctx, state.global_step) else None
             for cb in ctx.callbacks:
                 cb.on_step_end(ctx, mean_loss)
-            stopping = agreed(acc, stop.requested)
+            stopping = check_due(acc, state.global_step, cfg.stop_check_every) and agreed(acc, stop.requested)
             if stopping or (cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0):
                 saved = save_checkpoint(ctx)
                 if stopping:
-                    raise Interrupted(saved)
+                    raise Interrupted(saved, stop.signum)
             if cfg.max_steps and state.global_step >= cfg.max_steps:
                 return True
         return False
@@ -238,11 +253,23 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
         bar.close()
 
 
+def split_step(result: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """`training_step` returns the loss, or (loss, per-sample outputs for the training metrics)."""
+    return result if isinstance(result, tuple) else (result, None)
+
+
+def log_due(ctx: TrainContext, step: int) -> bool:
+    """Whether optimizer step `step` (1-based) logs: every train.log_every, and the epoch's last."""
+    in_epoch = ctx.state.step_in_epoch + (step - ctx.state.global_step)
+    return step % ctx.recipe.train.log_every == 0 or in_epoch == ctx.steps_per_epoch
+
+
 class Tick:
-    """Steps and time since the last logged step, for the throughput figure."""
+    """Steps and time since the last logged step, for the throughput figure, and the last gradient norm measured."""
 
     def __init__(self) -> None:
         self.steps, self.start = 0, time.perf_counter()
+        self.grad_norm: torch.Tensor | None = None
 
     def rate(self, samples_per_step: int) -> float:
         now = time.perf_counter()
@@ -252,38 +279,47 @@ class Tick:
 
 
 def log_train_step(ctx: TrainContext, tick: Tick, bar: Any) -> float:
-    """Log the mean loss since the last log (over all processes), the learning rate and the throughput."""
-    acc, cfg = ctx.accelerator, ctx.recipe.train
+    """Log the mean loss since the last log (over all processes), the training metrics so far this epoch, the
+    learning rate, the gradient norm of this step (before clipping) and the throughput."""
+    acc = ctx.accelerator
     mean_loss = float(acc.reduce(ctx.loss.log_mean(), reduction="mean"))
     if not math.isfinite(mean_loss):
         raise_nonfinite(ctx, mean_loss)
-    rate = tick.rate(cfg.grad_accum * ctx.recipe.data.batch_size * acc.num_processes)
+    ctx.train_metrics.fold(acc)
+    rate = tick.rate(acc.gradient_accumulation_steps * ctx.recipe.data.batch_size * acc.num_processes)
     lr = ctx.optimizer.param_groups[0]["lr"]
-    log(ctx, {"split": "train", "scope": "step", "loss": mean_loss, "lr": lr, "samples_per_s": round(rate, 1)})
+    grad_norm = {"grad_norm": float(tick.grad_norm)} if tick.grad_norm is not None else {}
+    log(ctx, {"split": "train", "scope": "step", "loss": mean_loss, **ctx.train_metrics.values(), "lr": lr,
+              **grad_norm, "samples_per_s": round(rate, 1)})
     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", **{"samples/s": f"{rate:,.0f}"})
     ctx.loss.reset_log()
+    tick.grad_norm = None
     return mean_loss
 
 
 def log_epoch_loss(ctx: TrainContext, seconds: float) -> float | None:
-    """Log the epoch's mean training loss (None when no step was trained, e.g. resumed at an epoch's end)."""
+    """Log the epoch's mean training loss and training metrics (None when no step was trained, e.g. resumed at an
+    epoch's end)."""
     local = ctx.loss.epoch_mean()
     if local is None:
         return None
     epoch_loss = float(ctx.accelerator.reduce(local, reduction="mean"))
-    log(ctx, {"split": "train", "scope": "epoch", "loss": epoch_loss, "seconds": round(seconds, 3)})
+    ctx.train_metrics.fold(ctx.accelerator)
+    log(ctx, {"split": "train", "scope": "epoch", "loss": epoch_loss, **ctx.train_metrics.values(),
+              "seconds": round(seconds, 3)})
     ctx.loss.reset_epoch()  # logged: a resume during this epoch's evaluation must not log it twice
+    ctx.train_metrics.reset()
     return epoch_loss
 
 
 def evaluate_epoch(ctx: TrainContext, eval_loader: DataLoader, stop: StopRequest) -> dict[str, Any]:
     """Evaluate, log, then pick the best model, step a plateau schedule and count early-stopping patience."""
     recipe, state = ctx.recipe, ctx.state
-    metrics = evaluation_loop(ctx.accelerator, ctx.task, ctx.model, eval_loader, sharded=True,
-                              stop_flag=lambda: stop.requested, desc=f"eval {recipe.eval.split}",
+    metrics = evaluation_loop(ctx.accelerator, ctx.task, ctx.model, eval_loader, sharded=True, stop=stop,
+                              stop_check_every=recipe.train.stop_check_every, desc=f"eval {recipe.eval.split}",
                               progress=recipe.train.progress)
     if agreed(ctx.accelerator, stop.requested):
-        raise Interrupted(save_checkpoint(ctx))
+        raise Interrupted(save_checkpoint(ctx), stop.signum)
     state.evaluated_epoch = state.epoch
     log(ctx, {"split": recipe.eval.split, "scope": "epoch", **scalars(metrics)})
     for cb in ctx.callbacks:

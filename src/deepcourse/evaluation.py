@@ -21,6 +21,7 @@ from .components import make_loader
 from .data import random_subset
 from .errors import DataError
 from .schema import Recipe
+from .stopping import StopRequest, agreed, check_due
 from .task import DataBundle, Task
 
 #: `on_batch(batch, outputs)`: called after each evaluation batch, both on the evaluation device
@@ -28,10 +29,12 @@ BatchHook = Callable[[Any, dict[str, torch.Tensor]], None]
 
 
 def evaluation_loop(accelerator: Accelerator, task: Task, model: torch.nn.Module, batches: Iterable[Any], *,
-                    sharded: bool, stop_flag: Callable[[], bool] | None = None, on_batch: BatchHook | None = None,
-                    desc: str = "eval", progress: bool = True) -> dict[str, Any]:
-    """The task's metrics over `batches`. `sharded`: each process holds a shard of a prepared loader, so outputs
-    are padded and gathered across processes; otherwise this process sees every batch and moves it itself."""
+                    sharded: bool, stop: StopRequest | None = None, stop_check_every: int = 10,
+                    on_batch: BatchHook | None = None, desc: str = "eval", progress: bool = True) -> dict[str, Any]:
+    """The task's metrics over `batches`. `sharded`: each process holds a shard of a prepared loader (the same
+    number of batches everywhere), so outputs are padded and gathered across processes; otherwise this process
+    sees every batch and moves it itself. With `stop`, a stop request ends the loop early, in every process at the
+    same batch; the caller checks `stop` again afterwards."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -40,7 +43,8 @@ def evaluation_loop(accelerator: Accelerator, task: Task, model: torch.nn.Module
     seen = 0
     show = progress and accelerator.is_main_process
     with torch.no_grad():
-        for batch in tqdm(batches, desc=desc, leave=False, disable=True if not show else None, dynamic_ncols=True):
+        for index, batch in enumerate(tqdm(batches, desc=desc, leave=False, disable=True if not show else None,
+                                           dynamic_ncols=True)):
             if not sharded:
                 batch = send_to_device(batch, accelerator.device, non_blocking=True)
             outputs = task.evaluation_step(model, batch)
@@ -52,7 +56,8 @@ def evaluation_loop(accelerator: Accelerator, task: Task, model: torch.nn.Module
             metrics.update(outputs)
             if on_batch is not None:
                 on_batch(batch, outputs)
-            if stop_flag is not None and stop_flag():
+            if stop is not None and check_due(accelerator, index + 1, stop_check_every) and \
+                    agreed(accelerator, stop.requested):
                 break
     return {**metrics.compute(), "num_samples": seen}
 

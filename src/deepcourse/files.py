@@ -1,8 +1,9 @@
 """Files a run writes and reads: atomic text and folders, JSON, safetensors, and loading that never runs code.
 
 A file is written under a temporary name and renamed into place (a folder likewise), so a crash mid-write never
-leaves something that looks complete. Weights and tensors are safetensors, small state is JSON, and the
-optimizer/scheduler state that only torch can serialise is read with `weights_only=True`.
+leaves something that looks complete. Weights and tensors are safetensors, and every other piece of state
+(optimizer, schedule, gradient scaler) is JSON beside a safetensors file for its tensors (`save_state`), so no file
+deepcourse writes is ever unpickled. Older runs' `.pt` files are read with `weights_only=True` (`safe_torch_load`).
 """
 from __future__ import annotations
 
@@ -125,6 +126,54 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: file missing") from None
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: cannot read tensors: {exc}") from None
+
+
+# -- state dicts (optimizer, schedule, scaler) as JSON + safetensors ---------------------------------------------------
+def save_state(state: Any, stem: Path) -> None:
+    """Write a state dict as `stem.json` (its structure and plain values) and `stem.safetensors` (its tensors)."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split(state, "", tensors)
+    save_tensors(tensors, stem.with_name(stem.name + ".safetensors"))
+    write_json(stem.with_name(stem.name + ".json"), skeleton)
+
+
+def load_state(stem: Path) -> Any:
+    """The state dict `save_state` wrote (tensors on the CPU)."""
+    tensors = load_tensors(stem.with_name(stem.name + ".safetensors"))
+    return _join(read_json(stem.with_name(stem.name + ".json")), tensors)
+
+
+def has_state(stem: Path) -> bool:
+    return stem.with_name(stem.name + ".json").exists()
+
+
+def _split(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        name = key or "value"
+        tensors[name] = value
+        return {"__tensor__": name}
+    if isinstance(value, dict):  # keys keep their type: optimizer states are keyed by parameter index
+        return {"__dict__": [[k, _split(v, f"{key}.{k}" if key else str(k), tensors)] for k, v in value.items()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_split(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_split(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"state entry {key or '(top)'} is a {type(value).__name__}, which has no safe file form")
+
+
+def _join(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_join(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return tensors[value["__tensor__"]]
+        if "__tuple__" in value:
+            return tuple(_join(v, tensors) for v in value["__tuple__"])
+        if "__dict__" in value:
+            return {k: _join(v, tensors) for k, v in value["__dict__"]}
+    return value
 
 
 def safe_torch_load(path: Path) -> Any:

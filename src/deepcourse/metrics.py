@@ -25,6 +25,25 @@ class Metric:
     def compute(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def state_dict(self) -> dict[str, Any]:
+        """The metric's attributes (its sums and settings: plain values and tensors), as JSON, so a checkpoint can
+        carry a running training metric and a resumed run continues it. Override for other kinds of state."""
+        state: dict[str, Any] = {}
+        for key, value in vars(self).items():
+            if isinstance(value, torch.Tensor):
+                state[key] = {"tensor": value.tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
+            elif value is None or isinstance(value, (bool, int, float, str, list, dict)):
+                state[key] = value
+            else:
+                raise TypeError(f"{type(self).__name__}.{key} is a {type(value).__name__}: override state_dict")
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, value in state.items():
+            if isinstance(value, dict) and set(value) == {"tensor", "dtype"}:
+                value = torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]))
+            setattr(self, key, value)
+
 
 @METRICS.register("mean_loss")
 class MeanLoss(Metric):
@@ -135,6 +154,13 @@ class MetricCollection(Metric):
         for m in self.metrics:
             out.update(m.compute())
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"metrics": [m.state_dict() for m in self.metrics]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for metric, saved in zip(self.metrics, state["metrics"], strict=True):
+            metric.load_state_dict(saved)
 
 
 def scalars(metrics: Mapping[str, Any]) -> dict[str, float]:

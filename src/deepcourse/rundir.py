@@ -96,37 +96,22 @@ def remove_unstarted(path: Path) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON object per event to metrics.jsonl, flushed at once so a crash loses nothing logged;
-    mirrors the numbers to TensorBoard (`<split>/<metric>` tags) when `train.trackers` asks for it."""
+    """Appends one JSON object per event to metrics.jsonl, flushed at once so a crash loses nothing logged."""
 
-    def __init__(self, path: Path | None, tensorboard_dir: Path | None = None) -> None:
+    def __init__(self, path: Path | None) -> None:
         self.path = path
         self._file: TextIO | None = open(path, "a", encoding="utf-8") if path else None
-        self._tb = None
-        if tensorboard_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(tensorboard_dir))
 
     def write(self, record: Mapping[str, Any]) -> None:
         if self._file is None:
             return
         self._file.write(to_json(record, indent=None) + "\n")
         self._file.flush()
-        if self._tb is not None:
-            prefix = record.get("split", "train") + ("_epoch" if record.get("scope") == "epoch" and
-                                                       record.get("split") == "train" else "")
-            for key, value in record.items():
-                if key not in ("event", "epoch", "step", "split", "scope") and isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"{prefix}/{key}", value, record.get("step", 0))
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

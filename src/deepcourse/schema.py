@@ -61,6 +61,9 @@ class DataSection(_Open):
     group_by_length: bool = doc(
         False, "batch sentences of similar length together (less padding, faster epochs on variable-length data); "
                "batches stay random in content and order")
+    on_device: bool = doc(
+        False, "keep the decoded dataset on the training device (a GPU), so a step moves no data from the host: for "
+               "data held as tensors (ArrayDataset) that fits beside the model, such as MNIST or CIFAR-10 (150 MB)")
 
 
 class ModelSection(_Open):
@@ -76,6 +79,24 @@ class SchedulerSection(_Open):
                                 "evaluation)")
 
 
+#: torch.compile backends, as Accelerate names them (accelerate.utils.DynamoBackend, less "no"); a test keeps the
+#: two lists equal
+CompileBackend = Literal["eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nvprims_nvfuser", "cudagraphs", "ofi",
+                         "fx2trt", "onnxrt", "tensorrt", "aot_torchxla_trace_once", "torchxla_trace_once", "tvm",
+                         "hpu_backend", "neuron"]
+#: experiment trackers Accelerate logs to (accelerate.utils.LoggerType, less "all"); a test keeps them equal
+Tracker = Literal["aim", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab"]
+
+
+class CompileOptions(_Strict):
+    backend: CompileBackend = doc("inductor", "torch.compile backend (eager and aot_eager only trace: quick to check "
+                                              "that a model compiles)")
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = doc(
+        None, "torch.compile mode (default: torch's)")
+    fullgraph: bool = doc(False, "fail instead of splitting the model into several graphs")
+    dynamic: bool | None = doc(None, "trace with dynamic shapes (default: torch decides)")
+
+
 class EarlyStopping(_Strict):
     patience: PositiveInt = doc(..., "evaluations without improvement before stopping")
     min_delta: NonNegFloat = doc(0.0, "smallest change that counts as an improvement")
@@ -85,9 +106,16 @@ class TrainSection(_Strict):
     epochs: PositiveInt = doc(10, "passes over the training data")
     max_steps: PositiveInt | None = doc(None, "stop after this many optimizer steps (smoke runs), evaluating at the "
                                               "end")
-    mixed_precision: Literal["no", "bf16", "fp16"] = doc(
-        "no", "no, bf16 (CPU or recent GPUs) or fp16 (GPU, with a gradient scaler)")
-    grad_accum: PositiveInt = doc(1, "batches per optimizer step")
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = doc(
+        None, "no, bf16 (CPU or recent GPUs) or fp16 (CUDA GPUs, with a gradient scaler); unset: what the launcher "
+              "says (`accelerate launch --mixed_precision`, or its config file), else no. A value here wins over the "
+              "launcher's, with a warning when they differ")
+    grad_accum: PositiveInt | None = doc(
+        None, "batches per optimizer step; unset: Accelerate's ACCELERATE_GRADIENT_ACCUMULATION_STEPS, else 1. A "
+              "value here wins, with a warning when they differ")
+    compile: bool | CompileOptions | None = doc(
+        None, "torch.compile the model: true (inductor) or {backend = ..., mode = ...}; unset: what the launcher says "
+              "(`accelerate launch --dynamo_backend`), else off. Weights are always saved uncompiled")
     clip_grad_norm: PositiveFloat | None = doc(None, "clip the global gradient norm to this value")
     l1: NonNegFloat = doc(0.0, "L1 penalty on weight matrices and kernels, added to the loss (weight decay is L2)")
     monitor: str | None = doc(None, "validation metric that picks the best epoch and drives early stopping "
@@ -100,11 +128,20 @@ class TrainSection(_Strict):
     log_every: PositiveInt = doc(50, "log the training loss every N optimizer steps")
     deterministic: bool = doc(False, "ask torch for deterministic algorithms (slower)")
     skip_nonfinite: bool = doc(False, "skip steps whose loss is NaN/inf instead of stopping")
-    trackers: list[Literal["tensorboard"]] = doc([], "extra loggers besides metrics.jsonl: tensorboard")
+    trackers: list[Tracker] = doc(
+        [], "experiment trackers besides metrics.jsonl, through Accelerate: tensorboard, mlflow, wandb, aim, comet_ml, "
+            "clearml, dvclive, trackio, swanlab (each needs its package); the recipe is logged as hyperparameters")
     progress: bool = doc(True, "progress bars on a terminal")
     device: Literal["auto", "cpu"] = doc("auto", "auto (GPU when there is one) or cpu")
     threads: PositiveInt | None = doc(None, "torch CPU threads per process (the caller's setting is restored "
                                             "after the run)")
+    stop_check_every: PositiveInt = doc(
+        10, "with several processes, agree on a Ctrl-C or SIGTERM every N optimizer steps (and evaluation batches): one "
+            "small all-reduce per N steps instead of a host sync on every step")
+    tf32: bool | None = doc(None, "TF32 matrix products and convolutions on NVIDIA GPUs (Ampere and newer): faster "
+                                  "float32 with a 10-bit mantissa; unset: torch's defaults")
+    cudnn_benchmark: bool = doc(False, "let cuDNN time its convolution algorithms for each input shape and keep the "
+                                       "fastest (fixed image sizes; not deterministic)")
     keep_freed_memory: bool = doc(
         True, "on Linux (glibc), keep freed memory for reuse instead of page-faulting it back every step (see "
               "deepcourse.allocator); false restores glibc's defaults")
@@ -171,8 +208,8 @@ class Recipe(_Strict):
 #: Each table by its key path, in the order the reference documents them ("" is the top level).
 SECTION_MODELS: dict[str, type[BaseModel]] = {
     "": Recipe, "task": TaskSection, "data": DataSection, "model": ModelSection, "optimizer": OptimizerSection,
-    "scheduler": SchedulerSection, "train": TrainSection, "train.early_stopping": EarlyStopping, "eval": EvalSection,
-    "sweep": SweepSection,
+    "scheduler": SchedulerSection, "train": TrainSection, "train.compile": CompileOptions,
+    "train.early_stopping": EarlyStopping, "eval": EvalSection, "sweep": SweepSection,
 }
 #: Tables whose `name` picks a builder from a registry, and that registry.
 BUILDER_SECTIONS = {"task": "tasks", "data": "datasets", "model": "models", "optimizer": "optimizers",
@@ -189,7 +226,8 @@ CONTEXT_KEYS = {"optimizer": ("params",),
 #: change them, and `compare` does not label runs by them. (Not epochs: schedules such as one-cycle are laid out
 #: over the original length.)
 NON_COMPUTING_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                      "train.threads", "train.keep_freed_memory", "train.trackers", "train.callbacks", "sweep")
+                      "train.threads", "train.keep_freed_memory", "train.trackers", "train.callbacks",
+                      "train.stop_check_every", "data.on_device", "sweep")
 
 
 def _plain(value: Any) -> bool:

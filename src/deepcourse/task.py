@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from .schema import DataSection, ModelSection, Recipe
 
 
+#: per-sample tensors of a batch, the batch as first dimension ("preds", "targets", ...)
+Outputs = dict[str, torch.Tensor]
+
+
 @dataclass
 class DataBundle:
     """What a task's data set-up hands the engine.
@@ -80,8 +84,9 @@ class Task:
         return call_builder(MODELS.get(model.name), model.options, loc="model", provided=facts)
 
     # -- hot path -------------------------------------------------------------------------------------------------
-    def training_step(self, model: nn.Module, batch: Any) -> torch.Tensor:
-        """Return the scalar loss of one batch (already on the training device)."""
+    def training_step(self, model: nn.Module, batch: Any) -> torch.Tensor | tuple[torch.Tensor, Outputs]:
+        """Return the scalar loss of one batch (already on the training device); or `(loss, outputs)` with per-sample
+        tensors (as `evaluation_step` returns them) for the training metrics of `create_train_metrics`."""
         raise NotImplementedError
 
     def evaluation_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
@@ -91,6 +96,12 @@ class Task:
 
     def create_metrics(self) -> MetricCollection:
         raise NotImplementedError
+
+    def create_train_metrics(self) -> MetricCollection | None:
+        """Metrics of the training split, updated from the outputs `training_step` returns (logged at each logging
+        step and epoch, beside the training loss, so a report shows train against validation). Keep them cheap:
+        accuracy, not a decoder's F1. Default: none."""
+        return None
 
     def setup_example(self, facts: Mapping[str, Any], batch_size: int = 1) -> Any:
         """Set the task up as for a trained run with these `facts` (as `setup_data` does from saved artifacts) and
