@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +29,22 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None, timeo
             ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "deepcourse", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def launch(args: list[str], env: dict[str, str], *, processes: int = 2, port: int = 29517, timeout: int = 300,
+           popen: bool = False) -> Any:
+    """`accelerate launch` N CPU processes (gloo) running the deepcourse CLI; with popen=True, the started launcher
+    in a process group of its own (to send it Ctrl-C as a terminal would)."""
+    # `accelerate launch --cpu --num_processes 2` starts ONE process without mpirun (accelerate issue #2741);
+    # --multi_gpu on a machine whose GPUs are hidden runs N CPU processes with gloo.
+    env = {**env, "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(port), "-m", "deepcourse", *args]
+    if popen:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 TOY_RECIPE = """\

@@ -2,25 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from core_support import final_weights, run_cli
+from core_support import final_weights, launch, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def launch(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    # `accelerate launch --cpu --num_processes 2` starts ONE process without mpirun (accelerate issue #2741);
-    # --multi_gpu on a machine whose GPUs are hidden runs N CPU processes with gloo.
-    env = {**env, "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", "29517", "-m", "deepcourse", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_two_processes_train_and_evaluate_every_sample_once(tmp_path: Path, toy_recipe: Path, cli_env) -> None:

@@ -63,3 +63,43 @@ def test_the_python_example_in_getting_started_runs(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test accuracy" in out.stdout and "on 360 images" in out.stdout
     assert list((tmp_path / "runs" / "quickstart").glob("*/best/model.safetensors"))
+
+
+def test_the_gpu_check_runs_every_leg_in_smoke_mode(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py on a CPU with a tiny CIFAR-like shard: every leg runs and reports its figures."""
+    pytest.importorskip("deepcourse_vision")
+    import io
+
+    import numpy as np
+    from datasets import ClassLabel, Dataset, Features, Image
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(0)
+
+    def png(label: int) -> bytes:
+        buf = io.BytesIO()
+        array = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8)
+        array[label * 3:label * 3 + 3] = 230
+        PILImage.fromarray(array).save(buf, format="PNG")
+        return buf.getvalue()
+
+    labels = [i % 10 for i in range(400)]
+    folder = tmp_path / "data" / "cifar10"
+    folder.mkdir(parents=True)
+    features = Features({"img": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
+    Dataset.from_dict({"img": [{"bytes": png(y), "path": None} for y in labels], "label": labels},
+                      features=features).to_parquet(str(folder / "train-00000-of-00002.parquet"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--data", str(tmp_path / "data"),
+                          "--smoke", "--out", str(tmp_path / "check.json")], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert [leg["leg"] for leg in report["legs"]] == ["fp32 eager", "bf16 eager", "bf16 compiled",
+                                                       "bf16 eager, data on the GPU", "bf16, accuracy run"]
+    assert all(leg["images_per_s"] > 0 and leg["last_epoch_s"] > 0 for leg in report["legs"])
+    assert report["smoke"] and 0 <= report["legs"][-1]["held_out_accuracy"] <= 1
+    assert report["legs"][-1]["held_out_images"] == 64  # of the 80 held out (20%), never trained on
+    assert "| bf16 compiled |" in out.stdout

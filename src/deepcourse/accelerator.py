@@ -177,17 +177,20 @@ def make_accelerator(recipe: Recipe, *, trackers: bool = True, warn: bool = True
 
 
 def check_trackers(names: list[str]) -> None:
-    """Each tracker's package must be importable: say which one to install, before a run directory exists."""
-    packages = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "aim": "aim",
-                "comet_ml": "comet_ml", "clearml": "clearml", "dvclive": "dvclive", "trackio": "trackio",
-                "swanlab": "swanlab"}
+    """Each tracker's package must be importable: say what to install, before a run directory exists."""
     import importlib.util
 
-    missing = [name for name in names if importlib.util.find_spec(packages[name]) is None]
-    if missing:
-        raise RecipeError("train.trackers: " + "; ".join(
-            f"'{name}' needs the {packages[name]} package (pip install {'mlflow-skinny' if name == 'mlflow' else name})"
-            for name in missing))
+    needs = {name: [name] for name in names}
+    if "mlflow" in needs and "MLFLOW_TRACKING_URI" not in os.environ:
+        needs["mlflow"] += ["sqlalchemy", "alembic"]  # the local sqlite store (deepcourse.tracking)
+    hints = {"tensorboard": "pip install tensorboard (or deepcourse[tensorboard])",
+             "mlflow": "pip install 'deepcourse[mlflow]' (mlflow-skinny, sqlalchemy, alembic)"}
+    problems = [f"'{name}' needs the {', '.join(missing)} package{'s' if len(missing) > 1 else ''} "
+                f"({hints.get(name, f'pip install {name}')})"
+                for name, modules in needs.items()
+                if (missing := [m for m in modules if importlib.util.find_spec(m) is None])]
+    if problems:
+        raise RecipeError("train.trackers: " + "; ".join(problems))
 
 
 def apply_gpu_flags(recipe: Recipe) -> None:

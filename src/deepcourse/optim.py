@@ -25,48 +25,64 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 Eps = Annotated[float, Field(gt=0)]
 
 
+def kernels(foreach: bool | None, fused: bool | None) -> dict[str, bool]:
+    """torch's implementation choice: `foreach` (one kernel per group of tensors) or `fused` (one kernel for the whole
+    update, fastest on a GPU); unset lets torch pick. The two exclude each other."""
+    if foreach and fused:
+        from .errors import RecipeError
+
+        raise RecipeError("optimizer.fused and optimizer.foreach: choose one (fused is the faster on a GPU)")
+    return {k: v for k, v in (("foreach", foreach), ("fused", fused)) if v is not None}
+
+
 @OPTIMIZERS.register("sgd")
 def sgd(params: Params, lr: Lr = 0.1, momentum: Momentum = 0.0, nesterov: bool = False,
-        weight_decay: Decay = 0.0, dampening: Annotated[float, Field(ge=0, le=1)] = 0.0) -> torch.optim.Optimizer:
+        weight_decay: Decay = 0.0, dampening: Annotated[float, Field(ge=0, le=1)] = 0.0,
+        foreach: bool | None = None, fused: bool | None = None) -> torch.optim.Optimizer:
     """Stochastic gradient descent, optionally with (Nesterov) momentum and L2 weight decay."""
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                           weight_decay=weight_decay, dampening=dampening)
+                           weight_decay=weight_decay, dampening=dampening, **kernels(foreach, fused))
 
 
 @OPTIMIZERS.register("adam")
 def adam(params: Params, lr: Lr = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999), eps: Eps = 1e-8,
-         weight_decay: Decay = 0.0, amsgrad: bool = False) -> torch.optim.Optimizer:
+         weight_decay: Decay = 0.0, amsgrad: bool = False, foreach: bool | None = None,
+         fused: bool | None = None) -> torch.optim.Optimizer:
     """Adam; weight_decay here is the classic L2 penalty added to the gradient."""
-    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                            **kernels(foreach, fused))
 
 
 @OPTIMIZERS.register("adamw")
 def adamw(params: Params, lr: Lr = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999), eps: Eps = 1e-8,
-          weight_decay: Decay = 0.01, amsgrad: bool = False) -> torch.optim.Optimizer:
+          weight_decay: Decay = 0.01, amsgrad: bool = False, foreach: bool | None = None,
+          fused: bool | None = None) -> torch.optim.Optimizer:
     """Adam with decoupled weight decay (Loshchilov & Hutter)."""
-    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                             **kernels(foreach, fused))
 
 
 @OPTIMIZERS.register("rmsprop")
 def rmsprop(params: Params, lr: Lr = 1e-2, alpha: Beta = 0.99, eps: Eps = 1e-8, weight_decay: Decay = 0.0,
-            momentum: Momentum = 0.0, centered: bool = False) -> torch.optim.Optimizer:
+            momentum: Momentum = 0.0, centered: bool = False, foreach: bool | None = None) -> torch.optim.Optimizer:
     """RMSprop (Hinton's lecture 6e)."""
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                               momentum=momentum, centered=centered)
+                               momentum=momentum, centered=centered, **kernels(foreach, None))
 
 
 @OPTIMIZERS.register("adagrad")
 def adagrad(params: Params, lr: Lr = 1e-2, lr_decay: Decay = 0.0, weight_decay: Decay = 0.0,
-            eps: Eps = 1e-10) -> torch.optim.Optimizer:
+            eps: Eps = 1e-10, foreach: bool | None = None, fused: bool | None = None) -> torch.optim.Optimizer:
     """AdaGrad: per-parameter rates shrinking with the sum of squared gradients."""
-    return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps)
+    return torch.optim.Adagrad(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+                               **kernels(foreach, fused))
 
 
 @OPTIMIZERS.register("adadelta")
 def adadelta(params: Params, lr: Lr = 1.0, rho: Beta = 0.9, eps: Eps = 1e-6,
-             weight_decay: Decay = 0.0) -> torch.optim.Optimizer:
+             weight_decay: Decay = 0.0, foreach: bool | None = None) -> torch.optim.Optimizer:
     """AdaDelta (Zeiler 2012)."""
-    return torch.optim.Adadelta(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay)
+    return torch.optim.Adadelta(params, lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, **kernels(foreach, None))
 
 
 # -- schedules ----------------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from .rundir import RunData, read_run
 
 
 def plot_curves(run: RunData, out: Path) -> list[Figure]:
-    """Loss and each validation metric per epoch, learning rate and throughput per step."""
+    """Loss and each validation metric per epoch (with the training split's, when the task measures it), learning
+    rate, gradient norm and throughput per step."""
     plt = pyplot()
     figures: list[Figure] = []
     split = run.eval_split
@@ -41,15 +42,21 @@ def plot_curves(run: RunData, out: Path) -> list[Figure]:
             continue
         e, v = run.epoch_series(split, metric)
         fig, ax = plt.subplots(figsize=FIGSIZE)
+        te, tv = run.epoch_series("train", metric)
+        if te:
+            ax.plot(te, tv, "o-", color="tab:blue", label="train (running, augmented batches)")
         ax.plot(e, v, "s-", color="tab:orange", label=split)
         if v:
             best = max(v) if metric not in ("loss",) else min(v)
             ax.axhline(best, color="grey", ls="--", lw=1, label=f"best {best:.4f}")
         ax.set(title=f"{run.name}: {nice(metric)}", xlabel="epoch", ylabel=nice(metric))
         ax.legend()
-        figures.append(save_figure(fig, out, f"{metric}.png", nice(metric).capitalize(), f"{split} {nice(metric)} per "
-                                                                                    "epoch."))
+        against = f"Training (over each epoch's batches, as trained) and {split}" if te else split.capitalize()
+        figures.append(save_figure(fig, out, f"{metric}.png", nice(metric).capitalize(),
+                                   f"{against} {nice(metric)} per epoch."))
     for key, label, caption in (("lr", "learning rate", "Learning rate at each logged step."),
+                                ("grad_norm", "gradient norm", "Norm of all gradients at each logged step, before "
+                                                               "clipping (train.clip_grad_norm)."),
                                 ("samples_per_s", "samples / s", "Training throughput between logged steps.")):
         s, v = run.step_series(key)
         if not v:

@@ -6,16 +6,18 @@ interrupted sweep loses at most the steps since each run's last checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import itertools
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -109,7 +111,36 @@ def _label(value: Any) -> str:
     return toml_literal(value).strip('"') if isinstance(value, (bool, str)) else str(value)
 
 
-def run_point(recipe: Path, point: dict[str, Any], folder: Path) -> int:
+def visible_gpus() -> list[str]:
+    """The GPUs sweep jobs may use: those CUDA_VISIBLE_DEVICES lists when it is set (empty: none), else every GPU
+    torch sees."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+class DeviceSlots:
+    """Hands each running job a GPU of its own (round robin when there are more jobs than GPUs): without it every
+    job would start on the default GPU, 0. Without GPUs, jobs keep the environment they have."""
+
+    def __init__(self, jobs: int, gpus: Sequence[str]) -> None:
+        self.free: queue.Queue[str | None] = queue.Queue()
+        for i in range(max(1, jobs)):
+            self.free.put(gpus[i % len(gpus)] if gpus else None)
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[dict[str, str]]:
+        gpu = self.free.get()
+        try:
+            yield {} if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu}
+        finally:
+            self.free.put(gpu)
+
+
+def run_point(recipe: Path, point: dict[str, Any], folder: Path, env: Mapping[str, str] | None = None) -> int:
     """Run (or resume) one point in a subprocess: a failing run does not take the sweep down."""
     run_dir = folder / point["dir"]
     if (run_dir / "summary.json").exists():
@@ -125,8 +156,8 @@ def run_point(recipe: Path, point: dict[str, Any], folder: Path) -> int:
             cmd += ["--set", o]
     cmd += ["--no-report"]
     with open(folder / f"{point['dir']}.log", "a", encoding="utf-8") as log:
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ,
-                                                                                "PYTHONUNBUFFERED": "1"}).returncode
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}).returncode
 
 
 def sweep(recipe: Path, grids: Sequence[str], *, seeds: int | None = None, overrides: Sequence[str] = (),
@@ -147,10 +178,14 @@ def sweep(recipe: Path, grids: Sequence[str], *, seeds: int | None = None, overr
         atomic_write_text(folder / "sweep.json", to_json(
             {"recipe": str(recipe.resolve()), "grids": list(grids), "seeds": seeds, "overrides": list(overrides),
              "points": points}))
-    echo(f"sweep: {len(points)} runs in {folder} ({jobs} at a time)")
+    gpus = visible_gpus()
+    slots = DeviceSlots(jobs, gpus)
+    echo(f"sweep: {len(points)} runs in {folder} ({jobs} at a time" +
+         (f", each on its own GPU of {', '.join(gpus)})" if gpus else ")"))
 
     def one(point: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        code = run_point(recipe, point, folder)
+        with slots.take() as env:
+            code = run_point(recipe, point, folder, env)
         log = folder / f"{point['dir']}.log"
         status = "done" if code == 0 else f"FAILED (exit {code}, see {log})"
         echo(f"  {status}: {point['label']} (seed {point['seed']})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,17 @@ from accelerate import Accelerator
 from . import files
 from .recipe import flatten
 from .rundir import MetricsLog
-from .schema import Recipe
+from .schema import NON_COMPUTING_KEYS, Recipe
 
 TRACKERS_FILE = "trackers.json"
 NOT_LOGGED = ("event", "epoch", "step", "split", "scope")
 
 
 def hyperparameters(recipe: Recipe) -> dict[str, int | float | str | bool]:
-    """The resolved recipe as flat `key.path -> value` pairs; lists and tables as JSON text (what trackers take)."""
+    """The resolved recipe as flat `key.path -> value` pairs, lists and tables as JSON text (what trackers take),
+    without the keys that change only how a run logs and saves: a resumed run has exactly the same ones."""
     return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
-            for k, v in flatten(recipe.to_dict()).items()}
+            for k, v in flatten(recipe.to_dict()).items() if not k.startswith(NON_COMPUTING_KEYS)}
 
 
 def start_trackers(accelerator: Accelerator, recipe: Recipe, run_dir: Path, runs_root: Path) -> None:
@@ -38,18 +40,37 @@ def start_trackers(accelerator: Accelerator, recipe: Recipe, run_dir: Path, runs
     accelerator.project_configuration.logging_dir = str(run_dir / "trackers")
     init: dict[str, dict[str, Any]] = {}
     if "mlflow" in recipe.train.trackers:
-        if "MLFLOW_TRACKING_URI" not in os.environ and accelerator.is_main_process:
-            import mlflow
-
-            mlflow.set_tracking_uri(f"sqlite:///{(runs_root / 'mlflow.db').resolve()}")
-        earlier = files.read_json(run_dir / TRACKERS_FILE, missing={}).get("mlflow_run_id") \
-            if accelerator.is_main_process else None
-        init["mlflow"] = {"run_name": run_dir.name, "logging_dir": str((runs_root / "mlflow-artifacts").resolve()),
-                          **({"run_id": earlier} if earlier else {})}
+        init["mlflow"] = {"run_name": run_dir.name, "logging_dir": str((runs_root / "mlflow-artifacts").resolve())}
+        if accelerator.is_main_process:
+            init["mlflow"].update(mlflow_run(run_dir, runs_root))
     accelerator.init_trackers(recipe.name, config=hyperparameters(recipe), init_kwargs=init)
     if "mlflow" in recipe.train.trackers and accelerator.is_main_process:
+        import mlflow
+
         run = accelerator.get_tracker("mlflow", unwrap=True)
-        files.write_json(run_dir / TRACKERS_FILE, {"mlflow_run_id": run.info.run_id})
+        files.write_json(run_dir / TRACKERS_FILE, {"mlflow_run_id": run.info.run_id,
+                                                   "mlflow_tracking_uri": mlflow.get_tracking_uri()})
+
+
+def mlflow_run(run_dir: Path, runs_root: Path) -> dict[str, str]:
+    """Point MLflow at its store (the user's MLFLOW_TRACKING_URI; a resumed run's own store; else a local sqlite file
+    beside the runs) and return the run to continue, if this run has one there."""
+    import mlflow
+
+    earlier = files.read_json(run_dir / TRACKERS_FILE, missing={})
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        mlflow.set_tracking_uri(earlier.get("mlflow_tracking_uri") or
+                                f"sqlite:///{(runs_root / 'mlflow.db').resolve()}")
+    run_id = earlier.get("mlflow_run_id")
+    if not run_id:
+        return {}
+    try:
+        mlflow.tracking.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        print(f"deepcourse: warning: MLflow run {run_id} of {run_dir} is not in {mlflow.get_tracking_uri()}; the "
+              f"resumed run logs to a new MLflow run", file=sys.stderr, flush=True)
+        return {}
+    return {"run_id": run_id}
 
 
 class RunLog:
@@ -72,5 +93,6 @@ class RunLog:
     def close(self) -> None:
         self.file.close()
         if self.accelerator is not None:
-            self.accelerator.end_training()
+            for tracker in self.accelerator.trackers:  # not end_training(): it also ends the process group
+                tracker.finish()
             self.accelerator = None

@@ -127,7 +127,7 @@ def test_label_smoothing_and_augmentation_reach_the_training_step() -> None:
         model = task.build_model(recipe.model, bundle.facts)
         batch = bundle.splits["train"].__getitems__(list(range(32)))
         torch.manual_seed(1)
-        return float(task.training_step(model, batch).detach())
+        return float(task.training_step(model, batch)[0].detach())  # (loss, outputs for the training accuracy)
 
     plain = loss("task.label_smoothing=0.0")
     assert loss("task.label_smoothing=0.0") == plain  # deterministic under the seed

@@ -191,9 +191,11 @@ class ImageClassification(Task):
         return model(x)
 
     # -- hot path ----------------------------------------------------------------------------------------------------
-    def training_step(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def training_step(self, model: nn.Module, batch: Mapping[str, torch.Tensor]
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self._forward(model, self.pipeline(batch["image"], train=True))
-        return F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)
+        return loss, {"preds": logits.detach().argmax(-1), "targets": batch["label"]}  # for the training accuracy
 
     def log_probs(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of a uint8 batch, averaged in probability space over the TTA views."""
@@ -217,6 +219,11 @@ class ImageClassification(Task):
             metrics.append(TopKAccuracy(self.topk))
         metrics.append(ConfusionMatrix(n, self.class_names))
         return MetricCollection(*metrics)
+
+    def create_train_metrics(self) -> MetricCollection:
+        """Accuracy on the (augmented) training batches, running over the epoch: beside the validation accuracy it
+        shows over-fitting, and the gap augmentation and label smoothing leave."""
+        return MetricCollection(Accuracy())
 
     def describe_metrics(self, metrics: Mapping[str, Any]) -> Iterable[str]:
         per_class = metrics.get("per_class_accuracy") or {}

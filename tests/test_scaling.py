@@ -1,0 +1,276 @@
+"""The same recipe from one CPU process to several processes and machines: launcher settings, compile, stops that
+every process agrees on, checkpoints written by the main process alone, trackers, and the GPU-side options (checked
+for equal results where a CPU can run them)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core_support import final_weights, launch, run_cli
+
+TIMING_KEYS = {"samples_per_s", "seconds"}
+
+
+def rows(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = final_weights(a), final_weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# -- launcher against recipe --------------------------------------------------------------------------------------
+def test_launcher_settings_apply_unless_the_recipe_sets_its_own(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    env = {**cli_env, "ACCELERATE_MIXED_PRECISION": "bf16", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"}
+    out = run_cli(["run", str(toy_recipe), "--run-dir", str(tmp_path / "launcher"), "--no-report"], env)
+    assert out.returncode == 0, out.stderr
+    info = json.loads((tmp_path / "launcher" / "run.json").read_text())
+    assert (info["mixed_precision"], info["grad_accum"]) == ("bf16", 4)
+    assert info["settings_from"] == {"mixed_precision": "launcher", "grad_accum": "launcher", "compile": "default"}
+    epochs = [r["step"] for r in rows(tmp_path / "launcher") if r["split"] == "train" and r["scope"] == "epoch"]
+    assert epochs == [3, 6, 9]  # 10 batches an epoch, 4 per optimizer step: the accelerator's count, not 1's
+    out = run_cli(["run", str(toy_recipe), "--run-dir", str(tmp_path / "recipe"), "--no-report",
+                   "--set", "train.mixed_precision='no'", "--set", "train.grad_accum=2"], env)
+    assert out.returncode == 0, out.stderr
+    assert "warning: train.mixed_precision = 'no' (the recipe's) is used; the launcher says 'bf16'" in out.stderr
+    assert "warning: train.grad_accum = 2 (the recipe's) is used; the launcher says 4" in out.stderr
+    info = json.loads((tmp_path / "recipe" / "run.json").read_text())
+    assert (info["mixed_precision"], info["grad_accum"], info["settings_from"]["grad_accum"]) == ("no", 2, "recipe")
+    resumed = run_cli(["run", "--resume", str(tmp_path / "launcher")], {**cli_env, "ACCELERATE_MIXED_PRECISION": "no"})
+    assert resumed.returncode == 2 and "Traceback" not in resumed.stderr
+    assert "mixed_precision: the run trained with 'bf16', now 'no'" in resumed.stderr
+
+
+def test_what_cannot_run_here_exits_2_naming_what_can(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    runs = tmp_path / "runs"
+    out = run_cli(["run", str(toy_recipe), "--runs-root", str(runs), "--set", "train.mixed_precision='fp16'"],
+                  cli_env)
+    assert out.returncode == 2 and "train.mixed_precision: 'fp16' needs a CUDA GPU" in out.stderr
+    assert "Valid here: 'bf16' (CPU autocast) or 'no'" in out.stderr
+    out = run_cli(["run", str(toy_recipe), "--runs-root", str(runs)], {**cli_env, "ACCELERATE_MIXED_PRECISION": "fp16"})
+    assert out.returncode == 2 and "accelerate launch --mixed_precision (ACCELERATE_MIXED_PRECISION): 'fp16'" in out.stderr
+    for variable, flag in (("ACCELERATE_USE_FSDP", "--use_fsdp"), ("ACCELERATE_USE_DEEPSPEED", "--use_deepspeed")):
+        out = run_cli(["run", str(toy_recipe), "--runs-root", str(runs)], {**cli_env, variable: "true"})
+        assert out.returncode == 2 and f"accelerate launch {flag}: " in out.stderr and "--multi_gpu" in out.stderr
+        assert "Traceback" not in out.stderr
+    assert not runs.exists()
+
+
+# -- compile ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", ["recipe", "launcher"])
+def test_a_compiled_run_saves_plain_weights_and_evaluates(tmp_path: Path, toy_recipe: Path, cli_env, how: str) -> None:
+    run = tmp_path / "compiled"
+    args = ["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.epochs=1"]
+    env = dict(cli_env)
+    if how == "recipe":
+        args += ["--set", "train.compile={backend = 'eager'}"]
+    else:
+        env["ACCELERATE_DYNAMO_BACKEND"] = "EAGER"  # what `accelerate launch --dynamo_backend eager` exports
+    out = run_cli(args, env)
+    assert out.returncode == 0, out.stderr
+    info = json.loads((run / "run.json").read_text())
+    assert info["compile"]["backend"] == "eager" and info["settings_from"]["compile"] == how
+    for weights in (run / "best" / "model.safetensors", sorted((run / "checkpoints").glob("step-*"))[-1] /
+                    "model.safetensors"):
+        assert not any(k.startswith("_orig_mod") for k in load_file(str(weights)))
+    evaluated = run_cli(["evaluate", str(run), "--json"], env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["accuracy"] == json.loads((run / "best" / "metrics.json").read_text())["accuracy"]
+    assert run_cli(["predict", str(run), ",".join(["0.5"] * 8)], env).returncode == 0
+    assert (run / "report" / "report.md").exists()  # written by the run, from the best weights
+
+
+# -- GPU-side options, on a CPU -------------------------------------------------------------------------------------
+def test_data_on_device_and_optimizer_kernels_train_the_same(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    common = ["--set", "train.epochs=2", "--no-report", "--set", "optimizer={name = 'adamw', lr = 0.01}"]
+    for name, extra in (("plain", []), ("on_device", ["--set", "data.on_device=true"]),
+                        ("foreach", ["--set", "optimizer.foreach=true"]), ("fused", ["--set", "optimizer.fused=true"])):
+        out = run_cli(["run", str(toy_recipe), "--run-dir", str(tmp_path / name), *common, *extra], cli_env)
+        assert out.returncode == 0, out.stderr
+    assert same_weights(tmp_path / "plain", tmp_path / "on_device")  # the same batches, cut on the device
+    plain = final_weights(tmp_path / "plain")
+    for kernel in ("foreach", "fused"):  # other kernels of the same update: equal up to rounding
+        other = final_weights(tmp_path / kernel)
+        assert all(torch.allclose(plain[k], other[k], atol=1e-5) for k in plain), kernel
+    both = run_cli(["run", str(toy_recipe), "--runs-root", str(tmp_path / "runs"), "--set",
+                    "optimizer={name = 'adam', fused = true, foreach = true}"], cli_env)
+    assert both.returncode == 2 and "optimizer.fused and optimizer.foreach: choose one" in both.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_on_device_needs_tensor_datasets(plugin_site) -> None:
+    from deepcourse.components import place_data
+    from deepcourse.errors import RecipeError
+    from deepcourse.recipe import load_recipe
+    from deepcourse.task import DataBundle
+
+    recipe = load_recipe(data={"name": "x", "task": {"name": "toy-classification"}, "model": {"name": "toy_mlp"},
+                               "data": {"name": "toy_blobs", "on_device": True}})
+    with pytest.raises(RecipeError, match="data.on_device: dataset 'toy_blobs' keeps its 'train' split as list"):
+        place_data(recipe, DataBundle({"train": [1, 2, 3]}), torch.device("cpu"))
+
+
+def test_sweep_jobs_each_get_a_gpu_of_their_own(tmp_path: Path, monkeypatch) -> None:
+    from deepcourse import sweep
+
+    seen: list[tuple[str | None, float, float]] = []
+
+    def fake_run(cmd, stdout, stderr, env):  # type: ignore[no-untyped-def]
+        start = time.monotonic()
+        time.sleep(0.2)
+        seen.append((env.get("CUDA_VISIBLE_DEVICES"), start, time.monotonic()))
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    monkeypatch.setattr(sweep, "visible_gpus", lambda: ["2", "5"])
+    slots = sweep.DeviceSlots(2, sweep.visible_gpus())
+    from concurrent.futures import ThreadPoolExecutor
+
+    def job(i: int) -> int:
+        with slots.take() as env:
+            return sweep.run_point(Path("r.toml"), {"dir": f"p{i}", "overrides": []}, tmp_path, env)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        assert list(pool.map(job, range(6))) == [1] * 6
+    assert sorted({gpu for gpu, _, _ in seen}) == ["2", "5"]
+    for gpu, start, end in seen:  # two jobs on one GPU never overlap
+        assert not any(g == gpu and s < end and start < e and (s, e) != (start, end) for g, s, e in seen)
+    assert sweep.DeviceSlots(3, []).free.get() is None  # no GPUs: the environment is left as it is
+
+
+# -- trackers -----------------------------------------------------------------------------------------------------
+def test_tensorboard_and_mlflow_get_the_metrics_and_the_recipe(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    pytest.importorskip("tensorboard")
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    runs = tmp_path / "runs"
+    env = {k: v for k, v in cli_env.items() if not k.startswith("MLFLOW_")}
+    out = run_cli(["run", str(toy_recipe), "--runs-root", str(runs), "--set", "train.trackers=['tensorboard', 'mlflow']",
+                   "--set", "train.checkpoint_every=4", "--set", "train.callbacks=[{name = 'interrupt_at', step = 13}]"],
+                  env)
+    assert out.returncode == 130, out.stderr
+    run = next((runs / "toy").iterdir())
+    resumed = run_cli(["run", "--resume", str(run), "--set", "train.callbacks=[]"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [EventAccumulator(str(p.parent)).Reload() for p in (run / "trackers").rglob("events.out.tfevents.*")]
+    tags = {t for e in events for t in e.Tags()["scalars"]}
+    assert {"train/loss", "train/accuracy", "train/grad_norm", "train/lr", "validation/accuracy"} <= tags
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("toy")
+    found = client.search_runs([experiment.experiment_id])
+    assert len(found) == 1  # the resumed run continued the same MLflow run
+    logged = found[0]
+    assert logged.data.params["optimizer.lr"] == "0.05" and logged.data.params["model.hidden"] == "32"
+    history = client.get_metric_history(logged.info.run_id, "validation/accuracy")
+    assert sorted(h.step for h in history)[-1] == json.loads((run / "summary.json").read_text())["steps"]
+    assert json.loads((run / "trackers.json").read_text())["mlflow_run_id"] == logged.info.run_id
+
+
+def test_training_metrics_and_gradient_norm_are_logged_and_plotted(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    run = tmp_path / "r"
+    out = run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.clip_grad_norm=0.5"], cli_env)
+    assert out.returncode == 0, out.stderr
+    logged = rows(run)
+    steps = [r for r in logged if r["split"] == "train" and r["scope"] == "step"]
+    assert all(0 <= r["accuracy"] <= 1 and r["grad_norm"] > 0 for r in steps)
+    epochs = [r for r in logged if r["split"] == "train" and r["scope"] == "epoch"]
+    assert len(epochs) == 3 and all("accuracy" in r for r in epochs)
+    assert steps[-1]["accuracy"] == epochs[-1]["accuracy"]  # the last step's running value is the epoch's
+    md = (run / "report" / "report.md").read_text()
+    assert "](grad_norm.png)" in md and "Training (over each epoch's batches, as trained) and validation accuracy" in md
+
+
+# -- stops and checkpoints with several processes -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def whole_ddp(tmp_path_factory, cli_env) -> Path:
+    """An uninterrupted two-process run, the reference for the interrupted ones."""
+    from core_support import TOY_RECIPE
+
+    folder = tmp_path_factory.mktemp("ddp")
+    (folder / "toy.toml").write_text(TOY_RECIPE)
+    out = launch(["run", str(folder / "toy.toml"), "--run-dir", str(folder / "whole"), "--no-report"], cli_env)
+    assert out.returncode == 0, out.stderr
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank, signal_name, code", [(1, "SIGINT", 130), (-1, "SIGTERM", 143)])
+def test_a_signal_during_evaluation_stops_every_process_and_resumes_exactly(whole_ddp: Path, cli_env, rank: int,
+                                                                           signal_name: str, code: int) -> None:
+    run = whole_ddp / f"cut-{signal_name}"
+    start = time.monotonic()
+    cut = launch(["run", str(whole_ddp / "toy.toml"), "--run-dir", str(run), "--no-report", "--set",
+                  f"train.callbacks=[{{name = 'signal_during_eval', rank = {rank}, epoch = 2, signal_name = "
+                  f"'{signal_name}'}}]"], cli_env, port=29531 if rank == 1 else 29532)
+    assert time.monotonic() - start < 120 and cut.returncode != 0
+    assert f"stopped by {signal_name}" in cut.stderr and f"exitcode  : {code}" in cut.stderr
+    # stopped inside epoch 2's evaluation, after its 10 training steps: the checkpoint holds them, no evaluation yet
+    latest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    assert latest.name == "step-000000010"
+    assert [r["epoch"] for r in rows(run) if r["split"] == "validation"] == [1]
+    resumed = launch(["run", "--resume", str(run), "--set", "train.callbacks=[]"], cli_env,
+                     port=29533 if rank == 1 else 29534)
+    assert resumed.returncode == 0, resumed.stderr
+    assert same_weights(whole_ddp / "whole", run)
+    assert rows(whole_ddp / "whole") == rows(run)
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_launcher_during_evaluation_saves_and_resumes(whole_ddp: Path, cli_env) -> None:
+    """What a user does: Ctrl-C in the terminal of `accelerate launch ... deepcourse run`, while it evaluates."""
+    run, marker = whole_ddp / "cut-launcher", whole_ddp / "evaluating"
+    launcher = launch(["run", str(whole_ddp / "toy.toml"), "--run-dir", str(run), "--no-report", "--set",
+                       f"train.callbacks=[{{name = 'slow_eval', marker = '{marker}', seconds = 0.3}}]"], cli_env,
+                      port=29535, popen=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.1)
+    assert marker.exists(), launcher.communicate()[1]
+    os.killpg(launcher.pid, signal.SIGINT)  # the terminal sends SIGINT to the launcher's process group
+    _, err = launcher.communicate(timeout=120)
+    assert err.count("stopped by SIGINT; state saved in") == 2, err  # both workers saved, then exited 130
+    assert sorted((run / "checkpoints").glob("step-*"))[-1].name == "step-000000005"
+    resumed = launch(["run", "--resume", str(run), "--set", "train.callbacks=[]"], cli_env, port=29536)
+    assert resumed.returncode == 0, resumed.stderr
+    assert same_weights(whole_ddp / "whole", run)
+
+
+@pytest.mark.slow
+def test_two_nodes_without_a_shared_filesystem_resume_exactly(whole_ddp: Path, cli_env) -> None:
+    """`torchrun --nnodes 2` on this machine, each node in a folder of its own: only node 0 holds the run."""
+    nodes = [whole_ddp / "node0", whole_ddp / "node1"]
+    for node in nodes:
+        node.mkdir()
+        (node / "toy.toml").write_text((whole_ddp / "toy.toml").read_text())
+
+    def torchrun(port: int, *args: str) -> list[subprocess.CompletedProcess[str]]:
+        env = {**cli_env, "CUDA_VISIBLE_DEVICES": ""}
+        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                                   "--nproc_per_node", "1", "--node_rank", str(rank), "--master_addr", "127.0.0.1",
+                                   "--master_port", str(port), "-m", "deepcourse", *args], cwd=node, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for rank, node in enumerate(nodes)]
+        return [subprocess.CompletedProcess(p.args, p.wait(timeout=300), *p.communicate()) for p in procs]
+
+    cut = torchrun(29541, "run", "toy.toml", "--run-dir", "run", "--no-report", "--set", "train.checkpoint_every=4",
+                   "--set", "train.callbacks=[{name = 'interrupt_at', step = 7}]")
+    assert all(c.returncode != 0 for c in cut) and "stopped by SIGINT" in cut[0].stderr
+    assert (nodes[0] / "run" / "checkpoints" / "step-000000010").is_dir()
+    assert not (nodes[1] / "run").exists()  # node 1 wrote nothing: it has no share of the run directory
+    resumed = torchrun(29542, "run", "--resume", "run", "--set", "train.callbacks=[]")
+    assert all(r.returncode == 0 for r in resumed), resumed[0].stderr + resumed[1].stderr
+    assert not (nodes[1] / "run").exists()
+    assert same_weights(whole_ddp / "whole", nodes[0] / "run")
