@@ -98,7 +98,7 @@ def evaluate_split(task: Task, model: torch.nn.Module, recipe: Recipe, artifacts
     Raises a DataError naming the split when its data is not on this machine."""
     split = split or recipe.eval.split
     bundle = load_split(task, recipe, artifacts, split, data_dir=data_dir)
-    accelerator = make_accelerator(recipe, trackers=False)
+    accelerator = make_accelerator(recipe, trackers=False, warn=False)
     model = accelerator.prepare_model(model, evaluation_mode=True)  # device and autocast, no distributed wrapper
     loader = make_loader(bundle.splits[split], recipe.eval_batch_size, collate_fn=bundle.collate_fn,
                          num_workers=recipe.data.num_workers)

@@ -56,7 +56,7 @@ def predict_run(run_dir: Path, inputs: Sequence[str], *, batch_size: int = 64) -
     model placed and cast as for evaluation."""
     recipe, task, _, artifacts, model = load_trained(run_dir)
     task.setup_data(recipe.data, splits=(), seed=recipe.seed, artifacts=artifacts)
-    accelerator = make_accelerator(recipe, trackers=False)
+    accelerator = make_accelerator(recipe, trackers=False, warn=False)
     model = accelerator.prepare_model(model, evaluation_mode=True)
     model.eval()
     return task, task.predict(model, inputs, batch_size=batch_size, device=accelerator.device)
