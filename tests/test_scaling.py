@@ -274,3 +274,42 @@ def test_two_nodes_without_a_shared_filesystem_resume_exactly(whole_ddp: Path, c
     assert all(r.returncode == 0 for r in resumed), resumed[0].stderr + resumed[1].stderr
     assert not (nodes[1] / "run").exists()
     assert same_weights(whole_ddp / "whole", nodes[0] / "run")
+
+
+def test_gpu_switches_reach_torch(plugin_site) -> None:
+    """train.tf32 and train.cudnn_benchmark set torch's own switches (they act only on NVIDIA GPUs)."""
+    from deepcourse.accelerator import apply_gpu_flags
+    from deepcourse.recipe import load_recipe
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    base = {"name": "x", "task": {"name": "toy-classification"}, "model": {"name": "toy_mlp"},
+            "data": {"name": "toy_blobs"}}
+    try:
+        apply_gpu_flags(load_recipe(data={**base, "train": {"tf32": True, "cudnn_benchmark": True}}))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.benchmark
+        apply_gpu_flags(load_recipe(data={**base, "train": {"tf32": False}}))
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = before
+
+
+def test_weights_and_biases_offline(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    pytest.importorskip("wandb")
+    env = {**cli_env, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    out = run_cli(["run", str(toy_recipe), "--run-dir", str(tmp_path / "r"), "--set", "train.trackers=['wandb']",
+                   "--set", "train.epochs=1", "--no-report"], env)
+    assert out.returncode == 0, out.stderr
+    assert list(tmp_path.rglob("*.wandb"))
+
+
+def test_the_tracker_list_is_accelerates() -> None:
+    """train.trackers and train.compile's backends name what Accelerate supports, no more, no less."""
+    import typing
+
+    from accelerate.utils import DynamoBackend, LoggerType
+
+    from deepcourse.schema import CompileBackend, Tracker
+
+    assert set(typing.get_args(Tracker)) == {t.value for t in LoggerType} - {"all"}
+    assert set(typing.get_args(CompileBackend)) == {b.value.lower() for b in DynamoBackend} - {"no"}
