@@ -121,32 +121,36 @@ def test_on_device_needs_tensor_datasets(plugin_site) -> None:
         place_data(recipe, DataBundle({"train": [1, 2, 3]}), torch.device("cpu"))
 
 
-def test_sweep_jobs_each_get_a_gpu_of_their_own(tmp_path: Path, monkeypatch) -> None:
-    from deepcourse import sweep
+def test_sweep_jobs_each_get_a_gpu_of_their_own(tmp_path: Path, toy_recipe: Path, plugin_site, monkeypatch) -> None:
+    """`deepcourse sweep -j 2` on a machine with GPUs 2 and 5: every run's environment names one of them, and two
+    runs at a time never share one (the runs themselves are stand-ins that record what they were given)."""
+    from deepcourse import devices, study, sweep
+    from deepcourse.errors import UserError
 
     seen: list[tuple[str | None, float, float]] = []
 
-    def fake_run(cmd, stdout, stderr, env):  # type: ignore[no-untyped-def]
-        start = time.monotonic()
-        time.sleep(0.2)
-        seen.append((env.get("CUDA_VISIBLE_DEVICES"), start, time.monotonic()))
-        return subprocess.CompletedProcess(cmd, 1)
+    class Recorded:
+        def __init__(self, cmd, stdout, stderr, env):  # type: ignore[no-untyped-def]
+            self.gpu, self.start, self.returncode = env.get("CUDA_VISIBLE_DEVICES"), time.monotonic(), None
 
-    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+        def wait(self, timeout=None):  # type: ignore[no-untyped-def]
+            time.sleep(0.3)
+            self.returncode = 1
+            seen.append((self.gpu, self.start, time.monotonic()))
+            return 1
+
+        def poll(self):  # type: ignore[no-untyped-def]
+            return self.returncode
+
+    monkeypatch.setattr(study.subprocess, "Popen", Recorded)
     monkeypatch.setattr(sweep, "visible_gpus", lambda: ["2", "5"])
-    slots = sweep.DeviceSlots(2, sweep.visible_gpus())
-    from concurrent.futures import ThreadPoolExecutor
-
-    def job(i: int) -> int:
-        with slots.take() as env:
-            return sweep.run_point(Path("r.toml"), {"dir": f"p{i}", "overrides": []}, tmp_path, env)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        assert list(pool.map(job, range(6))) == [1] * 6
-    assert sorted({gpu for gpu, _, _ in seen}) == ["2", "5"]
-    for gpu, start, end in seen:  # two jobs on one GPU never overlap
+    with pytest.raises(UserError, match="6 of 6 sweep runs failed"):
+        sweep.sweep(toy_recipe, ["model.hidden=4,8,16", "model.dropout=0,0.5"], jobs=2, runs_root=tmp_path,
+                    echo=lambda line: None)
+    assert len(seen) == 6 and sorted({gpu for gpu, _, _ in seen}) == ["2", "5"]
+    for gpu, start, end in seen:  # two runs on one GPU never overlap
         assert not any(g == gpu and s < end and start < e and (s, e) != (start, end) for g, s, e in seen)
-    assert sweep.DeviceSlots(3, []).free.get() is None  # no GPUs: the environment is left as it is
+    assert devices.DeviceSlots(3, []).free.get() is None  # no GPUs: the environment is left as it is
 
 
 # -- trackers -----------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 from .figures import Figure, markdown_table, nice, pyplot, save_figure
 from .recipe import NON_COMPUTING_KEYS, differing_keys, flatten
 from .rundir import RunData, read_run
+from .stats import LEGEND, differs, summarize
 
 #: keys that never label a run: its name and description, and what does not change what it computes
 UNLABELLED = ("name", "description", *NON_COMPUTING_KEYS)
@@ -119,9 +120,60 @@ def _fmt(value: Any, column: str = "") -> str:
 
 
 def compare_runs(run_dirs: Sequence[Path], out: Path) -> tuple[list[dict[str, Any]], Path]:
+    """compare.md/.csv and overlaid curves of several runs. Runs that differ only in their seed are one group:
+    mean ± std, the 95% interval, and whether each group differs significantly from the best one."""
     runs = [read_run(p) for p in run_dirs]
+    labels = labels_for(runs, ignore=("seed",))
+    if len(set(labels)) < len(labels) and len(set(labels_for(runs))) == len(labels):  # repeats over seeds
+        md = write_grouped(runs, labels, out)
+        return [summary_row(r, label) for r, label in zip(runs, labels)], md
     labels = labels_for(runs)
     rows = [summary_row(r, label) for r, label in zip(runs, labels)]
     plot_comparison(runs, labels, out)
     md, _ = write_table(rows, out)
     return rows, md
+
+
+def write_grouped(runs: Sequence[RunData], labels: Sequence[str], out: Path) -> Path:
+    """The comparison of runs repeated over seeds: one row per label, numbers as mean ± std, and for the monitored
+    metric its 95% interval and a Welch's t-test against the best row (compare.csv keeps means and sds)."""
+    rows = [summary_row(r, label) for r, label in zip(runs, labels)]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row, label in zip(rows, labels):
+        groups.setdefault(label, []).append(row)
+    monitor = f"best {runs[0].summary.get('monitor') or 'accuracy'}"
+    higher = runs[0].recipe.get("train", {}).get("monitor_mode") != "min" and "loss" not in monitor
+    values = {label: [r[monitor] for r in group if isinstance(r.get(monitor), (int, float))]
+              for label, group in groups.items()}
+    best_label = max(values, key=lambda k: statistics.fmean(values[k]) * (1 if higher else -1)) \
+        if all(values.values()) else None
+    table, csv_rows = [], []
+    for label, group in groups.items():
+        shown: dict[str, Any] = {"run": label, "seeds": len(group)}
+        flat: dict[str, Any] = dict(shown)
+        for key in group[0]:
+            column = [r.get(key) for r in group]
+            if key in ("run", "dir"):
+                continue
+            if len(column) > 1 and all(isinstance(v, (int, float)) for v in column) and len(set(column)) > 1:
+                mean, sd = statistics.fmean(column), statistics.stdev(column)
+                shown[key] = f"{mean:.4f} ± {sd:.4f}" if abs(mean) < 100 and "time" not in key \
+                    else f"{mean:,.1f} ± {sd:,.1f}"
+                flat[key], flat[f"{key} sd"] = mean, sd
+            else:
+                shown[key] = flat[key] = column[0]
+        if values.get(label):
+            summary = summarize(values[label])
+            shown[f"{monitor} 95% CI"] = summary.interval()
+            significant = None if best_label in (None, label) else differs(values[label], values[best_label])
+            shown["vs best"] = "best" if label == best_label else {True: "differs", False: "≈", None: ""}[significant]
+            flat[f"{monitor} ci low"], flat[f"{monitor} ci high"] = summary.ci_low, summary.ci_high
+        table.append(shown)
+        csv_rows.append(flat)
+    plot_comparison(runs, labels, out, groups=labels)
+    md, _ = write_table(table, out)
+    md.write_text(f"{LEGEND}.\n\n" + md.read_text(encoding="utf-8"), encoding="utf-8")
+    write_table(csv_rows, out, stem="compare_values")
+    (out / "compare_values.md").unlink()
+    (out / "compare_values.csv").replace(out / "compare.csv")
+    return md

@@ -59,7 +59,7 @@ def load_plugins() -> None:
         return
     _state["loading"] = True
     try:
-        from . import metrics, optim  # noqa: F401 - the core's own optimizers, schedules and metrics
+        from . import metrics, optim, pruning  # noqa: F401 - the core's own optimizers, schedules, metrics, callback
         _load_entry_points()
     finally:
         _state["loading"] = False

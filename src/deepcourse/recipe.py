@@ -20,11 +20,13 @@ from pydantic import ValidationError
 from . import catalog, plugins
 from .builders import format_errors, validate_options
 from .errors import RecipeError, UserError, did_you_mean
+from .overrides import apply_overrides, parse_override, toml_literal
 from .registry import ALL, CALLBACKS, DATASETS, TASKS
 from .schema import BUILDER_SECTIONS, CONTEXT_KEYS, NON_COMPUTING_KEYS, SECTION_MODELS, EvalSection, Recipe
+from .searchspace import grid_problems, key_place, parse_space
 
 __all__ = ["Recipe", "load_recipe", "validate_recipe", "read_toml", "parse_override", "apply_overrides",
-           "differing_keys", "flatten", "NON_COMPUTING_KEYS"]
+           "toml_literal", "differing_keys", "flatten", "NON_COMPUTING_KEYS"]
 
 
 # -- reading -------------------------------------------------------------------------------------------------------
@@ -74,40 +76,6 @@ def resolve_extends(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
     return deep_merge(base, data)
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'a.b=VALUE' -> (['a', 'b'], value). VALUE is a TOML literal; a bare word is taken as a string."""
-    if "=" not in text:
-        raise RecipeError(f"--set {text}: expected KEY=VALUE, e.g. --set optimizer.lr=0.01")
-    key, raw = text.split("=", 1)
-    key, raw = key.strip(), raw.strip()
-    parts = key.split(".")
-    if not key or any(not p or not p.replace("_", "").replace("-", "").isalnum() for p in parts):
-        raise RecipeError(f"--set {text}: '{key}' is not a dotted key path such as train.epochs")
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        if raw and not any(c in raw for c in "[]{}\"'=,#") and not raw[0].isdigit() and raw[0] not in "+-.":
-            value = raw  # --set model.name=resnet18
-        else:
-            raise RecipeError(f"--set {text}: '{raw}' is not a valid TOML value (strings may be quoted, "
-                              f"lists written [1, 2], tables {{a = 1}})") from None
-    return parts, value
-
-
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    data = copy.deepcopy(data)
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise RecipeError(f"--set {text}: '{'.'.join(parts[:i + 1])}' is a value, not a table")
-            node = child
-        node[parts[-1]] = value
-    return data
-
-
 def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = (),
                 data: Mapping[str, Any] | None = None) -> Recipe:
     """Read, merge, override and validate a recipe; raise RecipeError listing every problem.
@@ -137,8 +105,10 @@ def validate_recipe(data: Mapping[str, Any], source: Path | None = None) -> Reci
     try:
         recipe = Recipe.model_validate(dict(data))
     except ValidationError as exc:
-        problems += _recipe_problems(exc, data)
+        problems += recipe_problems(exc, data)
     problems += check_builders(data)
+    if not problems:  # a search space is checked against a recipe that is valid itself
+        problems += check_search(data)
     if problems:
         raise RecipeError(f"{prefix}invalid recipe", problems)
     assert recipe is not None
@@ -220,7 +190,7 @@ def _check_callback(cb: dict[str, Any], i: int) -> list[str]:
     return validate_options(CALLBACKS.get(name), {k: v for k, v in cb.items() if k != "name"}, loc=loc)[1]
 
 
-def _recipe_problems(exc: ValidationError, data: Mapping[str, Any]) -> list[str]:
+def recipe_problems(exc: ValidationError, data: Mapping[str, Any]) -> list[str]:
     problems = []
     for line, err in zip(format_errors(exc, "", None), exc.errors(include_url=False)):
         if err["type"] == "extra_forbidden":
@@ -263,3 +233,31 @@ def value_at(recipe: Mapping[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         node = node.get(part) if isinstance(node, Mapping) else None
     return node
+
+
+def check_search(data: Mapping[str, Any]) -> list[str]:
+    """Problems with a recipe's [search] table: the space's own form, then each range end and each choice applied
+    to the recipe, which must validate (so a misspelt key exits 2 naming it, before any trial runs)."""
+    search = data.get("search")
+    if not isinstance(search, Mapping) or not isinstance(search.get("space", {}), Mapping):
+        return []
+    dims, problems = parse_space(search.get("space", {}))
+    if search.get("sampler") == "grid":
+        problems += grid_problems(dims)
+    base = {k: copy.deepcopy(v) for k, v in data.items() if k not in ("search", "sweep")}
+    for dim in dims:
+        for value in dim.examples():
+            try:
+                variant = apply_overrides(base, [f"{dim.key}={toml_literal(value)}"])
+            except RecipeError as exc:
+                problems.append(f"{key_place(dim.key)}: {exc.message}")
+                break
+            try:
+                Recipe.model_validate(variant)
+                found = check_builders(variant)
+            except ValidationError as exc:
+                found = recipe_problems(exc, variant)
+            if found:
+                problems.append(f"{key_place(dim.key)} = {toml_literal(value)}: " + "; ".join(found))
+                break
+    return problems

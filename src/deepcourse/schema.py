@@ -161,6 +161,21 @@ class SweepSection(_Strict):
     seeds: PositiveInt = doc(1, "runs per grid point (seed, seed+1, ...), reported as mean and spread")
 
 
+class SearchSection(_Strict):
+    """What `deepcourse tune RECIPE` searches: the space, the budget, Optuna's sampler and pruner."""
+    trials: PositiveInt = doc(20, "trials to finish (completed or pruned), counted over every worker of the study")
+    sampler: Literal["tpe", "random", "grid", "cmaes", "qmc"] = doc(
+        "tpe", "Optuna's sampler: tpe (Bayesian, the default), random, grid (every point of the space, in order), "
+               "cmaes (continuous spaces), qmc (quasi-random)")
+    pruner: Literal["median", "successive_halving", "hyperband", "none"] = doc(
+        "median", "stops unpromising trials early, from their per-epoch evaluations of the monitored metric")
+    seeds: PositiveInt = doc(1, "runs of the best configuration at the end, with seeds seed, seed+1, ...: reported "
+                                "as mean ± std and a 95% confidence interval")
+    space: dict[str, Any] = doc(
+        {}, "what each trial samples, keys as in --set: {\"optimizer.lr\" = {low = 1e-4, high = 0.1, log = true}, "
+            "\"model.hidden\" = {low = 16, high = 128, step = 16}, \"optimizer\" = [{name = \"sgd\"}, ...]}")
+
+
 class Recipe(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = doc(
         ..., "run name: runs go to runs/<name>/<timestamp>/ (default: the file name)")
@@ -176,6 +191,7 @@ class Recipe(_Strict):
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     sweep: SweepSection = SweepSection()
+    search: SearchSection = SearchSection()
 
     source: Path | None = Field(default=None, exclude=True)
 
@@ -209,7 +225,7 @@ class Recipe(_Strict):
 SECTION_MODELS: dict[str, type[BaseModel]] = {
     "": Recipe, "task": TaskSection, "data": DataSection, "model": ModelSection, "optimizer": OptimizerSection,
     "scheduler": SchedulerSection, "train": TrainSection, "train.compile": CompileOptions,
-    "train.early_stopping": EarlyStopping, "eval": EvalSection, "sweep": SweepSection,
+    "train.early_stopping": EarlyStopping, "eval": EvalSection, "sweep": SweepSection, "search": SearchSection,
 }
 #: Tables whose `name` picks a builder from a registry, and that registry.
 BUILDER_SECTIONS = {"task": "tasks", "data": "datasets", "model": "models", "optimizer": "optimizers",
@@ -227,7 +243,7 @@ CONTEXT_KEYS = {"optimizer": ("params",),
 #: over the original length.)
 NON_COMPUTING_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
                       "train.threads", "train.keep_freed_memory", "train.trackers", "train.callbacks",
-                      "train.stop_check_every", "data.on_device", "sweep")
+                      "train.stop_check_every", "data.on_device", "sweep", "search")
 
 
 def _plain(value: Any) -> bool:
