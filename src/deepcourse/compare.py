@@ -18,16 +18,17 @@ from .stats import LEGEND, differs, summarize
 UNLABELLED = ("name", "description", *NON_COMPUTING_KEYS)
 
 
-def labels_for(runs: Sequence[RunData], ignore: Sequence[str] = ()) -> list[str]:
-    """Label each run by the recipe keys that differ between the runs (`model.dropout=0.5`)."""
+def labels_for(runs: Sequence[RunData], ignore: Sequence[str] = (), distinct: bool = True) -> list[str]:
+    """Label each run by the recipe keys that differ between the runs (`model.dropout=0.5`); `distinct`: runs of the
+    same label are told apart by their folder."""
     keys = [k for k in differing_keys([r.recipe for r in runs], ignore=UNLABELLED) if k not in ignore]
-    if not keys:
-        return [r.path.name for r in runs]
+    if not keys:  # the same recipe: one group, or each run by its folder
+        return [r.path.name for r in runs] if distinct else [runs[0].name] * len(runs)
     labels = []
     for r in runs:
         flat = flatten(r.recipe)
         labels.append(", ".join(f"{k}={_short(flat.get(k))}" for k in keys))
-    if len(set(labels)) < len(labels):  # same recipe run twice: tell them apart by folder
+    if distinct and len(set(labels)) < len(labels):  # same recipe run twice: tell them apart by folder
         labels = [f"{label} ({r.path.name})" for label, r in zip(labels, runs)]
     return labels
 
@@ -123,8 +124,8 @@ def compare_runs(run_dirs: Sequence[Path], out: Path) -> tuple[list[dict[str, An
     """compare.md/.csv and overlaid curves of several runs. Runs that differ only in their seed are one group:
     mean ± std, the 95% interval, and whether each group differs significantly from the best one."""
     runs = [read_run(p) for p in run_dirs]
-    labels = labels_for(runs, ignore=("seed",))
-    if len(set(labels)) < len(labels) and len(set(labels_for(runs))) == len(labels):  # repeats over seeds
+    labels = labels_for(runs, ignore=("seed",), distinct=False)
+    if len(set(labels)) < len(labels) and len(set(labels_for(runs, distinct=False))) == len(labels):  # over seeds
         md = write_grouped(runs, labels, out)
         return [summary_row(r, label) for r, label in zip(runs, labels)], md
     labels = labels_for(runs)

@@ -43,9 +43,6 @@ class Worker(submitit.helpers.Checkpointable):
         self.child = None
         return super().checkpoint(*args, **kwargs)
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"folder": self.folder, "child": None}
-
 
 def parameters(workers: int, *, partition: str | None, time: int, gpus: int, cpus: int, mem: str | None,
                name: str) -> dict[str, Any]:

@@ -136,6 +136,8 @@ def recover(study: Any, spec: StudySpec) -> list[int]:
         attrs = trial.user_attrs
         dead_here = attrs.get("host") == host and isinstance(attrs.get("pid"), int) and not _alive(attrs["pid"])
         if dead_here or (attrs.get("worker") == me and attrs.get("pid") != os.getpid()):  # or my requeued self's
+            if attrs.get("host") == host and isinstance(attrs.get("run_pid"), int):
+                _wait_gone(attrs["run_pid"])  # its run got SIGTERM with its worker: let it save and stop first
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
     if isinstance(storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)
@@ -154,6 +156,12 @@ def recover(study: Any, spec: StudySpec) -> list[int]:
                                                           "retries": attrs.get("retries", 0) + 1})
             retried.append(trial.number)
     return retried
+
+
+def _wait_gone(pid: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def _alive(pid: int) -> bool:
@@ -200,6 +208,7 @@ def run_trial(study: Any, spec: StudySpec, trial: Any, env: Mapping[str, str], e
     with open(spec.folder / f"{name}.log", "a", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), **env})
+        trial.set_user_attr("run_pid", proc.pid)
         on_child(proc)
         storage = study._storage  # noqa: SLF001 - heartbeats for database storages, while the run runs
         beats = isinstance(storage, optuna.storages.RDBStorage)
