@@ -316,3 +316,17 @@ def test_compare_groups_runs_that_differ_only_in_their_seed(tmp_path: Path, toy_
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "Welch's t-test" in md and "| model.hidden=4 | 3 |" in md and "| model.hidden=32 | 3 |" in md
     assert "best accuracy 95% CI" in md and "vs best" in md
+
+
+def test_a_sweep_of_seeds_alone_repeats_the_recipe(plugin_site, toy_recipe: Path) -> None:
+    from deepcourse.sweep import plan
+
+    dims, points, seeds = plan(toy_recipe, [], 3, [])
+    assert seeds == 3 and [d.key for d in dims] == ["seed"]
+    assert [(p["label"], p["seed"], p["dir"]) for p in points] == [("base", 3, "000-base-seed3"),
+                                                                   ("base", 4, "001-base-seed4"),
+                                                                   ("base", 5, "002-base-seed5")]
+    from deepcourse.errors import UserError
+
+    with pytest.raises(UserError, match="or --seeds N to repeat the recipe over N seeds"):
+        plan(toy_recipe, [], 1, [])

@@ -246,6 +246,40 @@ def results(run_dirs: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_results(sweep_dirs: list[str], split: str | None = None) -> str:
+    """A results table of recipes repeated over seeds (sweep folders of `deepcourse sweep RECIPE --seeds N`): each
+    headline metric as mean ± std with its 95% interval, read from the runs' files; with `split`, also each run's
+    best weights evaluated on that split (one the runs were not selected on, such as test)."""
+    from .inference import evaluate_run
+    from .stats import summarize
+
+    extra = f" | {split} (mean ± std) | {split} 95% CI" if split else ""
+    lines = [f"| recipe | dataset | model | selected on | metric | mean ± std | 95% CI{extra} | epochs | hardware | "
+             f"wall time per run |", "|---|---|---|---|---|---|---|" + ("---|---|" if split else "") + "---|---|---|"]
+    for folder in map(Path, sweep_dirs):
+        runs = [read_run(d) for d in sorted(folder.iterdir()) if (d / "summary.json").exists()]
+        if not runs:
+            continue
+        first = runs[0]
+        hardware = f"{first.info.get('device', '?')} x{first.info.get('num_processes', 1)}"
+        wall = summarize([r.summary.get("wall_time_s", 0.0) for r in runs])
+        epochs = summarize([r.summary.get("epochs", 0) for r in runs])
+        for metric in _headline_metrics(first.summary, first.recipe):
+            values = [r.summary.get("best", {}).get(metric) for r in runs]
+            values = [v for v in values if isinstance(v, (int, float))]
+            if not values:
+                continue
+            held = summarize([100 * v for v in values])
+            cells = [first.name, first.recipe["data"]["name"], first.recipe["model"]["name"], first.eval_split,
+                     metric, held.shown(2), held.interval(2)]
+            if split:
+                tested = summarize([100 * evaluate_run(r.path, split=split, progress=False)[1][metric] for r in runs])
+                cells += [tested.shown(2), tested.interval(2)]
+            cells += [f"{epochs.mean:g}", hardware, f"{wall.mean:,.0f} s"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     import sys
 
@@ -254,5 +288,8 @@ if __name__ == "__main__":
         print(model_zoo(), end="")
     elif len(sys.argv) > 1 and sys.argv[1] == "results":
         print(results(sys.argv[2:]), end="")
+    elif len(sys.argv) > 1 and sys.argv[1] == "seeds":  # seeds [--split test] SWEEP_DIR...
+        split = sys.argv[3] if sys.argv[2:3] == ["--split"] else None
+        print(seed_results(sys.argv[4:] if split else sys.argv[2:], split), end="")
     else:
         print(reference(), end="")

@@ -66,10 +66,10 @@ def plan(recipe_path: Path, grids: Sequence[str], seeds: int | None, overrides: 
     axes = dict(base.sweep.grid)  # the recipe's own ablation, then --grid on top
     axes.update(parse_grid(g) for g in grids)
     axes_list = list(axes.items())
-    if not axes_list:
-        raise UserError("nothing to sweep: give --grid KEY=V1,V2 (e.g. --grid model.dropout=0,0.5) or a "
-                        "[sweep] grid in the recipe")
     seeds = seeds or base.sweep.seeds
+    if not axes_list and seeds < 2:
+        raise UserError("nothing to sweep: give --grid KEY=V1,V2 (e.g. --grid model.dropout=0,0.5), a [sweep] grid "
+                        "in the recipe, or --seeds N to repeat the recipe over N seeds")
     dims = [Dimension(key, "categorical", choices=tuple(values)) for key, values in axes_list]
     if seeds > 1:
         dims.append(Dimension("seed", "categorical", choices=tuple(range(base.seed, base.seed + seeds))))
