@@ -6,10 +6,12 @@ run directory exists.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from .builders import call_builder, validate_options
@@ -18,7 +20,8 @@ from .data import EpochSampler, LengthGroupedSampler, passthrough_collate, rando
 from .errors import RecipeError, UserError, did_you_mean
 from .metrics import scalars
 from .registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
-from .schema import Recipe
+from .recipe import flatten
+from .schema import ModelSection, Recipe
 from .task import DataBundle, Task
 
 
@@ -45,6 +48,42 @@ def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] 
     if split in bundle.splits:
         bundle.splits[split] = random_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed)
     return bundle
+
+
+#: what torch says when a tensor cannot be allocated: the CPU allocator, CUDA, or a size past 64 bits
+_NO_MEMORY = re.compile(r"can't allocate memory|out of memory|tried to allocate|size calculation overflowed", re.I)
+
+
+def build_model(task: Task, model: ModelSection, facts: Mapping[str, Any]) -> nn.Module:
+    """The task's model. A layer too large to allocate is a recipe problem: named by its key and size, not left to
+    surface as an allocator's traceback."""
+    try:
+        return task.build_model(model, facts)
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and not _NO_MEMORY.search(str(exc)):
+            raise
+        sizes = sorted(((v, k) for k, v in flatten({"model": model.options}).items()
+                        if isinstance(v, int) and not isinstance(v, bool) and v > 1), reverse=True)
+        culprit = (f" The largest size in [model] is {sizes[0][1]} = {sizes[0][0]}; lower it." if sizes else
+                   " [model] sets no size: lower the model's defaults or use a smaller model.")
+        raise RecipeError(f"model: building '{model.name}' needs {_wanted(str(exc))} than this machine can "
+                          f"allocate.{culprit}") from None
+
+
+def _wanted(message: str) -> str:
+    """'32.0 TB more memory' from an allocator's message ('more memory' when it gives no size)."""
+    found = re.search(r"allocate (\d+) bytes", message)
+    if found:
+        size, unit = float(found.group(1)), "bytes"
+        for unit in ("bytes", "KB", "MB", "GB", "TB", "PB", "EB"):
+            if size < 1000:
+                break
+            size /= 1000
+        return f"{size:.1f} {unit} of memory, more"
+    if "overflowed" in message:
+        return "a tensor with more elements than 64 bits can count, far more memory"
+    found = re.search(r"tried to allocate ([\d.]+ [KMGTP]?i?B)", message, re.I)
+    return f"{found.group(1)}, more memory" if found else "more memory"
 
 
 def make_loader(dataset: Any, batch_size: int, *, collate_fn: Any, num_workers: int,

@@ -21,9 +21,9 @@ from . import files, plugins
 from .accelerator import make_accelerator, torch_threads
 from .callbacks import TrainContext, TrainState
 from .checkpoint import latest_checkpoint, load_checkpoint, read_best_metrics, save_best, save_checkpoint
-from .components import (build_callbacks, build_optimizer, build_scheduler, build_task, check_monitor,
-                         count_parameters, load_training_data, make_loader, make_train_sampler, monitor_of,
-                         steps_per_evaluation)
+from .components import (build_callbacks, build_model, build_optimizer, build_scheduler, build_task,
+                         check_monitor, count_parameters, load_training_data, make_loader, make_train_sampler,
+                         monitor_of, steps_per_evaluation)
 from .data import EpochSampler
 from .errors import CheckpointError, NonFiniteLoss, RecipeError
 from .evaluation import evaluation_loop
@@ -51,7 +51,7 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
     task = build_task(recipe)
     artifacts = files.read_json(resume / "artifacts.json", missing=None) if resume else None
     bundle = load_training_data(task, recipe, artifacts)
-    model = task.build_model(recipe.model, bundle.facts)
+    model = build_model(task, recipe.model, bundle.facts)
     optimizer = build_optimizer(recipe, model)
     sampler = make_train_sampler(recipe, bundle.splits["train"])
     train_loader = make_loader(bundle.splits["train"], recipe.data.batch_size, collate_fn=bundle.collate_fn,

@@ -13,7 +13,7 @@ import torch
 
 from .accelerator import make_accelerator, torch_threads
 from .checkpoint import best_folder, latest_checkpoint, load_facts
-from .components import build_task
+from .components import build_model, build_task
 from .errors import CheckpointError
 from .evaluation import evaluate_split
 from .files import load_weights
@@ -31,7 +31,7 @@ def load_trained(run_dir: Path, *, which: str = "best") -> tuple[Recipe, Task, d
     best = best_folder(run_dir)
     facts, artifacts = load_facts(best)
     task = build_task(recipe)
-    model = task.build_model(recipe.model, facts)
+    model = build_model(task, recipe.model, facts)
     weights = best / "model.safetensors"
     if which == "latest":
         latest = latest_checkpoint(run_dir / "checkpoints")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -132,6 +133,7 @@ def validate_recipe(data: Mapping[str, Any], source: Path | None = None) -> Reci
     required = data.get("requires_plugins", [])
     if isinstance(required, list) and all(isinstance(r, str) for r in required):
         plugins.require(required)
+    unusable = unusable_values(data)
     problems: list[str] = []
     recipe = None
     try:
@@ -139,11 +141,34 @@ def validate_recipe(data: Mapping[str, Any], source: Path | None = None) -> Reci
     except ValidationError as exc:
         problems += _recipe_problems(exc, data)
     problems += check_builders(data)
+    reported = tuple(f"{line.split(':', 1)[0]}:" for line in unusable)
+    problems = unusable + [p for p in problems if not p.startswith(reported)]  # one message per key
     if problems:
         raise RecipeError(f"{prefix}invalid recipe", problems)
     assert recipe is not None
     recipe.source = source
     return recipe
+
+
+INT64 = (-2**63, 2**63 - 1)
+
+
+def unusable_values(value: Any, path: str = "") -> list[str]:
+    """Values TOML can hold but nothing downstream can use, anywhere in a recipe (plugin tables included, so no
+    builder has to remember them): whole numbers beyond 64 bits, on which torch, NumPy and the data loaders overflow
+    or loop for ever, and inf/nan, which pass `lr > 0` and then train to NaN."""
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in unusable_values(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in unusable_values(v, f"{path}[{i}]")]
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        bound = f"at most {INT64[1]}" if value > 0 else f"at least {INT64[0]}"
+        return [f"{path}: {value} does not fit in 64 bits (whole numbers in a recipe are {bound})"]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path}: input should be a finite number (got {value})"]
+    return []
 
 
 def check_builders(data: Mapping[str, Any]) -> list[str]:
