@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 
 from .builders import call_builder, validate_options
 from .callbacks import Callback
-from .data import EpochSampler, LengthGroupedSampler, passthrough_collate, random_subset, sample_lengths
+from .data import (EpochSampler, LengthGroupedSampler, passthrough_collate, random_subset, require_data_dir,
+                   sample_lengths)
 from .errors import RecipeError, UserError, did_you_mean
 from .metrics import scalars
 from .registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
@@ -41,6 +42,8 @@ def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] 
     """Train and evaluation splits, cut to `data.train_samples` / `data.eval_samples`. `artifacts` are a resumed
     run's (vocabularies and statistics are not fitted anew)."""
     split = recipe.eval.split
+    if recipe.data.data_dir:
+        require_data_dir(recipe.data.data_dir)
     bundle = task.setup_data(recipe.data, splits=("train", split), seed=recipe.seed, artifacts=artifacts)
     if "train" not in bundle.splits or len(bundle.splits["train"]) == 0:
         raise UserError(f"data: dataset '{recipe.data.name}' has no training samples")

@@ -25,11 +25,23 @@ DATA_ENV = "DEEPCOURSE_DATA"
 S = TypeVar("S")
 
 
+def require_data_dir(data_dir: str | os.PathLike, key: str = "data.data_dir", hint: str = "") -> Path:
+    """An explicit data folder is a promise: one that is not there is an error naming the key and the path, never a
+    silent fall-back to $DEEPCOURSE_DATA or the Hub (which would train on other data than the recipe says)."""
+    folder = Path(data_dir).expanduser()
+    if folder.is_dir():
+        return folder
+    where = "" if folder.is_absolute() else f" (looked for {folder.absolute()})"
+    problem = "is a file, not a folder" if folder.exists() else "does not exist"
+    raise DataError(f"{key}: folder '{data_dir}' {problem}{where}. " + (hint or f"Fix the path, or remove {key} "
+                    f"to use ${DATA_ENV}/<dataset>/ or the Hugging Face Hub"))
+
+
 def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None) -> list[Path]:
-    """Where a local copy of `dataset` may live, in the order they are tried."""
+    """Where a local copy of `dataset` may live, in the order they are tried. An explicit `data_dir` must exist."""
     dirs = []
     if data_dir:
-        dirs.append(Path(data_dir).expanduser())
+        dirs.append(require_data_dir(data_dir))
     root = os.environ.get(DATA_ENV)
     if root:
         dirs.append(Path(root).expanduser() / dataset)

@@ -18,7 +18,7 @@ from accelerate.utils import send_to_device
 
 from .accelerator import make_accelerator
 from .components import make_loader
-from .data import random_subset
+from .data import random_subset, require_data_dir
 from .errors import DataError
 from .schema import Recipe
 from .task import DataBundle, Task
@@ -62,6 +62,10 @@ def load_split(task: Task, recipe: Recipe, artifacts: Mapping[str, Any], split: 
     """One split of a trained run's dataset, as `deepcourse evaluate` loads it: with the run's artifacts (no
     training data needed unless validation is carved from train), cut to `data.eval_samples`. `data_dir` may
     hold only that split's files."""
+    if data_dir:
+        require_data_dir(data_dir, "--data-dir")
+    elif recipe.data.data_dir:  # the folder the run was trained from, perhaps on another machine
+        require_data_dir(recipe.data.data_dir, hint="Give the folder that holds the split with --data-dir DIR")
     data = recipe.data.model_copy(update={"data_dir": str(data_dir)}) if data_dir else recipe.data
     bundle = task.setup_data(data, splits=(split,), seed=recipe.seed, artifacts=artifacts)
     if split not in bundle.splits:

@@ -46,7 +46,8 @@ class TaskSection(_Open):
 
 class DataSection(_Open):
     name: str = doc(..., "registered dataset")
-    data_dir: str | None = doc(None, "folder with a local copy (else $DEEPCOURSE_DATA/<dataset>/, else the Hub)")
+    data_dir: str | None = doc(None, "folder with a local copy; it must exist (without the key: $DEEPCOURSE_DATA/"
+                                      "<dataset>/, else the Hub)")
     batch_size: PositiveInt = doc(32, "samples per batch and process")
     eval_batch_size: PositiveInt | None = doc(None, "batch size for evaluation (default: batch_size)")
     val_split: Annotated[float, Field(ge=0, lt=1)] | None = doc(

@@ -25,6 +25,9 @@ def test_conll2003_offline_without_a_copy_lists_what_was_tried(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEEPCOURSE_DATA", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="data.data_dir: folder '.*mine' does not exist"):
+        conll2003(data_dir=str(tmp_path / "mine")).load(["train"])  # an explicit folder must be there
+    (tmp_path / "mine").mkdir()
     with pytest.raises(DataError) as error:
         conll2003(data_dir=str(tmp_path / "mine")).load(["train"])
     message = str(error.value)

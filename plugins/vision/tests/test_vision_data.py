@@ -43,8 +43,11 @@ def test_imagefolder_grayscale_resize_and_mixed_sizes(tmp_path: Path) -> None:
 
 
 def test_imagefolder_errors_name_the_place(tmp_path: Path, image_root: Path) -> None:
-    with pytest.raises(DataError, match="imagefolder needs a folder"):
+    with pytest.raises(DataError, match="data.data_dir: folder '.*nowhere' does not exist"):
         load("imagefolder", ("train",), data_dir=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="imagefolder needs a folder"):
+        load("imagefolder", ("train",), data_dir=str(tmp_path / "empty"))
     (image_root / "test" / "zebra").mkdir()
     (image_root / "test" / "zebra" / "1.png").write_bytes(png_bytes(__import__("numpy").zeros((12, 12, 3), "uint8")))
     with pytest.raises(DataError, match="zebra: class folder not among the training classes"):
