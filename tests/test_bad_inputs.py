@@ -1,6 +1,11 @@
-"""Every case of the bad-input corpus exits 2 with a message naming the key path or file, and no traceback."""
+"""Every case of the bad-input corpus exits 2 with a message naming the key path or file, and no traceback.
+
+A case may ask for a finished toy run in its folder first (`run = "NAME"`: trained once per session, copied in), for
+standard input (`stdin`), or for a folder this user cannot write in (`read_only`).
+"""
 from __future__ import annotations
 
+import os
 import shutil
 import tomllib
 from pathlib import Path
@@ -16,25 +21,50 @@ CASES = tomllib.loads((CORPUS / "expected.toml").read_text())
 
 
 def test_corpus_is_large_enough() -> None:
-    assert len(CASES) >= 40
+    assert len(CASES) >= 100
     for name, case in CASES.items():
         assert "args" in case or (CORPUS / f"{name}.toml").exists(), name
+        assert set(case) <= {"args", "expect", "run", "stdin", "read_only"}, name
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, plugin_site) -> Path:
+    """A toy run trained to the end (best weights, checkpoints, metrics), for the cases about using a run."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    out = CliRunner().invoke(main, ["run", str(CORPUS / "base.toml"), "--run-dir", str(run), "--no-report"])
+    assert out.exit_code == 0, out.output
+    return run
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input(name: str, tmp_path: Path, plugin_site, monkeypatch) -> None:
+def test_bad_input(name: str, tmp_path: Path, plugin_site, finished_run: Path, monkeypatch) -> None:
     case = CASES[name]
     work = tmp_path / "corpus"
     shutil.copytree(CORPUS, work)  # run in a copy: a wrongly created run directory must not go unnoticed
+    if "run" in case:
+        shutil.copytree(finished_run, work / case["run"])
+    if "read_only" in case:
+        read_only_folder(work / case["read_only"], monkeypatch)
     before = {p.relative_to(work) for p in work.rglob("*")}
     args = case.get("args", ["run", f"{name}.toml"])
-    if args[0] == "run" and "--resume" not in args:
+    if args[0] == "run" and not {"--resume", "--runs-root", "--run-dir"} & set(args):
         args = [*args, "--runs-root", "runs"]
     monkeypatch.chdir(work)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a missing local copy must not turn into a network wait
-    out = CliRunner().invoke(main, args)  # in-process: the same code path as the console script, faster
+    out = CliRunner().invoke(main, args, input=case.get("stdin"))  # in-process: the console script's code path
     assert out.exit_code == 2, f"exit {out.exit_code}\n{out.output}\n{out.exc_info}"
     assert case["expect"] in out.stderr, out.stderr
     assert "Traceback" not in out.output
     after = {p.relative_to(work) for p in work.rglob("*")}
     assert after == before, f"left behind: {sorted(map(str, after - before))}"
+
+
+def read_only_folder(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `folder` read-only; for root, who may write anywhere, also make `os.access` say what it would say to
+    anyone else (the permission bits are what the command checks)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path).absolute() == folder
+                            and mode & os.W_OK else real(path, mode, **kw))

@@ -5,6 +5,7 @@ Commands import torch and the plugins only when they run, so `deepcourse --help`
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -40,8 +41,6 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo("deepcourse: aborted", err=True)
             sys.exit(130)
         except BrokenPipeError:  # `deepcourse evaluate ... | head`: the reader has what it wanted
-            import os
-
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)
         except click.exceptions.Exit:
@@ -85,12 +84,18 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
         runs_root: Path, as_json: bool, no_report: bool) -> None:
     """Train RECIPE, a recipe file or the name of a shipped recipe (or continue a run with --resume RUN_DIR)."""
     from .engine import fit
+    from .outputs import writable_folder
     from .recipe import load_recipe
+    from .rundir import require_free
 
     if recipe is None and resume is None:
         raise UserError("give a RECIPE to train, or --resume RUN_DIR to continue a run")
     if resume is not None and run_dir is not None:
         raise UserError("--run-dir and --resume cannot be combined: a resumed run stays in its own directory")
+    if run_dir is not None:  # where the run will write, before any data or model is built
+        writable_folder(require_free(run_dir), "--run-dir")
+    elif resume is None:
+        writable_folder(runs_root, "--runs-root")
     if resume is not None:
         resolved = _resume_recipe(resume, recipe, overrides)
     else:
@@ -115,10 +120,12 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
 
 
 def _resume_recipe(resume: Path, recipe: Path | None, overrides: Sequence[str]) -> Any:
+    from .outputs import writable_folder
     from .recipe import NON_COMPUTING_KEYS, differing_keys, load_recipe, read_toml, value_at
     from .rundir import require_run_dir
 
     require_run_dir(resume)
+    writable_folder(resume, "--resume")
     saved = read_toml(resume / "recipe.toml")
     if recipe is None:
         new = load_recipe(resume / "recipe.toml", overrides)
@@ -265,17 +272,43 @@ def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint:
 def predict(run_dir: Path, inputs: Sequence[str], as_json: bool, batch_size: int, output: Path | None) -> None:
     """Predict with a trained run on INPUTS (files or text, as the task takes them; '-' reads stdin lines)."""
     from .inference import predict_run
+    from .outputs import writable_file
 
-    items = [line.rstrip("\n") for line in sys.stdin] if list(inputs) == ["-"] else list(inputs)
+    if output is not None:
+        writable_file(output, "-o")
+    from_stdin = list(inputs) == ["-"]
+    items = [line.rstrip("\n") for line in sys.stdin if line.strip()] if from_stdin else list(inputs)
+    if not items:
+        raise UserError("predict -: standard input held no lines to predict on; pipe one input per line, or give "
+                        "INPUTS (files or text) as arguments")
     task, results = predict_run(run_dir, items, batch_size=batch_size)
-    out = open(output, "w", encoding="utf-8") if output else None
+    written = _write_predictions(results, lambda r: json.dumps(r) if as_json else task.format_prediction(r), output)
+    if not written:
+        shown = "standard input" if from_stdin else " ".join(repr(i) for i in items[:3]) + (" ..." if len(items) > 3
+                                                                                           else "")
+        raise UserError(f"predict: {shown} gave nothing to predict on (an empty file?); nothing was written")
+
+
+def _write_predictions(results: Any, render: Callable[[Any], str], output: Path | None) -> int:
+    """Print each result, or write them to `output` through a temporary file renamed into place at the end, so a
+    failure or an empty result leaves no half-written file. Returns how many were written."""
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output is not None else None
+    handle = open(tmp, "w", encoding="utf-8") if tmp is not None else None
+    count = 0
     try:
         for result in results:
-            text = json.dumps(result) if as_json else task.format_prediction(result)
-            click.echo(text, file=out)
+            click.echo(render(result), file=handle)
+            count += 1
+        if handle is not None:
+            handle.close()
+            if count:
+                os.replace(tmp, output)
     finally:
-        if out:
-            out.close()
+        if handle is not None:
+            handle.close()
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+    return count
 
 
 @main.command()
@@ -299,8 +332,9 @@ def compare(run_dirs: Sequence[Path], output: Path) -> None:
     """Overlay the curves of several runs and tabulate their metrics; lines are labelled by the recipe keys
     that differ between the runs."""
     from .compare import compare_runs
+    from .outputs import writable_folder
 
-    _, md = compare_runs(list(run_dirs), output)
+    _, md = compare_runs(list(run_dirs), writable_folder(output, "-o"))
     click.echo(md.read_text(encoding="utf-8").rstrip())
     click.echo(f"\nwritten: {md}, {md.with_suffix('.csv')} and compare_*.png in {output}")
 
@@ -324,8 +358,11 @@ def sweep(recipe: Path | None, grids: Sequence[str], seeds: int | None, override
     Without --grid, the recipe's own [sweep] table says what to vary (grid = {"model.dropout" = [0, 0.5]})."""
     from .sweep import sweep as run_sweep
 
+    from .outputs import writable_folder
+
     if recipe is None and resume is None:
         raise UserError("give a RECIPE and --grid values, or --resume SWEEP_DIR")
+    writable_folder(resume if resume is not None else runs_root, "--resume" if resume is not None else "--runs-root")
     folder = run_sweep(recipe or Path("."), grids, seeds=seeds, overrides=overrides, jobs=jobs,
                        runs_root=runs_root, resume=resume, echo=click.echo)
     click.echo((folder / "compare.md").read_text(encoding="utf-8").rstrip())
@@ -342,8 +379,11 @@ def sweep(recipe: Path | None, grids: Sequence[str], seeds: int | None, override
 def new_plugin(name: str, directory: Path | None, kind: str) -> None:
     """Generate a working plugin package (pyproject with the entry point, a registered component, a recipe and
     a test) to start a model, dataset or task of your own."""
+    from .outputs import writable_folder
     from .scaffold import new_plugin as scaffold
 
+    if directory is not None:
+        writable_folder(directory, "--dir")
     root = scaffold(name, directory, kind)
     click.echo(f"created {root}\n\nnext:\n  pip install -e {root}\n  python -m pytest {root}/tests\n"
                f"  deepcourse run {root}/recipes/{root.name.removeprefix('deepcourse-').replace('-', '_')}.toml")

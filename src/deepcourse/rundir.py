@@ -35,10 +35,7 @@ RUN_FILES = ("recipe.toml", "run.json")
 def new_run_dir(root: Path, name: str, explicit: Path | None = None) -> Path:
     """Pick (not create) a fresh run directory; never an existing one, so nothing is overwritten silently."""
     if explicit is not None:
-        if explicit.exists() and any(explicit.iterdir()):
-            raise UserError(f"--run-dir {explicit}: already exists and is not empty; choose another folder, or "
-                            f"continue that run with --resume {explicit}")
-        return explicit
+        return require_free(explicit)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = root / name / stamp
     candidate, i = base, 1
@@ -46,6 +43,16 @@ def new_run_dir(root: Path, name: str, explicit: Path | None = None) -> Path:
         candidate = base.with_name(f"{stamp}-{i}")
         i += 1
     return candidate
+
+
+def require_free(explicit: Path) -> Path:
+    """An explicit --run-dir is a folder that does not exist yet or is empty: a run never writes over another's."""
+    if explicit.exists() and not explicit.is_dir():
+        raise UserError(f"--run-dir {explicit}: is a file, not a folder; choose a folder for the run")
+    if explicit.is_dir() and any(explicit.iterdir()):
+        raise UserError(f"--run-dir {explicit}: already exists and is not empty; choose another folder, or "
+                        f"continue that run with --resume {explicit}")
+    return explicit
 
 
 def is_run_dir(path: Path) -> bool:

@@ -81,6 +81,17 @@ def test_predict_text_and_conll_file(run_dir: Path, mini: Path, tmp_path: Path) 
     assert all(len(line.split()) == 2 for block in blocks for line in block.splitlines())
 
 
+def test_predict_with_nothing_to_tag_exits_2_and_writes_nothing(run_dir: Path, tmp_path: Path) -> None:
+    """A CoNLL file without a sentence gives no prediction: said so, exit 2, and no (empty) -o file left behind."""
+    empty = tmp_path / "empty.conll"
+    empty.write_text("-DOCSTART- -X- -X- O\n\n")
+    out = tmp_path / "tagged.conll"
+    result = CliRunner().invoke(main, ["predict", str(run_dir), str(empty), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"predict: '{empty}' gave nothing to predict on" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.conll"]
+
+
 def test_multitask_run_reports_every_head(tmp_path: Path, mini: Path) -> None:
     run = train(tmp_path, mini, "task.labels=['ner', 'chunk', 'pos']", "model.head_decoders={pos='softmax'}",
                 "task.loss_weights={pos=0.5}")
