@@ -1,7 +1,8 @@
 """Every case of the bad-input corpus exits 2 with a message naming the key path or file, and no traceback.
 
 A case may ask for a finished toy run in its folder first (`run = "NAME"`: trained once per session, copied in), for
-standard input (`stdin`), or for a folder this user cannot write in (`read_only`).
+standard input (`stdin`), an empty folder (`empty_dir`: git keeps none), or a folder this user cannot write in
+(`read_only`).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def test_corpus_is_large_enough() -> None:
     assert len(CASES) >= 100
     for name, case in CASES.items():
         assert "args" in case or (CORPUS / f"{name}.toml").exists(), name
-        assert set(case) <= {"args", "expect", "run", "stdin", "read_only"}, name
+        assert set(case) <= {"args", "expect", "run", "stdin", "empty_dir", "read_only"}, name
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +44,8 @@ def test_bad_input(name: str, tmp_path: Path, plugin_site, finished_run: Path, m
     shutil.copytree(CORPUS, work)  # run in a copy: a wrongly created run directory must not go unnoticed
     if "run" in case:
         shutil.copytree(finished_run, work / case["run"])
+    if "empty_dir" in case:
+        (work / case["empty_dir"]).mkdir(parents=True)
     if "read_only" in case:
         read_only_folder(work / case["read_only"], monkeypatch)
     before = {p.relative_to(work) for p in work.rglob("*")}

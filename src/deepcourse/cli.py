@@ -120,12 +120,17 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
 
 
 def _resume_recipe(resume: Path, recipe: Path | None, overrides: Sequence[str]) -> Any:
+    from . import runlock
+    from .errors import CheckpointError
     from .outputs import writable_folder
     from .recipe import NON_COMPUTING_KEYS, differing_keys, load_recipe, read_toml, value_at
     from .rundir import require_run_dir
 
     require_run_dir(resume)
     writable_folder(resume, "--resume")
+    holder = runlock.holder(resume)  # before any data is loaded; fit takes the lock itself
+    if holder:
+        raise CheckpointError(f"--resume {resume}: {runlock.in_use(holder)}")
     saved = read_toml(resume / "recipe.toml")
     if recipe is None:
         new = load_recipe(resume / "recipe.toml", overrides)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 
-from . import files, plugins
+from . import files, plugins, runlock
 from .accelerator import make_accelerator, torch_threads
 from .callbacks import TrainContext, TrainState
 from .checkpoint import latest_checkpoint, load_checkpoint, read_best_metrics, save_best, save_checkpoint
@@ -38,11 +39,13 @@ def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None 
         resume: Path | None = None) -> dict[str, Any]:
     """Train `recipe` (or continue the run in `resume`); returns a summary with the run directory and the best
     metrics. The caller's torch thread count is left as it was."""
-    with torch_threads(recipe.train.threads):
-        return _fit(recipe, Path(runs_root), Path(run_dir) if run_dir else None, Path(resume) if resume else None)
+    with torch_threads(recipe.train.threads), ExitStack() as held:  # held: what the run holds until it returns
+        return _fit(recipe, Path(runs_root), Path(run_dir) if run_dir else None, Path(resume) if resume else None,
+                    held)
 
 
-def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | None) -> dict[str, Any]:
+def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | None,
+         held: ExitStack) -> dict[str, Any]:
     started = time.perf_counter()
     acc = make_accelerator(recipe)
     set_seed(recipe.seed, deterministic=recipe.train.deterministic)
@@ -77,9 +80,11 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
     if resume is None:
         chosen = [new_run_dir(runs_root, recipe.name, run_dir) if acc.is_main_process else None]
         broadcast_object_list(chosen)
-        out_dir = Path(chosen[0])
+        out_dir, created = Path(chosen[0][0]), chosen[0][1]
     else:
-        out_dir = resume
+        out_dir, created = resume, None
+    if acc.is_main_process:  # one writer per run directory, until fit returns
+        held.enter_context(runlock.acquire(out_dir))
     ctx = TrainContext(acc, recipe, task, model, optimizer, scheduler, TrainState(), out_dir, bundle,
                        MetricsLog(None), LossMeter(acc.device), steps_per_epoch, total_steps, callbacks)
     if resume is not None:
@@ -96,8 +101,8 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
         with StopRequest() as stop:
             train(ctx, train_loader, sampler, eval_loader, stop)
     except BaseException:
-        if resume is None and acc.is_main_process and ctx.state.global_step == 0:
-            remove_unstarted(out_dir)
+        if resume is None and acc.is_main_process:  # kept only once it has a checkpoint (or best weights)
+            remove_unstarted(out_dir, created)
         raise
     finally:
         ctx.log.close()
