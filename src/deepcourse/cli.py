@@ -254,7 +254,8 @@ def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint:
     """Metrics of a trained run's best (or latest) weights on a split."""
     from .inference import evaluate_run
 
-    task, metrics = evaluate_run(run_dir, split=split, data_dir=data_dir, which=checkpoint, progress=not as_json)
+    task, metrics = evaluate_run(run_dir, split=split, data_dir=data_dir, which=checkpoint, progress=not as_json,
+                                 split_key=f"--split {split}" if split else None)
     if as_json:
         click.echo(json.dumps(metrics, indent=1))
         return

@@ -18,7 +18,7 @@ from .builders import call_builder, validate_options
 from .callbacks import Callback
 from .data import (EpochSampler, LengthGroupedSampler, passthrough_collate, random_subset, require_data_dir,
                    sample_lengths)
-from .errors import RecipeError, UserError, did_you_mean
+from .errors import MissingSplitError, RecipeError, UserError, did_you_mean
 from .metrics import scalars
 from .registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
 from .recipe import flatten
@@ -44,7 +44,10 @@ def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] 
     split = recipe.eval.split
     if recipe.data.data_dir:
         require_data_dir(recipe.data.data_dir)
-    bundle = task.setup_data(recipe.data, splits=("train", split), seed=recipe.seed, artifacts=artifacts)
+    try:
+        bundle = task.setup_data(recipe.data, splits=("train", split), seed=recipe.seed, artifacts=artifacts)
+    except MissingSplitError as exc:
+        raise (exc.named("eval.split") if exc.split == split != "train" else exc) from None
     if "train" not in bundle.splits or len(bundle.splits["train"]) == 0:
         raise UserError(f"data: dataset '{recipe.data.name}' has no training samples")
     bundle.splits["train"] = random_subset(bundle.splits["train"], recipe.data.train_samples, recipe.seed)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .errors import DataError
+from .errors import DataError, MissingSplitError
 
 DATA_ENV = "DEEPCOURSE_DATA"
 S = TypeVar("S")
@@ -55,23 +55,38 @@ def find_split_files(folder: Path, patterns: Sequence[str]) -> list[Path]:
     return found
 
 
+def present_splits(dataset: str, data_dir: str | os.PathLike | None,
+                   patterns: Mapping[str, Sequence[str]]) -> tuple[Path | None, list[str]]:
+    """The local copy of `dataset` (the first folder tried that holds files of any of its splits) and the splits
+    it holds; (None, []) when there is none."""
+    for folder in candidate_dirs(dataset, data_dir):
+        if folder.is_dir():
+            present = [s for s in patterns if find_split_files(folder, patterns[s])]
+            if present:
+                return folder, present
+    return None, []
+
+
 def locate_splits(
     dataset: str,
     data_dir: str | os.PathLike | None,
     patterns: Mapping[str, Sequence[str]],
     splits: Sequence[str],
 ) -> tuple[dict[str, list[Path]], list[str]]:
-    """Files of each wanted split from the first folder holding any of them. Returns (found, places tried)."""
-    tried = []
-    for folder in candidate_dirs(dataset, data_dir):
-        tried.append(str(folder))
-        if not folder.is_dir():
-            continue
-        found = {s: find_split_files(folder, patterns.get(s, ())) for s in splits}
-        found = {s: f for s, f in found.items() if f}
-        if found:
-            return found, tried
-    return {}, tried
+    """Files of each wanted split in the local copy: the first folder holding files of any of the dataset's splits
+    (a wanted split missing there is missing, not looked for elsewhere). Returns (found, places tried). A split
+    name `patterns` does not know is a MissingSplitError listing the ones it does."""
+    unknown = [s for s in splits if s not in patterns]
+    folder, present = present_splits(dataset, data_dir, patterns)
+    if unknown:
+        has = present or list(patterns)
+        raise MissingSplitError(f"{dataset} has no split '{unknown[0]}' (it has: {', '.join(has)}).",
+                                split=unknown[0], has=has)
+    tried = [str(f) for f in candidate_dirs(dataset, data_dir)]
+    if folder is None:
+        return {}, tried
+    tried = tried[:tried.index(str(folder)) + 1]
+    return {s: find_split_files(folder, patterns[s]) for s in splits if s in present}, tried
 
 
 def hub_allowed() -> bool:
@@ -92,11 +107,14 @@ def load_hf_splits(
 ) -> dict[str, Any]:
     """Load `splits` of a dataset as HF `datasets.Dataset`s (cached as Arrow), from a local copy or the Hub.
 
-    Only the splits that exist are returned: the caller decides whether a missing one is carved from train.
+    Only the splits that exist are returned: the caller decides whether a missing one is carved from train. A
+    local copy is the copy: a split it lacks is not fetched from the Hub.
     """
     import datasets
 
     found, tried = locate_splits(dataset, data_dir, patterns, splits)
+    if not found and present_splits(dataset, data_dir, patterns)[1]:
+        return {}
     if found:
         files = {s: [str(p) for p in f] for s, f in found.items()}
         try:
@@ -144,11 +162,12 @@ def subset(split: Any, indices: torch.Tensor) -> Any:
 
 
 def resolve_splits(available: Mapping[str, S], wanted: Sequence[str], *, dataset: str, val_split: float | None,
-                   seed: int, source: str = "") -> dict[str, S]:
+                   seed: int, source: str = "", has: Sequence[str] | None = None) -> dict[str, S]:
     """The `wanted` splits out of those a dataset has, with the one meaning of `data.val_split`: when the dataset
     has no validation split, that fraction of train is carved off as one (the same samples for the same seed, and
     train keeps the rest); a dataset's own validation split is used as it is. A split that is still missing is a
-    DataError naming it and the splits there are, with the key that would help.
+    MissingSplitError naming it and the splits there are (`has`: all the splits the source holds, when the task
+    loaded only some of them), with the key that would help.
 
     Tasks call this on their raw splits, before they fit anything (vocabularies, statistics) on train."""
     splits = dict(available)
@@ -161,12 +180,13 @@ def resolve_splits(available: Mapping[str, S], wanted: Sequence[str], *, dataset
             train = splits["train"]
             splits["train"], splits["validation"] = subset(train, keep), subset(train, held)
     where = f"{source}: " if source else ""
+    there = list(dict.fromkeys([*(has or ()), *splits]))
     for split in wanted:
         if split not in splits:
             hint = (" Set data.val_split (e.g. 0.1) to carve a validation split from train." if split == "validation"
-                    and "train" in splits else "")
-            raise DataError(f"{where}{dataset} has no split '{split}' here (it has: "
-                            f"{', '.join(splits) or 'none'}).{hint}")
+                    and "train" in there else "")
+            raise MissingSplitError(f"{where}{dataset} has no split '{split}' here (it has: "
+                                    f"{', '.join(there) or 'none'}).{hint}", split=split, has=there)
     return {s: splits[s] for s in wanted}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from click.testing import CliRunner
 
@@ -70,8 +69,14 @@ def test_quickstart_train_evaluate_predict(tmp_path: Path) -> None:
     assert 0 < result["probability"] <= 1 and len(result["top"]) == 3
     code, out = cli("predict", str(run), str(image))
     assert code == 0 and out.startswith(f"{image}: ")
-    code, out = cli("predict", str(run), str(tmp_path / "missing.png"))
+    code, out = cli("predict", str(run), str(tmp_path / "missing.png"), "-o", str(tmp_path / "out.txt"))
     assert code == 2 and "missing.png: image file not found" in out
+    assert not (tmp_path / "out.txt").exists() and not list(tmp_path.glob(".out.txt*"))  # no half-written -o
+
+    code, out = cli("evaluate", str(run), "--split", "tset")  # the split named, with the ones there are
+    assert code == 2 and "--split tset: digits has no split 'tset' (it has: train, test). Did you mean 'test'?" in out
+    code, out = cli("evaluate", str(run), "--split", "validation", "--data-dir", str(tmp_path))
+    assert code == 2 and "no copy of dataset 'digits' found" in out  # a folder without the files: said so
 
 
 def test_imagefolder_alexnet_recipe_with_ten_crop_tta(tmp_path: Path) -> None:

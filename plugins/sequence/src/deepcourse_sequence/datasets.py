@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepcourse.api import DATASETS, DATA_ENV, DataError, load_hf_splits, locate_splits
+from deepcourse.api import (DATASETS, DATA_ENV, DataError, MissingSplitError, load_hf_splits, locate_splits,
+                            present_splits)
 
 from .conll import quiet_datasets, read_conll
 from .schemes import Scheme
@@ -70,6 +71,10 @@ class Corpus:
         """The requested splits that exist; a DataError listing every place tried when none does."""
         raise NotImplementedError
 
+    def available(self) -> list[str]:
+        """Every split the corpus has here, loaded or not (for the message naming a missing one)."""
+        raise NotImplementedError
+
     def embeddings_file(self) -> Path | None:
         return resolve_path(self.embeddings, self.data_dir, "data.embeddings") if self.embeddings else None
 
@@ -108,6 +113,9 @@ class Conll2003(Corpus):
         return {s: LoadedSplit(self._from_hub(ds), f"{self.hub_id} ({s} split from the Hub)")
                 for s, ds in loaded.items()}
 
+    def available(self) -> list[str]:
+        return present_splits(self.name, self.data_dir, SPLIT_FILES)[1] or list(SPLIT_FILES)
+
     def _from_hub(self, ds: Any) -> Any:
         """Hub columns (class ids) -> the recipe's columns (strings), like a local file would give."""
         def to_strings(batch: Mapping[str, list[Any]]) -> dict[str, list[Any]]:
@@ -128,10 +136,21 @@ class Conll2003(Corpus):
 class ConllFiles(Corpus):
     files: Mapping[str, str] = field(default_factory=dict)
 
+    def available(self) -> list[str]:
+        folder = Path(self.data_dir).expanduser() if self.data_dir else None
+        found = [s for s, names in SPLIT_FILES.items() if folder is not None and any((folder / n).is_file()
+                                                                                     for n in names)]
+        return list(dict.fromkeys([*self.files, *found]))
+
     def load(self, splits: Sequence[str]) -> dict[str, LoadedSplit]:
         out: dict[str, LoadedSplit] = {}
         tried: list[str] = []
         folder = Path(self.data_dir).expanduser() if self.data_dir else None
+        unknown = [s for s in splits if s not in self.files and s not in SPLIT_FILES]
+        if unknown:
+            has = self.available()
+            raise MissingSplitError(f"{self.name} has no split '{unknown[0]}' (it has: {', '.join(has) or 'none'}; "
+                                    f"data.files names a file for each split).", split=unknown[0], has=has)
         for split in splits:
             if split in self.files:  # an explicit name must exist: no silent fall-back to another file
                 given = Path(os.path.expandvars(self.files[split])).expanduser()

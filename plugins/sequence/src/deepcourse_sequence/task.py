@@ -97,7 +97,9 @@ class SequenceTagging(Task):
         # train too when validation may have to be carved from it (the corpus decides by having none)
         needed = wanted + ["train"] if "validation" in wanted and data.val_split else wanted
         loaded = corpus.load(list(dict.fromkeys(needed))) if wanted else {}
-        loaded = resolve_splits(loaded, wanted, dataset=corpus.name, val_split=data.val_split, seed=seed)
+        missing = [s for s in wanted if s not in loaded]  # only then: which splits are there (for the message)
+        loaded = resolve_splits(loaded, wanted, dataset=corpus.name, val_split=data.val_split, seed=seed,
+                                has=corpus.available() if missing else None)
         facts = self._fit(corpus, loaded["train"], seed) if training else self._restore(artifacts)
         bundle_splits = {s: self._tensorise(loaded[s], strict=corpus.strict) for s in splits if s in loaded}
         return DataBundle(bundle_splits, facts=facts, artifacts=self._artifacts())

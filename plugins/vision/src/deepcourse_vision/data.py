@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from deepcourse.api import DATASETS, DataError, candidate_dirs, load_hf_splits, locate_splits
+from deepcourse.api import DATASETS, DataError, candidate_dirs, load_hf_splits, locate_splits, present_splits
 
 CACHE_ENV = "DEEPCOURSE_CACHE"
 CACHE_VERSION = 1
@@ -75,6 +75,7 @@ class ImageData:
     splits: dict[str, ImageSplit]
     class_names: list[str]
     source: str  # where the images came from, for messages
+    available: list[str] = field(default_factory=list)  # every split the source holds, loaded or not (messages)
 
 
 # -- decoding ------------------------------------------------------------------------------------------------------
@@ -257,13 +258,14 @@ def load_parquet_images(dataset: str, *, data_dir: str | None, splits: Sequence[
     """Decoded splits of a Parquet image dataset: local copy (data_dir, then $DEEPCOURSE_DATA/<dataset>), else
     the Hub. Cached splits are loaded without opening the Parquet files."""
     found, _ = locate_splits(dataset, data_dir, PARQUET_PATTERNS, splits)
+    folder, present = present_splits(dataset, data_dir, PARQUET_PATTERNS)
     out: dict[str, ImageSplit] = {}
     names: list[str] = []
     for split, files in found.items():  # cache hits need nothing but the files' sizes and times
         key = {"files": file_stamp(files), "mode": mode}
         out[split], names = cached_split(dataset, split, key, lambda s=split, f=files: _build_local(s, f, mode))
-    if found:
-        return ImageData(out, names, str(found[next(iter(found))][0].parent))
+    if folder is not None:  # the local copy, even when it lacks a split that was asked for
+        return ImageData(out, names, str(folder), available=present)
     loaded = load_hf_splits(dataset, data_dir=data_dir, patterns=PARQUET_PATTERNS, splits=splits, hub_id=hub_id,
                             hub_kwargs=hub_kwargs)
     for split, ds in loaded.items():
@@ -347,6 +349,9 @@ def imagefolder(splits: tuple[str, ...], data_dir: str | None = None, size: Anno
     (default: train/'s sub-folders, sorted)."""
     root = _find_image_root(data_dir)
     folders = {s: _split_folder(root, s) for s in splits}
+    known = {name for names in FOLDER_SPLITS.values() for name in names}
+    available = [s for s in FOLDER_SPLITS if _split_folder(root, s)] + [
+        p.name for p in sorted(root.iterdir()) if p.is_dir() and p.name not in known and not p.name.startswith(".")]
     if classes is None:
         train = _split_folder(root, "train")
         reference = train or next((f for f in folders.values() if f is not None), None)
@@ -377,4 +382,4 @@ def imagefolder(splits: tuple[str, ...], data_dir: str | None = None, size: Anno
         first = next(iter(out.values())).images.shape[1]
         if any(s.images.shape[1] != first for s in out.values()):
             raise DataError(f"{root}: some splits are grayscale and others colour; set data.channels = 1 or 3")
-    return ImageData(out, list(classes), str(root))
+    return ImageData(out, list(classes), str(root), available=available)
