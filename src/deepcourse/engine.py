@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from . import files, plugins, runlock
 from .accelerator import make_accelerator, torch_threads
 from .callbacks import TrainContext, TrainState
-from .checkpoint import latest_checkpoint, load_checkpoint, read_best_metrics, save_best, save_checkpoint
+from .checkpoint import latest_checkpoint, load_latest_intact, read_best_metrics, save_best, save_checkpoint
 from .components import (build_callbacks, build_model, build_optimizer, build_scheduler, build_task,
                          check_monitor, count_parameters, load_training_data, make_loader, make_train_sampler,
                          monitor_of, steps_per_evaluation)
@@ -138,7 +138,7 @@ def resume_from_latest(ctx: TrainContext) -> None:
     if latest is None:
         raise CheckpointError(f"--resume {ctx.run_dir}: no complete checkpoint in {ctx.run_dir / 'checkpoints'}; "
                               f"start a new run instead")
-    load_checkpoint(ctx, latest)
+    latest = load_latest_intact(ctx, ctx.run_dir / "checkpoints")  # a damaged newest one: the one before it
     if ctx.is_main:
         truncate_metrics(ctx.run_dir / "metrics.jsonl", ctx.state.global_step, ctx.state.event)
         print(f"deepcourse: resuming {ctx.run_dir} from {latest.name} (epoch {ctx.state.epoch + 1}, "

@@ -57,6 +57,11 @@ class CheckpointError(UserError):
     """A run directory or checkpoint cannot be used (missing, incomplete, unsafe or from another recipe)."""
 
 
+class DamagedFileError(CheckpointError):
+    """A file of a run is missing, cut short or corrupt (a full disk, a copy that stopped half-way), as opposed to
+    unsafe: an older checkpoint may do instead."""
+
+
 class NonFiniteLoss(UserError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
