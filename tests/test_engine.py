@@ -181,3 +181,16 @@ def test_train_and_eval_samples_subset_reproducibly(tmp_path: Path, toy_recipe: 
     rows = metrics_rows(run)
     assert [r["step"] for r in rows if r.get("scope") == "epoch" and r["split"] == "train"] == [3]  # 48 / 16
     assert [r["num_samples"] for r in rows if r["split"] == "validation"] == [20]
+
+
+def test_a_batch_larger_than_the_training_set_is_said(tmp_path: Path, toy_recipe: Path, plugin_site) -> None:
+    """It trains (one batch an epoch, as a smoke run on tiny data may want), but not as the recipe reads: said."""
+    from click.testing import CliRunner
+
+    from deepcourse.cli import main
+
+    out = CliRunner().invoke(main, ["run", str(toy_recipe), "--run-dir", str(tmp_path / "r"), "--no-report", "--set",
+                                    "data.train_samples=10", "--set", "train.epochs=1"])
+    assert out.exit_code == 0, out.output
+    assert ("warning: data.batch_size = 16 is more than the 10 training samples (data.train_samples): every epoch is "
+            "one batch of 10") in out.stderr

@@ -121,3 +121,25 @@ def test_results_table_comes_from_the_runs_files(two_runs: list[Path]) -> None:
         metric, value = cells[4], cells[5]
         assert value == f"{summary['best'][metric] * 100:.2f}%"
         assert cells[-1] == f"{summary['wall_time_s']} s"
+
+
+def test_a_garbage_line_in_metrics_jsonl_is_skipped_with_a_warning_naming_it(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A line that is not a JSON object, in the middle or cut short at the end, is named and skipped; every line
+    after it is still read (it used to end the log there, silently)."""
+    from deepcourse.rundir import read_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.toml").write_text('name = "r"\n[task]\nname = "toy-classification"\n')
+    rows = [{"event": i, "epoch": i, "step": i, "split": "validation", "scope": "epoch", "accuracy": i / 10}
+            for i in (1, 2, 3)]
+    lines = [json.dumps(rows[0]), "oops, an editor was here", json.dumps(rows[1]), "[1, 2]", json.dumps(rows[2]),
+             '{"event": 4, "ep']
+    (run / "metrics.jsonl").write_text("\n".join(lines))
+    assert read_run(run).rows == rows
+    err = capsys.readouterr().err
+    path = run / "metrics.jsonl"
+    assert f"warning: {path}:2: not valid JSON (Expecting value at column 1); skipped: 'oops, an editor" in err
+    assert f"warning: {path}:4: a JSON list, not an object; skipped" in err
+    assert f"warning: {path}:6: not valid JSON (Unterminated string" in err

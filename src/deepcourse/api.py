@@ -6,8 +6,8 @@ releases. Grouped as:
 
 - registries: `MODELS`, `DATASETS`, `TASKS`, `OPTIMIZERS`, `SCHEDULERS`, `TRANSFORMS`, `METRICS`, `CALLBACKS`
   (`REGISTRIES` by kind), `Registry`, `Entry`, and `load_plugins`, the one explicit discovery step;
-- builders and recipes: `call_builder`, `validate_options`, `parameters`, `load_recipe`, `build_task`, `Recipe`,
-  `DataSection`, `ModelSection`;
+- builders and recipes: `call_builder`, `validate_options`, `parameters`, `Unique` (items that must differ),
+  `load_recipe`, `build_task`, `Recipe`, `DataSection`, `ModelSection`;
 - tasks and training: `Task`, `DataBundle`, `Callback`, `TrainContext`, `TrainState`;
 - data: `ArrayDataset`, `resolve_splits` (the one meaning of `data.val_split`), `split_indices`, `subset`,
   `load_hf_splits`, `locate_splits`, `present_splits`, `candidate_dirs`, `DATA_ENV`;
@@ -22,7 +22,7 @@ releases. Grouped as:
 """
 from __future__ import annotations
 
-from .builders import call_builder, parameters, validate_options
+from .builders import Unique, call_builder, parameters, validate_options
 from .catalog import shipped as shipped_recipes
 from .callbacks import Callback, TrainContext, TrainState
 from .checkpoint import latest_checkpoint
@@ -49,7 +49,7 @@ __all__ = [
     "MODELS", "DATASETS", "TASKS", "OPTIMIZERS", "SCHEDULERS", "TRANSFORMS", "METRICS", "CALLBACKS", "REGISTRIES",
     "Registry", "Entry", "load_plugins",
     # builders and recipes
-    "call_builder", "validate_options", "parameters", "load_recipe", "build_task", "Recipe", "DataSection",
+    "call_builder", "validate_options", "parameters", "Unique", "load_recipe", "build_task", "Recipe", "DataSection",
     "ModelSection",
     # tasks and training
     "Task", "DataBundle", "Callback", "TrainContext", "TrainState",

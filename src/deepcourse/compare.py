@@ -9,12 +9,25 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .figures import Figure, markdown_table, nice, pyplot, save_figure
 from .recipe import NON_COMPUTING_KEYS, differing_keys, flatten
 from .rundir import RunData, read_run
 
 #: keys that never label a run: its name and description, and what does not change what it computes
 UNLABELLED = ("name", "description", *NON_COMPUTING_KEYS)
+
+
+def check_comparable(runs: Sequence[RunData]) -> None:
+    """Runs share one table and one set of axes only when they are of one task: an image classifier's accuracy
+    beside a tagger's F1 reads as a comparison of numbers that do not compare."""
+    tasks: dict[str, list[str]] = {}
+    for run in runs:
+        task = run.recipe.get("task", {}).get("name", "?") if isinstance(run.recipe.get("task"), dict) else "?"
+        tasks.setdefault(task, []).append(str(run.path))
+    if len(tasks) > 1:
+        raise UserError("compare: the runs are of different tasks, whose metrics do not share a table; compare the "
+                        "runs of one task at a time", [f"{task}: {', '.join(paths)}" for task, paths in tasks.items()])
 
 
 def labels_for(runs: Sequence[RunData], ignore: Sequence[str] = ()) -> list[str]:
@@ -120,6 +133,7 @@ def _fmt(value: Any, column: str = "") -> str:
 
 def compare_runs(run_dirs: Sequence[Path], out: Path) -> tuple[list[dict[str, Any]], Path]:
     runs = [read_run(p) for p in run_dirs]
+    check_comparable(runs)
     labels = labels_for(runs)
     rows = [summary_row(r, label) for r, label in zip(runs, labels)]
     plot_comparison(runs, labels, out)

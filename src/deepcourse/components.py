@@ -7,6 +7,7 @@ run directory exists.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from .builders import call_builder, validate_options
 from .callbacks import Callback
-from .data import (EpochSampler, LengthGroupedSampler, passthrough_collate, random_subset, require_data_dir,
-                   sample_lengths)
+from .data import (EpochSampler, LengthGroupedSampler, passthrough_collate, require_data_dir, sample_lengths,
+                   sized_subset)
 from .errors import MissingSplitError, RecipeError, UserError, did_you_mean
 from .metrics import scalars
 from .registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
@@ -50,9 +51,16 @@ def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] 
         raise (exc.named("eval.split") if exc.split == split != "train" else exc) from None
     if "train" not in bundle.splits or len(bundle.splits["train"]) == 0:
         raise UserError(f"data: dataset '{recipe.data.name}' has no training samples")
-    bundle.splits["train"] = random_subset(bundle.splits["train"], recipe.data.train_samples, recipe.seed)
+    name = recipe.data.name
+    train = bundle.splits["train"] = sized_subset(bundle.splits["train"], recipe.data.train_samples, recipe.seed,
+                                                  key="data.train_samples", what=f"training samples of '{name}'")
+    if recipe.data.batch_size > len(train):  # it trains (one batch an epoch), but not as the recipe says
+        subset = " (data.train_samples)" if recipe.data.train_samples else f" of '{name}'"
+        print(f"deepcourse: warning: data.batch_size = {recipe.data.batch_size} is more than the {len(train)} "
+              f"training samples{subset}: every epoch is one batch of {len(train)}", file=sys.stderr, flush=True)
     if split in bundle.splits:
-        bundle.splits[split] = random_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed)
+        bundle.splits[split] = sized_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed,
+                                            key="data.eval_samples", what=f"samples of '{name}' split '{split}'")
     return bundle
 
 

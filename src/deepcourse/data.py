@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .errors import DataError, MissingSplitError
+from .errors import DataError, MissingSplitError, RecipeError
 
 DATA_ENV = "DEEPCOURSE_DATA"
 S = TypeVar("S")
@@ -223,6 +223,15 @@ def random_subset(dataset: Any, size: int | None, seed: int) -> Any:
         return dataset
     keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 17))[:size].sort().values
     return subset(dataset, keep)
+
+
+def sized_subset(dataset: Any, size: int | None, seed: int, *, key: str, what: str) -> Any:
+    """`random_subset` for a recipe key that asks for `size` samples: asking for more than there are is said (the
+    run would silently use fewer), naming the key and the count. `what`: 'training samples of dataset 'x''."""
+    if size is not None and size > len(dataset):
+        raise RecipeError(f"{key}: {size} is more than the {len(dataset)} {what}; lower it, or remove the key to use "
+                          f"all of them")
+    return random_subset(dataset, size, seed)
 
 
 def passthrough_collate(batch: Any) -> Any:

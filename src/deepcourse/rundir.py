@@ -171,15 +171,25 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The logged events, in order. A line that is not a JSON object (cut by a crash, edited by hand) is skipped
+    with a warning naming it, and the lines after it are still read."""
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash ends the log
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            row, problem = None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+        else:
+            problem = "" if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
+        if problem:
+            print(f"deepcourse: warning: {path}:{number}: {problem}; skipped: {line.strip()[:60]!r}",
+                  file=sys.stderr, flush=True)
+            continue
+        rows.append(row)
     return rows
 
 

@@ -10,10 +10,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from deepcourse.api import (DATASETS, DATA_ENV, DataError, MissingSplitError, load_hf_splits, locate_splits,
-                            present_splits)
+from deepcourse.api import (DATASETS, DATA_ENV, DataError, MissingSplitError, Unique, load_hf_splits,
+                            locate_splits, present_splits)
 
 from .conll import quiet_datasets, read_conll
 from .schemes import Scheme
@@ -175,7 +175,7 @@ class ConllFiles(Corpus):
 @DATASETS.register("conll2003", task=TASK)
 def conll2003(
     data_dir: str | None = None,
-    columns: tuple[str, ...] = ("token", "pos", "chunk", "ner"),
+    columns: Annotated[tuple[str, ...], Unique] = ("token", "pos", "chunk", "ner"),
     scheme: Scheme = "BIO",
     strict: bool = False,
     vocab: VocabOptions = DEFAULT_VOCAB,
@@ -194,7 +194,7 @@ def conll2003(
 def conll(
     files: dict[str, str] | None = None,
     data_dir: str | None = None,
-    columns: tuple[str, ...] = ("token", "ner"),
+    columns: Annotated[tuple[str, ...], Unique] = ("token", "ner"),
     scheme: Scheme = "BIO",
     strict: bool = False,
     vocab: VocabOptions = DEFAULT_VOCAB,

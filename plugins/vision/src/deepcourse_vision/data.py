@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from deepcourse.api import DATASETS, DataError, candidate_dirs, load_hf_splits, locate_splits, present_splits
+from deepcourse.api import (DATASETS, DataError, Unique, candidate_dirs, load_hf_splits, locate_splits,
+                            present_splits)
 
 CACHE_ENV = "DEEPCOURSE_CACHE"
 CACHE_VERSION = 1
@@ -341,7 +342,7 @@ def _find_image_root(data_dir: str | None) -> Path:
 
 @DATASETS.register("imagefolder", aliases=("image_folder",), task=TASK)
 def imagefolder(splits: tuple[str, ...], data_dir: str | None = None, size: Annotated[int, Field(gt=0)] | None = None,
-                channels: Channels | None = None, classes: list[str] | None = None) -> ImageData:
+                channels: Channels | None = None, classes: Annotated[list[str], Unique] | None = None) -> ImageData:
     """A folder of labelled images: data_dir/{train,val|develop,test}/<class>/*.png|jpg|...
 
     Any small labelled set, e.g. a 12-class 28x28 character set. `size` resizes every image to size x size;
