@@ -123,8 +123,8 @@ def test_results_table_comes_from_the_runs_files(two_runs: list[Path]) -> None:
         assert cells[-1] == f"{summary['wall_time_s']} s"
 
 
-def test_a_garbage_line_in_metrics_jsonl_is_skipped_with_a_warning_naming_it(tmp_path: Path,
-                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_garbage_line_in_metrics_jsonl_is_skipped_with_a_warning_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A line that is not a JSON object, in the middle or cut short at the end, is named and skipped; every line
     after it is still read (it used to end the log there, silently)."""
     from deepcourse.rundir import read_run
