@@ -54,6 +54,7 @@ def test_bad_input(name: str, tmp_path: Path, plugin_site, finished_run: Path, m
         args = [*args, "--runs-root", "runs"]
     monkeypatch.chdir(work)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a missing local copy must not turn into a network wait
+    monkeypatch.setenv("DEEPCOURSE_DATA", str(work / "no_shared_data"))  # the corpus is all there is
     out = CliRunner().invoke(main, args, input=case.get("stdin"))  # in-process: the console script's code path
     assert out.exit_code == 2, f"exit {out.exit_code}\n{out.output}\n{out.exc_info}"
     assert case["expect"] in out.stderr, out.stderr

@@ -102,13 +102,16 @@ def load_hf_splits(
     patterns: Mapping[str, Sequence[str]],
     splits: Sequence[str],
     hub_id: str | None = None,
+    revision: str | None = None,
     local_format: str = "parquet",
     hub_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load `splits` of a dataset as HF `datasets.Dataset`s (cached as Arrow), from a local copy or the Hub.
 
     Only the splits that exist are returned: the caller decides whether a missing one is carved from train. A
-    local copy is the copy: a split it lacks is not fetched from the Hub.
+    local copy is the copy: a split it lacks is not fetched from the Hub. A Hub load is pinned to `revision` (a
+    commit or a tag), which is required: a dataset repository can change under a recipe, and datasets >= 4 loads
+    data files only, never a repository's script.
     """
     import datasets
 
@@ -123,11 +126,15 @@ def load_hf_splits(
             raise DataError(f"cannot read the local copy of '{dataset}' in {Path(next(iter(files.values()))[0]).parent}:"
                             f" {type(exc).__name__}: {exc}") from None
         return {s: loaded[s] for s in loaded}
+    if hub_id and not revision:
+        raise RecipeError(f"data.hub_revision: required to load '{hub_id}' from the Hugging Face Hub; pin the "
+                          f"commit (or tag) to load, so the data cannot change under the recipe")
     if hub_id and hub_allowed():
         try:
-            loaded = datasets.load_dataset(hub_id, **dict(hub_kwargs or {}))
+            loaded = datasets.load_dataset(hub_id, revision=revision, **dict(hub_kwargs or {}))
         except Exception as exc:  # noqa: BLE001
-            tried.append(f"the Hugging Face Hub ({hub_id}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            first = (str(exc).splitlines() or [""])[0][:200]
+            tried.append(f"the Hugging Face Hub ({hub_id} at {revision}): {type(exc).__name__}: {first}")
         else:
             return {s: loaded[s] for s in loaded if s in splits}
     elif hub_id:

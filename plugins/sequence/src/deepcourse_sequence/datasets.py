@@ -95,9 +95,15 @@ def resolve_path(path: str, data_dir: str | None, key: str) -> Path:
     raise DataError(f"{key}: file '{path}' not found; tried " + ", ".join(str(c) for c in candidates) + env)
 
 
+#: CoNLL-2003 on the Hub: eriktks/conll2003 is a loading script, which datasets >= 4 refuses to run; its
+#: refs/convert/parquet branch is the Hub's own parquet export of the same data (data files only).
+HUB_ID, HUB_REVISION = "eriktks/conll2003", "refs/convert/parquet"
+
+
 @dataclass(frozen=True)
 class Conll2003(Corpus):
-    hub_id: str = "eriktks/conll2003"
+    hub_id: str = HUB_ID
+    hub_revision: str | None = HUB_REVISION
     #: recipe column -> column of the Hub copy (whose tags are class ids)
     hub_columns: Mapping[str, str] = field(default_factory=lambda: {
         "token": "tokens", "pos": "pos_tags", "chunk": "chunk_tags", "ner": "ner_tags"})
@@ -109,7 +115,7 @@ class Conll2003(Corpus):
         unknown = [c for c in self.columns if c not in self.hub_columns]
         hub_id = None if unknown else self.hub_id
         loaded = load_hf_splits(self.name, data_dir=self.data_dir, patterns=SPLIT_FILES, splits=splits,
-                                hub_id=hub_id)
+                                hub_id=hub_id, revision=self.hub_revision)
         return {s: LoadedSplit(self._from_hub(ds), f"{self.hub_id} ({s} split from the Hub)")
                 for s, ds in loaded.items()}
 
@@ -180,14 +186,19 @@ def conll2003(
     strict: bool = False,
     vocab: VocabOptions = DEFAULT_VOCAB,
     embeddings: str | None = None,
+    hub_id: str = HUB_ID,
+    hub_revision: str | None = None,
 ) -> Corpus:
-    """CoNLL-2003 English NER (POS, chunk and NER columns): local train.txt/dev.txt/test.txt or eriktks/conll2003.
+    """CoNLL-2003 English NER (POS, chunk and NER columns): local train.txt/dev.txt/test.txt, else the Hub's parquet
+    export of eriktks/conll2003.
 
     scheme: the tag scheme of the files (BIO for the usual copies); strict: fail on a tag sequence it forbids
     instead of repairing it as conlleval does; embeddings: a GloVe-format text file (.gz allowed), found relative
-    to the current folder, data.data_dir or $DEEPCOURSE_DATA.
+    to the current folder, data.data_dir or $DEEPCOURSE_DATA; hub_revision: the Hub revision to load (default: the
+    one pinned for the default hub_id; another hub_id needs its own).
     """
-    return Conll2003("conll2003", tuple(columns), scheme, strict, vocab, embeddings, data_dir)
+    revision = hub_revision or (HUB_REVISION if hub_id == HUB_ID else None)
+    return Conll2003("conll2003", tuple(columns), scheme, strict, vocab, embeddings, data_dir, hub_id, revision)
 
 
 @DATASETS.register("conll", task=TASK)
