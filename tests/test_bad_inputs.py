@@ -22,7 +22,7 @@ CASES = tomllib.loads((CORPUS / "expected.toml").read_text())
 
 
 def test_corpus_is_large_enough() -> None:
-    assert len(CASES) >= 100
+    assert len(CASES) >= 150
     for name, case in CASES.items():
         assert "args" in case or (CORPUS / f"{name}.toml").exists(), name
         assert set(case) <= {"args", "expect", "run", "stdin", "empty_dir", "read_only"}, name
