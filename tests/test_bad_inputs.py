@@ -1,20 +1,22 @@
 """Every case of the bad-input corpus exits 2 with a message naming the key path or file, and no traceback.
 
 A case may ask for a finished toy run in its folder first (`run = "NAME"`: trained once per session, copied in), for
-standard input (`stdin`), an empty folder (`empty_dir`: git keeps none), or a folder this user cannot write in
-(`read_only`).
+standard input (`stdin`), an empty folder (`empty_dir`: git keeps none), a folder this user cannot write in
+(`read_only`), or a run directory another writer holds (`locked`: the test holds its lock).
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tomllib
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from click.testing import CliRunner
 
+from deepcourse import runlock
 from deepcourse.cli import main
 
 CORPUS = Path(__file__).parent / "bad_inputs"
@@ -25,7 +27,7 @@ def test_corpus_is_large_enough() -> None:
     assert len(CASES) >= 150
     for name, case in CASES.items():
         assert "args" in case or (CORPUS / f"{name}.toml").exists(), name
-        assert set(case) <= {"args", "expect", "run", "stdin", "empty_dir", "read_only"}, name
+        assert set(case) <= {"args", "expect", "run", "stdin", "empty_dir", "read_only", "locked"}, name
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +50,13 @@ def test_bad_input(name: str, tmp_path: Path, plugin_site, finished_run: Path, m
         (work / case["empty_dir"]).mkdir(parents=True)
     if "read_only" in case:
         read_only_folder(work / case["read_only"], monkeypatch)
+    with ExitStack() as held:
+        if "locked" in case:
+            held.enter_context(runlock.acquire(work / case["locked"]))
+        check_case(case, name, work, monkeypatch)
+
+
+def check_case(case: dict, name: str, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = {p.relative_to(work) for p in work.rglob("*")}
     args = case.get("args", ["run", f"{name}.toml"])
     if args[0] == "run" and not {"--resume", "--runs-root", "--run-dir"} & set(args):
