@@ -115,7 +115,8 @@ def _vision_plugin_line(lines: list[str]) -> tuple[str, list[str]]:
     return lines[i], own
 
 
-@pytest.mark.parametrize("name", ["aardvark", "zebra"])  # loaded before vision (the reported case), and after it
+# loaded before vision (the reported case), and after it
+@pytest.mark.parametrize("name", ["aardvark", pytest.param("zebra", marks=pytest.mark.slow)])
 def test_a_generated_dataset_plugin_building_on_vision_that_fails_leaves_vision_whole(
         tmp_path, cli_env, name: str) -> None:
     """The package `deepcourse new-plugin NAME --kind dataset` writes imports deepcourse_vision; made to raise after

@@ -164,6 +164,7 @@ def test_every_shipped_recipe_resumes_with_itself(name: str, tmp_path: Path) -> 
         _resume_recipe(run, path, ["train.epochs=2"])
 
 
+@pytest.mark.slow
 def test_resume_with_the_recipe_and_an_optimizer_with_tuple_defaults(tmp_path: Path, toy_recipe: Path,
                                                                     cli_env) -> None:
     """The reported case end to end: adamw's betas default to a tuple, saved as a TOML list."""

@@ -41,6 +41,7 @@ def uninterrupted(tmp_path_factory, cli_env) -> tuple[Path, tuple]:
     return recipe, final_state(run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crash_at", ["step:14", "eval:5", "checkpoint-write:4", "checkpoint-commit:2"])
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path, uninterrupted, cli_env,
                                                           crash_at: str) -> None:
@@ -73,6 +74,7 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["optimizer.pt", "scheduler.pt"])
 def test_planted_pickle_is_refused_and_never_runs(tmp_path: Path, toy_recipe: Path, cli_env, victim: str) -> None:
     run = tmp_path / "run"
@@ -88,6 +90,7 @@ def test_planted_pickle_is_refused_and_never_runs(tmp_path: Path, toy_recipe: Pa
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path: Path, toy_recipe: Path,
                                                                         cli_env) -> None:
     """A checkpoint cut short (here its optimizer.pt) is skipped with a warning; the resume continues from the one
@@ -109,6 +112,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_pat
     assert resumed.keys() == expected.keys() and all(torch.equal(resumed[k], expected[k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_a_run_whose_only_checkpoint_is_damaged_says_so(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     run = tmp_path / "run"
     assert run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.keep_checkpoints=1"],
@@ -122,6 +126,7 @@ def test_a_run_whose_only_checkpoint_is_damaged_says_so(tmp_path: Path, toy_reci
     assert "could run code" not in out.stderr
 
 
+@pytest.mark.slow
 def test_corrupt_weights_are_reported_not_crashed_on(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     run = tmp_path / "run"
     assert run_cli(["run", str(toy_recipe), "--run-dir", str(run)], cli_env).returncode == 0
@@ -131,6 +136,7 @@ def test_corrupt_weights_are_reported_not_crashed_on(tmp_path: Path, toy_recipe:
     assert "model.safetensors: cannot load weights" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_steps(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     """With skip_nonfinite a NaN loss does not stop training; the skipped steps are counted."""
     run = tmp_path / "run"

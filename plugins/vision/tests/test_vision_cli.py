@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -79,6 +80,7 @@ def test_quickstart_train_evaluate_predict(tmp_path: Path) -> None:
     assert code == 2 and "no copy of dataset 'digits' found" in out  # a folder without the files: said so
 
 
+@pytest.mark.slow
 def test_imagefolder_alexnet_recipe_with_ten_crop_tta(tmp_path: Path) -> None:
     classes = [f"c{i}" for i in range(12)]  # like the course's 12-class 28x28 grayscale character set
     root = make_imagefolder(tmp_path / "chars", classes, per_class=3, size=28, channels=1, splits=("train",))
