@@ -290,8 +290,7 @@ def predict(run_dir: Path, inputs: Sequence[str], as_json: bool, batch_size: int
     task, results = predict_run(run_dir, items, batch_size=batch_size)
     written = _write_predictions(results, lambda r: json.dumps(r) if as_json else task.format_prediction(r), output)
     if not written:
-        shown = "standard input" if from_stdin else " ".join(repr(i) for i in items[:3]) + (" ..." if len(items) > 3
-                                                                                           else "")
+        shown = "standard input" if from_stdin else ", ".join(map(repr, items[:3])) + (", ..." if items[3:] else "")
         raise UserError(f"predict: {shown} gave nothing to predict on (an empty file?); nothing was written")
 
 
@@ -362,9 +361,8 @@ def sweep(recipe: Path | None, grids: Sequence[str], seeds: int | None, override
     """Run RECIPE for every combination of --grid values (and seeds), then compare the runs.
 
     Without --grid, the recipe's own [sweep] table says what to vary (grid = {"model.dropout" = [0, 0.5]})."""
-    from .sweep import sweep as run_sweep
-
     from .outputs import writable_folder
+    from .sweep import sweep as run_sweep
 
     if recipe is None and resume is None:
         raise UserError("give a RECIPE and --grid values, or --resume SWEEP_DIR")

@@ -76,16 +76,23 @@ def build_model(task: Task, model: ModelSection, facts: Mapping[str, Any]) -> nn
     except (MemoryError, RuntimeError) as exc:
         if not isinstance(exc, MemoryError) and not _NO_MEMORY.search(str(exc)):
             raise
-        sizes = sorted(((v, k) for k, v in flatten({"model": model.options}).items()
-                        if isinstance(v, int) and not isinstance(v, bool) and v > 1), reverse=True)
-        culprit = (f" The largest size in [model] is {sizes[0][1]} = {sizes[0][0]}; lower it." if sizes else
+        options = flatten({"model": model.options})
+        sizes = sorted(((max(v) if isinstance(v, list) else v, k, v) for k, v in options.items() if _is_size(v)),
+                       reverse=True)
+        culprit = (f" The largest size in [model] is {sizes[0][1]} = {sizes[0][2]}; lower it." if sizes else
                    " [model] sets no size: lower the model's defaults or use a smaller model.")
-        raise RecipeError(f"model: building '{model.name}' needs {_wanted(str(exc))} than this machine can "
+        raise RecipeError(f"model: building '{model.name}' needs {_asked_for(str(exc))} than this machine can "
                           f"allocate.{culprit}") from None
 
 
-def _wanted(message: str) -> str:
-    """'32.0 TB more memory' from an allocator's message ('more memory' when it gives no size)."""
+def _is_size(value: Any) -> bool:
+    """A whole number (or a list of them, such as layer widths) that could size a layer."""
+    values = value if isinstance(value, list) and value else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values) and max(values) > 1
+
+
+def _asked_for(message: str) -> str:
+    """What an allocator's message says was asked for, as the start of '... than this machine can allocate'."""
     found = re.search(r"allocate (\d+) bytes", message)
     if found:
         size, unit = float(found.group(1)), "bytes"
@@ -97,7 +104,7 @@ def _wanted(message: str) -> str:
     if "overflowed" in message:
         return "a tensor with more elements than 64 bits can count, far more memory"
     found = re.search(r"tried to allocate ([\d.]+ [KMGTP]?i?B)", message, re.I)
-    return f"{found.group(1)}, more memory" if found else "more memory"
+    return f"{found.group(1)} of memory, more" if found else "more memory"
 
 
 def make_loader(dataset: Any, batch_size: int, *, collate_fn: Any, num_workers: int,
