@@ -16,7 +16,7 @@ def make_distribution(site: Path, dist: str, entry_points: dict[str, str], modul
     """Write a minimal installed distribution into `site` (a folder on sys.path)."""
     info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True, exist_ok=True)
-    meta = [f"Metadata-Version: 2.1", f"Name: {dist}", f"Version: {version}"]
+    meta = ["Metadata-Version: 2.1", f"Name: {dist}", f"Version: {version}"]
     meta += [f"Requires-Dist: {r}" for r in requires]
     (info / "METADATA").write_text("\n".join(meta) + "\n")
     eps = "[deepcourse.plugins]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items())

@@ -205,3 +205,24 @@ def test_every_directly_imported_package_is_declared() -> None:
                     dists = {norm(d) for d in providers.get(top, [top])}
                     assert dists & declared, f"{path.relative_to(REPO)}:{node.lineno}: imports {top} " \
                                              f"({', '.join(sorted(dists))}), not declared in {root / 'pyproject.toml'}"
+
+
+def test_dependency_floors_exclude_known_unsafe_versions() -> None:
+    """torch < 2.6: its weights_only=True loader can be bypassed (CVE-2025-32434); datasets < 4.0 can still run a Hub
+    repository's loading script. Every distribution that depends on them admits neither."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    floors = {"torch": Version("2.6"), "datasets": Version("4.0")}
+    unsafe = {"torch": "2.5.1", "datasets": "3.6.0"}
+    checked = set()
+    for root in (REPO, REPO / "plugins" / "vision", REPO / "plugins" / "sequence"):
+        for line in tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]:
+            req = Requirement(line)
+            if req.name in floors:
+                checked.add((root.name, req.name))
+                assert not req.specifier.contains(unsafe[req.name]), f"{root / 'pyproject.toml'}: {line}"
+                assert req.specifier.contains(str(floors[req.name])), f"{root / 'pyproject.toml'}: {line}"
+    assert {name for _, name in checked} == set(floors) and len(checked) == 6

@@ -46,6 +46,7 @@ def test_a_missing_split_names_it_the_splits_there_are_and_the_key_that_helps() 
                        source="src")
 
 
+@pytest.mark.slow
 def test_evaluate_honours_eval_samples(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     run = tmp_path / "r"
     out = run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "data.eval_samples=20", "--set",

@@ -51,6 +51,7 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     assert (tmp_path / "getting-started" / "index.html").is_file()
 
 
+@pytest.mark.slow
 def test_the_python_example_in_getting_started_runs(tmp_path: Path) -> None:
     """The notebook example of docs/getting-started.md, run as written (in a folder of its own)."""
     pytest.importorskip("deepcourse_vision")
@@ -103,3 +104,25 @@ def test_the_gpu_check_runs_every_leg_in_smoke_mode(tmp_path: Path) -> None:
     assert report["smoke"] and 0 <= report["legs"][-1]["held_out_accuracy"] <= 1
     assert report["legs"][-1]["held_out_images"] == 64  # of the 80 held out (20%), never trained on
     assert "| bf16 compiled |" in out.stdout
+
+
+def test_every_test_and_case_the_reliability_page_cites_exists() -> None:
+    """docs/reliability.md names the tests and bad-input cases that prove each guarantee: each must be there."""
+    import tomllib
+
+    text = (REPO / "docs" / "reliability.md").read_text(encoding="utf-8")
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in [*REPO.glob("tests/test_*.py"),
+                                                                 *REPO.glob("plugins/*/tests/test_*.py")])
+    defined = set(re.findall(r"^def (test_\w+)", sources, flags=re.M))
+    cited = {name for name in re.findall(r"`(?:[\w/]+\.py::)?(test_\w+)(?:\[[^\]]*\])?`", text)}
+    assert len(cited) > 25 and not cited - defined, sorted(cited - defined)
+    for path in re.findall(r"`((?:tests|plugins)/[\w/]+\.py)(?:::\w+)?`", text):
+        assert (REPO / path).is_file(), path
+    cases = set(tomllib.loads((REPO / "tests" / "bad_inputs" / "expected.toml").read_text())) | {"<case>"}
+    named = set()
+    for listing in re.findall(r"cases? ((?:`[\w<>*]+`(?:, | and |; )?)+)", text):
+        named |= set(re.findall(r"`([\w<>]+)`", listing))
+    for row in re.findall(r"^\|[^|\n]*\|[^|\n]*\| ([^|\n]*) \|$", text.split("The classes it covers")[1], flags=re.M):
+        named |= {n for n in re.findall(r"`(\w+)`", row) if not n.startswith("test_")}
+    named = {n for n in named if not n.startswith("test_")}
+    assert len(named) > 30 and not named - cases, sorted(named - cases)

@@ -39,6 +39,7 @@ def test_run_writes_a_complete_run_directory(tmp_path: Path, toy_recipe: Path, c
     assert summary["best"]["accuracy"] == best["accuracy"]
 
 
+@pytest.mark.slow
 def test_exact_resume_after_ctrl_c(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     """Stopping mid-epoch (real SIGINT) and resuming gives the same weights and metrics as never stopping."""
     common = ["--set", "train.checkpoint_every=4"]
@@ -59,6 +60,7 @@ def test_exact_resume_after_ctrl_c(tmp_path: Path, toy_recipe: Path, cli_env) ->
     assert metrics_rows(tmp_path / "whole") == metrics_rows(tmp_path / "cut")
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_recipe(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     run = tmp_path / "r"
     assert run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.epochs=1"],
@@ -96,6 +98,7 @@ def test_nonfinite_loss_stops_with_clear_message(tmp_path: Path, toy_recipe: Pat
     assert (run / "checkpoints" / "step-000000004" / "trainer_state.json").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_from_run_directory(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     run = tmp_path / "r"
     assert run_cli(["run", str(toy_recipe), "--run-dir", str(run)], cli_env).returncode == 0
@@ -135,6 +138,7 @@ def test_tensorboard_tracker_writes_events(tmp_path: Path, toy_recipe: Path, cli
     assert list((run / "trackers").rglob("events.out.tfevents.*"))  # Accelerate's TensorBoard tracker writes them
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_when_the_monitor_stalls(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     run = tmp_path / "es"
     out = run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.epochs=6",
@@ -154,6 +158,7 @@ def test_early_stopping_stops_when_the_monitor_stalls(tmp_path: Path, toy_recipe
     ["optimizer.name=rmsprop", "optimizer.lr=0.001", "scheduler.name=multistep", "scheduler.milestones=[1, 2]",
      "train.deterministic=true"],
 ])
+@pytest.mark.slow
 def test_engine_options_train_to_a_useful_model(tmp_path: Path, toy_recipe: Path, cli_env, options) -> None:
     run = tmp_path / "r"
     args = ["run", str(toy_recipe), "--run-dir", str(run)]
@@ -165,6 +170,7 @@ def test_engine_options_train_to_a_useful_model(tmp_path: Path, toy_recipe: Path
     assert best["accuracy"] > 0.6  # three well-separated blobs: chance is 0.33
 
 
+@pytest.mark.slow
 def test_grad_accum_counts_optimizer_steps(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     run = tmp_path / "acc"
     out = run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.grad_accum=4"], cli_env)
@@ -181,3 +187,16 @@ def test_train_and_eval_samples_subset_reproducibly(tmp_path: Path, toy_recipe: 
     rows = metrics_rows(run)
     assert [r["step"] for r in rows if r.get("scope") == "epoch" and r["split"] == "train"] == [3]  # 48 / 16
     assert [r["num_samples"] for r in rows if r["split"] == "validation"] == [20]
+
+
+def test_a_batch_larger_than_the_training_set_is_said(tmp_path: Path, toy_recipe: Path, plugin_site) -> None:
+    """It trains (one batch an epoch, as a smoke run on tiny data may want), but not as the recipe reads: said."""
+    from click.testing import CliRunner
+
+    from deepcourse.cli import main
+
+    out = CliRunner().invoke(main, ["run", str(toy_recipe), "--run-dir", str(tmp_path / "r"), "--no-report", "--set",
+                                    "data.train_samples=10", "--set", "train.epochs=1"])
+    assert out.exit_code == 0, out.output
+    assert ("warning: data.batch_size = 16 is more than the 10 training samples (data.train_samples): every epoch is "
+            "one batch of 10") in out.stderr

@@ -1,17 +1,20 @@
 """`deepcourse new-plugin` makes a package that installs, and whose own test and recipe pass as generated."""
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from core_support import run_cli
+from deepcourse.cli import main
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["model", "dataset", "task"])
 def test_generated_plugin_installs_and_passes_its_tests(tmp_path: Path, cli_env, kind: str) -> None:
     pytest.importorskip("deepcourse_vision")  # the model and dataset examples build on the vision plugin
@@ -43,3 +46,18 @@ def test_new_plugin_refuses_bad_names_and_occupied_folders(tmp_path: Path, cli_e
     (tmp_path / "busy" / "f").write_text("x")
     out = run_cli(["new-plugin", "ok", "--dir", str(tmp_path / "busy")], cli_env)
     assert out.returncode == 2 and "already exists and is not empty" in out.stderr
+
+
+@pytest.mark.parametrize("kind", ["model", "dataset", "task"])
+@pytest.mark.parametrize("name, ident", [("class", "class"), ("My-CNN", "my_cnn")])
+def test_names_python_would_refuse_elsewhere_still_generate_valid_code(tmp_path: Path, kind: str, name: str,
+                                                                       ident: str) -> None:
+    """A keyword ('class') or a mixed-case dashed name is a fine plugin name: every generated file parses."""
+    root = tmp_path / "pkg"
+    out = CliRunner().invoke(main, ["new-plugin", name, "--dir", str(root), "--kind", kind])
+    assert out.exit_code == 0, out.output
+    for path in root.rglob("*.py"):
+        ast.parse(path.read_text(), filename=str(path))
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert project["project"]["entry-points"]["deepcourse.plugins"] == {ident: f"deepcourse_{ident}"}
+    assert (root / "src" / f"deepcourse_{ident}" / "__init__.py").is_file()

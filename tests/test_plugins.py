@@ -88,3 +88,74 @@ def test_cli_help_does_not_load_plugins(cli_env) -> None:
     out = run_cli(["--help"], cli_env)
     assert out.returncode == 0
     assert "warning" not in out.stderr  # discovery is lazy: a broken plugin cannot slow or break --help
+
+
+ISOLATION_PROBE = """
+import json, sys
+from click.testing import CliRunner
+from deepcourse.api import cli
+out = {}
+for key, args in (("plugins", ["plugins", "-v"]), ("models", ["list", "models", "lenet5"]),
+                  ("datasets", ["list", "datasets", "mnist"]),
+                  ("quickstart", ["run", "quickstart", "--run-dir", sys.argv[1], "--no-report", "--set",
+                                  "train.max_steps=2", "--set", "train.progress=false"])):
+    result = CliRunner().invoke(cli, args)
+    out[key] = {"code": result.exit_code, "stdout": result.stdout, "stderr": result.stderr}
+print(json.dumps(out))
+"""
+
+
+def _vision_plugin_line(lines: list[str]) -> tuple[str, list[str]]:
+    i = next(i for i, line in enumerate(lines) if line.startswith("vision "))
+    own = []
+    for line in lines[i + 1:]:
+        if not line.startswith("    ") or line.strip().startswith(("Traceback", "File")):
+            break
+        own.append(line.strip())
+    return lines[i], own
+
+
+# loaded before vision (the reported case), and after it
+@pytest.mark.parametrize("name", ["aardvark", pytest.param("zebra", marks=pytest.mark.slow)])
+def test_a_generated_dataset_plugin_building_on_vision_that_fails_leaves_vision_whole(
+        tmp_path, cli_env, name: str) -> None:
+    """The package `deepcourse new-plugin NAME --kind dataset` writes imports deepcourse_vision; made to raise after
+    that, it is reported and rolled back alone: vision stays ok with every one of its components, `list` still
+    credits lenet5 and mnist to vision, and the quickstart still runs."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepcourse_vision")
+    from click.testing import CliRunner
+
+    from deepcourse.cli import main
+
+    package = tmp_path / "pkg"
+    assert CliRunner().invoke(main, ["new-plugin", name, "--dir", str(package), "--kind", "dataset"]).exit_code == 0
+    module = package / "src" / f"deepcourse_{name}" / "__init__.py"
+    assert "from deepcourse_vision" in module.read_text()
+    module.write_text(module.read_text() + "\nraise RuntimeError('broken after importing vision, on purpose')\n")
+    site = tmp_path / "site"
+    make_distribution(site, f"deepcourse-{name}", {name: f"deepcourse_{name}"}, {})
+    (site / f"deepcourse_{name}-0.1.0.dist-info" / "top_level.txt").write_text(f"deepcourse_{name}\n")
+
+    def probe(env: dict[str, str], label: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", ISOLATION_PROBE, str(tmp_path / f"run-{label}")], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    broken_env = {**cli_env, "PYTHONPATH": f"{site}:{package / 'src'}:{cli_env['PYTHONPATH']}"}
+    alone, broken = probe(cli_env, "alone"), probe(broken_env, "broken")
+    lines = broken["plugins"]["stdout"].splitlines()
+    mine = next(line for line in lines if line.startswith(f"{name} "))
+    assert "error" in mine and "0 components" in mine
+    assert "RuntimeError: broken after importing vision, on purpose" in broken["plugins"]["stdout"]
+    assert _vision_plugin_line(lines) == _vision_plugin_line(alone["plugins"]["stdout"].splitlines())
+    vision_line, components = _vision_plugin_line(lines)
+    assert " ok " in vision_line
+    assert {"model: lenet5", "dataset: mnist", "task: image-classification"} <= set(components)
+    assert "lenet5  [vision]" in broken["models"]["stdout"] and "mnist  [vision]" in broken["datasets"]["stdout"]
+    assert broken["quickstart"]["code"] == 0, broken["quickstart"]["stderr"]
+    assert f"warning: plugin '{name}'" in broken["plugins"]["stderr"]  # said once, when the plugins were loaded

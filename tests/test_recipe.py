@@ -134,3 +134,45 @@ def test_cli_check_exit_codes(tmp_path: Path, toy_recipe: Path, cli_env) -> None
     assert "model.widht: unknown key." in out.stderr and "Traceback" not in out.stderr
     out = run_cli(["check", str(toy_recipe), "--set", "train.epochs=[1,"], cli_env)
     assert out.returncode == 2 and "--set train.epochs=[1," in out.stderr
+
+
+def _shipped() -> list[str]:
+    from deepcourse.api import shipped_recipes
+
+    return sorted(shipped_recipes())
+
+
+@pytest.mark.parametrize("name", _shipped())
+def test_every_shipped_recipe_resumes_with_itself(name: str, tmp_path: Path) -> None:
+    """`deepcourse run RECIPE --set ... --resume RUN` with exactly what the run was started with is the same
+    recipe: the saved recipe.toml (lists) and the file with its builders' defaults (tuples such as adam's betas)
+    are compared as TOML values. The run directory here is the recipe a run of it saves."""
+    from deepcourse.api import shipped_recipes
+    from deepcourse.cli import _resume_recipe
+
+    path = shipped_recipes()[name]
+    try:
+        started = load_recipe(path, ["train.epochs=1"])
+    except UserError as exc:
+        pytest.skip(f"needs a plugin that is not installed: {exc}")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.toml").write_text(started.to_toml())
+    assert _resume_recipe(run, path, ["train.epochs=1"]).to_toml() == started.to_toml()  # same TOML values
+    assert _resume_recipe(run, None, ()).to_toml() == started.to_toml()
+    with pytest.raises(UserError, match=r"train.epochs: run has 1, recipe has 2"):
+        _resume_recipe(run, path, ["train.epochs=2"])
+
+
+@pytest.mark.slow
+def test_resume_with_the_recipe_and_an_optimizer_with_tuple_defaults(tmp_path: Path, toy_recipe: Path,
+                                                                    cli_env) -> None:
+    """The reported case end to end: adamw's betas default to a tuple, saved as a TOML list."""
+    run = tmp_path / "run"
+    sets = ["--set", "optimizer={name = 'adamw', lr = 0.01}"]
+    stopped = run_cli(["run", str(toy_recipe), "--run-dir", str(run), *sets, "--set",
+                       "train.callbacks=[{name = 'interrupt_at', step = 4}]"], cli_env)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "betas = [\n    0.9,\n    0.999,\n]" in (run / "recipe.toml").read_text()
+    resumed = run_cli(["run", str(toy_recipe), *sets, "--resume", str(run), "--set", "train.callbacks=[]"], cli_env)
+    assert resumed.returncode == 0, resumed.stderr

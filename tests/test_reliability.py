@@ -41,6 +41,7 @@ def uninterrupted(tmp_path_factory, cli_env) -> tuple[Path, tuple]:
     return recipe, final_state(run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crash_at", ["step:14", "eval:5", "checkpoint-write:4", "checkpoint-commit:2"])
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path, uninterrupted, cli_env,
                                                           crash_at: str) -> None:
@@ -73,6 +74,7 @@ class Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", ["optimizer.pt", "scheduler.pt"])
 def test_planted_pickle_is_refused_and_never_runs(tmp_path: Path, toy_recipe: Path, cli_env, victim: str) -> None:
     run = tmp_path / "run"
@@ -92,6 +94,43 @@ def test_planted_pickle_is_refused_and_never_runs(tmp_path: Path, toy_recipe: Pa
     assert not marker.exists()
 
 
+@pytest.mark.slow
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path: Path, toy_recipe: Path,
+                                                                        cli_env) -> None:
+    """A checkpoint cut short (here its optimizer.pt) is skipped with a warning; the resume continues from the one
+    before it and ends with exactly the weights the run had."""
+    run = tmp_path / "run"
+    assert run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.checkpoint_every=4"],
+                   cli_env).returncode == 0
+    older, latest = sorted((run / "checkpoints").glob("step-*"))
+    expected = load_file(str(latest / "model.safetensors"))
+    cut = (latest / "optimizer.pt").read_bytes()
+    (latest / "optimizer.pt").write_bytes(cut[:len(cut) // 2])
+    out = run_cli(["run", "--resume", str(run)], cli_env)
+    assert out.returncode == 0, out.stderr
+    assert (f"warning: checkpoint {latest.name} is damaged ({latest / 'optimizer.pt'}: damaged or not a checkpoint "
+            f"file (torch cannot read it: PytorchStreamReader failed reading zip archive") in out.stderr
+    assert f"resuming from {older.name} instead" in out.stderr and "could run code" not in out.stderr
+    assert (run / "checkpoints" / f"damaged-{latest.name}").is_dir()
+    resumed = load_file(str(run / "checkpoints" / latest.name / "model.safetensors"))
+    assert resumed.keys() == expected.keys() and all(torch.equal(resumed[k], expected[k]) for k in expected)
+
+
+@pytest.mark.slow
+def test_a_run_whose_only_checkpoint_is_damaged_says_so(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    run = tmp_path / "run"
+    assert run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.keep_checkpoints=1"],
+                   cli_env).returncode == 0
+    (only,) = (run / "checkpoints").glob("step-*")
+    (only / "optimizer.pt").write_bytes(b"")
+    out = run_cli(["run", "--resume", str(run)], cli_env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"no checkpoint reads back whole; start a new run:\n  - {only.name}: {only / 'optimizer.pt'}: damaged or " \
+           f"not a checkpoint file (torch cannot read it: EOFError)" in out.stderr
+    assert "could run code" not in out.stderr
+
+
+@pytest.mark.slow
 def test_corrupt_weights_are_reported_not_crashed_on(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     run = tmp_path / "run"
     assert run_cli(["run", str(toy_recipe), "--run-dir", str(run)], cli_env).returncode == 0
@@ -101,6 +140,7 @@ def test_corrupt_weights_are_reported_not_crashed_on(tmp_path: Path, toy_recipe:
     assert "model.safetensors: cannot load weights" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_steps(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     """With skip_nonfinite a NaN loss does not stop training; the skipped steps are counted."""
     run = tmp_path / "run"

@@ -33,6 +33,7 @@ def two_runs(tmp_path_factory, cli_env) -> list[Path]:
     return runs
 
 
+@pytest.mark.slow
 def test_run_writes_a_report_with_readable_plots(two_runs: list[Path]) -> None:
     report = two_runs[0] / "report"
     md = (report / "report.md").read_text()
@@ -45,6 +46,7 @@ def test_run_writes_a_report_with_readable_plots(two_runs: list[Path]) -> None:
     assert "```toml" in md and 'name = "toy_mlp"' in md
 
 
+@pytest.mark.slow
 def test_report_command_rebuilds_the_report(two_runs: list[Path], cli_env) -> None:
     import shutil
 
@@ -54,6 +56,7 @@ def test_report_command_rebuilds_the_report(two_runs: list[Path], cli_env) -> No
     assert (two_runs[1] / "report" / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_compare_labels_runs_by_their_differences(two_runs: list[Path], tmp_path: Path, cli_env) -> None:
     out_dir = tmp_path / "cmp"
     out = run_cli(["compare", *map(str, two_runs), "-o", str(out_dir)], cli_env)
@@ -70,6 +73,7 @@ def test_compare_labels_runs_by_their_differences(two_runs: list[Path], tmp_path
         assert width > 600 and height > 350
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     args = ["sweep", str(toy_recipe), "--grid", "model.hidden=8,16", "--runs-root", str(tmp_path),
             "--set", "train.checkpoint_every=2", "--set", "train.callbacks=[{name = 'interrupt_at', step = 5}]"]
@@ -89,6 +93,7 @@ def test_interrupted_sweep_resumes(tmp_path: Path, toy_recipe: Path, cli_env) ->
     assert (folder / "000-model.hidden=8.log").read_text().count("resuming") == 1
 
 
+@pytest.mark.slow
 def test_sweep_with_seeds_reports_mean_and_spread(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     out = run_cli(["sweep", str(toy_recipe), "--grid", "model.dropout=0,0.5", "--seeds", "2", "--runs-root",
                    str(tmp_path), "--set", "train.epochs=1", "-j", "2"], cli_env)
@@ -100,6 +105,7 @@ def test_sweep_with_seeds_reports_mean_and_spread(tmp_path: Path, toy_recipe: Pa
     assert len(rows) == 2 and "best accuracy sd" in rows[0]
 
 
+@pytest.mark.slow
 def test_sweep_grid_from_the_recipe(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     text = toy_recipe.read_text().replace("[train]\nepochs = 3", "[train]\nepochs = 1")
     text += '\n[sweep]\ngrid = {"optimizer" = [{name = "sgd", lr = 0.05}, {name = "adam", lr = 0.01}]}\n'
@@ -111,6 +117,7 @@ def test_sweep_grid_from_the_recipe(tmp_path: Path, toy_recipe: Path, cli_env) -
     assert "optimizer={name=sgd lr=0.05}" in md and "optimizer={name=adam lr=0.01}" in md
 
 
+@pytest.mark.slow
 def test_results_table_comes_from_the_runs_files(two_runs: list[Path]) -> None:
     from deepcourse.docgen import results
 
@@ -121,3 +128,25 @@ def test_results_table_comes_from_the_runs_files(two_runs: list[Path]) -> None:
         metric, value = cells[4], cells[5]
         assert value == f"{summary['best'][metric] * 100:.2f}%"
         assert cells[-1] == f"{summary['wall_time_s']} s"
+
+
+def test_a_garbage_line_in_metrics_jsonl_is_skipped_with_a_warning_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A line that is not a JSON object, in the middle or cut short at the end, is named and skipped; every line
+    after it is still read (it used to end the log there, silently)."""
+    from deepcourse.rundir import read_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.toml").write_text('name = "r"\n[task]\nname = "toy-classification"\n')
+    rows = [{"event": i, "epoch": i, "step": i, "split": "validation", "scope": "epoch", "accuracy": i / 10}
+            for i in (1, 2, 3)]
+    lines = [json.dumps(rows[0]), "oops, an editor was here", json.dumps(rows[1]), "[1, 2]", json.dumps(rows[2]),
+             '{"event": 4, "ep']
+    (run / "metrics.jsonl").write_text("\n".join(lines))
+    assert read_run(run).rows == rows
+    err = capsys.readouterr().err
+    path = run / "metrics.jsonl"
+    assert f"warning: {path}:2: not valid JSON (Expecting value at column 1); skipped: 'oops, an editor" in err
+    assert f"warning: {path}:4: a JSON list, not an object; skipped" in err
+    assert f"warning: {path}:6: not valid JSON (Unterminated string" in err

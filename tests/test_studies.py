@@ -248,7 +248,7 @@ def test_two_workers_share_a_postgresql_study(tmp_path: Path, cli_env, postgresq
 def test_slurm_workers_through_submitit_local_executor(tmp_path: Path, cli_env, monkeypatch) -> None:
     """--launcher slurm's code path with submitit's local executor (everything but sbatch), and the sbatch script
     its parameters make."""
-    submitit = pytest.importorskip("submitit")
+    pytest.importorskip("submitit")
     from deepcourse import slurm, tune
 
     monkeypatch.chdir(tmp_path)

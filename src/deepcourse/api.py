@@ -6,14 +6,14 @@ releases. Grouped as:
 
 - registries: `MODELS`, `DATASETS`, `TASKS`, `OPTIMIZERS`, `SCHEDULERS`, `TRANSFORMS`, `METRICS`, `CALLBACKS`
   (`REGISTRIES` by kind), `Registry`, `Entry`, and `load_plugins`, the one explicit discovery step;
-- builders and recipes: `call_builder`, `validate_options`, `parameters`, `load_recipe`, `build_task`, `Recipe`,
-  `DataSection`, `ModelSection`;
+- builders and recipes: `call_builder`, `validate_options`, `parameters`, `Unique` (items that must differ),
+  `load_recipe`, `build_task`, `Recipe`, `DataSection`, `ModelSection`;
 - tasks and training: `Task`, `DataBundle`, `Callback`, `TrainContext`, `TrainState`;
 - data: `ArrayDataset`, `resolve_splits` (the one meaning of `data.val_split`), `split_indices`, `subset`,
-  `load_hf_splits`, `locate_splits`, `candidate_dirs`, `DATA_ENV`;
+  `load_hf_splits`, `locate_splits`, `present_splits`, `candidate_dirs`, `DATA_ENV`;
 - metrics: `Metric`, `MetricCollection`, `MeanLoss`, `Accuracy`, `TopKAccuracy`, `ConfusionMatrix`, `scalars`;
-- errors (exit code 2 on the command line): `UserError`, `RecipeError`, `DataError`, `CheckpointError`,
-  `RegistryError`, `UnknownNameError`, `did_you_mean`;
+- errors (exit code 2 on the command line): `UserError`, `RecipeError`, `DataError`, `MissingSplitError`,
+  `CheckpointError`, `RegistryError`, `UnknownNameError`, `did_you_mean`;
 - reports: `evaluate_split` (what `deepcourse evaluate` computes, with a hook on every batch), `SplitEvaluation`,
   and the figure toolkit `pyplot`, `Figure`, `grouped_bars`, `markdown_table`, `markdown_escape`, `FIGSIZE`;
 - documentation and tests: `zoo_section`, `count_flops`, `results_table`, `latest_checkpoint`, `shipped_recipes`
@@ -22,17 +22,17 @@ releases. Grouped as:
 """
 from __future__ import annotations
 
-from .builders import call_builder, parameters, validate_options
+from .builders import Unique, call_builder, parameters, validate_options
 from .catalog import shipped as shipped_recipes
 from .callbacks import Callback, TrainContext, TrainState
 from .checkpoint import latest_checkpoint
 from .cli import main as cli
 from .components import build_task
-from .data import (DATA_ENV, ArrayDataset, candidate_dirs, load_hf_splits, locate_splits, resolve_splits,
-                   split_indices, subset)
+from .data import (DATA_ENV, ArrayDataset, candidate_dirs, load_hf_splits, locate_splits, present_splits,
+                   resolve_splits, split_indices, subset)
 from .docgen import count_flops, zoo_section
 from .docgen import results as results_table
-from .errors import CheckpointError, DataError, RecipeError, UserError, did_you_mean
+from .errors import CheckpointError, DataError, MissingSplitError, RecipeError, UserError, did_you_mean
 from .evaluation import SplitEvaluation, evaluate_split
 from .figures import FIGSIZE, Figure, grouped_bars, markdown_escape, markdown_table, pyplot
 from .metrics import Accuracy, ConfusionMatrix, MeanLoss, Metric, MetricCollection, TopKAccuracy, scalars
@@ -49,17 +49,18 @@ __all__ = [
     "MODELS", "DATASETS", "TASKS", "OPTIMIZERS", "SCHEDULERS", "TRANSFORMS", "METRICS", "CALLBACKS", "REGISTRIES",
     "Registry", "Entry", "load_plugins",
     # builders and recipes
-    "call_builder", "validate_options", "parameters", "load_recipe", "build_task", "Recipe", "DataSection",
+    "call_builder", "validate_options", "parameters", "Unique", "load_recipe", "build_task", "Recipe", "DataSection",
     "ModelSection",
     # tasks and training
     "Task", "DataBundle", "Callback", "TrainContext", "TrainState",
     # data
-    "ArrayDataset", "resolve_splits", "split_indices", "subset", "load_hf_splits", "locate_splits",
+    "ArrayDataset", "resolve_splits", "split_indices", "subset", "load_hf_splits", "locate_splits", "present_splits",
     "candidate_dirs", "DATA_ENV",
     # metrics
     "Metric", "MetricCollection", "MeanLoss", "Accuracy", "TopKAccuracy", "ConfusionMatrix", "scalars",
     # errors
-    "UserError", "RecipeError", "DataError", "CheckpointError", "RegistryError", "UnknownNameError", "did_you_mean",
+    "UserError", "RecipeError", "DataError", "MissingSplitError", "CheckpointError", "RegistryError",
+    "UnknownNameError", "did_you_mean",
     # reports
     "evaluate_split", "SplitEvaluation", "pyplot", "Figure", "grouped_bars", "markdown_table", "markdown_escape",
     "FIGSIZE",

@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import ConfigDict, ValidationError, create_model
+from pydantic import AfterValidator, ConfigDict, ValidationError, create_model
 
 from .errors import RecipeError, did_you_mean
 
@@ -42,6 +42,20 @@ def _parameters(fn: Callable) -> tuple[dict[str, tuple[Any, Any]], bool]:
         default = _UNSET if p.default is p.empty else p.default
         fields[p.name] = (hints.get(p.name, Any), default)
     return fields, var_kw
+
+
+def _no_duplicates(values: Any) -> Any:
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} is listed twice; each value may appear once")
+        seen.add(value)
+    return values
+
+
+#: `Annotated[list[str], Unique]`: a builder parameter whose items must differ (column names, class names), refused
+#: at `deepcourse check` with the key path instead of quietly meaning something else later
+Unique = AfterValidator(_no_duplicates)
 
 
 def parameter_names(fn: Callable) -> list[str]:
@@ -143,9 +157,9 @@ def format_errors(exc: ValidationError, loc: str, provided: Mapping[str, Any] | 
             continue
         shown = err.get("input")
         got = f" (got {shown!r})" if not isinstance(shown, (dict,)) and len(repr(shown)) < 80 else ""
+        message = str(err["ctx"]["error"]) if kind == "value_error" and "error" in err.get("ctx", {}) else err["msg"]
         hint = ""
         if kind == "literal_error" and isinstance(shown, str):  # one of a few words: suggest the nearest
             hint = did_you_mean(shown, re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", ""))))
-        problems.append(f"{path}: {err['msg'][0].lower()}{err['msg'][1:]}{got}.{hint}" if hint else
-                        f"{path}: {err['msg'][0].lower()}{err['msg'][1:]}{got}")
+        problems.append(f"{path}: {message[0].lower()}{message[1:]}{got}" + (f".{hint}" if hint else ""))
     return problems

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -29,7 +30,7 @@ from accelerate import Accelerator
 from . import files
 from .callbacks import TrainContext, TrainState
 from .collective import gather_to_all, launched, on_main
-from .errors import CheckpointError
+from .errors import CheckpointError, DamagedFileError
 from .task import DataBundle
 
 STEP_DIR = re.compile(r"^step-(\d{9})$")
@@ -52,6 +53,29 @@ def complete_checkpoints(folder: Path) -> list[Path]:
 def latest_checkpoint(folder: Path) -> Path | None:
     found = complete_checkpoints(folder)
     return found[-1] if found else None
+
+
+def load_latest_intact(ctx: TrainContext, folder: Path) -> Path:
+    """Load the newest complete checkpoint that reads back whole, and return it. A newer one whose files are damaged
+    (cut by a full disk, a copy that stopped half-way) is skipped with a warning naming it and renamed
+    `damaged-step-N`, so it is neither resumed from nor kept in place of good ones. Problems that are not damage
+    (a planted pickle, another process count) stop the resume: an older checkpoint would not make them go away."""
+    damaged: list[tuple[Path, DamagedFileError]] = []
+    listed = on_main(lambda: [p.name for p in complete_checkpoints(folder)])  # the folder may be the main's alone
+    for candidate in reversed([folder / name for name in listed]):
+        try:
+            load_checkpoint(ctx, candidate)
+        except DamagedFileError as exc:
+            damaged.append((candidate, exc))
+            continue
+        for bad, exc in damaged if ctx.is_main else ():
+            kept = folder / f"damaged-{bad.name}"
+            print(f"deepcourse: warning: checkpoint {bad.name} is damaged ({exc}); resuming from {candidate.name} "
+                  f"instead, and keeping the damaged one as {kept}", file=sys.stderr, flush=True)
+            bad.rename(kept)
+        return candidate
+    raise CheckpointError(f"{folder}: no checkpoint reads back whole; start a new run",
+                          [f"{bad.name}: {exc}" for bad, exc in damaged])
 
 
 def prune(folder: Path, keep: int) -> None:

@@ -5,53 +5,19 @@ Commands import torch and the plugins only when they run, so `deepcourse --help`
 from __future__ import annotations
 
 import json
+import os
 import sys
-import traceback
 from collections.abc import Callable, Sequence
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ._version import __version__
+from .cli_common import handle_errors
+from .cli_common import override_option as _override_option
+from .cli_studies import sweep, tune
 from .errors import UserError
-
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"deepcourse: error: {message}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .stopping import Interrupted
-
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            _fail(exc.render(), exc.exit_code)
-        except Interrupted as exc:
-            click.echo(f"deepcourse: {exc}. Continue with: deepcourse run --resume "
-                       f"{exc.checkpoint.parent.parent if exc.checkpoint else '<run dir>'}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("deepcourse: aborted", err=True)
-            sys.exit(130)
-        except BrokenPipeError:  # `deepcourse evaluate ... | head`: the reader has what it wanted
-            import os
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(0)
-        except click.exceptions.Exit:
-            raise
-        except Exception:  # noqa: BLE001 - a bug in deepcourse or a plugin: show it, exit 1
-            traceback.print_exc()
-            click.echo("deepcourse: internal error (the traceback above is a bug, not a problem with your input;"
-                       " please report it)", err=True)
-            sys.exit(1)
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -64,11 +30,6 @@ def main() -> None:
     deepcourse run recipes/mnist_lenet.toml --set optimizer.lr=0.01
     deepcourse list models 'res*'
     """
-
-
-def _override_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                        help="Override a recipe key; VALUE is a TOML literal (repeatable).")(fn)
 
 
 @main.command()
@@ -86,13 +47,19 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
     """Train RECIPE, a recipe file or the name of a shipped recipe (or continue a run with --resume RUN_DIR)."""
     from .engine import fit
     from .lifeline import follow_parent
+    from .outputs import writable_folder
     from .recipe import load_recipe
+    from .rundir import require_free
 
     follow_parent()  # started by a study's worker: stop (and save) if it dies
     if recipe is None and resume is None:
         raise UserError("give a RECIPE to train, or --resume RUN_DIR to continue a run")
     if resume is not None and run_dir is not None:
         raise UserError("--run-dir and --resume cannot be combined: a resumed run stays in its own directory")
+    if run_dir is not None:  # where the run will write, before any data or model is built
+        writable_folder(require_free(run_dir), "--run-dir")
+    elif resume is None:
+        writable_folder(runs_root, "--runs-root")
     if resume is not None:  # the run directory may be on the main process's machine only: it reads the recipe
         from .collective import on_main
 
@@ -119,10 +86,17 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
 
 
 def _resume_recipe(resume: Path, recipe: Path | None, overrides: Sequence[str]) -> Any:
+    from . import runlock
+    from .errors import CheckpointError
+    from .outputs import writable_folder
     from .recipe import NON_COMPUTING_KEYS, differing_keys, load_recipe, read_toml, value_at
     from .rundir import require_run_dir
 
     require_run_dir(resume)
+    writable_folder(resume, "--resume")
+    holder = runlock.holder(resume)  # before any data is loaded; fit takes the lock itself
+    if holder:
+        raise CheckpointError(f"--resume {resume}: {runlock.in_use(holder)}")
     saved = read_toml(resume / "recipe.toml")
     if recipe is None:
         new = load_recipe(resume / "recipe.toml", overrides)
@@ -246,7 +220,8 @@ def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint:
     """Metrics of a trained run's best (or latest) weights on a split."""
     from .inference import evaluate_run
 
-    task, metrics = evaluate_run(run_dir, split=split, data_dir=data_dir, which=checkpoint, progress=not as_json)
+    task, metrics = evaluate_run(run_dir, split=split, data_dir=data_dir, which=checkpoint, progress=not as_json,
+                                 split_key=f"--split {split}" if split else None)
     if as_json:
         click.echo(json.dumps(metrics, indent=1))
         return
@@ -269,17 +244,42 @@ def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint:
 def predict(run_dir: Path, inputs: Sequence[str], as_json: bool, batch_size: int, output: Path | None) -> None:
     """Predict with a trained run on INPUTS (files or text, as the task takes them; '-' reads stdin lines)."""
     from .inference import predict_run
+    from .outputs import writable_file
 
-    items = [line.rstrip("\n") for line in sys.stdin] if list(inputs) == ["-"] else list(inputs)
+    if output is not None:
+        writable_file(output, "-o")
+    from_stdin = list(inputs) == ["-"]
+    items = [line.rstrip("\n") for line in sys.stdin if line.strip()] if from_stdin else list(inputs)
+    if not items:
+        raise UserError("predict -: standard input held no lines to predict on; pipe one input per line, or give "
+                        "INPUTS (files or text) as arguments")
     task, results = predict_run(run_dir, items, batch_size=batch_size)
-    out = open(output, "w", encoding="utf-8") if output else None
+    written = _write_predictions(results, lambda r: json.dumps(r) if as_json else task.format_prediction(r), output)
+    if not written:
+        shown = "standard input" if from_stdin else ", ".join(map(repr, items[:3])) + (", ..." if items[3:] else "")
+        raise UserError(f"predict: {shown} gave nothing to predict on (an empty file?); nothing was written")
+
+
+def _write_predictions(results: Any, render: Callable[[Any], str], output: Path | None) -> int:
+    """Print each result, or write them to `output` through a temporary file renamed into place at the end, so a
+    failure or an empty result leaves no half-written file. Returns how many were written."""
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output is not None else None
+    handle = open(tmp, "w", encoding="utf-8") if tmp is not None else None
+    count = 0
     try:
         for result in results:
-            text = json.dumps(result) if as_json else task.format_prediction(result)
-            click.echo(text, file=out)
+            click.echo(render(result), file=handle)
+            count += 1
+        if handle is not None:
+            handle.close()
+            if count:
+                os.replace(tmp, output)
     finally:
-        if out:
-            out.close()
+        if handle is not None:
+            handle.close()
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+    return count
 
 
 @main.command()
@@ -303,79 +303,11 @@ def compare(run_dirs: Sequence[Path], output: Path) -> None:
     """Overlay the curves of several runs and tabulate their metrics; lines are labelled by the recipe keys
     that differ between the runs."""
     from .compare import compare_runs
+    from .outputs import writable_folder
 
-    _, md = compare_runs(list(run_dirs), output)
+    _, md = compare_runs(list(run_dirs), writable_folder(output, "-o"))
     click.echo(md.read_text(encoding="utf-8").rstrip())
     click.echo(f"\nwritten: {md}, {md.with_suffix('.csv')} and compare_*.png in {output}")
-
-
-@main.command()
-@click.argument("recipe", required=False, type=click.Path(path_type=Path))
-@click.option("--grid", "grids", multiple=True, metavar="KEY=V1,V2",
-              help="Values to try for a recipe key (repeatable; the runs are the product).")
-@click.option("--seeds", type=click.IntRange(min=1),
-              help="Runs per grid point with seeds seed, seed+1, ... (default: the recipe's sweep.seeds, or 1).")
-@_override_option
-@click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Runs at a time, one process each.")
-@click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
-@click.option("--resume", type=click.Path(path_type=Path), help="Continue an interrupted sweep folder.")
-@handle_errors
-def sweep(recipe: Path | None, grids: Sequence[str], seeds: int | None, overrides: Sequence[str], jobs: int,
-          runs_root: Path, resume: Path | None) -> None:
-    """Run RECIPE for every combination of --grid values (and seeds), then compare the runs.
-
-    Without --grid, the recipe's own [sweep] table says what to vary (grid = {"model.dropout" = [0, 0.5]})."""
-    from .sweep import sweep as run_sweep
-
-    if recipe is None and resume is None:
-        raise UserError("give a RECIPE and --grid values, or --resume SWEEP_DIR")
-    folder = run_sweep(recipe or Path("."), grids, seeds=seeds, overrides=overrides, jobs=jobs,
-                       runs_root=runs_root, resume=resume, echo=click.echo)
-    click.echo((folder / "compare.md").read_text(encoding="utf-8").rstrip())
-    click.echo(f"\nsweep folder: {folder}")
-
-
-@main.command()
-@click.argument("recipe", required=False)
-@_override_option
-@click.option("--study", "study_name", help="The study's name: the same name and --storage on several machines (or "
-                                            "several commands) makes them workers of one study.")
-@click.option("--storage", help="Optuna storage URL shared by every worker (postgresql://user@host/db, mysql://..., "
-                                "sqlite:///file.db); default: a journal file in the study folder.")
-@click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Workers (trials at a time) here, each on its own GPU when there are GPUs; with --launcher slurm, "
-                   "the Slurm array's size.")
-@click.option("--trials", type=click.IntRange(min=1), help="Trials to finish (default: the recipe's search.trials).")
-@click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
-@click.option("--resume", type=click.Path(path_type=Path), help="Continue the study in this folder.")
-@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="Run the workers here, or submit them to Slurm as a job array (submitit).")
-@click.option("--partition", help="Slurm partition.")
-@click.option("--time", "time_min", default=60, show_default=True, type=click.IntRange(min=1),
-              help="Slurm time limit per worker, minutes (a worker that runs out is requeued and resumes).")
-@click.option("--gpus-per-worker", default=1, show_default=True, type=click.IntRange(min=0))
-@click.option("--cpus-per-worker", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--mem", help="Slurm memory per worker, e.g. 32G.")
-@handle_errors
-def tune(recipe: str | None, overrides: Sequence[str], study_name: str | None, storage: str | None, jobs: int,
-         trials: int | None, runs_root: Path, resume: Path | None, launcher: str, partition: str | None,
-         time_min: int, gpus_per_worker: int, cpus_per_worker: int, mem: str | None) -> None:
-    """Search RECIPE's [search] space with Optuna: every trial a run directory, pruned on its evaluations; then
-    the best configuration over search.seeds seeds, and a report (study.md, best.toml, plots)."""
-    from . import tune as tuning
-
-    spec = tuning.prepare(recipe, overrides, study_name=study_name, storage=storage, trials=trials,
-                          runs_root=runs_root, resume=resume)
-    if launcher == "slurm":
-        from .slurm import submit
-
-        ids = submit(spec, jobs, partition=partition, time=time_min, gpus=gpus_per_worker, cpus=cpus_per_worker,
-                     mem=mem)
-        click.echo(f"tune: {jobs} worker(s) submitted to Slurm as {', '.join(ids)}; the study: {spec.folder}")
-        return
-    folder = tuning.tune(spec, jobs=jobs, echo=click.echo)
-    click.echo((folder / "study.md").read_text(encoding="utf-8").split("![", 1)[0].rstrip())
 
 
 @main.command(name="new-plugin")
@@ -388,12 +320,18 @@ def tune(recipe: str | None, overrides: Sequence[str], study_name: str | None, s
 def new_plugin(name: str, directory: Path | None, kind: str) -> None:
     """Generate a working plugin package (pyproject with the entry point, a registered component, a recipe and
     a test) to start a model, dataset or task of your own."""
+    from .outputs import writable_folder
     from .scaffold import new_plugin as scaffold
 
+    if directory is not None:
+        writable_folder(directory, "--dir")
     root = scaffold(name, directory, kind)
     click.echo(f"created {root}\n\nnext:\n  pip install -e {root}\n  python -m pytest {root}/tests\n"
                f"  deepcourse run {root}/recipes/{root.name.removeprefix('deepcourse-').replace('-', '_')}.toml")
 
+
+main.add_command(sweep)
+main.add_command(tune)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .figures import Figure, markdown_table, nice, pyplot, save_figure
 from .recipe import NON_COMPUTING_KEYS, differing_keys, flatten
 from .rundir import RunData, read_run
@@ -16,6 +17,18 @@ from .stats import LEGEND, differs, summarize
 
 #: keys that never label a run: its name and description, and what does not change what it computes
 UNLABELLED = ("name", "description", *NON_COMPUTING_KEYS)
+
+
+def check_comparable(runs: Sequence[RunData]) -> None:
+    """Runs share one table and one set of axes only when they are of one task: an image classifier's accuracy
+    beside a tagger's F1 reads as a comparison of numbers that do not compare."""
+    tasks: dict[str, list[str]] = {}
+    for run in runs:
+        task = run.recipe.get("task", {}).get("name", "?") if isinstance(run.recipe.get("task"), dict) else "?"
+        tasks.setdefault(task, []).append(str(run.path))
+    if len(tasks) > 1:
+        raise UserError("compare: the runs are of different tasks, whose metrics do not share a table; compare the "
+                        "runs of one task at a time", [f"{task}: {', '.join(paths)}" for task, paths in tasks.items()])
 
 
 def labels_for(runs: Sequence[RunData], ignore: Sequence[str] = (), distinct: bool = True) -> list[str]:
@@ -124,6 +137,7 @@ def compare_runs(run_dirs: Sequence[Path], out: Path) -> tuple[list[dict[str, An
     """compare.md/.csv and overlaid curves of several runs. Runs that differ only in their seed are one group:
     mean ± std, the 95% interval, and whether each group differs significantly from the best one."""
     runs = [read_run(p) for p in run_dirs]
+    check_comparable(runs)
     labels = labels_for(runs, ignore=("seed",), distinct=False)
     if len(set(labels)) < len(labels) and len(set(labels_for(runs, distinct=False))) == len(labels):  # over seeds
         md = write_grouped(runs, labels, out)

@@ -6,20 +6,24 @@ run directory exists.
 """
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from .builders import call_builder, validate_options
 from .callbacks import Callback
-from .data import (ArrayDataset, EpochSampler, LengthGroupedSampler, passthrough_collate, random_subset,
-                   sample_lengths)
-from .errors import RecipeError, UserError, did_you_mean
+from .data import (ArrayDataset, EpochSampler, LengthGroupedSampler, passthrough_collate, require_data_dir,
+                   sample_lengths, sized_subset)
+from .errors import MissingSplitError, RecipeError, UserError, did_you_mean
 from .metrics import scalars
 from .registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
-from .schema import Recipe
+from .recipe import flatten
+from .schema import ModelSection, Recipe
 from .task import DataBundle, Task
 
 
@@ -39,13 +43,68 @@ def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] 
     """Train and evaluation splits, cut to `data.train_samples` / `data.eval_samples`. `artifacts` are a resumed
     run's (vocabularies and statistics are not fitted anew)."""
     split = recipe.eval.split
-    bundle = task.setup_data(recipe.data, splits=("train", split), seed=recipe.seed, artifacts=artifacts)
+    if recipe.data.data_dir:
+        require_data_dir(recipe.data.data_dir)
+    try:
+        bundle = task.setup_data(recipe.data, splits=("train", split), seed=recipe.seed, artifacts=artifacts)
+    except MissingSplitError as exc:
+        raise (exc.named("eval.split") if exc.split == split != "train" else exc) from None
     if "train" not in bundle.splits or len(bundle.splits["train"]) == 0:
         raise UserError(f"data: dataset '{recipe.data.name}' has no training samples")
-    bundle.splits["train"] = random_subset(bundle.splits["train"], recipe.data.train_samples, recipe.seed)
+    name = recipe.data.name
+    train = bundle.splits["train"] = sized_subset(bundle.splits["train"], recipe.data.train_samples, recipe.seed,
+                                                  key="data.train_samples", what=f"training samples of '{name}'")
+    if recipe.data.batch_size > len(train):  # it trains (one batch an epoch), but not as the recipe says
+        subset = " (data.train_samples)" if recipe.data.train_samples else f" of '{name}'"
+        print(f"deepcourse: warning: data.batch_size = {recipe.data.batch_size} is more than the {len(train)} "
+              f"training samples{subset}: every epoch is one batch of {len(train)}", file=sys.stderr, flush=True)
     if split in bundle.splits:
-        bundle.splits[split] = random_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed)
+        bundle.splits[split] = sized_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed,
+                                            key="data.eval_samples", what=f"samples of '{name}' split '{split}'")
     return bundle
+
+
+#: what torch says when a tensor cannot be allocated: the CPU allocator, CUDA, or a size past 64 bits
+_NO_MEMORY = re.compile(r"can't allocate memory|out of memory|tried to allocate|size calculation overflowed", re.I)
+
+
+def build_model(task: Task, model: ModelSection, facts: Mapping[str, Any]) -> nn.Module:
+    """The task's model. A layer too large to allocate is a recipe problem: named by its key and size, not left to
+    surface as an allocator's traceback."""
+    try:
+        return task.build_model(model, facts)
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and not _NO_MEMORY.search(str(exc)):
+            raise
+        options = flatten({"model": model.options})
+        sizes = sorted(((max(v) if isinstance(v, list) else v, k, v) for k, v in options.items() if _is_size(v)),
+                       reverse=True)
+        culprit = (f" The largest size in [model] is {sizes[0][1]} = {sizes[0][2]}; lower it." if sizes else
+                   " [model] sets no size: lower the model's defaults or use a smaller model.")
+        raise RecipeError(f"model: building '{model.name}' needs {_asked_for(str(exc))} than this machine can "
+                          f"allocate.{culprit}") from None
+
+
+def _is_size(value: Any) -> bool:
+    """A whole number (or a list of them, such as layer widths) that could size a layer."""
+    values = value if isinstance(value, list) and value else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values) and max(values) > 1
+
+
+def _asked_for(message: str) -> str:
+    """What an allocator's message says was asked for, as the start of '... than this machine can allocate'."""
+    found = re.search(r"allocate (\d+) bytes", message)
+    if found:
+        size, unit = float(found.group(1)), "bytes"
+        for unit in ("bytes", "KB", "MB", "GB", "TB", "PB", "EB"):
+            if size < 1000:
+                break
+            size /= 1000
+        return f"{size:.1f} {unit} of memory, more"
+    if "overflowed" in message:
+        return "a tensor with more elements than 64 bits can count, far more memory"
+    found = re.search(r"tried to allocate ([\d.]+ [KMGTP]?i?B)", message, re.I)
+    return f"{found.group(1)} of memory, more" if found else "more memory"
 
 
 def make_loader(dataset: Any, batch_size: int, *, collate_fn: Any, num_workers: int, sampler: Any = None,

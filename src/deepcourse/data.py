@@ -19,17 +19,29 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .errors import DataError
+from .errors import DataError, MissingSplitError, RecipeError
 
 DATA_ENV = "DEEPCOURSE_DATA"
 S = TypeVar("S")
 
 
+def require_data_dir(data_dir: str | os.PathLike, key: str = "data.data_dir", hint: str = "") -> Path:
+    """An explicit data folder is a promise: one that is not there is an error naming the key and the path, never a
+    silent fall-back to $DEEPCOURSE_DATA or the Hub (which would train on other data than the recipe says)."""
+    folder = Path(data_dir).expanduser()
+    if folder.is_dir():
+        return folder
+    where = "" if folder.is_absolute() else f" (looked for {folder.absolute()})"
+    problem = "is a file, not a folder" if folder.exists() else "does not exist"
+    raise DataError(f"{key}: folder '{data_dir}' {problem}{where}. " + (hint or f"Fix the path, or remove {key} "
+                    f"to use ${DATA_ENV}/<dataset>/ or the Hugging Face Hub"))
+
+
 def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None) -> list[Path]:
-    """Where a local copy of `dataset` may live, in the order they are tried."""
+    """Where a local copy of `dataset` may live, in the order they are tried. An explicit `data_dir` must exist."""
     dirs = []
     if data_dir:
-        dirs.append(Path(data_dir).expanduser())
+        dirs.append(require_data_dir(data_dir))
     root = os.environ.get(DATA_ENV)
     if root:
         dirs.append(Path(root).expanduser() / dataset)
@@ -43,23 +55,38 @@ def find_split_files(folder: Path, patterns: Sequence[str]) -> list[Path]:
     return found
 
 
+def present_splits(dataset: str, data_dir: str | os.PathLike | None,
+                   patterns: Mapping[str, Sequence[str]]) -> tuple[Path | None, list[str]]:
+    """The local copy of `dataset` (the first folder tried that holds files of any of its splits) and the splits
+    it holds; (None, []) when there is none."""
+    for folder in candidate_dirs(dataset, data_dir):
+        if folder.is_dir():
+            present = [s for s in patterns if find_split_files(folder, patterns[s])]
+            if present:
+                return folder, present
+    return None, []
+
+
 def locate_splits(
     dataset: str,
     data_dir: str | os.PathLike | None,
     patterns: Mapping[str, Sequence[str]],
     splits: Sequence[str],
 ) -> tuple[dict[str, list[Path]], list[str]]:
-    """Files of each wanted split from the first folder holding any of them. Returns (found, places tried)."""
-    tried = []
-    for folder in candidate_dirs(dataset, data_dir):
-        tried.append(str(folder))
-        if not folder.is_dir():
-            continue
-        found = {s: find_split_files(folder, patterns.get(s, ())) for s in splits}
-        found = {s: f for s, f in found.items() if f}
-        if found:
-            return found, tried
-    return {}, tried
+    """Files of each wanted split in the local copy: the first folder holding files of any of the dataset's splits
+    (a wanted split missing there is missing, not looked for elsewhere). Returns (found, places tried). A split
+    name `patterns` does not know is a MissingSplitError listing the ones it does."""
+    unknown = [s for s in splits if s not in patterns]
+    folder, present = present_splits(dataset, data_dir, patterns)
+    if unknown:
+        has = present or list(patterns)
+        raise MissingSplitError(f"{dataset} has no split '{unknown[0]}' (it has: {', '.join(has)}).",
+                                split=unknown[0], has=has)
+    tried = [str(f) for f in candidate_dirs(dataset, data_dir)]
+    if folder is None:
+        return {}, tried
+    tried = tried[:tried.index(str(folder)) + 1]
+    return {s: find_split_files(folder, patterns[s]) for s in splits if s in present}, tried
 
 
 def hub_allowed() -> bool:
@@ -75,16 +102,22 @@ def load_hf_splits(
     patterns: Mapping[str, Sequence[str]],
     splits: Sequence[str],
     hub_id: str | None = None,
+    revision: str | None = None,
     local_format: str = "parquet",
     hub_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load `splits` of a dataset as HF `datasets.Dataset`s (cached as Arrow), from a local copy or the Hub.
 
-    Only the splits that exist are returned: the caller decides whether a missing one is carved from train.
+    Only the splits that exist are returned: the caller decides whether a missing one is carved from train. A
+    local copy is the copy: a split it lacks is not fetched from the Hub. A Hub load is pinned to `revision` (a
+    commit or a tag), which is required: a dataset repository can change under a recipe, and datasets >= 4 loads
+    data files only, never a repository's script.
     """
     import datasets
 
     found, tried = locate_splits(dataset, data_dir, patterns, splits)
+    if not found and present_splits(dataset, data_dir, patterns)[1]:
+        return {}
     if found:
         files = {s: [str(p) for p in f] for s, f in found.items()}
         try:
@@ -93,11 +126,15 @@ def load_hf_splits(
             raise DataError(f"cannot read the local copy of '{dataset}' in {Path(next(iter(files.values()))[0]).parent}:"
                             f" {type(exc).__name__}: {exc}") from None
         return {s: loaded[s] for s in loaded}
+    if hub_id and not revision:
+        raise RecipeError(f"data.hub_revision: required to load '{hub_id}' from the Hugging Face Hub; pin the "
+                          f"commit (or tag) to load, so the data cannot change under the recipe")
     if hub_id and hub_allowed():
         try:
-            loaded = datasets.load_dataset(hub_id, **dict(hub_kwargs or {}))
+            loaded = datasets.load_dataset(hub_id, revision=revision, **dict(hub_kwargs or {}))
         except Exception as exc:  # noqa: BLE001
-            tried.append(f"the Hugging Face Hub ({hub_id}): {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            first = (str(exc).splitlines() or [""])[0][:200]
+            tried.append(f"the Hugging Face Hub ({hub_id} at {revision}): {type(exc).__name__}: {first}")
         else:
             return {s: loaded[s] for s in loaded if s in splits}
     elif hub_id:
@@ -132,11 +169,12 @@ def subset(split: Any, indices: torch.Tensor) -> Any:
 
 
 def resolve_splits(available: Mapping[str, S], wanted: Sequence[str], *, dataset: str, val_split: float | None,
-                   seed: int, source: str = "") -> dict[str, S]:
+                   seed: int, source: str = "", has: Sequence[str] | None = None) -> dict[str, S]:
     """The `wanted` splits out of those a dataset has, with the one meaning of `data.val_split`: when the dataset
     has no validation split, that fraction of train is carved off as one (the same samples for the same seed, and
     train keeps the rest); a dataset's own validation split is used as it is. A split that is still missing is a
-    DataError naming it and the splits there are, with the key that would help.
+    MissingSplitError naming it and the splits there are (`has`: all the splits the source holds, when the task
+    loaded only some of them), with the key that would help.
 
     Tasks call this on their raw splits, before they fit anything (vocabularies, statistics) on train."""
     splits = dict(available)
@@ -149,12 +187,13 @@ def resolve_splits(available: Mapping[str, S], wanted: Sequence[str], *, dataset
             train = splits["train"]
             splits["train"], splits["validation"] = subset(train, keep), subset(train, held)
     where = f"{source}: " if source else ""
+    there = list(dict.fromkeys([*(has or ()), *splits]))
     for split in wanted:
         if split not in splits:
             hint = (" Set data.val_split (e.g. 0.1) to carve a validation split from train." if split == "validation"
-                    and "train" in splits else "")
-            raise DataError(f"{where}{dataset} has no split '{split}' here (it has: "
-                            f"{', '.join(splits) or 'none'}).{hint}")
+                    and "train" in there else "")
+            raise MissingSplitError(f"{where}{dataset} has no split '{split}' here (it has: "
+                                    f"{', '.join(there) or 'none'}).{hint}", split=split, has=there)
     return {s: splits[s] for s in wanted}
 
 
@@ -200,6 +239,15 @@ def random_subset(dataset: Any, size: int | None, seed: int) -> Any:
         return dataset
     keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + 17))[:size].sort().values
     return subset(dataset, keep)
+
+
+def sized_subset(dataset: Any, size: int | None, seed: int, *, key: str, what: str) -> Any:
+    """`random_subset` for a recipe key that asks for `size` samples: asking for more than there are is said (the
+    run would silently use fewer), naming the key and the count. `what`: 'training samples of dataset 'x''."""
+    if size is not None and size > len(dataset):
+        raise RecipeError(f"{key}: {size} is more than the {len(dataset)} {what}; lower it, or remove the key to use "
+                          f"all of them")
+    return random_subset(dataset, size, seed)
 
 
 def passthrough_collate(batch: Any) -> Any:

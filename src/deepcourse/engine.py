@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,14 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from . import files, plugins
+from . import files, plugins, runlock
 from .accelerator import effective_settings, make_accelerator, torch_threads
 from .callbacks import TrainContext, TrainState
-from .checkpoint import latest_checkpoint, load_checkpoint, read_best_metrics, save_best, save_checkpoint
+from .checkpoint import latest_checkpoint, load_latest_intact, read_best_metrics, save_best, save_checkpoint
 from .collective import on_main
-from .components import (build_callbacks, build_optimizer, build_scheduler, build_task, check_monitor,
-                         count_parameters, load_training_data, make_loader, make_train_sampler, monitor_of,
-                         place_data, steps_per_evaluation)
+from .components import (build_callbacks, build_model, build_optimizer, build_scheduler, build_task,
+                         check_monitor, count_parameters, load_training_data, make_loader, make_train_sampler,
+                         monitor_of, place_data, steps_per_evaluation)
 from .data import EpochSampler
 from .errors import CheckpointError, NonFiniteLoss, RecipeError
 from .evaluation import evaluation_loop
@@ -40,11 +41,13 @@ def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None 
         resume: Path | None = None) -> dict[str, Any]:
     """Train `recipe` (or continue the run in `resume`); returns a summary with the run directory and the best
     metrics. The caller's torch thread count is left as it was."""
-    with torch_threads(recipe.train.threads):
-        return _fit(recipe, Path(runs_root), Path(run_dir) if run_dir else None, Path(resume) if resume else None)
+    with torch_threads(recipe.train.threads), ExitStack() as held:  # held: what the run holds until it returns
+        return _fit(recipe, Path(runs_root), Path(run_dir) if run_dir else None, Path(resume) if resume else None,
+                    held)
 
 
-def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | None) -> dict[str, Any]:
+def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | None,
+         held: ExitStack) -> dict[str, Any]:
     started = time.perf_counter()
     acc = make_accelerator(recipe)
     set_seed(recipe.seed, deterministic=recipe.train.deterministic)
@@ -54,7 +57,7 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
     artifacts = on_main(lambda: files.read_json(resume / "artifacts.json", missing=None)) if resume else None
     bundle = load_training_data(task, recipe, artifacts)
     place_data(recipe, bundle, acc.device)
-    model = task.build_model(recipe.model, bundle.facts)
+    model = build_model(task, recipe.model, bundle.facts)
     optimizer = build_optimizer(recipe, model)
     sampler = make_train_sampler(recipe, bundle.splits["train"])
     pin = acc.device.type == "cuda" and not recipe.data.on_device
@@ -77,8 +80,14 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
     scheduler = build_scheduler(recipe, task, raw_optimizer, steps_per_epoch, total_steps)
     callbacks = build_callbacks(recipe)
 
-    # 2. the run directory: a new one (named by the main process) or the one being resumed
-    out_dir = resume or Path(on_main(lambda: str(new_run_dir(runs_root, recipe.name, run_dir))))
+    # 2. the run directory: a new one (created once, by the main process) or the one being resumed
+    if resume is None:
+        made = on_main(lambda: [str(p) if p else None for p in new_run_dir(runs_root, recipe.name, run_dir)])
+        out_dir, created = Path(made[0]), Path(made[1]) if made[1] else None
+    else:
+        out_dir, created = resume, None
+    if acc.is_main_process:  # one writer per run directory, until fit returns
+        held.enter_context(runlock.acquire(out_dir))
     ctx = TrainContext(acc, recipe, task, model, optimizer, scheduler, TrainState(), out_dir, bundle, RunLog(None),
                        LossMeter(acc.device), steps_per_epoch, total_steps, callbacks,
                        train_metrics=TrainMetrics(task.create_train_metrics(), task.pad_index))
@@ -95,8 +104,8 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
         with StopRequest() as stop:
             train(ctx, train_loader, sampler, eval_loader, stop)
     except BaseException:
-        if resume is None and acc.is_main_process and ctx.state.global_step == 0:
-            remove_unstarted(out_dir)
+        if resume is None and acc.is_main_process:  # kept only once it has a checkpoint (or best weights)
+            remove_unstarted(out_dir, created)
         raise
     finally:
         ctx.log.close()
@@ -127,17 +136,16 @@ def start_run_dir(ctx: TrainContext) -> None:
 
 
 def resume_from_latest(ctx: TrainContext) -> None:
-    """Continue from the newest complete checkpoint, with the settings the run was started with."""
-    def find() -> Path:
-        latest = latest_checkpoint(ctx.run_dir / "checkpoints")
-        if latest is None:
+    """Continue from the newest complete checkpoint that reads back whole, with the settings the run was started
+    with."""
+    def find() -> None:
+        if latest_checkpoint(ctx.run_dir / "checkpoints") is None:
             raise CheckpointError(f"--resume {ctx.run_dir}: no complete checkpoint in "
                                   f"{ctx.run_dir / 'checkpoints'}; start a new run instead")
         check_same_settings(ctx)
-        return latest
 
-    latest = Path(on_main(lambda: str(find())))
-    load_checkpoint(ctx, latest)
+    on_main(find)
+    latest = load_latest_intact(ctx, ctx.run_dir / "checkpoints")  # a damaged newest one: the one before it
     if ctx.is_main:
         truncate_metrics(ctx.run_dir / "metrics.jsonl", ctx.state.global_step, ctx.state.event)
         print(f"deepcourse: resuming {ctx.run_dir} from {latest.name} (epoch {ctx.state.epoch + 1}, "

@@ -41,8 +41,25 @@ class DataError(UserError):
     """A data file is missing, unreadable or malformed; the message names the file (and line when there is one)."""
 
 
+class MissingSplitError(DataError):
+    """A split that was asked for is not in the dataset. `has` lists the splits it does have; a caller that knows
+    which key named the split (`eval.split`, `--split`) re-raises it with `named(key)`."""
+
+    def __init__(self, message: str, *, split: str, has: Sequence[str]) -> None:
+        super().__init__(message)
+        self.split, self.has = split, list(has)
+
+    def named(self, key: str) -> DataError:
+        return DataError(f"{key}: {self.message}{did_you_mean(self.split, self.has)}")
+
+
 class CheckpointError(UserError):
     """A run directory or checkpoint cannot be used (missing, incomplete, unsafe or from another recipe)."""
+
+
+class DamagedFileError(CheckpointError):
+    """A file of a run is missing, cut short or corrupt (a full disk, a copy that stopped half-way), as opposed to
+    unsafe: an older checkpoint may do instead."""
 
 
 class NonFiniteLoss(UserError):

@@ -18,8 +18,8 @@ from accelerate.utils import send_to_device
 
 from .accelerator import make_accelerator
 from .components import make_loader
-from .data import random_subset
-from .errors import DataError
+from .data import random_subset, require_data_dir
+from .errors import DataError, MissingSplitError
 from .schema import Recipe
 from .stopping import StopRequest, agreed, check_due
 from .task import DataBundle, Task
@@ -63,17 +63,25 @@ def evaluation_loop(accelerator: Accelerator, task: Task, model: torch.nn.Module
 
 
 def load_split(task: Task, recipe: Recipe, artifacts: Mapping[str, Any], split: str, *,
-               data_dir: str | Path | None = None) -> DataBundle:
+               data_dir: str | Path | None = None, key: str = "eval.split") -> DataBundle:
     """One split of a trained run's dataset, as `deepcourse evaluate` loads it: with the run's artifacts (no
     training data needed unless validation is carved from train), cut to `data.eval_samples`. `data_dir` may
-    hold only that split's files."""
+    hold only that split's files; `key` is what named the split (`--split test`), for the message when it is
+    missing."""
+    if data_dir:
+        require_data_dir(data_dir, "--data-dir")
+    elif recipe.data.data_dir:  # the folder the run was trained from, perhaps on another machine
+        require_data_dir(recipe.data.data_dir, hint="Give the folder that holds the split with --data-dir DIR")
     data = recipe.data.model_copy(update={"data_dir": str(data_dir)}) if data_dir else recipe.data
-    bundle = task.setup_data(data, splits=(split,), seed=recipe.seed, artifacts=artifacts)
+    try:
+        bundle = task.setup_data(data, splits=(split,), seed=recipe.seed, artifacts=artifacts)
+    except MissingSplitError as exc:
+        raise exc.named(key) from None
     if split not in bundle.splits:
-        raise DataError(f"split '{split}': dataset '{recipe.data.name}' has no such split here "
+        raise DataError(f"{key}: dataset '{recipe.data.name}' has no split '{split}' here "
                         f"(available: {', '.join(bundle.splits) or 'none'})")
     if len(bundle.splits[split]) == 0:
-        raise DataError(f"split '{split}': dataset '{recipe.data.name}' has no samples in that split here")
+        raise DataError(f"{key}: dataset '{recipe.data.name}' has no samples in split '{split}' here")
     bundle.splits = {split: random_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed)}
     return bundle
 
@@ -89,15 +97,17 @@ class SplitEvaluation:
 
 def evaluate_split(task: Task, model: torch.nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], *,
                    split: str | None = None, data_dir: str | Path | None = None, on_batch: BatchHook | None = None,
-                   progress: bool = False) -> SplitEvaluation:
+                   progress: bool = False, key: str | None = None) -> SplitEvaluation:
     """Evaluate a trained model on a split (default: the recipe's `eval.split`) exactly as `deepcourse evaluate`
     does: the same data (`load_split`), batches (the recipe's evaluation batch size, in order), device and mixed
     precision (Accelerate's own casting of the model), and the task's metrics. `on_batch(batch, outputs)` sees
     each batch's evaluation outputs, for figures that need more than the metrics (a confusion matrix, examples).
 
-    Raises a DataError naming the split when its data is not on this machine."""
+    Raises a DataError naming the split, and `key` (what chose it: default `eval.split`, or `split` when one is
+    given), when its data is not on this machine."""
+    key = key or ("split" if split else "eval.split")
     split = split or recipe.eval.split
-    bundle = load_split(task, recipe, artifacts, split, data_dir=data_dir)
+    bundle = load_split(task, recipe, artifacts, split, data_dir=data_dir, key=key)
     accelerator = make_accelerator(recipe, trackers=False, warn=False)
     model = accelerator.prepare_model(model, evaluation_mode=True)  # device and autocast, no distributed wrapper
     loader = make_loader(bundle.splits[split], recipe.eval_batch_size, collate_fn=bundle.collate_fn,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickletools
 import random
 import shutil
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from .errors import CheckpointError
+from .errors import CheckpointError, DamagedFileError
 
 
 # -- text and folders -------------------------------------------------------------------------------------------
@@ -93,9 +95,9 @@ def read_json(path: Path, *, missing: Any = ...) -> Any:
     except FileNotFoundError:
         if missing is not ...:
             return missing
-        raise CheckpointError(f"{path}: file missing") from None
+        raise DamagedFileError(f"{path}: file missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+        raise DamagedFileError(f"{path}: not valid JSON ({exc})") from None
 
 
 # -- tensors ----------------------------------------------------------------------------------------------------
@@ -105,10 +107,12 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     if not path.exists():
-        raise CheckpointError(f"{path}: weights file missing")
+        raise DamagedFileError(f"{path}: weights file missing")
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
-    except (SafetensorError, OSError, RuntimeError) as exc:
+    except (SafetensorError, OSError) as exc:
+        raise DamagedFileError(f"{path}: cannot load weights: {exc}") from None
+    except RuntimeError as exc:  # whole, but of another shape: not a damaged file
         raise CheckpointError(f"{path}: cannot load weights: {exc}") from None
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the model built from the recipe "
@@ -123,9 +127,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: file missing") from None
+        raise DamagedFileError(f"{path}: file missing") from None
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: cannot read tensors: {exc}") from None
+        raise DamagedFileError(f"{path}: cannot read tensors: {exc}") from None
 
 
 # -- state dicts (optimizer, schedule, scaler) as JSON + safetensors ---------------------------------------------------
@@ -177,15 +181,46 @@ def _join(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def safe_torch_load(path: Path) -> Any:
-    """torch.load restricted to tensors and plain containers: a planted pickle is refused, never run."""
+    """torch.load restricted to tensors and plain containers: a planted pickle is refused, never run. A file torch
+    cannot read at all (cut short, overwritten) is called damaged, not dangerous: only one that names code is."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: file missing") from None
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError and friends: refuse with a clear message
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain values, "
-                              f"which could run code ({first})") from None
+        raise DamagedFileError(f"{path}: file missing") from None
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, zip and EOF errors: say which it is
+        text = str(exc)
+        first = _reason(text) or type(exc).__name__
+        if "GLOBAL" in text or _bare_pickle_naming_code(path):  # torch's own refusal, or a pickle it cannot parse
+            raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain values, "
+                                  f"which could run code ({first})") from None
+        raise DamagedFileError(f"{path}: damaged or not a checkpoint file (torch cannot read it: {first[:200]})"
+                               ) from None
+
+
+#: the lines of torch's weights-only refusal that are advice, not the reason
+_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation", "WeightsUnpickler error",
+           "In PyTorch 2.6", "Re-running `torch.load`")
+
+
+def _reason(text: str) -> str:
+    """The first line of a torch.load error that says what is wrong, up to its first sentence's end."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(_ADVICE):
+            return line.split(". ")[0].rstrip(".")
+    return ""
+
+
+def _bare_pickle_naming_code(path: Path) -> bool:
+    """Whether `path` is a bare pickle (torch writes zip files) that refers to a global, i.e. to code: torch's
+    loader stops at its first unsupported opcode before it sees the global. Read with pickletools, which parses
+    opcodes without executing them; a file that does not parse names nothing and is merely damaged."""
+    try:
+        if zipfile.is_zipfile(path):
+            return False  # torch read the pickle inside and said GLOBAL if it met one
+        return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST") for op, _, _ in pickletools.genops(path.read_bytes()))
+    except Exception:  # noqa: BLE001 - not a parsable pickle: damaged, not dangerous
+        return False
 
 
 # -- random number generators -----------------------------------------------------------------------------------

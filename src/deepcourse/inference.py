@@ -13,7 +13,7 @@ import torch
 
 from .accelerator import make_accelerator, torch_threads
 from .checkpoint import best_folder, latest_checkpoint, load_facts
-from .components import build_task
+from .components import build_model, build_task
 from .errors import CheckpointError
 from .evaluation import evaluate_split
 from .files import load_weights
@@ -31,7 +31,7 @@ def load_trained(run_dir: Path, *, which: str = "best") -> tuple[Recipe, Task, d
     best = best_folder(run_dir)
     facts, artifacts = load_facts(best)
     task = build_task(recipe)
-    model = task.build_model(recipe.model, facts)
+    model = build_model(task, recipe.model, facts)
     weights = best / "model.safetensors"
     if which == "latest":
         latest = latest_checkpoint(run_dir / "checkpoints")
@@ -42,12 +42,14 @@ def load_trained(run_dir: Path, *, which: str = "best") -> tuple[Recipe, Task, d
     return recipe, task, facts, artifacts, model
 
 
-def evaluate_run(run_dir: Path, *, split: str | None = None, data_dir: str | Path | None = None,
-                 which: str = "best", progress: bool = True) -> tuple[Task, dict[str, Any]]:
-    """Metrics of a finished run's weights on a split; `data_dir` may hold only that split's files."""
+def evaluate_run(run_dir: Path, *, split: str | None = None, data_dir: str | Path | None = None, which: str = "best",
+                 progress: bool = True, split_key: str | None = None) -> tuple[Task, dict[str, Any]]:
+    """Metrics of a finished run's weights on a split; `data_dir` may hold only that split's files. `split_key`
+    names where `split` came from in messages (the command line's `--split tset`)."""
     recipe, task, _, artifacts, model = load_trained(run_dir, which=which)
     with torch_threads(recipe.train.threads):
-        result = evaluate_split(task, model, recipe, artifacts, split=split, data_dir=data_dir, progress=progress)
+        result = evaluate_split(task, model, recipe, artifacts, split=split, data_dir=data_dir, progress=progress,
+                                key=split_key)
     return task, {"run_dir": str(run_dir), "split": result.split, **result.metrics}
 
 

@@ -3,11 +3,13 @@
 Each builder's signature is the recipe table's schema (with ranges, so `lr = -1` is caught before training).
 Every schedule is stepped once per optimizer step; epoch-based ones (step, multistep) convert epochs to steps so
 they behave the same whatever the batch size. `plateau` is the exception: it is stepped after each evaluation, with
-the monitored metric.
+the monitored metric. Every schedule works for a run of any length, down to one step (a smoke test): one whose
+phases do not fit is fitted to the run with a warning naming the key, never left to fail inside torch.
 """
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
@@ -90,15 +92,35 @@ Steps = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
-def _warmup_steps(warmup_steps: int, warmup_epochs: float, steps_per_epoch: int) -> int:
-    return max(warmup_steps, int(round(warmup_epochs * steps_per_epoch)))
+def _warmup_steps(warmup_steps: int, warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    warm = max(warmup_steps, int(round(warmup_epochs * steps_per_epoch)))
+    if warm > total_steps:
+        key = "scheduler.warmup_steps" if warmup_steps >= warm else "scheduler.warmup_epochs"
+        _warn(f"{key} makes a warm-up of {warm} steps, longer than the run ({total_steps} optimizer steps): the "
+              f"learning rate never reaches optimizer.lr")
+    return warm
+
+
+def _warn(message: str) -> None:
+    print(f"deepcourse: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _fitted_pct_start(pct_start: float, total_steps: int, three_phase: bool) -> float:
+    """pct_start, moved only as far as a short run needs. OneCycleLR's phases end at steps pct*total - 1 (the peak),
+    [2*pct*total - 2,] and total - 1, and torch divides by each phase's length: a phase of no steps (4 steps at
+    0.25) is a ZeroDivisionError, a negative one a schedule that starts at the peak. Keep at least one step rising
+    and one falling when the run is long enough for that, else put the peak half-way."""
+    before = (total_steps - 1) / (2 if three_phase else 1)  # the peak comes before this step
+    low, high = (1.0, before - 1) if before - 1 >= 1 else (before / 2, before / 2)
+    peak = min(max(pct_start * total_steps - 1, low), high)
+    return (peak + 1) / total_steps
 
 
 @SCHEDULERS.register("constant")
-def constant(optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmup_steps: Steps = 0,
+def constant(optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int, warmup_steps: Steps = 0,
              warmup_epochs: Annotated[float, Field(ge=0)] = 0.0) -> lr_scheduler.LRScheduler:
     """Constant learning rate, after an optional linear warm-up."""
-    warm = _warmup_steps(warmup_steps, warmup_epochs, steps_per_epoch)
+    warm = _warmup_steps(warmup_steps, warmup_epochs, steps_per_epoch, total_steps)
     return lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
 
 
@@ -107,7 +129,7 @@ def cosine(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: 
            warmup_epochs: Annotated[float, Field(ge=0)] = 0.0, min_lr_ratio: Fraction = 0.0
            ) -> lr_scheduler.LRScheduler:
     """Linear warm-up, then cosine decay to min_lr_ratio * lr at the last step."""
-    warm = _warmup_steps(warmup_steps, warmup_epochs, steps_per_epoch)
+    warm = _warmup_steps(warmup_steps, warmup_epochs, steps_per_epoch, total_steps)
 
     def factor(step: int) -> float:
         if step < warm:
@@ -122,7 +144,7 @@ def linear(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: 
            warmup_epochs: Annotated[float, Field(ge=0)] = 0.0, min_lr_ratio: Fraction = 0.0
            ) -> lr_scheduler.LRScheduler:
     """Linear warm-up, then linear decay to min_lr_ratio * lr."""
-    warm = _warmup_steps(warmup_steps, warmup_epochs, steps_per_epoch)
+    warm = _warmup_steps(warmup_steps, warmup_epochs, steps_per_epoch, total_steps)
 
     def factor(step: int) -> float:
         if step < warm:
@@ -139,9 +161,14 @@ def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: Anno
              cycle_momentum: bool = True) -> lr_scheduler.LRScheduler:
     """Smith's one-cycle policy: the optimizer's lr is the peak; momentum cycles inversely when it has one."""
     has_momentum = any("momentum" in g and g["momentum"] > 0 or "betas" in g for g in optimizer.param_groups)
+    total_steps = max(total_steps, 2)
+    fitted = _fitted_pct_start(pct_start, total_steps, three_phase)
+    if abs(fitted - pct_start) > 1e-9:
+        _warn(f"scheduler.pct_start = {pct_start} does not fit a run of {total_steps} optimizer steps (a phase of "
+              f"the one-cycle schedule would have less than one step); using {fitted:.3g}")
     return lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=max(total_steps, 2),
-        pct_start=pct_start, anneal_strategy=anneal_strategy,
+        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total_steps,
+        pct_start=fitted, anneal_strategy=anneal_strategy,
         div_factor=div_factor, final_div_factor=final_div_factor, three_phase=three_phase,
         cycle_momentum=cycle_momentum and has_momentum)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -32,11 +33,14 @@ __all__ = ["Recipe", "load_recipe", "validate_recipe", "read_toml", "parse_overr
 # -- reading -------------------------------------------------------------------------------------------------------
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: recipe file not found.{catalog.not_found_hint(path)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read recipe: {exc}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a recipe file") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read recipe: {exc.strerror or exc}") from None
+    text = decode_utf8(path, raw)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -44,6 +48,22 @@ def read_toml(path: Path) -> dict[str, Any]:
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
         place = f"{path}:{where.group(1)}:{where.group(2)}" if where else str(path)
         raise RecipeError(f"{place}: invalid TOML: {message}") from None
+
+
+def decode_utf8(path: Path, raw: bytes) -> str:
+    """A TOML file's text. TOML is UTF-8; the byte-order mark some Windows editors write is accepted, and anything
+    else is named by line and column with the fix, not left as a codec's message."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path}: saved as UTF-16 (it starts with a UTF-16 byte-order mark); TOML files are UTF-8: "
+                        f"save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UserError(f"{path}:{line}:{column}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}; the file is probably "
+                        f"Latin-1 or Windows-1252); TOML files are UTF-8: save it as UTF-8, e.g. iconv -f latin1 -t "
+                        f"utf-8") from None
 
 
 def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -58,22 +78,31 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
 
 
 def resolve_extends(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    return resolve_with_origins(path, _chain)[0]
+
+
+def resolve_with_origins(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The recipe with its `extends` chain merged in, and the file each key path comes from (so a mistake in a base
+    recipe is reported against the base, not against the child that extends it)."""
     resolved = path.resolve()
     if resolved in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, resolved))
         raise RecipeError(f"extends: cycle in recipe inheritance: {cycle}")
     data = read_toml(path)  # messages name the file as the user wrote it
+    own = {key: path for key in flatten(data)}
     parent = data.get("extends")
     if parent is None:
-        return data
+        return data, own
     if not isinstance(parent, str):
         raise RecipeError(f"{path}: extends: must be a path string (got {parent!r})")
     parent_path = (path.parent / parent)
     if not parent_path.exists():
         raise RecipeError(f"{path}: extends: base recipe '{parent}' not found (looked for {parent_path})")
-    base = resolve_extends(parent_path, (*_chain, resolved))
+    base, origins = resolve_with_origins(parent_path, (*_chain, resolved))
     base.pop("name", None)  # a child is its own experiment unless it says otherwise
-    return deep_merge(base, data)
+    origins = {k: f for k, f in origins.items() if k != "name" and not any(k == o or k.startswith(f"{o}.")
+                                                                             for o in own)}
+    return deep_merge(base, data), {**origins, **own}
 
 
 def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = (),
@@ -83,23 +112,29 @@ def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = (),
     `path` is a recipe file or the name of a shipped recipe ('quickstart'); `data` an already parsed table. The
     installed plugins are discovered first (once per process): a recipe names their components."""
     plugins.load_plugins()
+    origins: dict[str, Path] = {}
     if data is None:
         if path is None:
             raise ValueError("load_recipe needs a path or data")
         path = catalog.resolve(path)
-        data = resolve_extends(path)
+        data, origins = resolve_with_origins(path)
     data = apply_overrides(dict(data), overrides)
+    overridden = [".".join(parse_override(text)[0]) for text in overrides]
+    origins = {k: f for k, f in origins.items() if not any(k == o or k.startswith(f"{o}.") for o in overridden)}
     if path is not None:
         data.setdefault("name", Path(path).stem)
-    return validate_recipe(data, source=Path(path) if path else None)
+    return validate_recipe(data, source=Path(path) if path else None, origins=origins)
 
 
-def validate_recipe(data: Mapping[str, Any], source: Path | None = None) -> Recipe:
-    """Validate core keys and every plugin table together, so all problems are reported in one go."""
+def validate_recipe(data: Mapping[str, Any], source: Path | None = None,
+                    origins: Mapping[str, Path] | None = None) -> Recipe:
+    """Validate core keys and every plugin table together, so all problems are reported in one go. `origins` (key
+    path -> file) names the base recipe a problem comes from, when it is not `source` itself."""
     prefix = f"{source}: " if source else ""
     required = data.get("requires_plugins", [])
     if isinstance(required, list) and all(isinstance(r, str) for r in required):
         plugins.require(required)
+    unusable = unusable_values(data)
     problems: list[str] = []
     recipe = None
     try:
@@ -107,6 +142,9 @@ def validate_recipe(data: Mapping[str, Any], source: Path | None = None) -> Reci
     except ValidationError as exc:
         problems += recipe_problems(exc, data)
     problems += check_builders(data)
+    reported = tuple(f"{line.split(':', 1)[0]}:" for line in unusable)
+    problems = unusable + [p for p in problems if not p.startswith(reported)]  # one message per key
+    problems = [_in_file(p, origins or {}, source) for p in problems]
     if not problems:  # a search space is checked against a recipe that is valid itself
         problems += check_search(data)
     if problems:
@@ -114,6 +152,38 @@ def validate_recipe(data: Mapping[str, Any], source: Path | None = None) -> Reci
     assert recipe is not None
     recipe.source = source
     return recipe
+
+
+def _in_file(problem: str, origins: Mapping[str, Path], source: Path | None) -> str:
+    """'base.toml: train.epocs: ...' when the key comes from a base recipe rather than the file given."""
+    key = problem.split(":", 1)[0]
+    while key:
+        origin = origins.get(key)
+        if origin is not None:
+            return problem if source is not None and origin == source else f"{origin}: {problem}"
+        key = re.sub(r"(\[\d+\]|\.[^.\[]*)$", "", key) if re.search(r"[.\[]", key) else ""
+    return problem
+
+
+INT64 = (-2**63, 2**63 - 1)
+
+
+def unusable_values(value: Any, path: str = "") -> list[str]:
+    """Values TOML can hold but nothing downstream can use, anywhere in a recipe (plugin tables included, so no
+    builder has to remember them): whole numbers beyond 64 bits, on which torch, NumPy and the data loaders overflow
+    or loop for ever, and inf/nan, which pass `lr > 0` and then train to NaN."""
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in unusable_values(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in unusable_values(v, f"{path}[{i}]")]
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        bound = f"at most {INT64[1]}" if value > 0 else f"at least {INT64[0]}"
+        return [f"{path}: {value} does not fit in 64 bits (whole numbers in a recipe are {bound})"]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path}: input should be a finite number (got {value})"]
+    return []
 
 
 def check_builders(data: Mapping[str, Any]) -> list[str]:

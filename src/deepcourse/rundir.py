@@ -32,20 +32,47 @@ from .files import atomic_write_text, read_json, to_json
 RUN_FILES = ("recipe.toml", "run.json")
 
 
-def new_run_dir(root: Path, name: str, explicit: Path | None = None) -> Path:
-    """Pick (not create) a fresh run directory; never an existing one, so nothing is overwritten silently."""
+def new_run_dir(root: Path, name: str, explicit: Path | None = None) -> tuple[Path, Path | None]:
+    """Create a fresh run directory, never an existing one, so nothing is overwritten silently: `explicit`, or
+    root/name/<timestamp>, claimed atomically (two runs started in the same second get two folders). Returns it
+    and the topmost folder this created (None when `explicit` existed, empty), which is what removing the run
+    removes if it fails before its first checkpoint."""
     if explicit is not None:
-        if explicit.exists() and any(explicit.iterdir()):
-            raise UserError(f"--run-dir {explicit}: already exists and is not empty; choose another folder, or "
-                            f"continue that run with --resume {explicit}")
-        return explicit
+        require_free(explicit)
+        created = _first_missing(explicit)
+        explicit.mkdir(parents=True, exist_ok=True)
+        return explicit, created
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = root / name / stamp
     candidate, i = base, 1
-    while candidate.exists():
-        candidate = base.with_name(f"{stamp}-{i}")
-        i += 1
-    return candidate
+    while True:
+        created = _first_missing(candidate)
+        try:
+            candidate.mkdir(parents=True)
+            return candidate, created
+        except FileExistsError:
+            candidate = base.with_name(f"{stamp}-{i}")
+            i += 1
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost folder of `path` that does not exist yet (None when `path` exists)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def require_free(explicit: Path) -> Path:
+    """An explicit --run-dir is a folder that does not exist yet or is empty: a run never writes over another's."""
+    if explicit.exists() and not explicit.is_dir():
+        raise UserError(f"--run-dir {explicit}: is a file, not a folder; choose a folder for the run")
+    if explicit.is_dir() and any(explicit.iterdir()):
+        raise UserError(f"--run-dir {explicit}: already exists and is not empty; choose another folder, or "
+                        f"continue that run with --resume {explicit}")
+    return explicit
 
 
 def is_run_dir(path: Path) -> bool:
@@ -89,10 +116,24 @@ def run_info(seed: int, plugins_info: list[dict[str, Any]], extra: Mapping[str, 
     }
 
 
-def remove_unstarted(path: Path) -> None:
-    """Remove a run directory that never got a checkpoint (the run failed during set-up)."""
-    if path.exists() and not any((path / "checkpoints").glob("step-*")) and not (path / "best").exists():
-        shutil.rmtree(path, ignore_errors=True)
+def remove_unstarted(path: Path, created: Path | None) -> None:
+    """Remove a run that failed before its first checkpoint (diverged, crashed, aborted): nothing of it can be
+    resumed or evaluated. `created` is the topmost folder the run created (`new_run_dir`), removed with it; a folder
+    that existed before is emptied, not removed."""
+    if not path.exists() or any((path / "checkpoints").glob("step-*")) or (path / "best").exists():
+        return
+    if created is None:
+        for child in path.iterdir():
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink()
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    for parent in path.parents:  # the folders created above it, while nothing else lives in them
+        if parent == created.parent:
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break
 
 
 class MetricsLog:
@@ -115,15 +156,25 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The logged events, in order. A line that is not a JSON object (cut by a crash, edited by hand) is skipped
+    with a warning naming it, and the lines after it are still read."""
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash ends the log
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            row, problem = None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+        else:
+            problem = "" if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
+        if problem:
+            print(f"deepcourse: warning: {path}:{number}: {problem}; skipped: {line.strip()[:60]!r}",
+                  file=sys.stderr, flush=True)
+            continue
+        rows.append(row)
     return rows
 
 

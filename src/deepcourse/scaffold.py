@@ -5,24 +5,58 @@ registered component, a recipe that uses it and a pytest test; `pip install -e` 
 """
 from __future__ import annotations
 
-import keyword
+import importlib.metadata as md
+import importlib.util
 import re
 from pathlib import Path
 from string import Template
 
+from . import credits
 from .errors import UserError
 
 KINDS = ("model", "dataset", "task")
 TEMPLATES = Path(__file__).parent / "templates"
+#: deepcourse's own plugins: a generated package of that name would replace the real one when installed
+FIRST_PARTY = ("vision", "sequence")
 
 
 def normalise(name: str) -> str:
-    """'My Plugin' -> 'my_plugin' (a Python identifier that is also a sensible entry-point name)."""
-    ident = re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
-    if not ident or ident[0].isdigit() or keyword.iskeyword(ident):
-        raise UserError(f"plugin name '{name}': use letters, digits and '-' or '_', starting with a letter "
-                        f"(e.g. 'mycnn')")
+    """'My-CNN' -> 'my_cnn': the entry-point name and the package suffix (deepcourse_my_cnn), with the one spelling
+    change Python packaging makes anyway ('-' and '_' are the same, case does not count). Anything else is refused
+    with its reason rather than silently dropped or replaced."""
+    bad = sorted(set(re.sub(r"[0-9A-Za-z_-]", "", name)))
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        suggestion = re.sub(r"[^0-9A-Za-z_-]+", "-", name).strip("-_") or "mycnn"
+        raise UserError(f"plugin name '{name}': {shown} not allowed; use letters, digits, '-' and '_' (e.g. "
+                        f"'{suggestion}')")
+    if not name or not name[0].isalpha():
+        raise UserError(f"plugin name '{name}': use a name starting with a letter (e.g. 'my{name.strip('-_')}')")
+    ident = name.replace("-", "_").lower()
+    taken = _taken(ident)
+    if taken:
+        raise UserError(f"plugin name '{name}': {taken}; installing the generated package would replace or shadow "
+                        f"it. Choose another name (e.g. 'my_{ident}')")
     return ident
+
+
+def _taken(ident: str) -> str:
+    """Why `ident` belongs to another plugin already ('' when it is free)."""
+    dist = f"deepcourse-{ident.replace('_', '-')}"
+    if ident in FIRST_PARTY:
+        return f"'{dist}' is deepcourse's own {ident} plugin"
+    installed = {ep.name: ep for ep in md.entry_points(group=credits.GROUP)}
+    if ident in installed:
+        owner = installed[ident].dist
+        return f"a plugin named '{ident}' is installed (from {owner.metadata['Name'] if owner else 'a package'})"
+    try:
+        md.distribution(dist)
+        return f"the distribution '{dist}' is installed"
+    except md.PackageNotFoundError:
+        pass
+    if importlib.util.find_spec(f"deepcourse_{ident}") is not None:
+        return f"a package 'deepcourse_{ident}' is importable already"
+    return ""
 
 
 def new_plugin(name: str, directory: Path | None = None, kind: str = "model") -> Path:

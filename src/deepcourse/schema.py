@@ -46,7 +46,8 @@ class TaskSection(_Open):
 
 class DataSection(_Open):
     name: str = doc(..., "registered dataset")
-    data_dir: str | None = doc(None, "folder with a local copy (else $DEEPCOURSE_DATA/<dataset>/, else the Hub)")
+    data_dir: str | None = doc(None, "folder with a local copy; it must exist (without the key: $DEEPCOURSE_DATA/"
+                                      "<dataset>/, else the Hub)")
     batch_size: PositiveInt = doc(32, "samples per batch and process")
     eval_batch_size: PositiveInt | None = doc(None, "batch size for evaluation (default: batch_size)")
     val_split: Annotated[float, Field(ge=0, lt=1)] | None = doc(
@@ -180,7 +181,8 @@ class Recipe(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = doc(
         ..., "run name: runs go to runs/<name>/<timestamp>/ (default: the file name)")
     description: str = doc("", "free text, shown in reports")
-    seed: NonNegInt = doc(0, "seeds Python, NumPy and torch, the data order and the validation split")
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = doc(
+        0, "seeds Python, NumPy and torch, the data order and the validation split (NumPy takes at most 2**32 - 1)")
     extends: str | None = doc(None, "path of a base recipe (relative to this file): tables merge, lists replace")
     requires_plugins: list[str] = doc([], "plugins the recipe needs; a clear message names any that are missing")
     task: TaskSection

@@ -25,6 +25,9 @@ def test_conll2003_offline_without_a_copy_lists_what_was_tried(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEEPCOURSE_DATA", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="data.data_dir: folder '.*mine' does not exist"):
+        conll2003(data_dir=str(tmp_path / "mine")).load(["train"])  # an explicit folder must be there
+    (tmp_path / "mine").mkdir()
     with pytest.raises(DataError) as error:
         conll2003(data_dir=str(tmp_path / "mine")).load(["train"])
     message = str(error.value)
@@ -51,7 +54,7 @@ def test_hub_copy_gets_string_tags(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setattr(seq_datasets, "load_hf_splits", fake_load)
     monkeypatch.delenv("DEEPCOURSE_DATA", raising=False)
     loaded = conll2003(data_dir=str(tmp_path)).load(["train"])
-    assert calls["hub_id"] == "eriktks/conll2003"
+    assert calls["hub_id"] == "eriktks/conll2003" and calls["revision"] == "refs/convert/parquet"
     assert loaded["train"].dataset[0] == {"token": ["EU", "rejects"], "pos": ["NNP", "VBZ"], "chunk": ["B-NP", "O"],
                                           "ner": ["B-ORG", "O"], "line": -1}
     assert loaded["train"].where(0, 1) == "eriktks/conll2003 (train split from the Hub), sentence 1, token 2"
@@ -76,3 +79,63 @@ def test_resolve_path_tries_cwd_data_dir_and_deepcourse_data(tmp_path: Path, mon
     assert resolve_path("$DEEPCOURSE_DATA/glove/v.txt", None, "data.embeddings") == tmp_path / "glove" / "v.txt"
     with pytest.raises(DataError, match=r"data.embeddings: file 'x.txt' not found; tried .*x.txt"):
         resolve_path("x.txt", str(tmp_path), "data.embeddings")
+
+
+def hub_style_copy(root: Path) -> Path:
+    """A folder laid out as the Hub's parquet export of eriktks/conll2003 (conll2003/<split>/0000.parquet, tags as
+    ClassLabel ids): what `load_dataset(HUB_ID, revision=HUB_REVISION)` reads, without a network."""
+    names = {"pos_tags": ["NNP", "VBD", "IN", "."], "chunk_tags": ["O", "B-NP", "B-VP", "B-PP"],
+             "ner_tags": ["O", "B-PER", "I-PER", "B-LOC"]}
+    features = datasets.Features({"id": datasets.Value("string"), "tokens": datasets.Sequence(datasets.Value("string")),
+                                  **{k: datasets.Sequence(datasets.ClassLabel(names=v)) for k, v in names.items()}})
+    rows = {"id": ["0", "1"], "tokens": [["Alice", "visited", "Paris", "."], ["Bob", "Smith", "slept", "."]],
+            "pos_tags": [[0, 1, 0, 3], [0, 0, 1, 3]], "chunk_tags": [[1, 2, 1, 0], [1, 1, 2, 0]],
+            "ner_tags": [[1, 0, 3, 0], [1, 2, 0, 0]]}
+    for split in ("train", "validation", "test"):
+        (root / "conll2003" / split).mkdir(parents=True)
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(root / "conll2003" / split / "0000.parquet")
+    return root
+
+
+def test_conll2003_from_a_hub_style_parquet_copy_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hub path with datasets >= 4 (no loading scripts): a run from the parquet export, tags turned back into
+    strings, evaluated on its test split; a hub_id of your own must pin its revision."""
+    from click.testing import CliRunner
+
+    from deepcourse.api import cli
+
+    hub = hub_style_copy(tmp_path / "hub")
+    for offline in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "DEEPCOURSE_OFFLINE"):
+        monkeypatch.delenv(offline, raising=False)
+    monkeypatch.setenv("DEEPCOURSE_DATA", str(tmp_path / "nothing_local"))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"""name = "hub_conll2003"
+[task]
+name = "sequence-tagging"
+[data]
+name = "conll2003"
+hub_id = "{hub}"
+hub_revision = "refs/convert/parquet"
+batch_size = 2
+[model]
+name = "lstm_tagger"
+hidden_size = 8
+word_dim = 8
+[train]
+max_steps = 2
+progress = false
+""")
+    run = tmp_path / "run"
+    out = CliRunner().invoke(cli, ["run", str(recipe), "--run-dir", str(run), "--no-report"])
+    assert out.exit_code == 0, out.output
+    artifacts = __import__("json").loads((run / "best" / "artifacts.json").read_text())
+    assert {"O", "S-LOC", "B-PER", "E-PER"} <= set(artifacts["tags"]["ner"]) and "Paris" in artifacts["words"]["tokens"]
+    out = CliRunner().invoke(cli, ["evaluate", str(run), "--split", "test", "--json"])
+    assert out.exit_code == 0, out.output
+    assert __import__("json").loads(out.stdout)["num_samples"] == 2
+    unpinned = recipe.read_text().replace('hub_revision = "refs/convert/parquet"\n', "")
+    recipe.write_text(unpinned)
+    out = CliRunner().invoke(cli, ["run", str(recipe), "--run-dir", str(tmp_path / "run2")])
+    assert out.exit_code == 2
+    assert f"data.hub_revision: required to load '{hub}' from the Hugging Face Hub" in out.stderr
+    assert not (tmp_path / "run2").exists()

@@ -81,6 +81,37 @@ def test_predict_text_and_conll_file(run_dir: Path, mini: Path, tmp_path: Path) 
     assert all(len(line.split()) == 2 for block in blocks for line in block.splitlines())
 
 
+def test_predict_with_nothing_to_tag_exits_2_and_writes_nothing(run_dir: Path, tmp_path: Path) -> None:
+    """A CoNLL file without a sentence gives no prediction: said so, exit 2, and no (empty) -o file left behind."""
+    empty = tmp_path / "empty.conll"
+    empty.write_text("-DOCSTART- -X- -X- O\n\n")
+    out = tmp_path / "tagged.conll"
+    result = CliRunner().invoke(main, ["predict", str(run_dir), str(empty), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"predict: '{empty}' gave nothing to predict on" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.conll"]
+
+
+def test_an_out_of_scheme_tag_never_turns_f1_into_accuracy(tmp_path: Path, mini: Path) -> None:
+    """One `X-PER` in a NER column: with strict = false (conll2003's default) it used to make the column a token
+    column, scored and selected on accuracy, exit 0. Now it is an error at its line; scoring the column by token
+    accuracy is a choice the recipe makes (task.token_labels)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dev.txt").write_text((mini / "dev.txt").read_text())
+    train = (mini / "train.txt").read_text()
+    (data / "train.txt").write_text(train.replace("Alice NNP B-NP B-PER", "Alice NNP B-NP X-PER"))
+    args = ["run", RECIPE, "--runs-root", tmp_path / "runs", "--set", f"data.data_dir='{data}'", "--set",
+            "data.strict=false", "--set", "train.max_steps=2", "--set", "train.progress=false", "--no-report"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert f"{data / 'train.txt'}:3: tag 'X-PER' in column 'ner' is not a span tag" in result.stderr
+    chosen = cli(*args, "--set", "task.token_labels=['ner']", "--json")
+    assert chosen.exit_code == 0, chosen.output
+    summary = json.loads(chosen.stdout[chosen.stdout.index("{"):])
+    assert summary["monitor"] == "accuracy" and "f1" not in summary["best"]
+
+
 def test_multitask_run_reports_every_head(tmp_path: Path, mini: Path) -> None:
     run = train(tmp_path, mini, "task.labels=['ner', 'chunk', 'pos']", "model.head_decoders={pos='softmax'}",
                 "task.loss_weights={pos=0.5}")

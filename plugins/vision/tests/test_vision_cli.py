@@ -70,10 +70,17 @@ def test_quickstart_train_evaluate_predict(tmp_path: Path) -> None:
     assert 0 < result["probability"] <= 1 and len(result["top"]) == 3
     code, out = cli("predict", str(run), str(image))
     assert code == 0 and out.startswith(f"{image}: ")
-    code, out = cli("predict", str(run), str(tmp_path / "missing.png"))
+    code, out = cli("predict", str(run), str(tmp_path / "missing.png"), "-o", str(tmp_path / "out.txt"))
     assert code == 2 and "missing.png: image file not found" in out
+    assert not (tmp_path / "out.txt").exists() and not list(tmp_path.glob(".out.txt*"))  # no half-written -o
+
+    code, out = cli("evaluate", str(run), "--split", "tset")  # the split named, with the ones there are
+    assert code == 2 and "--split tset: digits has no split 'tset' (it has: train, test). Did you mean 'test'?" in out
+    code, out = cli("evaluate", str(run), "--split", "validation", "--data-dir", str(tmp_path))
+    assert code == 2 and "no copy of dataset 'digits' found" in out  # a folder without the files: said so
 
 
+@pytest.mark.slow
 def test_imagefolder_alexnet_recipe_with_ten_crop_tta(tmp_path: Path) -> None:
     classes = [f"c{i}" for i in range(12)]  # like the course's 12-class 28x28 grayscale character set
     root = make_imagefolder(tmp_path / "chars", classes, per_class=3, size=28, channels=1, splits=("train",))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepcourse.api import DATASETS, DataError, call_builder, load_recipe
+from deepcourse.api import DATASETS, DataError, RecipeError, call_builder, load_recipe
 from deepcourse_vision import data as vision_data
 
 from vision_fixtures import RECIPES, make_imagefolder, make_parquet, png_bytes
@@ -43,8 +43,11 @@ def test_imagefolder_grayscale_resize_and_mixed_sizes(tmp_path: Path) -> None:
 
 
 def test_imagefolder_errors_name_the_place(tmp_path: Path, image_root: Path) -> None:
-    with pytest.raises(DataError, match="imagefolder needs a folder"):
+    with pytest.raises(DataError, match="data.data_dir: folder '.*nowhere' does not exist"):
         load("imagefolder", ("train",), data_dir=str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="imagefolder needs a folder"):
+        load("imagefolder", ("train",), data_dir=str(tmp_path / "empty"))
     (image_root / "test" / "zebra").mkdir()
     (image_root / "test" / "zebra" / "1.png").write_bytes(png_bytes(__import__("numpy").zeros((12, 12, 3), "uint8")))
     with pytest.raises(DataError, match="zebra: class folder not among the training classes"):
@@ -156,3 +159,30 @@ def test_an_image_folder_with_its_own_validation_split_keeps_it(image_root: Path
     shutil.rmtree(image_root / "develop")  # now it has none: half of train/ is carved off
     carved = build_task(recipe).setup_data(recipe.data, splits=("train", "validation"), seed=0)
     assert len(carved.splits["train"]) == 9 and len(carved.splits["validation"]) == 9
+
+
+@pytest.mark.parametrize("name, hub_id", [("cifar10", "uoft-cs/cifar10"), ("mnist", "ylecun/mnist"),
+                                          ("fashion_mnist", "zalando-datasets/fashion_mnist")])
+def test_every_hub_load_is_pinned(name: str, hub_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a local copy the Hub is asked for the pinned revision of the default repository; a repository of
+    your own needs data.hub_revision."""
+    import datasets
+
+    asked = []
+
+    def fake_load(path, **kwargs):
+        asked.append((path, kwargs))
+        raise ConnectionError("no network in this test")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    for offline in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "DEEPCOURSE_OFFLINE"):
+        monkeypatch.delenv(offline, raising=False)
+    monkeypatch.setenv("DEEPCOURSE_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=f"the Hugging Face Hub \\({hub_id} at {vision_data.HUB_REVISIONS[hub_id]}\\)"):
+        load(name, ("train",))
+    assert asked == [(hub_id, {"revision": vision_data.HUB_REVISIONS[hub_id]})]
+    with pytest.raises(RecipeError, match="data.hub_revision: required to load 'me/copy' from the Hugging Face Hub"):
+        load(name, ("train",), hub_id="me/copy")
+    with pytest.raises(DataError, match=r"me/copy at abc123"):
+        load(name, ("train",), hub_id="me/copy", hub_revision="abc123")
+    assert asked[-1] == ("me/copy", {"revision": "abc123"})

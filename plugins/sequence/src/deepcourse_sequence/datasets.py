@@ -10,9 +10,10 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from deepcourse.api import DATASETS, DATA_ENV, DataError, load_hf_splits, locate_splits
+from deepcourse.api import (DATASETS, DATA_ENV, DataError, MissingSplitError, Unique, load_hf_splits,
+                            locate_splits, present_splits)
 
 from .conll import quiet_datasets, read_conll
 from .schemes import Scheme
@@ -70,6 +71,10 @@ class Corpus:
         """The requested splits that exist; a DataError listing every place tried when none does."""
         raise NotImplementedError
 
+    def available(self) -> list[str]:
+        """Every split the corpus has here, loaded or not (for the message naming a missing one)."""
+        raise NotImplementedError
+
     def embeddings_file(self) -> Path | None:
         return resolve_path(self.embeddings, self.data_dir, "data.embeddings") if self.embeddings else None
 
@@ -90,9 +95,15 @@ def resolve_path(path: str, data_dir: str | None, key: str) -> Path:
     raise DataError(f"{key}: file '{path}' not found; tried " + ", ".join(str(c) for c in candidates) + env)
 
 
+#: CoNLL-2003 on the Hub: eriktks/conll2003 is a loading script, which datasets >= 4 refuses to run; its
+#: refs/convert/parquet branch is the Hub's own parquet export of the same data (data files only).
+HUB_ID, HUB_REVISION = "eriktks/conll2003", "refs/convert/parquet"
+
+
 @dataclass(frozen=True)
 class Conll2003(Corpus):
-    hub_id: str = "eriktks/conll2003"
+    hub_id: str = HUB_ID
+    hub_revision: str | None = HUB_REVISION
     #: recipe column -> column of the Hub copy (whose tags are class ids)
     hub_columns: Mapping[str, str] = field(default_factory=lambda: {
         "token": "tokens", "pos": "pos_tags", "chunk": "chunk_tags", "ner": "ner_tags"})
@@ -104,9 +115,12 @@ class Conll2003(Corpus):
         unknown = [c for c in self.columns if c not in self.hub_columns]
         hub_id = None if unknown else self.hub_id
         loaded = load_hf_splits(self.name, data_dir=self.data_dir, patterns=SPLIT_FILES, splits=splits,
-                                hub_id=hub_id)
+                                hub_id=hub_id, revision=self.hub_revision)
         return {s: LoadedSplit(self._from_hub(ds), f"{self.hub_id} ({s} split from the Hub)")
                 for s, ds in loaded.items()}
+
+    def available(self) -> list[str]:
+        return present_splits(self.name, self.data_dir, SPLIT_FILES)[1] or list(SPLIT_FILES)
 
     def _from_hub(self, ds: Any) -> Any:
         """Hub columns (class ids) -> the recipe's columns (strings), like a local file would give."""
@@ -128,10 +142,21 @@ class Conll2003(Corpus):
 class ConllFiles(Corpus):
     files: Mapping[str, str] = field(default_factory=dict)
 
+    def available(self) -> list[str]:
+        folder = Path(self.data_dir).expanduser() if self.data_dir else None
+        found = [s for s, names in SPLIT_FILES.items() if folder is not None and any((folder / n).is_file()
+                                                                                     for n in names)]
+        return list(dict.fromkeys([*self.files, *found]))
+
     def load(self, splits: Sequence[str]) -> dict[str, LoadedSplit]:
         out: dict[str, LoadedSplit] = {}
         tried: list[str] = []
         folder = Path(self.data_dir).expanduser() if self.data_dir else None
+        unknown = [s for s in splits if s not in self.files and s not in SPLIT_FILES]
+        if unknown:
+            has = self.available()
+            raise MissingSplitError(f"{self.name} has no split '{unknown[0]}' (it has: {', '.join(has) or 'none'}; "
+                                    f"data.files names a file for each split).", split=unknown[0], has=has)
         for split in splits:
             if split in self.files:  # an explicit name must exist: no silent fall-back to another file
                 given = Path(os.path.expandvars(self.files[split])).expanduser()
@@ -156,26 +181,31 @@ class ConllFiles(Corpus):
 @DATASETS.register("conll2003", task=TASK)
 def conll2003(
     data_dir: str | None = None,
-    columns: tuple[str, ...] = ("token", "pos", "chunk", "ner"),
+    columns: Annotated[tuple[str, ...], Unique] = ("token", "pos", "chunk", "ner"),
     scheme: Scheme = "BIO",
     strict: bool = False,
     vocab: VocabOptions = DEFAULT_VOCAB,
     embeddings: str | None = None,
+    hub_id: str = HUB_ID,
+    hub_revision: str | None = None,
 ) -> Corpus:
-    """CoNLL-2003 English NER (POS, chunk and NER columns): local train.txt/dev.txt/test.txt or eriktks/conll2003.
+    """CoNLL-2003 English NER (POS, chunk and NER columns): local train.txt/dev.txt/test.txt, else the Hub's parquet
+    export of eriktks/conll2003.
 
     scheme: the tag scheme of the files (BIO for the usual copies); strict: fail on a tag sequence it forbids
     instead of repairing it as conlleval does; embeddings: a GloVe-format text file (.gz allowed), found relative
-    to the current folder, data.data_dir or $DEEPCOURSE_DATA.
+    to the current folder, data.data_dir or $DEEPCOURSE_DATA; hub_revision: the Hub revision to load (default: the
+    one pinned for the default hub_id; another hub_id needs its own).
     """
-    return Conll2003("conll2003", tuple(columns), scheme, strict, vocab, embeddings, data_dir)
+    revision = hub_revision or (HUB_REVISION if hub_id == HUB_ID else None)
+    return Conll2003("conll2003", tuple(columns), scheme, strict, vocab, embeddings, data_dir, hub_id, revision)
 
 
 @DATASETS.register("conll", task=TASK)
 def conll(
     files: dict[str, str] | None = None,
     data_dir: str | None = None,
-    columns: tuple[str, ...] = ("token", "ner"),
+    columns: Annotated[tuple[str, ...], Unique] = ("token", "ner"),
     scheme: Scheme = "BIO",
     strict: bool = False,
     vocab: VocabOptions = DEFAULT_VOCAB,

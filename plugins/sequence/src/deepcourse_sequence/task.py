@@ -97,7 +97,9 @@ class SequenceTagging(Task):
         # train too when validation may have to be carved from it (the corpus decides by having none)
         needed = wanted + ["train"] if "validation" in wanted and data.val_split else wanted
         loaded = corpus.load(list(dict.fromkeys(needed))) if wanted else {}
-        loaded = resolve_splits(loaded, wanted, dataset=corpus.name, val_split=data.val_split, seed=seed)
+        missing = [s for s in wanted if s not in loaded]  # only then: which splits are there (for the message)
+        loaded = resolve_splits(loaded, wanted, dataset=corpus.name, val_split=data.val_split, seed=seed,
+                                has=corpus.available() if missing else None)
         facts = self._fit(corpus, loaded["train"], seed) if training else self._restore(artifacts)
         bundle_splits = {s: self._tensorise(loaded[s], strict=corpus.strict) for s in splits if s in loaded}
         return DataBundle(bundle_splits, facts=facts, artifacts=self._artifacts())
@@ -143,13 +145,36 @@ class SequenceTagging(Task):
         self.words = words
         for name in self.labels:
             values = columns[name]
-            span = name not in self.token_labels and all(is_span_tag(t) for s in values for t in s)
-            self.kinds[name] = "span" if span else "token"
+            self.kinds[name] = "token" if name in self.token_labels else self._kind_of(train, name, values)
             seen = Counter(t for s in self._label_sequences(train, name, values, strict=corpus.strict) for t in s)
             self.tags[name] = sorted(seen, key=lambda t: (t != "O", t[2:], t))  # O first, then by type
         self.num_trained = {name: len(t) for name, t in self.tags.items()}
         self.embedding_dim = None if embeddings is None else int(embeddings.shape[1])
         return self._facts(embeddings)
+
+    def _kind_of(self, split: LoadedSplit, name: str, values: Sequence[Sequence[str]]) -> str:
+        """'span' for a column of span tags (O, B-PER, ...), 'token' for one without any (POS). A span column with a
+        tag that is neither (X-PER) is an error at its file:line: scored as token accuracy it would quietly turn the
+        column's F1 into an accuracy, and model selection with it."""
+        seen = {t for s in values for t in s}
+        if all(is_span_tag(t) for t in seen):
+            return "span"
+        if any(t != "O" and is_span_tag(t) for t in seen):
+            self._check_span_tags(split, name, values)  # raises, naming the first tag that is neither
+        return "token"
+
+    def _check_span_tags(self, split: LoadedSplit, name: str, values: Sequence[Sequence[str]]) -> None:
+        """Every tag of a span column is a span tag, strict or not (`data.strict = false` repairs sequences, not tags
+        outside every scheme)."""
+        example = next((t for s in values for t in s if t != "O" and is_span_tag(t)), None) or next(
+            (t for t in self.tags.get(name, []) if t != "O"), "B-PER")
+        for i, tags in enumerate(values):
+            for j, tag in enumerate(tags):
+                if not is_span_tag(tag):
+                    raise DataError(f"{split.where(i, j)}: tag '{tag}' in column '{name}' is not a span tag (O or "
+                                    f"B-/I-/E-/S-TYPE), but the column holds span tags such as '{example}'; fix the "
+                                    f"tag, or set task.token_labels = [\"{name}\"] to score the column by token "
+                                    f"accuracy instead of span F1")
 
     def _facts(self, embeddings: torch.Tensor | None) -> dict[str, Any]:
         """What the model builder may ask for (saved with the run, so evaluate/predict rebuild the same model)."""
@@ -163,6 +188,8 @@ class SequenceTagging(Task):
         if self.kinds.get(name, "span") != "span":
             yield from (list(s) for s in values)
             return
+        if not strict:
+            self._check_span_tags(split, name, values)
         for i, tags in enumerate(values):
             if strict:
                 bad = first_violation(tags, self.file_scheme)

@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from deepcourse.api import DATASETS, DataError, candidate_dirs, load_hf_splits, locate_splits
+from deepcourse.api import (DATASETS, DataError, Unique, candidate_dirs, load_hf_splits, locate_splits,
+                            present_splits)
 
 CACHE_ENV = "DEEPCOURSE_CACHE"
 CACHE_VERSION = 1
@@ -47,6 +48,13 @@ FOLDER_SPLITS: dict[str, tuple[str, ...]] = {
 }
 
 Channels = Literal[1, 3]
+
+#: the Hub revision each built-in dataset is loaded at, so its data cannot change under a recipe (a recipe that names
+#: another data.hub_id pins its own data.hub_revision). fashion_mnist is pinned to the Hub's parquet export branch,
+#: not yet to a commit of it.
+HUB_REVISIONS = {"uoft-cs/cifar10": "0b2714987fa478483af9968de7c934580d0bb9a2",
+                 "ylecun/mnist": "77f3279092a1c1579b2250db8eafed0ad422088c",
+                 "zalando-datasets/fashion_mnist": "refs/convert/parquet"}
 
 __all__ = ["ImageSplit", "ImageData", "decode_images", "load_image_files", "cache_root", "load_parquet_images",
            "cifar10", "mnist", "fashion_mnist", "digits", "imagefolder"]
@@ -75,6 +83,7 @@ class ImageData:
     splits: dict[str, ImageSplit]
     class_names: list[str]
     source: str  # where the images came from, for messages
+    available: list[str] = field(default_factory=list)  # every split the source holds, loaded or not (messages)
 
 
 # -- decoding ------------------------------------------------------------------------------------------------------
@@ -253,22 +262,25 @@ def _parquet_row_names(files: Sequence[Path]) -> Callable[[int], str]:
 
 
 def load_parquet_images(dataset: str, *, data_dir: str | None, splits: Sequence[str], hub_id: str | None,
-                        mode: Literal["L", "RGB"] | None, hub_kwargs: dict[str, Any] | None = None) -> ImageData:
+                        mode: Literal["L", "RGB"] | None, hub_kwargs: dict[str, Any] | None = None,
+                        hub_revision: str | None = None) -> ImageData:
     """Decoded splits of a Parquet image dataset: local copy (data_dir, then $DEEPCOURSE_DATA/<dataset>), else
     the Hub. Cached splits are loaded without opening the Parquet files."""
     found, _ = locate_splits(dataset, data_dir, PARQUET_PATTERNS, splits)
+    folder, present = present_splits(dataset, data_dir, PARQUET_PATTERNS)
     out: dict[str, ImageSplit] = {}
     names: list[str] = []
     for split, files in found.items():  # cache hits need nothing but the files' sizes and times
         key = {"files": file_stamp(files), "mode": mode}
         out[split], names = cached_split(dataset, split, key, lambda s=split, f=files: _build_local(s, f, mode))
-    if found:
-        return ImageData(out, names, str(found[next(iter(found))][0].parent))
+    if folder is not None:  # the local copy, even when it lacks a split that was asked for
+        return ImageData(out, names, str(folder), available=present)
+    revision = hub_revision or HUB_REVISIONS.get(hub_id or "")
     loaded = load_hf_splits(dataset, data_dir=data_dir, patterns=PARQUET_PATTERNS, splits=splits, hub_id=hub_id,
-                            hub_kwargs=hub_kwargs)
+                            revision=revision, hub_kwargs=hub_kwargs)
     for split, ds in loaded.items():
         source = f"{hub_id} ({split})"
-        key = {"hub": hub_id, "fingerprint": ds._fingerprint, "mode": mode}
+        key = {"hub": hub_id, "revision": revision, "fingerprint": ds._fingerprint, "mode": mode}
         out[split], names = cached_split(dataset, split, key, lambda d=ds, s=source: _decode_hf_split(
             d, lambda i: f"{s} row {i}", mode, s))
     return ImageData(out, names, f"the Hugging Face Hub ({hub_id})")
@@ -285,22 +297,33 @@ def _build_local(split: str, files: list[Path], mode: Literal["L", "RGB"] | None
 
 
 @DATASETS.register("cifar10", aliases=("cifar-10",), task=TASK)
-def cifar10(splits: tuple[str, ...], data_dir: str | None = None, hub_id: str = "uoft-cs/cifar10") -> ImageData:
-    """CIFAR-10: 50,000 train and 10,000 test 32x32 colour images of 10 classes (Krizhevsky 2009)."""
-    return load_parquet_images("cifar10", data_dir=data_dir, splits=splits, hub_id=hub_id, mode="RGB")
+def cifar10(splits: tuple[str, ...], data_dir: str | None = None, hub_id: str = "uoft-cs/cifar10",
+            hub_revision: str | None = None) -> ImageData:
+    """CIFAR-10: 50,000 train and 10,000 test 32x32 colour images of 10 classes (Krizhevsky 2009).
+
+    hub_revision: the Hub commit to load (default: the one pinned for the default hub_id)."""
+    return load_parquet_images("cifar10", data_dir=data_dir, splits=splits, hub_id=hub_id, mode="RGB",
+                               hub_revision=hub_revision)
 
 
 @DATASETS.register("mnist", task=TASK)
-def mnist(splits: tuple[str, ...], data_dir: str | None = None, hub_id: str = "ylecun/mnist") -> ImageData:
-    """MNIST handwritten digits: 60,000 train and 10,000 test 28x28 grayscale images (LeCun et al. 1998)."""
-    return load_parquet_images("mnist", data_dir=data_dir, splits=splits, hub_id=hub_id, mode="L")
+def mnist(splits: tuple[str, ...], data_dir: str | None = None, hub_id: str = "ylecun/mnist",
+          hub_revision: str | None = None) -> ImageData:
+    """MNIST handwritten digits: 60,000 train and 10,000 test 28x28 grayscale images (LeCun et al. 1998).
+
+    hub_revision: the Hub commit to load (default: the one pinned for the default hub_id)."""
+    return load_parquet_images("mnist", data_dir=data_dir, splits=splits, hub_id=hub_id, mode="L",
+                               hub_revision=hub_revision)
 
 
 @DATASETS.register("fashion_mnist", aliases=("fashion-mnist",), task=TASK)
 def fashion_mnist(splits: tuple[str, ...], data_dir: str | None = None,
-                  hub_id: str = "zalando-datasets/fashion_mnist") -> ImageData:
-    """Fashion-MNIST: Zalando's 28x28 grayscale clothing images in MNIST's format, 10 classes (Xiao et al. 2017)."""
-    return load_parquet_images("fashion_mnist", data_dir=data_dir, splits=splits, hub_id=hub_id, mode="L")
+                  hub_id: str = "zalando-datasets/fashion_mnist", hub_revision: str | None = None) -> ImageData:
+    """Fashion-MNIST: Zalando's 28x28 grayscale clothing images in MNIST's format, 10 classes (Xiao et al. 2017).
+
+    hub_revision: the Hub revision to load (default: the one pinned for the default hub_id)."""
+    return load_parquet_images("fashion_mnist", data_dir=data_dir, splits=splits, hub_id=hub_id, mode="L",
+                               hub_revision=hub_revision)
 
 
 @DATASETS.register("digits", task=TASK)
@@ -339,7 +362,7 @@ def _find_image_root(data_dir: str | None) -> Path:
 
 @DATASETS.register("imagefolder", aliases=("image_folder",), task=TASK)
 def imagefolder(splits: tuple[str, ...], data_dir: str | None = None, size: Annotated[int, Field(gt=0)] | None = None,
-                channels: Channels | None = None, classes: list[str] | None = None) -> ImageData:
+                channels: Channels | None = None, classes: Annotated[list[str], Unique] | None = None) -> ImageData:
     """A folder of labelled images: data_dir/{train,val|develop,test}/<class>/*.png|jpg|...
 
     Any small labelled set, e.g. a 12-class 28x28 character set. `size` resizes every image to size x size;
@@ -347,6 +370,9 @@ def imagefolder(splits: tuple[str, ...], data_dir: str | None = None, size: Anno
     (default: train/'s sub-folders, sorted)."""
     root = _find_image_root(data_dir)
     folders = {s: _split_folder(root, s) for s in splits}
+    known = {name for names in FOLDER_SPLITS.values() for name in names}
+    available = [s for s in FOLDER_SPLITS if _split_folder(root, s)] + [
+        p.name for p in sorted(root.iterdir()) if p.is_dir() and p.name not in known and not p.name.startswith(".")]
     if classes is None:
         train = _split_folder(root, "train")
         reference = train or next((f for f in folders.values() if f is not None), None)
@@ -377,4 +403,4 @@ def imagefolder(splits: tuple[str, ...], data_dir: str | None = None, size: Anno
         first = next(iter(out.values())).images.shape[1]
         if any(s.images.shape[1] != first for s in out.values()):
             raise DataError(f"{root}: some splits are grayscale and others colour; set data.channels = 1 or 3")
-    return ImageData(out, list(classes), str(root))
+    return ImageData(out, list(classes), str(root), available=available)

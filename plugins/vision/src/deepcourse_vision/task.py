@@ -97,7 +97,7 @@ class ImageClassification(Task):
             wanted = {*splits, *(("train",) if "validation" in splits and data.val_split else ())}
             raw = self._load(data, sorted(wanted), seed, artifacts)
             out = resolve_splits(raw.splits, splits, dataset=data.name, val_split=data.val_split, seed=seed,
-                                 source=raw.source)
+                                 source=raw.source, has=raw.available)
             self._check_labels(raw, out)
             class_names = raw.class_names
         elif artifacts is None:

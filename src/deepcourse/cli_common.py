@@ -1,0 +1,53 @@
+"""What every command shares: the error handling that turns a user error into exit 2 and one message, and the
+`--set KEY=VALUE` option."""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from .errors import UserError
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"deepcourse: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .stopping import Interrupted
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            _fail(exc.render(), exc.exit_code)
+        except Interrupted as exc:
+            click.echo(f"deepcourse: {exc}. Continue with: deepcourse run --resume "
+                       f"{exc.checkpoint.parent.parent if exc.checkpoint else '<run dir>'}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("deepcourse: aborted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:  # `deepcourse evaluate ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        except click.exceptions.Exit:
+            raise
+        except Exception:  # noqa: BLE001 - a bug in deepcourse or a plugin: show it, exit 1
+            traceback.print_exc()
+            click.echo("deepcourse: internal error (the traceback above is a bug, not a problem with your input;"
+                       " please report it)", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+def override_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override a recipe key; VALUE is a TOML literal (repeatable).")(fn)
