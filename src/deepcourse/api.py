@@ -15,7 +15,8 @@ releases. Grouped as:
 - errors (exit code 2 on the command line): `UserError`, `RecipeError`, `DataError`, `MissingSplitError`,
   `CheckpointError`, `RegistryError`, `UnknownNameError`, `did_you_mean`;
 - reports: `evaluate_split` (what `deepcourse evaluate` computes, with a hook on every batch), `SplitEvaluation`,
-  and the figure toolkit `pyplot`, `Figure`, `grouped_bars`, `markdown_table`, `markdown_escape`, `FIGSIZE`;
+  and the figure toolkit `pyplot`, `Figure`, `grouped_bars`, `heatmap`, `markdown_table`, `markdown_escape`,
+  `FIGSIZE`;
 - documentation and tests: `zoo_section`, `count_flops`, `results_table`, `latest_checkpoint`, `shipped_recipes`
   (name -> file of the recipes that ship with deepcourse), and `cli`, the command line as a click command (for
   `click.testing.CliRunner`).
@@ -34,7 +35,7 @@ from .docgen import count_flops, zoo_section
 from .docgen import results as results_table
 from .errors import CheckpointError, DataError, MissingSplitError, RecipeError, UserError, did_you_mean
 from .evaluation import SplitEvaluation, evaluate_split
-from .figures import FIGSIZE, Figure, grouped_bars, markdown_escape, markdown_table, pyplot
+from .figures import FIGSIZE, Figure, grouped_bars, heatmap, markdown_escape, markdown_table, pyplot
 from .metrics import Accuracy, ConfusionMatrix, MeanLoss, Metric, MetricCollection, TopKAccuracy, scalars
 from .plugins import load_plugins
 from .recipe import load_recipe
@@ -62,8 +63,8 @@ __all__ = [
     "UserError", "RecipeError", "DataError", "MissingSplitError", "CheckpointError", "RegistryError",
     "UnknownNameError", "did_you_mean",
     # reports
-    "evaluate_split", "SplitEvaluation", "pyplot", "Figure", "grouped_bars", "markdown_table", "markdown_escape",
-    "FIGSIZE",
+    "evaluate_split", "SplitEvaluation", "pyplot", "Figure", "grouped_bars", "heatmap", "markdown_table",
+    "markdown_escape", "FIGSIZE",
     # documentation and tests
     "zoo_section", "count_flops", "results_table", "latest_checkpoint", "shipped_recipes", "cli",
 ]
