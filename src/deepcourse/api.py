@@ -17,6 +17,8 @@ releases. Grouped as:
 - reports: `evaluate_split` (what `deepcourse evaluate` computes, with a hook on every batch), `SplitEvaluation`,
   and the figure toolkit `pyplot`, `Figure`, `grouped_bars`, `heatmap`, `markdown_table`, `markdown_escape`,
   `FIGSIZE`;
+- explanations (`deepcourse explain`): `Explanation`, `ExplainOptions`, and the attributions on Captum `grad_cam`,
+  `integrated_gradients`, `layer_integrated_gradients`, `module_outputs`, `ModuleOutput`;
 - documentation and tests: `zoo_section`, `count_flops`, `results_table`, `latest_checkpoint`, `shipped_recipes`
   (name -> file of the recipes that ship with deepcourse), and `cli`, the command line as a click command (for
   `click.testing.CliRunner`).
@@ -34,7 +36,10 @@ from .data import (DATA_ENV, ArrayDataset, candidate_dirs, load_hf_splits, locat
 from .docgen import count_flops, zoo_section
 from .docgen import results as results_table
 from .errors import CheckpointError, DataError, MissingSplitError, RecipeError, UserError, did_you_mean
+from .attribution import (ModuleOutput, grad_cam, integrated_gradients, layer_integrated_gradients,
+                          module_outputs)
 from .evaluation import SplitEvaluation, evaluate_split
+from .explain import Explanation, ExplainOptions
 from .figures import FIGSIZE, Figure, grouped_bars, heatmap, markdown_escape, markdown_table, pyplot
 from .metrics import Accuracy, ConfusionMatrix, MeanLoss, Metric, MetricCollection, TopKAccuracy, scalars
 from .plugins import load_plugins
@@ -65,6 +70,9 @@ __all__ = [
     # reports
     "evaluate_split", "SplitEvaluation", "pyplot", "Figure", "grouped_bars", "heatmap", "markdown_table",
     "markdown_escape", "FIGSIZE",
+    # explanations
+    "Explanation", "ExplainOptions", "grad_cam", "integrated_gradients", "layer_integrated_gradients",
+    "module_outputs", "ModuleOutput",
     # documentation and tests
     "zoo_section", "count_flops", "results_table", "latest_checkpoint", "shipped_recipes", "cli",
 ]
