@@ -5,9 +5,7 @@ Commands import torch and the plugins only when they run, so `deepcourse --help`
 from __future__ import annotations
 
 import json
-import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import click
 from ._version import __version__
 from .cli_common import handle_errors, read_inputs
 from .cli_common import override_option as _override_option
+from .cli_inspect import explain, lr_find
 from .cli_studies import sweep, tune
 from .errors import UserError
 
@@ -29,6 +28,7 @@ def main() -> None:
     deepcourse run quickstart                      (a shipped recipe, by name: see `deepcourse recipes`)
     deepcourse run recipes/mnist_lenet.toml --set optimizer.lr=0.01
     deepcourse list models 'res*'
+    deepcourse explain RUN_DIR digit.png           (look inside a trained network)
     """
 
 
@@ -320,6 +320,8 @@ def new_plugin(name: str, directory: Path | None, kind: str) -> None:
 
 main.add_command(sweep)
 main.add_command(tune)
+main.add_command(explain)
+main.add_command(lr_find)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -104,7 +104,7 @@ def heatmap(path: Path, values: Any, rows: Sequence[str], columns: Sequence[str]
     """Save a labelled matrix (a confusion matrix, a CRF's transition scores) with a colour bar saying what the colour
     means, so every task's matrices read alike. `values` [rows, columns] may hold NaN for cells that do not exist
     (drawn blank). `annotations`: text per cell ("" for none), in black or white for contrast. `marks`: a boolean
-    matrix of cells to flag with a small cross (impossible transitions), explained in the legend by `mark_label`."""
+    matrix of cells to flag with a small cross (impossible transitions), explained under the axis by `mark_label`."""
     import numpy as np
 
     plt = pyplot()
@@ -129,10 +129,9 @@ def heatmap(path: Path, values: Any, rows: Sequence[str], columns: Sequence[str]
                         color="white" if share > 0.6 else "black")
     if marks is not None and np.asarray(marks).any():
         ys, xs = np.nonzero(np.asarray(marks))
-        ax.scatter(xs, ys, marker="x", s=14, color="crimson", linewidths=1, label=mark_label or None)
+        ax.scatter(xs, ys, marker="x", s=14, color="crimson", linewidths=1)
         if mark_label:
-            ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12 - 0.02 * max(map(len, columns), default=0)),
-                      frameon=False, fontsize=8)
+            ax.set_xlabel(f"{xlabel}\n(\u00d7: {mark_label})")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
