@@ -75,29 +75,31 @@ def plot_curves(run: RunData, out: Path) -> list[Figure]:
 
 
 def plot_learning_rate(run: RunData, out: Path) -> Figure | None:
-    """The learning rate at every optimizer step (replayed from the recipe, see `replay_schedule`) with the logged
-    rates as dots, and the warm-up shaded: the steps before the rate first reaches its peak."""
+    """The learning rate each optimizer step used (replayed from the recipe, see `replay_schedule`) with the logged
+    rates as dots, and the warm-up shaded: the steps up to the first at the peak rate."""
     steps, logged = run.step_series("lr")
     if not logged:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE)
-    replayed = replay_schedule(run)
-    rates = replayed or logged
-    if replayed:
-        ax.plot(range(1, len(replayed) + 1), replayed, color="tab:green", lw=1.2, label="every step (replayed)")
-        ax.plot(steps, logged, "o", color="tab:green", ms=3, label="logged")
+    used = replay_schedule(run)
+    # the log records, at step s, the rate after the schedule stepped: the one step s + 1 uses
+    xs, rates = (list(range(1, len(used) + 1)), used) if used else ([s + 1 for s in steps], logged)
+    if used:
+        ax.plot(xs, used, color="tab:green", lw=1.2, label="each step (replayed)")
+        ax.plot([s + 1 for s in steps], logged, "o", color="tab:green", ms=3, label="logged")
     else:
-        ax.plot(steps, logged, "o-", color="tab:green", ms=3, label="logged")
+        ax.plot(xs, logged, "o-", color="tab:green", ms=3, label="logged")
     peak = max(rates)
-    warm = next(i for i, v in enumerate(rates) if v == peak)  # index of the first step at the peak
-    xs = range(1, len(rates) + 1) if replayed else steps
-    caption = "Learning rate " + ("at every optimizer step, replayed from the recipe's optimizer and schedule and "
-                                  "equal to the rate logged at each logged step (dots)" if replayed else
-                                  "at each logged step (the schedule could not be replayed step by step)")
-    if warm > 0 and rates[0] < peak:
-        ax.axvspan(0, xs[warm], color="tab:orange", alpha=0.12, label=f"warm-up ({xs[warm]:,} steps)")
-        caption += f"; shaded: the warm-up, the first {xs[warm]:,} steps, until the peak rate {peak:.3g}"
+    first_peak = next(i for i, v in enumerate(rates) if v == peak)
+    caption = ("The learning rate of every optimizer step, replayed from the recipe's optimizer and schedule; it "
+               "equals every logged rate (dots: a logged step records the rate the next step uses)" if used else
+               "The learning rate at each logged step, placed at the step that uses it (the schedule could not be "
+               "replayed step by step)")
+    if first_peak > 0 and rates[0] < peak:
+        warm = xs[first_peak]
+        ax.axvspan(0, warm, color="tab:orange", alpha=0.12, label=f"warm-up ({warm:,} steps)")
+        caption += f"; shaded: the warm-up, the first {warm:,} steps, up to the peak rate {peak:.3g}"
     if min(rates) > 0 and peak / min(rates) > 100:
         ax.set_yscale("log")
     ax.set(title=f"{run.name}: learning rate", xlabel="optimizer step", ylabel="learning rate")
@@ -106,8 +108,8 @@ def plot_learning_rate(run: RunData, out: Path) -> Figure | None:
 
 
 def replay_schedule(run: RunData) -> list[float] | None:
-    """The learning rate after each of the run's optimizer steps, from its recipe's optimizer and schedule stepped on
-    a stand-in parameter: the log holds the rate only every `train.log_every` steps, which can hide a warm-up.
+    """The learning rate each of the run's optimizer steps used, from its recipe's optimizer and schedule stepped
+    on a stand-in parameter: the log holds the rate only every `train.log_every` steps, which can hide a warm-up.
     None when the schedule cannot be replayed (a plateau schedule follows the metrics) or the replay misses any
     logged rate (an fp16 step skipped on overflow does not step the schedule)."""
     import torch
@@ -133,17 +135,17 @@ def replay_schedule(run: RunData) -> list[float] | None:
         return None
     if steps_per_evaluation(scheduler):
         return None
-    rates = []
+    used = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(total):
+            used.append(float(optimizer.param_groups[0]["lr"]))
             optimizer.step()  # no gradients: changes nothing, but keeps the schedule's order check quiet
             scheduler.step()
-            rates.append(float(optimizer.param_groups[0]["lr"]))
-    if any(not math.isclose(rates[s - 1], v, rel_tol=1e-6, abs_tol=1e-12) for s, v in zip(steps, logged)
-           if s <= len(rates)):
+    if any(not math.isclose(used[s], v, rel_tol=1e-6, abs_tol=1e-12) for s, v in zip(steps, logged)
+           if s < len(used)):
         return None
-    return rates
+    return used
 
 
 def _epoch_positions(run: RunData, steps: Sequence[int]) -> list[float]:
