@@ -9,8 +9,8 @@ network looked for its answer.
 
 The stage rule, for any `nn.Module` of the zoo (torchvision's ResNet and DenseNet included): in the order modules
 finish their forward, keep each 4-D output [N, C, H, W] with more than one pixel that is not a pooling layer's
-result (nor passed on unchanged from one, as a Sequential does); a stage is a run of such outputs of one spatial
-size, and ends at its last (a ResNet's `layer4`, LeNet's second activation). Grad-CAM weighs the last stage. A model
+result (nor that result passed on unchanged, as a Sequential ending in a pool returns it); a stage is a run of such
+outputs of one spatial size, and ends at its last (a ResNet's `layer4`, LeNet's second activation). Grad-CAM weighs the last stage. A model
 names another module with an `explain_layer` attribute (a name of `named_modules()`), and `--layer` overrides both.
 A network without convolutions (the MLP) gets the probabilities and integrated gradients only.
 """
@@ -52,15 +52,17 @@ class Stage:
 
 def find_stages(outputs: Sequence[ModuleOutput]) -> list[Stage]:
     """The stages of a forward pass (see the module docstring for the rule)."""
-    pooled: list[Any] = []
+    pooled: list[ModuleOutput] = []
     kept: list[ModuleOutput] = []
     for o in outputs:
         if isinstance(o.module, POOLS):
-            pooled.append(o.returned)
+            pooled.append(o)
             continue
         if not isinstance(o.output, torch.Tensor) or o.output.dim() != 4 or o.output.shape[-1] * o.output.shape[-2] < 2:
             continue
-        if any(o.returned is p for p in pooled):
+        # passed on unchanged (a Sequential ending in a pool); an in-place ReLU after a pool returns the same tensor
+        # too, but changed: that is a new map
+        if any(o.returned is p.returned and torch.equal(o.output, p.output) for p in pooled):
             continue
         kept.append(o)
     stages: list[Stage] = []
