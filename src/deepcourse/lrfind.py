@@ -152,8 +152,8 @@ def find_lr(recipe: Recipe, out: Path, *, start_lr: float, end_lr: float, num_st
     from accelerate.utils import set_seed
 
     from .accelerator import make_accelerator, torch_threads
-    from .components import (build_model, build_optimizer, build_task, load_training_data, make_loader,
-                             make_train_sampler, place_data)
+    from .components import build_model, build_optimizer, build_task, load_training_data, make_loader, place_data
+    from .data import EpochSampler
     from .outputs import staged_folder
 
     with torch_threads(recipe.train.threads):
@@ -165,8 +165,10 @@ def find_lr(recipe: Recipe, out: Path, *, start_lr: float, end_lr: float, num_st
         model = build_model(task, recipe.model, bundle.facts)
         optimizer = build_optimizer(recipe, model)
         train = bundle.splits["train"]
+        # batches drawn at random even where the recipe groups them by length: the loss should change with the
+        # rate, not with the sentences' lengths (grouped batches of long sentences have many times the loss)
         loader = make_loader(train, recipe.data.batch_size, collate_fn=bundle.collate_fn,
-                             num_workers=recipe.data.num_workers, sampler=make_train_sampler(recipe, train),
+                             num_workers=recipe.data.num_workers, sampler=EpochSampler(len(train), seed=recipe.seed),
                              seed=recipe.seed)
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
@@ -201,8 +203,9 @@ def write_result(result: LRFindResult, name: str, folder: Path) -> None:
         ax.axvline(result.min_loss_lr, color="grey", ls=":", lw=1, label=f"lowest loss {result.min_loss_lr:.2g}")
     ax.set_xscale("log")
     finite = [v for v in result.smoothed if math.isfinite(v)]
-    if finite:  # the divergence at the end would squash the interesting part
-        ax.set_ylim(min(finite) - 0.05 * abs(min(finite)), min(max(finite), 2.5 * finite[0] + 1e-12) * 1.05)
+    low = min([v for v in result.losses if math.isfinite(v)] + finite, default=None)
+    if finite and low is not None:  # the divergence at the end would squash the interesting part
+        ax.set_ylim(low - 0.05 * abs(low), min(max(finite), 2.5 * finite[0] + 1e-12) * 1.05)
     ax.set(title=f"{name}: learning-rate range test", xlabel="learning rate (log scale)", ylabel="training loss")
     ax.legend(fontsize=8)
     fig.savefig(folder / "lr_find.png")

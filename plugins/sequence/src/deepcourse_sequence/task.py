@@ -7,6 +7,7 @@ its column (`ner_f1`, `pos_accuracy`); the first column (or `primary`) is the on
 """
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -143,7 +144,7 @@ class SequenceTagging(Task):
             covered = sum(c for k, c in key_counts.items() if k in keyed or k.lower() in keyed)
             print(f"deepcourse: pretrained vectors for {found:,} of {len(words) - 2:,} vocabulary words "
                   f"({found / max(len(words) - 2, 1):.1%}), covering {covered / max(len(tokens), 1):.1%} of "
-                  f"training tokens ({path.name}, {dim}d)", flush=True)
+                  f"training tokens ({path.name}, {dim}d)", file=sys.stderr, flush=True)  # stdout: --json's
         self.words = words
         for name in self.labels:
             values = columns[name]
