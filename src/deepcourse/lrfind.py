@@ -82,7 +82,7 @@ def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
             with accelerator.accumulate(model) if accelerator is not None else contextlib.nullcontext():
                 loss = loss_of(batch)
                 if not torch.isfinite(loss).all():
-                    result.stopped = f"the loss became {float(loss)} at rate {lr:.3g}"
+                    result.stopped = f"the loss became {float(loss.detach())} at rate {lr:.3g}"
                     break
                 accelerator.backward(loss) if accelerator is not None else loss.backward()
                 synced = accelerator is None or accelerator.sync_gradients

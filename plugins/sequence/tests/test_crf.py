@@ -98,7 +98,7 @@ def test_log_partition_and_marginals_match_enumeration(tiny) -> None:
         n = int(mask[b].sum())
         paths, scores = enumerate_paths(crf, emissions[b, :n])
         assert log_z[b].item() == pytest.approx(torch.logsumexp(scores, 0).item(), abs=1e-9)
-        probs = (scores - torch.logsumexp(scores, 0)).exp()
+        probs = (scores - torch.logsumexp(scores, 0)).exp().detach()
         for t in range(n):
             for k in range(emissions.shape[2]):
                 expected = sum(float(p) for path, p in zip(paths, probs) if path[t] == k)
@@ -125,7 +125,7 @@ def test_nbest_paths_are_the_k_best_of_every_path(tiny, k: int) -> None:
         for score, path in found:  # each path carries its own score (ties may order equal scores either way)
             assert score == pytest.approx(path_score(crf, emissions[b, :n], tuple(path)).item(), abs=1e-9)
         assert len({tuple(p) for _, p in found}) == len(found)
-        probs = [math.exp(s - float(log_z)) for s, _ in found]
+        probs = [math.exp(s - float(log_z.detach())) for s, _ in found]
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-9
         if len(found) == len(paths):
             assert sum(probs) == pytest.approx(1.0, abs=1e-9)

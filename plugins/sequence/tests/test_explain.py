@@ -40,7 +40,7 @@ def test_explain_shows_transitions_marginals_nbest_and_saliency(crf_run: Path, t
         probs = [p["probability"] for p in ner["nbest"]]
         assert len(probs) == 4 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
         assert ner["nbest"][0]["tags"] == ner["tags"]  # path 1 is the Viterbi path predict gives
-        assert len({tuple(p["tags"]) for p in ner["nbest"]}) == 4
+        assert len({tuple(p["model_tags"]) for p in ner["nbest"]}) == 4  # four different paths of the model's tags
         entities = predicted.get("entities", {}).get("ner", [])
         assert [s["entity"] for s in ner["saliency"]] == entities[:3]
         for j, s in enumerate(ner["saliency"], 1):
@@ -55,7 +55,8 @@ def test_explain_shows_transitions_marginals_nbest_and_saliency(crf_run: Path, t
     assert 600 <= width <= 1200 and 350 <= height <= 700, (width, height)
     md = (out / "explain.md").read_text()
     assert "## The CRF's transitions" in md and "moves the scheme forbids" in md
-    assert md.count("**4 best tag sequences (ner)**") == 2 and "| rank | probability | entities |" in md
+    assert md.count("**4 best tag sequences (ner)**") == 2 and "| rank | probability | entities (read as conlleval reads them) | differs from path 1 |" in md
+    assert "| 1 | " in md and "(the best path)" in md
 
 
 def test_the_target_chooses_the_entity_and_wrong_options_exit_2(crf_run: Path, tmp_path: Path) -> None:

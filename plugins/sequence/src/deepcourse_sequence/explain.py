@@ -44,14 +44,19 @@ def _chain(model: nn.Module, name: str, scores: torch.Tensor) -> tuple[torch.Ten
 
 
 def best_paths(task: Task, model: nn.Module, name: str, scores: torch.Tensor,
-               k: int) -> list[tuple[float, list[str]]]:
-    """The k most probable tag sequences of one sentence (`scores` [T, K] of head `name`), best first, with their
-    probabilities, the tags as the data files write them."""
-    emissions, start, end, transitions = _chain(model, name, scores.unsqueeze(0))
-    mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
-    log_z = float(log_partition(emissions.double(), mask, start.double(), end.double(), transitions.double())[0])
-    return [(math.exp(score - log_z), task.to_file_scheme(name, path))
-            for score, path in nbest_paths(emissions[0], start, end, transitions, k)]
+               k: int) -> list[tuple[float, list[str], list[str]]]:
+    """The k most probable tag sequences of one sentence (`scores` [T, K] of head `name`), best first: each path's
+    probability, its tags as the model predicts them (the training scheme: the paths all differ) and as the data
+    files write them (two paths may read alike there, when one holds a move the scheme forbids, which the CRF
+    makes unlikely but not impossible, repaired as conlleval reads it)."""
+    with torch.no_grad():  # numbers only: the CRF's parameters require grad, and nothing here is backpropagated
+        emissions, start, end, transitions = _chain(model, name, scores.detach().unsqueeze(0))
+        mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+        log_z = float(log_partition(emissions.double(), mask, start.double(), end.double(), transitions.double())[0])
+        found = nbest_paths(emissions[0], start, end, transitions, k)
+    names = task.tags[name]
+    return [(math.exp(score - log_z), [names[i] for i in path], task.to_file_scheme(name, path))
+            for score, path in found]
 
 
 def _check_options(options: ExplainOptions) -> None:
@@ -188,20 +193,26 @@ def _marginals(task: Any, model: nn.Module, name: str, scores: torch.Tensor, pre
 def _nbest(task: Any, model: nn.Module, name: str, scores: torch.Tensor, tokens: list[str], k: int,
            explanation: Explanation, column: dict[str, Any]) -> None:
     paths = best_paths(task, model, name, scores, k)
-    column["nbest"] = [{"probability": round(p, 6), "tags": tags} for p, tags in paths]
+    column["nbest"] = [{"probability": round(p, 6), "tags": tags, "model_tags": own} for p, own, tags in paths]
     rows = []
-    for rank, (p, tags) in enumerate(paths, 1):
+    first = paths[0][1] if paths else []
+    for rank, (p, own, tags) in enumerate(paths, 1):
         if task.kinds[name] == "span":
             found = task.entities(tokens, tags)
             shown = ", ".join(f"[{markdown_escape(e['type'])} {markdown_escape(e['text'])}]" for e in found) or \
                 "(no entity)"
         else:
             shown = " ".join(markdown_escape(t) for t in tags)
-        rows.append([str(rank), f"{p:.4f}", shown])
-    total = sum(p for p, _ in paths)
-    explanation.notes += [f"**{len(paths)} best tag sequences ({name})**, together {total:.4f} of the probability:",
-                          "", *markdown_table(["rank", "probability", "entities" if task.kinds[name] == "span"
-                                               else "tags"], rows), ""]
+        changed = " ".join(f"{markdown_escape(tok)}/{markdown_escape(t)}" for tok, t, t1 in zip(tokens, own, first)
+                           if t != t1) or "(the best path)"
+        rows.append([str(rank), f"{p:.4f}", shown, changed])
+    total = sum(p for p, _, _ in paths)
+    what = "entities (read as conlleval reads them)" if task.kinds[name] == "span" else "tags"
+    explanation.notes += [f"**{len(paths)} best tag sequences ({name})**, together {total:.4f} of the probability; "
+                          f"the last column lists the tags (the model's, {task.tag_scheme}) where a path differs from "
+                          f"the best:" if task.kinds[name] == "span" else
+                          f"**{len(paths)} best tag sequences ({name})**, together {total:.4f} of the probability:",
+                          "", *markdown_table(["rank", "probability", what, "differs from path 1"], rows), ""]
 
 
 def _targets(tokens: list[str], tags: list[str], task: Any, target: str | None) -> list[dict[str, Any]]:

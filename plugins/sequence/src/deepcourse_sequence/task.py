@@ -430,9 +430,9 @@ class SequenceTagging(Task):
                     paths = best_paths(self, model, name, out[f"scores_{name}"][row, :len(tokens)], nbest) \
                         if tokens else []
                     result.setdefault("nbest", {})[name] = [
-                        {"probability": round(p, 6), "tags": tags_k,
+                        {"probability": round(p, 6), "tags": tags_k, "model_tags": own,
                          **({"entities": self.entities(tokens, tags_k)} if self.kinds[name] == "span" else {})}
-                        for p, tags_k in paths]
+                        for p, own, tags_k in paths]
             if not result["entities"]:
                 del result["entities"]
             row += bool(tokens)

@@ -253,10 +253,13 @@ def _attribution_figure(seen: torch.Tensor, maps: dict[int, dict[str, torch.Tens
             i += 1
     for ax in axes[:-1]:
         ax.axis("off")
-    bar = axes[-1]
+    bar = axes[-1]  # the class names written on the bars: tick labels would run into the panel before
     labels = [names[j] for j in top.indices.tolist()][::-1]
-    bar.barh(range(len(labels)), top.values.tolist()[::-1], color="tab:blue")
-    bar.set_yticks(range(len(labels)), labels, fontsize=7)
+    values = top.values.tolist()[::-1]
+    bar.barh(range(len(labels)), values, color="tab:blue", alpha=0.35)
+    for y, (label, v) in enumerate(zip(labels, values)):
+        bar.text(0.02, y, f"{label} {v:.1%}", va="center", fontsize=7)
+    bar.set_yticks([])
     bar.set_xlim(0, 1)
     bar.set_title("top classes", fontsize=8)
     bar.tick_params(axis="x", labelsize=7)
