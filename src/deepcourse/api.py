@@ -39,7 +39,7 @@ from .errors import CheckpointError, DataError, MissingSplitError, RecipeError, 
 from .attribution import (ModuleOutput, grad_cam, integrated_gradients, layer_integrated_gradients,
                           module_outputs)
 from .evaluation import SplitEvaluation, evaluate_split
-from .explain import Explanation, ExplainOptions
+from .explanation import Explanation, ExplainOptions
 from .figures import FIGSIZE, Figure, grouped_bars, heatmap, markdown_escape, markdown_table, pyplot
 from .metrics import Accuracy, ConfusionMatrix, MeanLoss, Metric, MetricCollection, TopKAccuracy, scalars
 from .plugins import load_plugins

@@ -5,48 +5,20 @@ as evaluation does (device, the run's mixed precision), hands the task the input
 the task returns (PNGs, `explain.md`, the numbers for `--json`) through a temporary folder moved into place at the
 end, so a failure leaves nothing half written. The task decides what to show (`Task.explain`): Grad-CAM and feature
 maps for a CNN, tag marginals and n-best paths for a tagger, drawn with the figure toolkit and the attribution
-functions of `deepcourse.attribution`.
+functions of `deepcourse.attribution`. The types a task fills in live in `deepcourse.explanation`, which
+imports nothing of the run machinery, so `Task` can name them without a circle through `inference`.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from .figures import Figure
+from .explanation import Explanation, ExplainOptions
+
+__all__ = ["MAX_INPUTS", "Explanation", "ExplainOptions", "explain_run", "render"]
 
 #: inputs one `explain` call takes: each gives several figures, and a lab report shows a handful
 MAX_INPUTS = 20
-
-
-@dataclass(frozen=True)
-class ExplainOptions:
-    """The command line's choices; None means the task's default, and a task refuses (UserError) an option that does
-    not apply to it, naming it (`--layer` for a tagger, `--nbest` for a CNN).
-
-    target: also explain this answer besides the predicted one (a class of a CNN; an entity type or the words of an
-    entity of a tagger). topk: probabilities shown. nbest: best tag paths listed. layer: the module whose maps
-    Grad-CAM weighs. channels: feature-map channels shown per stage. steps: integrated-gradient steps."""
-
-    target: str | None = None
-    topk: int | None = None
-    nbest: int | None = None
-    layer: str | None = None
-    channels: int | None = None
-    steps: int = 32
-
-
-@dataclass
-class Explanation:
-    """What a task shows for one input, or for the model as a whole (its first convolution's filters, a CRF's
-    transitions): a section title, saved figures, extra Markdown lines (tables), and JSON-serialisable numbers for
-    `--json` (include "input" for an input's)."""
-
-    title: str
-    figures: list[Figure] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    numbers: dict[str, Any] = field(default_factory=dict)
 
 
 def explain_run(run_dir: Path, inputs: Sequence[str], out: Path, options: ExplainOptions) -> list[Explanation]:

@@ -22,7 +22,7 @@ from .builders import call_builder
 from .registry import MODELS
 
 if TYPE_CHECKING:
-    from .explain import Explanation, ExplainOptions
+    from .explanation import Explanation, ExplainOptions
     from .figures import Figure
     from .metrics import MetricCollection
     from .schema import DataSection, ModelSection, Recipe
