@@ -200,7 +200,7 @@ def write_result(result: LRFindResult, name: str, folder: Path) -> None:
     if result.suggestion is not None:
         ax.axvline(result.suggestion, color="tab:red", ls="--", lw=1,
                    label=f"suggested {result.suggestion:.2g} (steepest fall)")
-        ax.axvline(result.min_loss_lr, color="grey", ls=":", lw=1, label=f"lowest loss {result.min_loss_lr:.2g}")
+        ax.axvline(result.min_loss_lr, color="grey", ls=":", lw=1, label=f"lowest loss, at {result.min_loss_lr:.2g}")
     ax.set_xscale("log")
     finite = [v for v in result.smoothed if math.isfinite(v)]
     low = min([v for v in result.losses if math.isfinite(v)] + finite, default=None)

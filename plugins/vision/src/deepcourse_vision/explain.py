@@ -10,9 +10,9 @@ network looked for its answer.
 The stage rule, for any `nn.Module` of the zoo (torchvision's ResNet and DenseNet included): in the order modules
 finish their forward, keep each 4-D output [N, C, H, W] with more than one pixel that is not a pooling layer's
 result (nor that result passed on unchanged, as a Sequential ending in a pool returns it); a stage is a run of such
-outputs of one spatial size, and ends at its last (a ResNet's `layer4`, LeNet's second activation). Grad-CAM weighs the last stage. A model
-names another module with an `explain_layer` attribute (a name of `named_modules()`), and `--layer` overrides both.
-A network without convolutions (the MLP) gets the probabilities and integrated gradients only.
+outputs of one spatial size, and ends at its last (a ResNet's `layer4`, LeNet's second activation). Grad-CAM weighs
+the last stage. A model names another module with an `explain_layer` attribute (a name of `named_modules()`), and
+`--layer` overrides both. A network without convolutions (the MLP) gets the probabilities and integrated gradients only.
 """
 from __future__ import annotations
 
