@@ -15,7 +15,10 @@ releases. Grouped as:
 - errors (exit code 2 on the command line): `UserError`, `RecipeError`, `DataError`, `MissingSplitError`,
   `CheckpointError`, `RegistryError`, `UnknownNameError`, `did_you_mean`;
 - reports: `evaluate_split` (what `deepcourse evaluate` computes, with a hook on every batch), `SplitEvaluation`,
-  and the figure toolkit `pyplot`, `Figure`, `grouped_bars`, `markdown_table`, `markdown_escape`, `FIGSIZE`;
+  and the figure toolkit `pyplot`, `Figure`, `grouped_bars`, `heatmap`, `markdown_table`, `markdown_escape`,
+  `FIGSIZE`;
+- explanations (`deepcourse explain`): `Explanation`, `ExplainOptions`, and the attributions on Captum `grad_cam`,
+  `integrated_gradients`, `layer_integrated_gradients`, `module_outputs`, `ModuleOutput`;
 - documentation and tests: `zoo_section`, `count_flops`, `results_table`, `latest_checkpoint`, `shipped_recipes`
   (name -> file of the recipes that ship with deepcourse), and `cli`, the command line as a click command (for
   `click.testing.CliRunner`).
@@ -33,8 +36,11 @@ from .data import (DATA_ENV, ArrayDataset, candidate_dirs, load_hf_splits, locat
 from .docgen import count_flops, zoo_section
 from .docgen import results as results_table
 from .errors import CheckpointError, DataError, MissingSplitError, RecipeError, UserError, did_you_mean
+from .attribution import (ModuleOutput, grad_cam, integrated_gradients, layer_integrated_gradients,
+                          module_outputs)
 from .evaluation import SplitEvaluation, evaluate_split
-from .figures import FIGSIZE, Figure, grouped_bars, markdown_escape, markdown_table, pyplot
+from .explanation import Explanation, ExplainOptions
+from .figures import FIGSIZE, Figure, grouped_bars, heatmap, markdown_escape, markdown_table, pyplot
 from .metrics import Accuracy, ConfusionMatrix, MeanLoss, Metric, MetricCollection, TopKAccuracy, scalars
 from .plugins import load_plugins
 from .recipe import load_recipe
@@ -62,8 +68,11 @@ __all__ = [
     "UserError", "RecipeError", "DataError", "MissingSplitError", "CheckpointError", "RegistryError",
     "UnknownNameError", "did_you_mean",
     # reports
-    "evaluate_split", "SplitEvaluation", "pyplot", "Figure", "grouped_bars", "markdown_table", "markdown_escape",
-    "FIGSIZE",
+    "evaluate_split", "SplitEvaluation", "pyplot", "Figure", "grouped_bars", "heatmap", "markdown_table",
+    "markdown_escape", "FIGSIZE",
+    # explanations
+    "Explanation", "ExplainOptions", "grad_cam", "integrated_gradients", "layer_integrated_gradients",
+    "module_outputs", "ModuleOutput",
     # documentation and tests
     "zoo_section", "count_flops", "results_table", "latest_checkpoint", "shipped_recipes", "cli",
 ]

@@ -5,17 +5,16 @@ Commands import torch and the plugins only when they run, so `deepcourse --help`
 from __future__ import annotations
 
 import json
-import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ._version import __version__
-from .cli_common import handle_errors
+from .cli_common import handle_errors, read_inputs
 from .cli_common import override_option as _override_option
+from .cli_inspect import explain, lr_find
 from .cli_studies import sweep, tune
 from .errors import UserError
 
@@ -29,6 +28,7 @@ def main() -> None:
     deepcourse run quickstart                      (a shipped recipe, by name: see `deepcourse recipes`)
     deepcourse run recipes/mnist_lenet.toml --set optimizer.lr=0.01
     deepcourse list models 'res*'
+    deepcourse explain RUN_DIR digit.png           (look inside a trained network)
     """
 
 
@@ -215,13 +215,20 @@ def recipes(pattern: str) -> None:
 @click.option("--data-dir", help="Read the split from this folder (it may hold only that split's files).")
 @click.option("--checkpoint", type=click.Choice(["best", "latest"]), default="best", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--write-predictions", "predictions", type=click.Path(path_type=Path), metavar="FILE",
+              help="Also write every sample's prediction: a CSV row per image (id, gold, predicted, probability), "
+                   "token / gold / predicted columns for a tagger (what conlleval reads).")
 @handle_errors
-def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint: str, as_json: bool) -> None:
+def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint: str, as_json: bool,
+             predictions: Path | None) -> None:
     """Metrics of a trained run's best (or latest) weights on a split."""
     from .inference import evaluate_run
+    from .outputs import writable_file
 
+    if predictions is not None:
+        writable_file(predictions, "--write-predictions")
     task, metrics = evaluate_run(run_dir, split=split, data_dir=data_dir, which=checkpoint, progress=not as_json,
-                                 split_key=f"--split {split}" if split else None)
+                                 split_key=f"--split {split}" if split else None, predictions=predictions)
     if as_json:
         click.echo(json.dumps(metrics, indent=1))
         return
@@ -232,6 +239,8 @@ def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint:
             click.echo(f"{key:<20} {value}")
     for line in task.describe_metrics(metrics):
         click.echo(line)
+    if predictions is not None:
+        click.echo(f"predictions: {predictions}")
 
 
 @main.command()
@@ -240,46 +249,25 @@ def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input (JSON lines).")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write results to this file.")
+@click.option("--nbest", default=1, show_default=True, type=click.IntRange(min=1),
+              help="The K best answers per input with their probabilities (a tagger's K best tag sequences).")
 @handle_errors
-def predict(run_dir: Path, inputs: Sequence[str], as_json: bool, batch_size: int, output: Path | None) -> None:
+def predict(run_dir: Path, inputs: Sequence[str], as_json: bool, batch_size: int, output: Path | None,
+            nbest: int) -> None:
     """Predict with a trained run on INPUTS (files or text, as the task takes them; '-' reads stdin lines)."""
     from .inference import predict_run
     from .outputs import writable_file
+    from .predictions import write_lines
 
     if output is not None:
         writable_file(output, "-o")
     from_stdin = list(inputs) == ["-"]
-    items = [line.rstrip("\n") for line in sys.stdin if line.strip()] if from_stdin else list(inputs)
-    if not items:
-        raise UserError("predict -: standard input held no lines to predict on; pipe one input per line, or give "
-                        "INPUTS (files or text) as arguments")
-    task, results = predict_run(run_dir, items, batch_size=batch_size)
-    written = _write_predictions(results, lambda r: json.dumps(r) if as_json else task.format_prediction(r), output)
+    items = read_inputs(inputs, "predict")
+    task, results = predict_run(run_dir, items, batch_size=batch_size, nbest=nbest)
+    written = write_lines(results, lambda r: json.dumps(r) if as_json else task.format_prediction(r), output)
     if not written:
         shown = "standard input" if from_stdin else ", ".join(map(repr, items[:3])) + (", ..." if items[3:] else "")
         raise UserError(f"predict: {shown} gave nothing to predict on (an empty file?); nothing was written")
-
-
-def _write_predictions(results: Any, render: Callable[[Any], str], output: Path | None) -> int:
-    """Print each result, or write them to `output` through a temporary file renamed into place at the end, so a
-    failure or an empty result leaves no half-written file. Returns how many were written."""
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}") if output is not None else None
-    handle = open(tmp, "w", encoding="utf-8") if tmp is not None else None
-    count = 0
-    try:
-        for result in results:
-            click.echo(render(result), file=handle)
-            count += 1
-        if handle is not None:
-            handle.close()
-            if count:
-                os.replace(tmp, output)
-    finally:
-        if handle is not None:
-            handle.close()
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
-    return count
 
 
 @main.command()
@@ -332,6 +320,8 @@ def new_plugin(name: str, directory: Path | None, kind: str) -> None:
 
 main.add_command(sweep)
 main.add_command(tune)
+main.add_command(explain)
+main.add_command(lr_find)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,11 +1,11 @@
-"""What every command shares: the error handling that turns a user error into exit 2 and one message, and the
-`--set KEY=VALUE` option."""
+"""What every command shares: the error handling that turns a user error into exit 2 and one message, the
+`--set KEY=VALUE` option, and INPUTS read from the arguments or standard input."""
 from __future__ import annotations
 
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any
 
@@ -51,3 +51,14 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def override_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                         help="Override a recipe key; VALUE is a TOML literal (repeatable).")(fn)
+
+
+def read_inputs(inputs: Sequence[str], command: str) -> list[str]:
+    """INPUTS of `predict` and `explain`: the arguments, or with '-' alone one input per line of standard input."""
+    if list(inputs) != ["-"]:
+        return list(inputs)
+    items = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not items:
+        raise UserError(f"{command} -: standard input held no lines to {command} on; pipe one input per line, or "
+                        f"give INPUTS (files or text) as arguments")
+    return items

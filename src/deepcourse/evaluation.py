@@ -97,17 +97,22 @@ class SplitEvaluation:
 
 def evaluate_split(task: Task, model: torch.nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], *,
                    split: str | None = None, data_dir: str | Path | None = None, on_batch: BatchHook | None = None,
-                   progress: bool = False, key: str | None = None) -> SplitEvaluation:
+                   progress: bool = False, key: str | None = None,
+                   on_split: Callable[[Any], None] | None = None) -> SplitEvaluation:
     """Evaluate a trained model on a split (default: the recipe's `eval.split`) exactly as `deepcourse evaluate`
     does: the same data (`load_split`), batches (the recipe's evaluation batch size, in order), device and mixed
     precision (Accelerate's own casting of the model), and the task's metrics. `on_batch(batch, outputs)` sees
-    each batch's evaluation outputs, for figures that need more than the metrics (a confusion matrix, examples).
+    each batch's evaluation outputs, for figures that need more than the metrics (a confusion matrix, examples);
+    `on_split(data)` sees the split's samples before the first batch (to name the samples the batches hold: the
+    batches come in the split's order).
 
     Raises a DataError naming the split, and `key` (what chose it: default `eval.split`, or `split` when one is
     given), when its data is not on this machine."""
     key = key or ("split" if split else "eval.split")
     split = split or recipe.eval.split
     bundle = load_split(task, recipe, artifacts, split, data_dir=data_dir, key=key)
+    if on_split is not None:
+        on_split(bundle.splits[split])
     accelerator = make_accelerator(recipe, trackers=False, warn=False)
     model = accelerator.prepare_model(model, evaluation_mode=True)  # device and autocast, no distributed wrapper
     loader = make_loader(bundle.splits[split], recipe.eval_batch_size, collate_fn=bundle.collate_fn,

@@ -98,6 +98,45 @@ def grouped_bars(path: Path, groups: Sequence[str], series: Mapping[str, Sequenc
     plt.close(fig)
 
 
+def heatmap(path: Path, values: Any, rows: Sequence[str], columns: Sequence[str], *, title: str, xlabel: str,
+            ylabel: str, colorbar: str, cmap: str = "Blues", vmin: float | None = None, vmax: float | None = None,
+            annotations: Sequence[Sequence[str]] | None = None, marks: Any = None, mark_label: str = "") -> None:
+    """Save a labelled matrix (a confusion matrix, a CRF's transition scores) with a colour bar saying what the colour
+    means, so every task's matrices read alike. `values` [rows, columns] may hold NaN for cells that do not exist
+    (drawn blank). `annotations`: text per cell ("" for none), in black or white for contrast. `marks`: a boolean
+    matrix of cells to flag with a small cross (impossible transitions), explained under the axis by `mark_label`."""
+    import numpy as np
+
+    plt = pyplot()
+    data = np.ma.masked_invalid(np.asarray(values, dtype=float))
+    side = 2.5 + 0.42 * max(len(rows), len(columns))
+    fig, ax = plt.subplots(figsize=(min(14.0, side + 1.2), min(12.0, 1.5 + 0.42 * len(rows) + 1.0)))
+    image = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.grid(False)
+    ax.set_xticks(range(len(columns)), columns, rotation=45 if max(map(len, columns), default=0) > 2 else 0,
+                  ha="right" if max(map(len, columns), default=0) > 2 else "center")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    fig.colorbar(image, ax=ax, label=colorbar, fraction=0.046, pad=0.04)
+    low, high = image.norm.vmin, image.norm.vmax
+    blank = np.ma.getmaskarray(data)
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            text = annotations[i][j] if annotations is not None else ""
+            if text and not blank[i, j]:
+                share = (float(data[i, j]) - low) / (high - low) if high > low else 0.0
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                        color="white" if share > 0.6 else "black")
+    if marks is not None and np.asarray(marks).any():
+        ys, xs = np.nonzero(np.asarray(marks))
+        ax.scatter(xs, ys, marker="x", s=14, color="crimson", linewidths=1)
+        if mark_label:
+            ax.set_xlabel(f"{xlabel}\n(\u00d7: {mark_label})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     """Lines of a Markdown table; cells are written with `str` (format numbers first) and must not hold `|`."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

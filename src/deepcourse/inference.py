@@ -5,6 +5,7 @@ Nothing here needs the training data: the best weights, the facts the model was 
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ import torch
 from .accelerator import make_accelerator, torch_threads
 from .checkpoint import best_folder, latest_checkpoint, load_facts
 from .components import build_model, build_task
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 from .evaluation import evaluate_split
 from .files import load_weights
+from .predictions import RowWriter, require_rows, staged_file
 from .recipe import load_recipe
 from .rundir import require_run_dir
 from .schema import Recipe
@@ -43,20 +45,33 @@ def load_trained(run_dir: Path, *, which: str = "best") -> tuple[Recipe, Task, d
 
 
 def evaluate_run(run_dir: Path, *, split: str | None = None, data_dir: str | Path | None = None, which: str = "best",
-                 progress: bool = True, split_key: str | None = None) -> tuple[Task, dict[str, Any]]:
+                 progress: bool = True, split_key: str | None = None,
+                 predictions: Path | None = None) -> tuple[Task, dict[str, Any]]:
     """Metrics of a finished run's weights on a split; `data_dir` may hold only that split's files. `split_key`
-    names where `split` came from in messages (the command line's `--split tset`)."""
+    names where `split` came from in messages (the command line's `--split tset`). `predictions`: also write every
+    sample's prediction there (the task's `prediction_rows`), through a temporary file."""
     recipe, task, _, artifacts, model = load_trained(run_dir, which=which)
-    with torch_threads(recipe.train.threads):
+    with torch_threads(recipe.train.threads), contextlib.ExitStack() as stack:
+        hooks: dict[str, Any] = {}
+        if predictions is not None:
+            require_rows(task, recipe.task.name)
+            writer = RowWriter(task, stack.enter_context(staged_file(predictions)))
+            hooks = {"on_split": writer.start, "on_batch": writer.batch}
         result = evaluate_split(task, model, recipe, artifacts, split=split, data_dir=data_dir, progress=progress,
-                                key=split_key)
+                                key=split_key, **hooks)
     return task, {"run_dir": str(run_dir), "split": result.split, **result.metrics}
 
 
-def predict_run(run_dir: Path, inputs: Sequence[str], *, batch_size: int = 64) -> tuple[Task, Iterator[Any]]:
+def predict_run(run_dir: Path, inputs: Sequence[str], *, batch_size: int = 64,
+                nbest: int = 1) -> tuple[Task, Iterator[Any]]:
     """The task's predictions for `inputs` (files or text, as the task reads them), streamed in batches, with the
-    model placed and cast as for evaluation."""
+    model placed and cast as for evaluation. `nbest` > 1: the task's n best answers per input, for a task that
+    gives them (`Task.supports_nbest`)."""
     recipe, task, _, artifacts, model = load_trained(run_dir)
+    if nbest > 1 and not task.supports_nbest:
+        raise UserError(f"--nbest {nbest}: task '{recipe.task.name}' gives one prediction per input (n-best lists "
+                        f"are a tagger's K best tag sequences); use --nbest 1, or --json for the top classes")
+    task.predict_options = {**getattr(task, "predict_options", {}), "nbest": nbest}
     task.setup_data(recipe.data, splits=(), seed=recipe.seed, artifacts=artifacts)
     accelerator = make_accelerator(recipe, trackers=False, warn=False)
     model = accelerator.prepare_model(model, evaluation_mode=True)

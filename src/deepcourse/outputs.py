@@ -3,11 +3,16 @@
 A run that can only fail when it saves, after minutes of loading, or a traceback from `mkdir`, is the wrong answer to
 a mistyped option. So the command line checks every output location first (`--run-dir`, `--runs-root`, `-o`,
 `--dir`): a folder must be creatable where it is named (no file in the way, a parent this process may write in), and a
-file must not name a folder.
+file must not name a folder. What a command writes goes through temporary names (`staged_folder`), so a failure
+leaves no half-written output.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UserError
@@ -56,3 +61,22 @@ def _shown(found: Path, given: Path) -> str:
         return str(found.relative_to(Path.cwd()))
     except ValueError:
         return str(found)
+
+
+@contextlib.contextmanager
+def staged_folder(path: Path) -> Iterator[Path]:
+    """A private temporary folder to write a command's output files in; when the block ends without an error they are
+    moved into `path` (created with its parents), replacing files of the same names and leaving every other file
+    there alone. On an error nothing is left: not the files, not `path`. Check `path` with `writable_folder` first.
+
+    The temporary folder sits in the nearest folder of `path` that exists, so the moves are renames on one file
+    system and a failure creates no parent folders."""
+    base = _first_existing(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".deepcourse-{path.name or 'out'}-", dir=base))
+    try:
+        yield tmp
+        path.mkdir(parents=True, exist_ok=True)
+        for item in sorted(tmp.iterdir()):
+            os.replace(item, path / item.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

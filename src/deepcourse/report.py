@@ -5,6 +5,10 @@ Everything is drawn from `metrics.jsonl`, `recipe.toml`, `summary.json` and the 
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import math
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -17,7 +21,7 @@ from .rundir import RunData, read_run
 
 def plot_curves(run: RunData, out: Path) -> list[Figure]:
     """Loss and each validation metric per epoch (with the training split's, when the task measures it), learning
-    rate, gradient norm and throughput per step."""
+    rate (every step, the warm-up shaded), gradient norm and throughput per step."""
     plt = pyplot()
     figures: list[Figure] = []
     split = run.eval_split
@@ -54,8 +58,10 @@ def plot_curves(run: RunData, out: Path) -> list[Figure]:
         against = f"Training (over each epoch's batches, as trained) and {split}" if te else split.capitalize()
         figures.append(save_figure(fig, out, f"{metric}.png", nice(metric).capitalize(),
                                    f"{against} {nice(metric)} per epoch."))
-    for key, label, caption in (("lr", "learning rate", "Learning rate at each logged step."),
-                                ("grad_norm", "gradient norm", "Norm of all gradients at each logged step, before "
+    lr_figure = plot_learning_rate(run, out)
+    if lr_figure is not None:
+        figures.append(lr_figure)
+    for key, label, caption in (("grad_norm", "gradient norm", "Norm of all gradients at each logged step, before "
                                                                "clipping (train.clip_grad_norm)."),
                                 ("samples_per_s", "samples / s", "Training throughput between logged steps.")):
         s, v = run.step_series(key)
@@ -66,6 +72,80 @@ def plot_curves(run: RunData, out: Path) -> list[Figure]:
         ax.set(title=f"{run.name}: {label}", xlabel="optimizer step", ylabel=label)
         figures.append(save_figure(fig, out, f"{key}.png", label.capitalize(), caption))
     return figures
+
+
+def plot_learning_rate(run: RunData, out: Path) -> Figure | None:
+    """The learning rate each optimizer step used (replayed from the recipe, see `replay_schedule`) with the logged
+    rates as dots, and the warm-up shaded: the steps up to the first at the peak rate."""
+    steps, logged = run.step_series("lr")
+    if not logged:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    used = replay_schedule(run)
+    # the log records, at step s, the rate after the schedule stepped: the one step s + 1 uses
+    xs, rates = (list(range(1, len(used) + 1)), used) if used else ([s + 1 for s in steps], logged)
+    if used:
+        ax.plot(xs, used, color="tab:green", lw=1.2, label="each step (replayed)")
+        ax.plot([s + 1 for s in steps], logged, "o", color="tab:green", ms=3, label="logged")
+    else:
+        ax.plot(xs, logged, "o-", color="tab:green", ms=3, label="logged")
+    peak = max(rates)
+    first_peak = next(i for i, v in enumerate(rates) if v == peak)
+    caption = ("The learning rate of every optimizer step, replayed from the recipe's optimizer and schedule; it "
+               "equals every logged rate (dots: a logged step records the rate the next step uses)" if used else
+               "The learning rate at each logged step, placed at the step that uses it (the schedule could not be "
+               "replayed step by step)")
+    if first_peak > 0 and rates[0] < peak:
+        warm = xs[first_peak]
+        ax.axvspan(0, warm, color="tab:orange", alpha=0.12, label=f"warm-up ({warm:,} steps)")
+        caption += f"; shaded: the warm-up, the first {warm:,} steps, up to the peak rate {peak:.3g}"
+    if min(rates) > 0 and peak / min(rates) > 100:
+        ax.set_yscale("log")
+    ax.set(title=f"{run.name}: learning rate", xlabel="optimizer step", ylabel="learning rate")
+    ax.legend()
+    return save_figure(fig, out, "lr.png", "Learning rate", caption + ".")
+
+
+def replay_schedule(run: RunData) -> list[float] | None:
+    """The learning rate each of the run's optimizer steps used, from its recipe's optimizer and schedule stepped
+    on a stand-in parameter: the log holds the rate only every `train.log_every` steps, which can hide a warm-up.
+    None when the schedule cannot be replayed (a plateau schedule follows the metrics) or the replay misses any
+    logged rate (an fp16 step skipped on overflow does not step the schedule)."""
+    import torch
+
+    from .components import build_optimizer, build_scheduler, build_task, steps_per_evaluation
+    from .errors import UserError
+    from .recipe import load_recipe
+
+    steps, logged = run.step_series("lr")
+    ends = sorted((r["epoch"], r["step"]) for r in run.rows if r.get("split") == "train" and r.get("scope") == "epoch")
+    total = int(run.summary.get("steps") or steps[-1])
+    if not ends or total > 10_000_000:
+        return None
+    try:
+        recipe = load_recipe(data=run.recipe)
+        steps_per_epoch = ends[0][1]
+        planned = steps_per_epoch * recipe.train.epochs
+        planned = min(planned, recipe.train.max_steps) if recipe.train.max_steps else planned
+        optimizer = build_optimizer(recipe, torch.nn.Linear(1, 1))
+        with contextlib.redirect_stderr(io.StringIO()):  # its warnings were printed when the run started
+            scheduler = build_scheduler(recipe, build_task(recipe), optimizer, steps_per_epoch, planned)
+    except UserError:
+        return None
+    if steps_per_evaluation(scheduler):
+        return None
+    used = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(total):
+            used.append(float(optimizer.param_groups[0]["lr"]))
+            optimizer.step()  # no gradients: changes nothing, but keeps the schedule's order check quiet
+            scheduler.step()
+    if any(not math.isclose(used[s], v, rel_tol=1e-6, abs_tol=1e-12) for s, v in zip(steps, logged)
+           if s < len(used)):
+        return None
+    return used
 
 
 def _epoch_positions(run: RunData, steps: Sequence[int]) -> list[float]:

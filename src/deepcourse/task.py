@@ -22,6 +22,7 @@ from .builders import call_builder
 from .registry import MODELS
 
 if TYPE_CHECKING:
+    from .explanation import Explanation, ExplainOptions
     from .figures import Figure
     from .metrics import MetricCollection
     from .schema import DataSection, ModelSection, Recipe
@@ -66,10 +67,16 @@ class Task:
     #: what one example of `setup_example` is, in words, when the facts do not say it (FLOPs grow with it)
     example_input: ClassVar[str] = ""
 
+    #: whether `predict` can give the n best answers per input (`deepcourse predict --nbest K`; a tagger's K best
+    #: tag paths): the core refuses --nbest for a task that cannot, and otherwise sets predict_options["nbest"]
+    supports_nbest: ClassVar[bool] = False
+
     eval_options: dict[str, Any]
+    predict_options: dict[str, Any]
 
     def __init__(self) -> None:
         self.eval_options = {}
+        self.predict_options = {}
 
     # -- data -----------------------------------------------------------------------------------------------------
     def setup_data(self, data: DataSection, *, splits: Sequence[str], seed: int,
@@ -123,6 +130,17 @@ class Task:
         """One human-readable line (or block) for a `predict` result."""
         return "  ".join(f"{k}={v}" for k, v in result.items())
 
+    def prediction_header(self) -> str | None:
+        """The first line of `deepcourse evaluate --write-predictions FILE` (a CSV header), or None for none."""
+        return None
+
+    def prediction_rows(self, data: Any, start: int, batch: Any, outputs: Outputs) -> Iterable[str]:
+        """Lines of `evaluate --write-predictions` for one evaluation batch: `outputs` are what `evaluation_step`
+        returned for it and `start` is the index in the split `data` of its first sample (batches come in order), so
+        a row can name its sample. Images write CSV rows (id, gold, predicted, probability), taggers the token / gold
+        / predicted columns conlleval reads. Default: the task cannot write predictions."""
+        raise NotImplementedError
+
     def describe_metrics(self, metrics: Mapping[str, Any]) -> Iterable[str]:
         """Extra lines for `evaluate` output (per-class tables and the like); default none."""
         return ()
@@ -136,6 +154,18 @@ class Task:
         figure toolkit (`pyplot`, `grouped_bars`, ...) and return `Figure`s and extra Markdown lines. Default:
         nothing."""
         return [], []
+
+    def explain(self, model: nn.Module, inputs: Sequence[str], *, options: ExplainOptions, device: torch.device,
+                out: Path) -> Iterator[Explanation]:
+        """Look inside the trained model for `deepcourse explain`: yield an `Explanation` of the model itself (the
+        first convolution's filters, a CRF's transitions) if there is one, then one per input (files or text, as
+        `predict` reads them), with figures saved into `out` and the numbers for `--json` (with an "input" key).
+
+        `model` is placed and cast as for evaluation, in eval mode, its parameters frozen. Attribute with
+        `deepcourse.api` (`grad_cam`, `integrated_gradients`, `layer_integrated_gradients`, `module_outputs`) and
+        draw with the figure toolkit; refuse an option that does not apply (a UserError naming it). Default: the task
+        has no explanations, which the command says."""
+        raise NotImplementedError
 
     def save_extra(self, folder: Path) -> None:
         """Hook to save task files beside the best weights (rarely needed: prefer artifacts)."""

@@ -3,12 +3,14 @@ pytorch-crf's own (per-sentence, Python) implementation."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 from torchcrf import CRF
 
-from deepcourse_sequence.crf import crf_decode, crf_log_likelihood, viterbi_decode
+from deepcourse_sequence.crf import (crf_decode, crf_log_likelihood, log_partition, nbest_paths, tag_marginals,
+                                     viterbi_decode)
 
 
 def path_score(crf: CRF, emissions: torch.Tensor, path: tuple[int, ...]) -> torch.Tensor:
@@ -80,3 +82,50 @@ def test_viterbi_on_a_larger_random_batch() -> None:
     mask = torch.arange(emissions.shape[1]) < lengths.unsqueeze(1)
     decoded = viterbi_decode(emissions, mask, crf.start_transitions, crf.end_transitions, crf.transitions, pad=0)
     assert [decoded[b, :n].tolist() for b, n in enumerate(lengths.tolist())] == crf.decode(emissions, mask)
+
+
+def enumerate_paths(crf: CRF, emissions: torch.Tensor) -> tuple[list[tuple[int, ...]], torch.Tensor]:
+    """Every tag path of one sentence (emissions [T, K]) and its score."""
+    paths = list(itertools.product(range(emissions.shape[1]), repeat=emissions.shape[0]))
+    return paths, torch.stack([path_score(crf, emissions, p) for p in paths])
+
+
+def test_log_partition_and_marginals_match_enumeration(tiny) -> None:
+    crf, emissions, _, mask = tiny
+    log_z = log_partition(emissions, mask, crf.start_transitions, crf.end_transitions, crf.transitions)
+    marginals = tag_marginals(emissions, mask, crf.start_transitions, crf.end_transitions, crf.transitions)
+    for b in range(len(mask)):
+        n = int(mask[b].sum())
+        paths, scores = enumerate_paths(crf, emissions[b, :n])
+        assert log_z[b].item() == pytest.approx(torch.logsumexp(scores, 0).item(), abs=1e-9)
+        probs = (scores - torch.logsumexp(scores, 0)).exp().detach()
+        for t in range(n):
+            for k in range(emissions.shape[2]):
+                expected = sum(float(p) for path, p in zip(paths, probs) if path[t] == k)
+                assert marginals[b, t, k].item() == pytest.approx(expected, abs=1e-6)
+        assert marginals[b, :n].sum(-1).tolist() == pytest.approx([1.0] * n, abs=1e-6)
+        assert not marginals[b, n:].any()  # nothing past the sentence's end
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 81, 100])
+def test_nbest_paths_are_the_k_best_of_every_path(tiny, k: int) -> None:
+    """Path 1 is Viterbi's; the k paths are the k highest-scoring of all K^T (checked by enumeration), their
+    probabilities sorted and summing to at most 1 (to 1 when every path is listed)."""
+    crf, emissions, _, mask = tiny
+    viterbi = crf_decode(crf, emissions, mask)
+    for b in range(len(mask)):
+        n = int(mask[b].sum())
+        paths, scores = enumerate_paths(crf, emissions[b, :n])
+        log_z = torch.logsumexp(scores, 0)
+        found = nbest_paths(emissions[b, :n], crf.start_transitions, crf.end_transitions, crf.transitions, k)
+        assert len(found) == min(k, len(paths))
+        assert found[0][1] == viterbi[b, :n].tolist()
+        expected = sorted(zip(scores.tolist(), paths), reverse=True)[:k]
+        assert [s for s, _ in found] == pytest.approx([s for s, _ in expected], abs=1e-9)
+        for score, path in found:  # each path carries its own score (ties may order equal scores either way)
+            assert score == pytest.approx(path_score(crf, emissions[b, :n], tuple(path)).item(), abs=1e-9)
+        assert len({tuple(p) for _, p in found}) == len(found)
+        probs = [math.exp(s - float(log_z.detach())) for s, _ in found]
+        assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-9
+        if len(found) == len(paths):
+            assert sum(probs) == pytest.approx(1.0, abs=1e-9)

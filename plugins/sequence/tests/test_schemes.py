@@ -66,3 +66,20 @@ def test_first_violation_explains_position() -> None:
 def test_is_span_tag() -> None:
     assert all(map(is_span_tag, ["O", "B-PER", "I-MISC", "E-X", "S-LOC-2"]))
     assert not any(map(is_span_tag, ["NN", "B", "B-", "I_PER", ","]))
+
+
+@pytest.mark.parametrize("scheme", ["IOB1", "BIO", "BIOES"])
+def test_allowed_transitions_are_exactly_the_moves_of_valid_sequences(scheme: str) -> None:
+    """A sequence is valid (first_violation finds nothing) exactly when its start, every move and its end are
+    allowed: checked on every sequence of up to 3 tags of two types."""
+    import itertools
+
+    from deepcourse_sequence.schemes import allowed_transition, first_violation
+
+    prefixes = {"IOB1": "IB", "BIO": "BI", "BIOES": "BIES"}[scheme]
+    tags = ["O"] + [f"{p}-{t}" for p in prefixes for t in ("PER", "LOC")]
+    for n in (1, 2, 3):
+        for seq in itertools.product(tags, repeat=n):
+            moves = zip((None, *seq), (*seq, None))
+            assert (first_violation(list(seq), scheme) is None) == all(allowed_transition(a, b, scheme)
+                                                                        for a, b in moves), (scheme, seq)

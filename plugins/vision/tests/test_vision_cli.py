@@ -49,7 +49,7 @@ def test_quickstart_train_evaluate_predict(tmp_path: Path) -> None:
     run = only_run(tmp_path / "runs")
     assert (run / "best" / "model.safetensors").exists()
     report = (run / "report" / "report.md").read_text()  # `run` writes a report, with the task's figures
-    assert "confusion_matrix.png" in report and "## Per-class accuracy" in report
+    assert "confusion_matrix.png" in report and "## Per-class precision, recall and F1" in report
     assert (run / "report" / "confusion_matrix.png").stat().st_size > 0
     artifacts = json.loads((run / "best" / "artifacts.json").read_text())
     assert artifacts["class_names"] == [str(i) for i in range(10)] and artifacts["source_size"] == 8

@@ -114,3 +114,58 @@ def crf_log_likelihood(crf: CRF, emissions: torch.Tensor, tags: torch.Tensor, ma
     last = tags.gather(1, (mask.sum(1) - 1).unsqueeze(1)).squeeze(1)
     gold = gold + crf.start_transitions[tags[:, 0]] + crf.end_transitions[last]
     return gold - _LogPartition.apply(emissions, mask, crf.start_transitions, crf.end_transitions, crf.transitions)
+
+
+# -- inspection: exact probabilities of tags and paths (explain, predict --nbest) ----------------------------------
+def log_partition(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                  transitions: torch.Tensor) -> torch.Tensor:
+    """log Z per sentence by the forward algorithm in plain differentiable operations (slower than `_LogPartition`,
+    but its gradient can itself be differentiated: token saliency needs d log p / d embeddings of a marginal)."""
+    mask = mask.bool()
+    alpha = start + emissions[:, 0]
+    for t in range(1, emissions.shape[1]):
+        step = torch.logsumexp(alpha.unsqueeze(2) + transitions, dim=1) + emissions[:, t]
+        alpha = torch.where(mask[:, t:t + 1], step, alpha)
+    return torch.logsumexp(alpha + end, dim=1)
+
+
+def tag_marginals(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                  transitions: torch.Tensor) -> torch.Tensor:
+    """P(y_t = k | sentence) [B, T, K] (zeros past each sentence's end): the gradient of log Z with respect to the
+    emissions, which is the forward-backward algorithm's result without a second implementation of it."""
+    with torch.enable_grad():
+        leaf = emissions.detach().float().requires_grad_(True)
+        log_z = log_partition(leaf, mask, start.detach().float(), end.detach().float(), transitions.detach().float())
+        (grad,) = torch.autograd.grad(log_z.sum(), leaf)
+    return grad * mask.unsqueeze(2)
+
+
+def nbest_paths(emissions: torch.Tensor, start: torch.Tensor, end: torch.Tensor, transitions: torch.Tensor,
+                k: int) -> list[tuple[float, list[int]]]:
+    """The k best tag paths of one sentence (emissions [T, K]) with their scores, best first: list Viterbi, keeping
+    the k best partial paths ending in each tag at each position (NCRF++'s n-best decoding). Fewer than k when the
+    sentence has fewer paths. Path 1 is the Viterbi path; exp(score - log Z) is a path's probability."""
+    emissions, start, end, transitions = (x.detach().double().cpu() for x in (emissions, start, end, transitions))
+    length, tags = emissions.shape
+    neg = float("-inf")
+    best = torch.full((tags, k), neg, dtype=torch.float64)  # [tag, rank]: score of the rank-th best path ending here
+    best[:, 0] = start + emissions[0]
+    pointers = []  # per position t >= 1: [rank, tag] -> index into the previous position's [tag, rank], flattened
+    for t in range(1, length):
+        candidates = (best.unsqueeze(2) + transitions.unsqueeze(1)).reshape(tags * k, tags)  # [(prev, rank), tag]
+        values, index = candidates.topk(k, dim=0)  # [rank, tag]
+        best = values.t() + emissions[t].unsqueeze(1)
+        pointers.append(index)
+    final = (best + end.unsqueeze(1)).reshape(-1)  # [(tag, rank)]
+    scores, order = final.topk(min(k, final.numel()))
+    paths = []
+    for score, flat in zip(scores.tolist(), order.tolist()):
+        if score == neg:
+            break
+        tag, rank = divmod(flat, k)
+        path = [tag]
+        for index in reversed(pointers):
+            tag, rank = divmod(int(index[rank, tag]), k)
+            path.append(tag)
+        paths.append((score, path[::-1]))
+    return paths

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcourse.api import (Figure, Recipe, Task, UserError, evaluate_split, grouped_bars, markdown_escape,
+from deepcourse.api import (Figure, Recipe, Task, UserError, evaluate_split, grouped_bars, heatmap, markdown_escape,
                             markdown_table)
 
 from .schemes import Span, convert, spans
@@ -105,6 +105,26 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
+MISSED, SPURIOUS = "(missed)", "(spurious)"
+
+
+def type_confusion(gold: Sequence[set[Span]], pred: Sequence[set[Span]]) -> tuple[list[str], dict[tuple[str, str], int]]:
+    """Gold type against predicted type for spans with the same boundaries, sentence by sentence: a gold span no
+    predicted span has the boundaries of is `(missed)`, a predicted span no gold span has them is `(spurious)` (so a
+    boundary error is one of each, as the scores count it). Returns the types seen and the counts by (gold, pred)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for g, q in zip(gold, pred, strict=True):
+        predicted = {(start, end): type_ for type_, start, end in q}
+        golden = {(start, end): type_ for type_, start, end in g}
+        for where, type_ in golden.items():
+            counts[type_, predicted.get(where, MISSED)] += 1
+        for where, type_ in predicted.items():
+            if where not in golden:
+                counts[SPURIOUS, type_] += 1
+    types = sorted({t for pair in counts for t in pair} - {MISSED, SPURIOUS})
+    return types, dict(counts)
+
+
 class ColumnReport:
     """Figure, table and examples of one label column; `span_section` or `token_section` fill them."""
 
@@ -152,12 +172,44 @@ class ColumnReport:
         else:
             self.notes += [f"_No scores per type for {self.name}: the {self.split} split has no spans and the model "
                            f"predicts none._", ""]
+        self._type_confusion()
         self._span_examples()
 
-    def _span_examples(self) -> None:
+    def _span_sets(self) -> tuple[list[set[Span]], list[set[Span]]]:
+        """Gold and predicted spans of every sentence, in the scoring scheme."""
         tag, score = self.task.tag_scheme, self.task.score_scheme
         gold = [set(spans(convert(s, tag, score))) for s in self.tagged.gold[self.name]]
         pred = [set(spans(convert(s, tag, score))) for s in self.tagged.pred[self.name]]
+        return gold, pred
+
+    def _type_confusion(self) -> None:
+        """Which type each gold span was given (same boundaries), what was missed and what was invented."""
+        types, counts = type_confusion(*self._span_sets())
+        if not types:
+            return
+        rows, columns = [*types, SPURIOUS], [*types, MISSED]
+        matrix = [[counts.get((g, q), 0) for q in columns] for g in rows]
+        matrix[-1][-1] = None  # no span is both missed and spurious
+        file = f"type_confusion_{self.name}.png"
+        heatmap(self.out / file, [[float("nan") if v is None else v for v in row] for row in matrix], rows, columns,
+                title=f"{self.name}: gold type against predicted type ({self.split})", xlabel="predicted type",
+                ylabel="gold type", colorbar="spans", annotations=[["" if not v else f"{v:,}" for v in row]
+                                                                   for row in matrix])
+        self.figures.append(Figure(
+            f"Type confusion ({self.name})", file,
+            f"Spans of the {self.split} split by gold type (rows) and predicted type (columns), matched on exact "
+            f"boundaries: {MISSED} is a gold span with no predicted span at its boundaries, {SPURIOUS} a predicted "
+            f"span with no gold span at its boundaries; a boundary error counts once in each."))
+        self.notes += [f"## Gold type against predicted type ({self.name})", "",
+                       *markdown_table(["gold \\ predicted", *map(markdown_escape, columns)],
+                                       [[f"**{markdown_escape(g)}**", *("" if v is None else f"{v:,}" for v in row)]
+                                        for g, row in zip(rows, matrix)]),
+                       "", f"Diagonal: spans found with the right type; off the diagonal, the right boundaries with "
+                           f"the wrong type. {MISSED}: gold spans the model did not find at those boundaries; "
+                           f"{SPURIOUS}: predicted spans that are not in the gold standard at those boundaries.", ""]
+
+    def _span_examples(self) -> None:
+        gold, pred = self._span_sets()
         mistakes = [len(g ^ q) for g, q in zip(gold, pred, strict=True)]
         chosen = choose_examples(mistakes, [bool(g) for g in gold], [len(t) for t in self.tagged.tokens])
         if not chosen:

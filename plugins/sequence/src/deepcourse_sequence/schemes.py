@@ -104,3 +104,20 @@ def first_violation(tags: Sequence[str], scheme: Scheme) -> tuple[int, str] | No
             return i, (f"tag '{tag}' cannot appear {before}{after if tag[0] in 'BI' and scheme == 'BIOES' else ''} "
                        f"in the {scheme} scheme (a valid sequence has '{want}' here)")
     return None
+
+
+def allowed_transition(prev: str | None, tag: str | None, scheme: Scheme) -> bool:
+    """Whether `tag` may follow `prev` in a valid sequence of `scheme` (`prev` None: the sentence's start; `tag`
+    None: its end): a sequence is valid exactly when each of its moves is (`first_violation` finds none). A CRF
+    trained on valid data learns low scores for the moves that are not, such as O -> I-PER."""
+    prev_prefix, prev_type = split_tag(prev) if prev is not None else ("O", "")
+    prefix, type_ = split_tag(tag) if tag is not None else ("O", "")
+    if scheme == "BIOES":
+        if prev_prefix in "BI":  # a span is open: it goes on (I) or closes (E), with its own type
+            return tag is not None and prefix in "IE" and type_ == prev_type
+        return tag is None or prefix in "OBS"
+    if prefix == "I":  # BIO: I-X continues a span of X; IOB1: I-X may also start one
+        return scheme == "IOB1" or prev_prefix in "BI" and prev_type == type_
+    if prefix == "B" and scheme == "IOB1":  # IOB1 writes B-X only where a span of X touches the one before
+        return prev_prefix in "BI" and prev_type == type_
+    return True

@@ -7,6 +7,7 @@ its column (`ner_f1`, `pos_accuracy`); the first column (or `primary`) is the on
 """
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -16,8 +17,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from deepcourse.api import (DATASETS, TASKS, Accuracy, DataBundle, DataError, DataSection, Figure, MeanLoss, Metric,
-                            MetricCollection, Recipe, RecipeError, Task, call_builder, resolve_splits)
+from deepcourse.api import (DATASETS, TASKS, Accuracy, DataBundle, DataError, DataSection, Explanation, ExplainOptions,
+                            Figure, MeanLoss, Metric, MetricCollection, Recipe, RecipeError, Task, call_builder,
+                            resolve_splits)
 
 from .batching import TaggedSentences
 from .conll import format_sentence, iter_sentences
@@ -36,6 +38,7 @@ class SequenceTagging(Task):
     """Tag every token of CoNLL sentences (NER, chunking, POS), one column or several jointly."""
 
     monitor_mode = "max"
+    supports_nbest = True  # predict --nbest K: the K best tag paths of every label column
 
     def __init__(
         self,
@@ -141,7 +144,7 @@ class SequenceTagging(Task):
             covered = sum(c for k, c in key_counts.items() if k in keyed or k.lower() in keyed)
             print(f"deepcourse: pretrained vectors for {found:,} of {len(words) - 2:,} vocabulary words "
                   f"({found / max(len(words) - 2, 1):.1%}), covering {covered / max(len(tokens), 1):.1%} of "
-                  f"training tokens ({path.name}, {dim}d)", flush=True)
+                  f"training tokens ({path.name}, {dim}d)", file=sys.stderr, flush=True)  # stdout: --json's
         self.words = words
         for name in self.labels:
             values = columns[name]
@@ -324,6 +327,36 @@ class SequenceTagging(Task):
                 yield (f"{type_:<14} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} "
                        f"{row['support']:>8}")
 
+    def prediction_rows(self, data: Any, start: int, batch: Mapping[str, torch.Tensor],
+                        outputs: Mapping[str, torch.Tensor]) -> Iterator[str]:
+        """conlleval's input: one token per line with the gold and the predicted tag of each label column (span
+        columns in the scoring scheme, so conlleval on the file gives the run's F1), the primary column last (the
+        pair conlleval reads), and a blank line after each sentence."""
+        order = [name for name in self.labels if name != self.primary] + [self.primary]
+        lengths = batch["lengths"].tolist()
+        columns = {name: (outputs[f"targets_{name}"].tolist(), outputs[f"preds_{name}"].tolist()) for name in order}
+        for i, length in enumerate(lengths):
+            tokens = list(data.tokens[start + i])
+            assert len(tokens) == length, "evaluation batches come in the split's order"
+            values: list[list[str]] = [tokens]
+            for name in order:
+                names = self.tags[name]
+                gold = [names[t] for t in columns[name][0][i][:length]]
+                pred = [names[t] if 0 <= t < self.num_trained[name] else "O" for t in columns[name][1][i][:length]]
+                if self.kinds[name] == "span":
+                    gold, pred = (convert(tags, self.tag_scheme, self.score_scheme) for tags in (gold, pred))
+                values += [gold, pred]
+            yield format_sentence(values) + "\n"
+
+    def explain(self, model: nn.Module, inputs: Sequence[str], *, options: ExplainOptions, device: torch.device,
+                out: Path) -> Iterator[Explanation]:
+        """The CRF transitions of each head; per sentence, the marginal probability of every predicted tag, the
+        n best tag paths with their probabilities, and token saliency (integrated gradients over the word
+        embeddings) for the predicted entities (or `--target`)."""
+        from .explain import explain_sentences
+
+        return explain_sentences(self, model, inputs, options=options, device=device, out=out)
+
     def report(self, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any],
                out: Path) -> tuple[list[Figure], list[str]]:
         """Precision / recall / F1 per entity type (accuracy per tag for token columns) over the whole evaluation
@@ -334,21 +367,36 @@ class SequenceTagging(Task):
         return write_figures(self, model, recipe, artifacts, out)
 
     # -- inference ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def sentences(inputs: Sequence[str]) -> Iterator[tuple[str, list[str]]]:
+        """(source, tokens) of raw text (one sentence per input, split on whitespace) or of every sentence of a
+        CoNLL file (its first column is read as tokens, other columns are ignored)."""
+        for item in inputs:
+            path = Path(item)
+            if "\n" not in item and path.is_file():
+                for line, columns in iter_sentences(path, None):
+                    yield f"{path}:{line}", columns["token"]
+            else:
+                yield "text", item.split()
+
+    def batch_of(self, sentences: Sequence[Sequence[str]], device: torch.device) -> dict[str, torch.Tensor]:
+        """Non-empty sentences batched as the model reads them (word ids, characters, lengths), on `device`."""
+        assert self.words is not None and self.chars is not None
+        data = TaggedSentences(sentences, words=self.words, word_options=self.word_options, chars=self.chars)
+        return {k: v.to(device) for k, v in data.__getitems__(range(len(sentences))).items()}
+
+    def to_file_scheme(self, name: str, ids: Sequence[int]) -> list[str]:
+        """Tag ids of column `name` as the data files write them (span columns in the files' scheme)."""
+        tags = [self.tags[name][i] for i in ids]
+        return convert(tags, self.tag_scheme, self.file_scheme) if self.kinds[name] == "span" else tags
+
     def predict(self, model: nn.Module, inputs: Sequence[str], *, batch_size: int,
                 device: torch.device) -> Iterator[dict[str, Any]]:
         """Tag raw text (one sentence per input, split on whitespace) or every sentence of a CoNLL file (its
-        first column is read as tokens, other columns are ignored)."""
-        def sentences() -> Iterator[tuple[str, list[str]]]:
-            for item in inputs:
-                path = Path(item)
-                if "\n" not in item and path.is_file():
-                    for line, columns in iter_sentences(path, None):
-                        yield f"{path}:{line}", columns["token"]
-                else:
-                    yield "text", item.split()
-
+        first column is read as tokens, other columns are ignored). With predict_options["nbest"] = K > 1, also
+        the K best tag paths of each column with their probabilities (`nbest`)."""
         chunk: list[tuple[str, list[str]]] = []
-        for item in sentences():
+        for item in self.sentences(inputs):
             chunk.append(item)
             if len(chunk) == batch_size:
                 yield from self._predict_chunk(model, chunk, device)
@@ -358,32 +406,49 @@ class SequenceTagging(Task):
 
     def _predict_chunk(self, model: nn.Module, chunk: list[tuple[str, list[str]]],
                        device: torch.device) -> Iterator[dict[str, Any]]:
-        assert self.words is not None and self.chars is not None
+        from .explain import best_paths
+
+        nbest = int(getattr(self, "predict_options", {}).get("nbest", 1))
         nonempty = [tokens for _, tokens in chunk if tokens]
         decoded: dict[str, list[list[int]]] = {name: [] for name in self.labels}
+        out: dict[str, torch.Tensor] = {}
         if nonempty:
-            data = TaggedSentences(nonempty, words=self.words, word_options=self.word_options, chars=self.chars)
-            batch = {k: v.to(device) for k, v in data.__getitems__(range(len(nonempty))).items()}
+            batch = self.batch_of(nonempty, device)
             with torch.no_grad():
-                out = model(batch, decode=True)
+                out = model(batch, decode=True, scores=nbest > 1)
             for name in self.labels:
                 decoded[name] = out[f"pred_{name}"].cpu().tolist()
         row = 0
         for source, tokens in chunk:
             result: dict[str, Any] = {"source": source, "tokens": tokens, "tags": {}, "entities": {}}
             for name in self.labels:
-                tags = [self.tags[name][i] for i in decoded[name][row][:len(tokens)]] if tokens else []
+                tags = self.to_file_scheme(name, decoded[name][row][:len(tokens)]) if tokens else []
                 if self.kinds[name] == "span":
-                    tags = convert(tags, self.tag_scheme, self.file_scheme)
-                    result["entities"][name] = [{"type": t, "start": s, "end": e, "text": " ".join(tokens[s:e])}
-                                                for t, s, e in spans(tags)]
+                    result["entities"][name] = self.entities(tokens, tags)
                 result["tags"][name] = tags
+                if nbest > 1:
+                    paths = best_paths(self, model, name, out[f"scores_{name}"][row, :len(tokens)], nbest) \
+                        if tokens else []
+                    result.setdefault("nbest", {})[name] = [
+                        {"probability": round(p, 6), "tags": tags_k, "model_tags": own,
+                         **({"entities": self.entities(tokens, tags_k)} if self.kinds[name] == "span" else {})}
+                        for p, own, tags_k in paths]
             if not result["entities"]:
                 del result["entities"]
             row += bool(tokens)
             yield result
 
+    @staticmethod
+    def entities(tokens: Sequence[str], tags: Sequence[str]) -> list[dict[str, Any]]:
+        return [{"type": t, "start": s, "end": e, "text": " ".join(tokens[s:e])} for t, s, e in spans(tags)]
+
     def format_prediction(self, result: Mapping[str, Any]) -> str:
-        """CoNLL: one token per line with a tag column per label, and a blank line after the sentence."""
-        columns = [result["tokens"], *(result["tags"][name] for name in self.labels)]
-        return format_sentence(columns) + "\n"
+        """CoNLL: one token per line with a tag column per label, and a blank line after the sentence. With n-best
+        paths (NCRF++'s layout): a `# nbest LABEL: p1 p2 ...` line per column, then a tag column per path."""
+        if "nbest" not in result:
+            columns = [result["tokens"], *(result["tags"][name] for name in self.labels)]
+            return format_sentence(columns) + "\n"
+        lines = [f"# nbest {name}: " + " ".join(f"{path['probability']:.4f}" for path in result["nbest"][name])
+                 for name in self.labels]
+        columns = [result["tokens"], *(path["tags"] for name in self.labels for path in result["nbest"][name])]
+        return "\n".join(lines) + "\n" + (format_sentence(columns) + "\n" if result["tokens"] else "")

@@ -13,32 +13,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcourse.api import (Figure, Recipe, Task, UserError, evaluate_split, markdown_escape, markdown_table,
-                            pyplot)
+from deepcourse.api import (Figure, Recipe, Task, UserError, evaluate_split, grouped_bars, heatmap, markdown_escape,
+                            markdown_table, pyplot)
 
 MAX_MISTAKES = 16
+#: classes up to which the per-class scores are also drawn as bars (the table always lists them all)
+MAX_CLASS_BARS = 30
 
 
-def confusion_figure(matrix: torch.Tensor, names: Sequence[str], path: Path) -> None:
-    plt = pyplot()
+def confusion_figure(matrix: torch.Tensor, names: Sequence[str], path: Path, *, title: str) -> None:
+    """Rows: true class, columns: predicted; coloured by the share of the true class (the diagonal is each class's
+    recall), with the counts written in when the matrix is small enough to read them."""
     n = len(names)
     rates = matrix.double() / matrix.sum(1, keepdim=True).clamp(min=1)
-    side = min(12.0, 2.5 + 0.45 * n)
-    fig, ax = plt.subplots(figsize=(side, side))
-    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-    ax.grid(False)
-    ax.set_xticks(range(n), names, rotation=45, ha="right")
-    ax.set_yticks(range(n), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if matrix[i, j]:
-                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
-                            color="white" if rates[i, j] > 0.5 else "black")
-    fig.savefig(path)
-    plt.close(fig)
+    counts = [[str(int(v)) if v else "" for v in row] for row in matrix.tolist()] if n <= 20 else None
+    heatmap(path, rates.numpy(), names, names, title=title, xlabel="predicted class", ylabel="true class",
+            colorbar="share of the true class's images", vmin=0.0, vmax=1.0, annotations=counts)
+
+
+def class_scores(matrix: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Precision, recall and F1 per class from a confusion matrix (rows: true, columns: predicted); a class never
+    predicted has precision 0, one with no images recall 0, as scikit-learn's zero_division=0 gives."""
+    matrix = matrix.double()
+    hits = matrix.diag()
+    precision = hits / matrix.sum(0).clamp(min=1)
+    recall = hits / matrix.sum(1).clamp(min=1)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
+                     torch.zeros_like(hits))
+    return {"precision": precision, "recall": recall, "f1": f1, "support": matrix.sum(1)}
 
 
 def mistakes_figure(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, names: Sequence[str],
@@ -86,14 +88,33 @@ def write_figures(task: Task, model: nn.Module, recipe: Recipe, artifacts: Mappi
     all_images, all_labels, all_probs = torch.cat(images), torch.cat(labels), torch.cat(probs)
     matrix = torch.bincount(all_labels * n + all_probs.argmax(1), minlength=n * n).reshape(n, n)
     out.mkdir(parents=True, exist_ok=True)
-    confusion_figure(matrix, names, out / "confusion_matrix.png")
+    accuracy = float(matrix.diag().sum()) / max(int(matrix.sum()), 1)
+    confusion_figure(matrix, names, out / "confusion_matrix.png",
+                     title=f"Confusion matrix ({split}, {len(all_labels):,} images, accuracy {accuracy:.4f})")
     figures = [Figure("Confusion matrix", "confusion_matrix.png",
-                      f"{split} split, {len(all_labels)} images; rows: true class, columns: predicted class")]
+                      f"{split} split, {len(all_labels)} images; rows: true class, columns: predicted class; colour: "
+                      f"share of the true class's images, so the diagonal is each class's recall")]
     shown = mistakes_figure(all_images, all_labels, all_probs, names, out / "mistakes.png")
     if shown:
         figures.append(Figure("Most confident mistakes", "mistakes.png",
                               f"the {shown} wrong {split} predictions with the highest probability: true -> "
                               f"predicted, probability"))
-    per_class = matrix.diag().double() / matrix.sum(1).clamp(min=1)
-    rows = [[markdown_escape(name), f"{float(a):.4f}", int(c)] for name, a, c in zip(names, per_class, matrix.sum(1))]
-    return figures, ["## Per-class accuracy", "", *markdown_table(["class", "accuracy", "images"], rows), ""]
+    scores = class_scores(matrix)
+    if n <= MAX_CLASS_BARS:
+        grouped_bars(out / "per_class.png", list(names),
+                     {"precision": scores["precision"].tolist(), "recall": scores["recall"].tolist(),
+                      "F1": scores["f1"].tolist()},
+                     title=f"Precision, recall and F1 per class ({split})", xlabel="class", ylabel="score",
+                     decimals=3)
+        figures.append(Figure("Precision, recall and F1 per class", "per_class.png",
+                              f"over the {len(all_labels):,} {split} images; recall is the class's accuracy"))
+    rows = [[markdown_escape(name), f"{float(p):.4f}", f"{float(r):.4f}", f"{float(f):.4f}", int(c)]
+            for name, p, r, f, c in zip(names, scores["precision"], scores["recall"], scores["f1"],
+                                         scores["support"])]
+    macro = [f"{float(scores[k].mean()):.4f}" for k in ("precision", "recall", "f1")]
+    rows.append(["**macro average**", *macro, int(matrix.sum())])
+    return figures, ["## Per-class precision, recall and F1", "",
+                     *markdown_table(["class", "precision", "recall (accuracy)", "F1", "images"], rows), "",
+                     f"Precision: of the {split} images predicted as the class, the share that are; recall: of the "
+                     f"class's images, the share predicted as it (the per-class accuracy). Macro average: the mean "
+                     f"over classes, each counted once.", ""]

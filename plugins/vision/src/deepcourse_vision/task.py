@@ -9,6 +9,8 @@ training device with an `ImagePipeline` built from `task.transforms`.
 """
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,13 +21,20 @@ from torch import nn
 from torch.nn import functional as F
 
 from deepcourse.api import (DATASETS, TASKS, Accuracy, ArrayDataset, ConfusionMatrix, DataBundle, DataError,
-                            DataSection, Figure, MeanLoss, MetricCollection, ModelSection, Recipe, RecipeError, Task,
-                            TopKAccuracy, call_builder, resolve_splits)
+                            DataSection, Explanation, ExplainOptions, Figure, MeanLoss, MetricCollection,
+                            ModelSection, Recipe, RecipeError, Task, TopKAccuracy, call_builder, resolve_splits)
 
 from .data import ImageData, ImageSplit, load_image_files
 from .transforms import ImagePipeline, TransformSpec, build_transforms
 
 TTA = Literal["none", "flip", "ten_crop"]
+
+
+def csv_row(values: Sequence[Any]) -> str:
+    """One CSV line (class names may hold commas or quotes)."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(values)
+    return buffer.getvalue()
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -242,6 +251,26 @@ class ImageClassification(Task):
             for name, row in zip(per_class, matrix):
                 lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
         return lines
+
+    def prediction_header(self) -> str:
+        return "id,gold,predicted,probability"
+
+    def prediction_rows(self, data: Any, start: int, batch: Any, outputs: Mapping[str, torch.Tensor]
+                        ) -> Iterator[str]:
+        """One CSV row per image: its position in the evaluated split, the true and the predicted class, and the
+        predicted class's probability (after TTA, as the metrics see it)."""
+        probability, predicted = outputs["logits"].float().exp().max(-1)
+        for i, (gold, guess, p) in enumerate(zip(outputs["targets"].tolist(), predicted.tolist(),
+                                                 probability.tolist())):
+            yield csv_row([start + i, self.class_names[gold], self.class_names[guess], f"{p:.6f}"])
+
+    def explain(self, model: nn.Module, inputs: Sequence[str], *, options: ExplainOptions, device: torch.device,
+                out: Path) -> Iterator[Explanation]:
+        """The first convolution's filters; per image, the top-k probabilities, Grad-CAM and integrated gradients
+        for the predicted class (and `--target`), and the strongest feature maps of each stage."""
+        from .explain import explain_images
+
+        return explain_images(self, model, inputs, options=options, device=device, out=out)
 
     def report(self, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any],
                out: Path) -> tuple[list[Figure], list[str]]:

@@ -2,7 +2,8 @@
 
 Both turn the encoder's states into per-token tag scores (`scores`, [B, T, K]) once; from those scores they return
 per-sentence losses (summed over the sentence's tokens), so a task can weight heads and choose the batch reduction,
-and decode to a padded [B, T] tensor of tag ids. Evaluation needs both, from one projection.
+and decode to a padded [B, T] tensor of tag ids. Evaluation needs both, from one projection. `chain` shows either
+head as a linear-chain model (a softmax head is one with zero transitions), for tag marginals and n-best paths.
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from torch.nn import functional as F
 from torchcrf import CRF
 
 from ..crf import crf_decode, crf_log_likelihood
+
+#: a head seen as a linear-chain model: emissions [B, T, K], start [K], end [K], transitions [K, K]
+Chain = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class SoftmaxHead(nn.Module):
@@ -31,6 +35,13 @@ class SoftmaxHead(nn.Module):
     def decode(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return scores.argmax(dim=-1).masked_fill_(~mask, -100)
 
+    def chain(self, scores: torch.Tensor) -> Chain:
+        """The head as a linear chain whose transitions are all zero: its path probabilities are the products of the
+        per-token softmax probabilities, so marginals and n-best paths are computed as for a CRF."""
+        k = scores.shape[-1]
+        zeros = scores.new_zeros(k, dtype=torch.float32)
+        return scores.float().log_softmax(-1), zeros, zeros, scores.new_zeros(k, k, dtype=torch.float32)
+
 
 class CRFHead(nn.Module):
     """A linear-chain CRF (pytorch-crf) on per-token scores: the whole tag sequence is scored and decoded
@@ -49,6 +60,10 @@ class CRFHead(nn.Module):
 
     def decode(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return crf_decode(self.crf, scores, mask)
+
+    def chain(self, scores: torch.Tensor) -> Chain:
+        """(emissions, start, end, transitions) of the CRF, for marginals and n-best paths."""
+        return scores.float(), self.crf.start_transitions, self.crf.end_transitions, self.crf.transitions
 
 
 HEADS: dict[str, type[nn.Module]] = {"softmax": SoftmaxHead, "crf": CRFHead}

@@ -102,17 +102,22 @@ class SequenceTagger(nn.Module):
             x = torch.cat([x, forms[batch["char_index"]]], dim=-1)
         return self.dropout(self.encoder(self.dropout(x), lengths))
 
-    def forward(self, batch: Mapping[str, torch.Tensor], decode: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Mapping[str, torch.Tensor], decode: bool = False,
+                scores: bool = False) -> dict[str, torch.Tensor]:
+        """`scores=True` also returns each head's per-token tag scores `scores_<head>` [B, T, K] (for `explain`:
+        marginals, n-best paths and saliency start from them, under the run's precision)."""
         states = self.encode(batch)
         mask = torch.arange(states.shape[1], device=states.device) < batch["lengths"].unsqueeze(1)
         out: dict[str, torch.Tensor] = {}
         for name, head in self.heads.items():
             tags = batch.get(f"tags_{name}")
-            scores = head.scores(states)
+            tag_scores = head.scores(states)
             if tags is not None:
-                out[f"loss_{name}"] = head.loss(scores, tags, mask)
+                out[f"loss_{name}"] = head.loss(tag_scores, tags, mask)
             if decode:
-                out[f"pred_{name}"] = head.decode(scores, mask)
+                out[f"pred_{name}"] = head.decode(tag_scores, mask)
+            if scores:
+                out[f"scores_{name}"] = tag_scores
         return out
 
 
