@@ -189,6 +189,23 @@ def save_best(ctx: TrainContext, metrics: Mapping[str, Any]) -> None:
     files.commit_dir(tmp, best)
 
 
+def load_best_weights(ctx: TrainContext) -> None:
+    """Put best/'s weights into the model of every process (the main process reads them; the others get the bytes,
+    as a resume does), e.g. to score the holdout with the model the run selected rather than its last one."""
+    model = unwrapped(ctx.accelerator, ctx.model)
+
+    def read() -> bytes | None:
+        files.load_weights(model, best_folder(ctx.run_dir) / "model.safetensors")
+        return (best_folder(ctx.run_dir) / "model.safetensors").read_bytes() if launched() else None
+
+    data = on_main(read)
+    if not ctx.is_main:
+        with tempfile.TemporaryDirectory() as scratch:
+            weights = Path(scratch) / "model.safetensors"
+            weights.write_bytes(data)  # type: ignore[arg-type]
+            files.load_weights(model, weights)
+
+
 def save_facts(folder: Path, bundle: DataBundle) -> None:
     tensors = {k: v for k, v in bundle.facts.items() if isinstance(v, torch.Tensor)}
     plain = {k: v for k, v in bundle.facts.items() if not isinstance(v, torch.Tensor)}
