@@ -111,6 +111,7 @@ def save_checkpoint(ctx: TrainContext) -> Path:
         if acc.scaler is not None:
             files.save_state(acc.scaler.state_dict(), tmp / "scaler")
         ctx.state.num_processes = acc.num_processes
+        ctx.state.elapsed_s = round(ctx.elapsed(), 3)
         files.write_json(tmp / STATE_FILE, {**asdict(ctx.state), "loss_meter": ctx.loss.state_dict(),
                                             "train_metrics": ctx.train_metrics.state_dict()})  # written last
         if final.exists():

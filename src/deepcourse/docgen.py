@@ -285,7 +285,7 @@ def seed_results(sweep_dirs: list[str], split: str | None = None) -> str:
                 cells += [tested.shown(2), tested.interval(2)]
             elif shown:
                 cells += ["-", "-"]
-            cells += [f"{epochs.mean:g}", hardware, f"{wall.mean:,.0f} s"]
+            cells += [f"{epochs.mean:.3g}", hardware, f"{wall.mean:,.0f} s"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

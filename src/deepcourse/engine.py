@@ -96,9 +96,10 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
         held.enter_context(runlock.acquire(out_dir))
     ctx = TrainContext(acc, recipe, task, model, optimizer, scheduler, TrainState(), out_dir, bundle, RunLog(None),
                        LossMeter(acc.device), steps_per_epoch, total_steps, callbacks,
-                       train_metrics=TrainMetrics(task.create_train_metrics(), task.pad_index))
+                       train_metrics=TrainMetrics(task.create_train_metrics(), task.pad_index), started=started)
     if resume is not None:
         resume_from_latest(ctx)
+        ctx.started = started - ctx.state.elapsed_s  # the wall time counts the segments before this one
     else:
         on_main(lambda: start_run_dir(ctx))
     start_trackers(acc, recipe, out_dir, runs_root)
@@ -122,7 +123,7 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
     summary = {"run_dir": str(out_dir), "epochs": ctx.state.epoch, "steps": ctx.state.global_step,
                "monitor": monitor, "headline": list(task.headline_metrics(monitor)),
                "best": read_best_metrics(out_dir) if acc.is_main_process else {},
-               "wall_time_s": round(time.perf_counter() - started, 2), "num_parameters": count_parameters(model)}
+               "wall_time_s": round(ctx.elapsed(), 2), "num_parameters": count_parameters(model)}
     if scored is not None:
         summary[HOLDOUT] = scored
     if acc.is_main_process:
