@@ -132,6 +132,7 @@ def test_sweep_jobs_each_get_a_gpu_of_their_own(tmp_path: Path, toy_recipe: Path
     class Recorded:
         def __init__(self, cmd, stdout, stderr, env):  # type: ignore[no-untyped-def]
             self.gpu, self.start, self.returncode = env.get("CUDA_VISIBLE_DEVICES"), time.monotonic(), None
+            self.pid = 4_194_305  # above Linux's largest pid_max: no process has it
 
         def wait(self, timeout=None):  # type: ignore[no-untyped-def]
             time.sleep(0.3)

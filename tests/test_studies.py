@@ -237,6 +237,36 @@ def postgresql(tmp_path_factory: pytest.TempPathFactory):
     shutil.rmtree(root, ignore_errors=True)
 
 
+def test_workers_started_together_on_an_empty_database_all_open_it(postgresql: str) -> None:
+    """Every worker of a study starts by creating Optuna's tables if they are missing; started at once on an empty
+    database they race, and the losers must find the tables made instead of dying with "already exists"."""
+    import threading
+
+    import psycopg
+
+    from deepcourse.studystore import open_storage
+
+    url = postgresql.rsplit("/", 1)[0]
+    with psycopg.connect(url + "/postgres", autocommit=True) as connection:
+        connection.execute("CREATE DATABASE race")
+    start, errors, opened = threading.Barrier(6), [], []
+
+    def worker() -> None:
+        start.wait()
+        try:
+            opened.append(open_storage(url + "/race"))
+        except Exception as error:  # noqa: BLE001 - collected and shown by the assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(opened) == 6
+    assert opened[0].get_all_studies() == []
+
+
 def test_two_workers_share_a_postgresql_study(tmp_path: Path, cli_env, postgresql: str) -> None:
     recipe = search_recipe(tmp_path, trials=6, epochs=2)
     results = two_workers(recipe, tmp_path / "runs", cli_env, "--storage", postgresql)
