@@ -58,6 +58,8 @@ def test_resolve_splits_keeps_the_holdout_out_before_validation_is_carved() -> N
     assert splits_to_read(["holdout"], val_split=None, holdout=None) == ["holdout"]  # a dataset's own, if any
     assert splits_to_read(["validation"], val_split=None, holdout=0.1) == ["validation"]
     assert splits_to_read(["train", "validation"], val_split=0.1, holdout=None) == ["train", "validation"]
+    whole = resolve_splits({"train": train}, ["train"], dataset="d", val_split=None, seed=3, holdout=0)
+    assert len(whole["train"]) == 100 and "holdout" not in whole  # data.holdout = 0: the final model sees all of train
     with pytest.raises(DataError, match="Set data.holdout"):
         resolve_splits({"train": train}, ["holdout"], dataset="d", val_split=None, seed=3)
 

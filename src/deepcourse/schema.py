@@ -56,11 +56,12 @@ class DataSection(_Open):
     val_split: Annotated[float, Field(ge=0, lt=1)] | None = doc(
         None, "fraction of train carved off as the validation split, only when the dataset has none of its own (the "
               "same samples for the same seed); a dataset's own validation split is always used as it is")
-    holdout: Annotated[float, Field(gt=0, lt=1)] | None = doc(
+    holdout: Annotated[float, Field(ge=0, lt=1)] | None = doc(
         None, "fraction of train kept out as split 'holdout', the same samples for every seed and recipe (the last whole "
               "documents where the dataset marks them, else a fixed random draw), never trained on and never selected "
               "on; the best weights are scored on it once, at the end of the run (RUN/holdout.json): an estimate of "
-              "performance on unseen data when the test split is kept out")
+              "performance on unseen data when the test split is kept out. 0 turns it off (--set data.holdout=0 trains "
+              "the final model on all of train)")
     num_workers: NonNegInt = doc(0, "DataLoader worker processes (0: load in the training process)")
     train_samples: PositiveInt | None = doc(
         None, "train on a random subset of this many samples (the same for the same seed): quick ablations")
