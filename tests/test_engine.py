@@ -50,6 +50,7 @@ def test_exact_resume_after_ctrl_c(tmp_path: Path, toy_recipe: Path, cli_env) ->
     assert cut.returncode == 130, cut.stderr
     assert "deepcourse run --resume" in cut.stderr
     assert (tmp_path / "cut" / "checkpoints" / "step-000000013").is_dir()
+    first = json.loads((tmp_path / "cut" / "checkpoints" / "step-000000013" / "trainer_state.json").read_text())
     resumed = run_cli(["run", "--resume", str(tmp_path / "cut"), "--set", "train.callbacks=[]"], cli_env)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
@@ -58,6 +59,9 @@ def test_exact_resume_after_ctrl_c(tmp_path: Path, toy_recipe: Path, cli_env) ->
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert metrics_rows(tmp_path / "whole") == metrics_rows(tmp_path / "cut")
+    # the wall time counts the segment before the stop too, up to the checkpoint the resume continued from
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert 0 < first["elapsed_s"] < summary["wall_time_s"]
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ releases. Grouped as:
 - builders and recipes: `call_builder`, `validate_options`, `parameters`, `Unique` (items that must differ),
   `load_recipe`, `build_task`, `Recipe`, `DataSection`, `ModelSection`;
 - tasks and training: `Task`, `DataBundle`, `Callback`, `TrainContext`, `TrainState`;
-- data: `ArrayDataset`, `resolve_splits` (the one meaning of `data.val_split`), `split_indices`, `subset`,
+- data: `ArrayDataset`, `resolve_splits` (the one meaning of `data.val_split` and `data.holdout`), `splits_to_read`,
+  `HOLDOUT`, `holdout_indices`, `split_indices`, `subset`,
   `load_hf_splits`, `locate_splits`, `present_splits`, `candidate_dirs`, `DATA_ENV`;
 - metrics: `Metric`, `MetricCollection`, `MeanLoss`, `Accuracy`, `TopKAccuracy`, `ConfusionMatrix`, `scalars`;
 - errors (exit code 2 on the command line): `UserError`, `RecipeError`, `DataError`, `MissingSplitError`,
@@ -31,8 +32,8 @@ from .callbacks import Callback, TrainContext, TrainState
 from .checkpoint import latest_checkpoint
 from .cli import main as cli
 from .components import build_task
-from .data import (DATA_ENV, ArrayDataset, candidate_dirs, load_hf_splits, locate_splits, present_splits,
-                   resolve_splits, split_indices, subset)
+from .data import (DATA_ENV, ArrayDataset, candidate_dirs, holdout_indices, load_hf_splits, locate_splits,
+                   present_splits, resolve_splits, split_indices, splits_to_read, subset)
 from .docgen import count_flops, zoo_section
 from .docgen import results as results_table
 from .errors import CheckpointError, DataError, MissingSplitError, RecipeError, UserError, did_you_mean
@@ -47,7 +48,7 @@ from .recipe import load_recipe
 from .registry import ALL as REGISTRIES
 from .registry import (CALLBACKS, DATASETS, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, TASKS, TRANSFORMS, Entry,
                        Registry, RegistryError, UnknownNameError)
-from .schema import DataSection, ModelSection, Recipe
+from .schema import HOLDOUT, DataSection, ModelSection, Recipe
 from .task import DataBundle, Task
 
 __all__ = [
@@ -60,7 +61,7 @@ __all__ = [
     # tasks and training
     "Task", "DataBundle", "Callback", "TrainContext", "TrainState",
     # data
-    "ArrayDataset", "resolve_splits", "split_indices", "subset", "load_hf_splits", "locate_splits", "present_splits",
+    "ArrayDataset", "resolve_splits", "splits_to_read", "HOLDOUT", "holdout_indices", "split_indices", "subset", "load_hf_splits", "locate_splits", "present_splits",
     "candidate_dirs", "DATA_ENV",
     # metrics
     "Metric", "MetricCollection", "MeanLoss", "Accuracy", "TopKAccuracy", "ConfusionMatrix", "scalars",

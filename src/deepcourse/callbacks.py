@@ -6,6 +6,8 @@ readable. Register a subclass with `@CALLBACKS.register("name")`; its `__init__`
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,7 @@ class TrainState:
     done: bool = False
     num_processes: int = 1
     skipped_steps: int = 0
+    elapsed_s: float = 0.0  # seconds of training before this checkpoint, over every resumed segment
 
 
 @dataclass
@@ -56,6 +59,11 @@ class TrainContext:
     total_steps: int = 0
     callbacks: list[Callback] = field(default_factory=list)
     train_metrics: TrainMetrics = field(default_factory=lambda: _no_train_metrics())
+    started: float = field(default_factory=time.perf_counter)  # perf_counter origin of the run, resumes included
+
+    def elapsed(self) -> float:
+        """Seconds the run has spent so far, earlier segments of a resumed run included."""
+        return time.perf_counter() - self.started
 
     @property
     def is_main(self) -> bool:

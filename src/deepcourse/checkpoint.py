@@ -111,6 +111,7 @@ def save_checkpoint(ctx: TrainContext) -> Path:
         if acc.scaler is not None:
             files.save_state(acc.scaler.state_dict(), tmp / "scaler")
         ctx.state.num_processes = acc.num_processes
+        ctx.state.elapsed_s = round(ctx.elapsed(), 3)
         files.write_json(tmp / STATE_FILE, {**asdict(ctx.state), "loss_meter": ctx.loss.state_dict(),
                                             "train_metrics": ctx.train_metrics.state_dict()})  # written last
         if final.exists():
@@ -187,6 +188,23 @@ def save_best(ctx: TrainContext, metrics: Mapping[str, Any]) -> None:
     files.write_json(tmp / "metrics.json", {"epoch": ctx.state.epoch + 1, "step": ctx.state.global_step, **metrics})
     ctx.task.save_extra(tmp)
     files.commit_dir(tmp, best)
+
+
+def load_best_weights(ctx: TrainContext) -> None:
+    """Put best/'s weights into the model of every process (the main process reads them; the others get the bytes,
+    as a resume does), e.g. to score the holdout with the model the run selected rather than its last one."""
+    model = unwrapped(ctx.accelerator, ctx.model)
+
+    def read() -> bytes | None:
+        files.load_weights(model, best_folder(ctx.run_dir) / "model.safetensors")
+        return (best_folder(ctx.run_dir) / "model.safetensors").read_bytes() if launched() else None
+
+    data = on_main(read)
+    if not ctx.is_main:
+        with tempfile.TemporaryDirectory() as scratch:
+            weights = Path(scratch) / "model.safetensors"
+            weights.write_bytes(data)  # type: ignore[arg-type]
+            files.load_weights(model, weights)
 
 
 def save_facts(folder: Path, bundle: DataBundle) -> None:

@@ -60,6 +60,9 @@ def summary_row(run: RunData, label: str) -> dict[str, Any]:
     for k, v in final.items():
         if isinstance(v, (int, float)):
             row[f"final {k}"] = v
+    for k, v in run.summary.get("holdout", {}).items():  # data.holdout: never trained or selected on
+        if isinstance(v, (int, float)) and k not in ("epoch", "step", "num_samples"):
+            row[f"holdout {k}"] = v
     wall = run.summary.get("wall_time_s")
     row["wall time (s)"] = round(wall, 1) if isinstance(wall, (int, float)) else None
     row["parameters"] = run.summary.get("num_parameters", run.info.get("num_parameters"))

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from .builders import call_builder, validate_options
 from .callbacks import Callback
-from .data import (ArrayDataset, EpochSampler, LengthGroupedSampler, passthrough_collate, require_data_dir,
-                   sample_lengths, sized_subset)
+from .data import (HOLDOUT, ArrayDataset, EpochSampler, LengthGroupedSampler, passthrough_collate,
+                   require_data_dir, sample_lengths, sized_subset)
 from .errors import MissingSplitError, RecipeError, UserError, did_you_mean
 from .metrics import scalars
 from .registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
@@ -45,8 +45,9 @@ def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] 
     split = recipe.eval.split
     if recipe.data.data_dir:
         require_data_dir(recipe.data.data_dir)
+    splits = ("train", split, *((HOLDOUT,) if recipe.data.holdout else ()))
     try:
-        bundle = task.setup_data(recipe.data, splits=("train", split), seed=recipe.seed, artifacts=artifacts)
+        bundle = task.setup_data(recipe.data, splits=splits, seed=recipe.seed, artifacts=artifacts)
     except MissingSplitError as exc:
         raise (exc.named("eval.split") if exc.split == split != "train" else exc) from None
     if "train" not in bundle.splits or len(bundle.splits["train"]) == 0:
@@ -61,6 +62,9 @@ def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] 
     if split in bundle.splits:
         bundle.splits[split] = sized_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed,
                                             key="data.eval_samples", what=f"samples of '{name}' split '{split}'")
+    if recipe.data.holdout and not len(bundle.splits.get(HOLDOUT, ())):
+        raise UserError(f"data.holdout: task '{recipe.task.name}' gave no holdout split; its setup_data must pass "
+                        f"holdout=data.holdout to resolve_splits (and read splits_to_read(...) of its source)")
     return bundle
 
 

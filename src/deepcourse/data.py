@@ -4,7 +4,8 @@ Local copies win over the Hub: `data.data_dir`, then `$DEEPCOURSE_DATA/<dataset>
 available the error lists every place that was tried, so offline machines get an answer instead of a timeout.
 The recipe's split keys mean the same for every task because they are implemented here, once: `data.val_split`
 carves validation from train only when the dataset has none (`resolve_splits`), and `data.train_samples` /
-`data.eval_samples` draw the same random subset for the same seed (`random_subset`).
+`data.eval_samples` draw the same random subset for the same seed (`random_subset`), and `data.holdout` keeps the
+tail of train out as split 'holdout' (`holdout_indices`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .errors import DataError, MissingSplitError, RecipeError
+from .schema import HOLDOUT
 
 DATA_ENV = "DEEPCOURSE_DATA"
 S = TypeVar("S")
@@ -156,6 +158,34 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
+def holdout_indices(n: int, fraction: float, groups: Sequence[Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, holdout) indices, the same for every seed and every candidate recipe, so all are scored on the same
+    unseen samples. With `groups` (a document id per sample, in corpus order): the last `fraction` of the samples,
+    the cut moved back to where a document starts, so no document is split between training and holdout (the
+    sentences of one news story share its entities). Without: a random draw with a fixed seed (0), since a
+    corpus's tail can be one class (image folders are sorted by class)."""
+    size = max(1, int(round(n * fraction)))
+    if size >= n:
+        raise DataError(f"data.holdout={fraction} leaves no training samples out of {n}")
+    if groups is None:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        return perm[size:].sort().values, perm[:size].sort().values
+    cut = start = n - size
+    while start > 0 and groups[start - 1] == groups[start]:
+        start -= 1
+    cut = start if start > 0 else cut  # one document only: cut inside it rather than hold out everything
+    return torch.arange(cut), torch.arange(cut, n)
+
+
+def splits_to_read(wanted: Sequence[str], *, val_split: float | None, holdout: float | None) -> list[str]:
+    """The splits a task must read from its source for `wanted`: train too when validation may be carved from it
+    (`data.val_split`) or when it holds the holdout (`data.holdout`: train is always cut the same way), and not the
+    holdout itself, which is carved, not read."""
+    carved = ("validation" in wanted and val_split) or (holdout and (HOLDOUT in wanted or "train" in wanted))
+    read = [s for s in wanted if not (holdout and s == HOLDOUT)]
+    return list(dict.fromkeys([*read, *(("train",) if carved else ())]))
+
+
 def subset(split: Any, indices: torch.Tensor) -> Any:
     """The samples `indices` of a split, of the same kind where it can be: the split's own `subset(indices)`
     (ArrayDataset, a task's split type), a Hugging Face dataset's `select`, else a torch `Subset`."""
@@ -169,15 +199,24 @@ def subset(split: Any, indices: torch.Tensor) -> Any:
 
 
 def resolve_splits(available: Mapping[str, S], wanted: Sequence[str], *, dataset: str, val_split: float | None,
-                   seed: int, source: str = "", has: Sequence[str] | None = None) -> dict[str, S]:
-    """The `wanted` splits out of those a dataset has, with the one meaning of `data.val_split`: when the dataset
-    has no validation split, that fraction of train is carved off as one (the same samples for the same seed, and
-    train keeps the rest); a dataset's own validation split is used as it is. A split that is still missing is a
+                   seed: int, source: str = "", has: Sequence[str] | None = None,
+                   holdout: float | None = None) -> dict[str, S]:
+    """The `wanted` splits out of those a dataset has (read `splits_to_read(wanted, ...)` of them), with the one
+    meaning of `data.holdout` and `data.val_split`: first the tail of train is kept out as split 'holdout' (whole
+    groups, when the split has a `groups()` method giving a document id per sample); then, when the dataset has no
+    validation split, a fraction of the rest is carved off as one (the same samples for the same seed, and train
+    keeps the rest); a dataset's own validation split is used as it is. A split that is still missing is a
     MissingSplitError naming it and the splits there are (`has`: all the splits the source holds, when the task
     loaded only some of them), with the key that would help.
 
-    Tasks call this on their raw splits, before they fit anything (vocabularies, statistics) on train."""
+    Tasks call this on their raw splits, before they fit anything (vocabularies, statistics) on train, so nothing
+    is fitted on the holdout either."""
     splits = dict(available)
+    if holdout and "train" in splits:
+        train = splits["train"]
+        groups = train.groups() if hasattr(train, "groups") else None
+        keep, held = holdout_indices(len(train), float(holdout), groups)  # type: ignore[arg-type]
+        splits["train"], splits[HOLDOUT] = subset(train, keep), subset(train, held)
     if "validation" in wanted and val_split:
         if "validation" in splits:
             print(f"deepcourse: warning: data.val_split = {val_split} is not used: dataset '{dataset}' has its own "
@@ -191,7 +230,8 @@ def resolve_splits(available: Mapping[str, S], wanted: Sequence[str], *, dataset
     for split in wanted:
         if split not in splits:
             hint = (" Set data.val_split (e.g. 0.1) to carve a validation split from train." if split == "validation"
-                    and "train" in there else "")
+                    and "train" in there else " Set data.holdout (e.g. 0.1) to keep the end of train out as the "
+                    "holdout split." if split == HOLDOUT else "")
             raise MissingSplitError(f"{where}{dataset} has no split '{split}' here (it has: "
                                     f"{', '.join(there) or 'none'}).{hint}", split=split, has=there)
     return {s: splits[s] for s in wanted}

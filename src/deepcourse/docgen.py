@@ -18,8 +18,8 @@ from . import plugins
 from ._version import __version__
 from .builders import parameters, validate_options
 from .registry import ALL, MODELS, TASKS
-from .rundir import read_run
-from .schema import CONTEXT_KEYS, REGISTRY_PLACES, SECTION_MODELS
+from .rundir import RunData, read_run
+from .schema import CONTEXT_KEYS, HOLDOUT, REGISTRY_PLACES, SECTION_MODELS
 
 CONTEXT = {key for keys in CONTEXT_KEYS.values() for key in keys}  # filled by the engine, not the recipe
 
@@ -248,16 +248,24 @@ def results(run_dirs: list[str]) -> str:
 
 def seed_results(sweep_dirs: list[str], split: str | None = None) -> str:
     """A results table of recipes repeated over seeds (sweep folders of `deepcourse sweep RECIPE --seeds N`): each
-    headline metric as mean ± std with its 95% interval, read from the runs' files; with `split`, also each run's
-    best weights evaluated on that split (one the runs were not selected on, such as test)."""
+    headline metric as mean ± std with its 95% interval, read from the runs' files; beside it a split the runs
+    were not selected on: `split` (each run's best weights evaluated on it, such as test), or by default the
+    holdout the runs scored themselves (`data.holdout`)."""
     from .inference import evaluate_run
     from .stats import summarize
 
-    extra = f" | {split} (mean ± std) | {split} 95% CI" if split else ""
+    def other(run: RunData, metric: str) -> float:
+        if split in (None, HOLDOUT) and isinstance(run.summary.get(HOLDOUT, {}).get(metric), (int, float)):
+            return float(run.summary[HOLDOUT][metric])
+        return float(evaluate_run(run.path, split=split or HOLDOUT, progress=False)[1][metric])
+
+    folders = [(f, [read_run(d) for d in sorted(f.iterdir()) if (d / "summary.json").exists()])
+               for f in map(Path, sweep_dirs)]
+    shown = split or (HOLDOUT if any(HOLDOUT in r.summary for _, runs in folders for r in runs) else None)
+    extra = f" | {shown} (mean ± std) | {shown} 95% CI" if shown else ""
     lines = [f"| recipe | dataset | model | selected on | metric | mean ± std | 95% CI{extra} | epochs | hardware | "
-             f"wall time per run |", "|---|---|---|---|---|---|---|" + ("---|---|" if split else "") + "---|---|---|"]
-    for folder in map(Path, sweep_dirs):
-        runs = [read_run(d) for d in sorted(folder.iterdir()) if (d / "summary.json").exists()]
+             f"wall time per run |", "|---|---|---|---|---|---|---|" + ("---|---|" if shown else "") + "---|---|---|"]
+    for _, runs in folders:
         if not runs:
             continue
         first = runs[0]
@@ -272,10 +280,12 @@ def seed_results(sweep_dirs: list[str], split: str | None = None) -> str:
             held = summarize([100 * v for v in values])
             cells = [first.name, first.recipe["data"]["name"], first.recipe["model"]["name"], first.eval_split,
                      metric, held.shown(2), held.interval(2)]
-            if split:
-                tested = summarize([100 * evaluate_run(r.path, split=split, progress=False)[1][metric] for r in runs])
+            if shown and (split or all(HOLDOUT in r.summary for r in runs)):
+                tested = summarize([100 * other(r, metric) for r in runs])
                 cells += [tested.shown(2), tested.interval(2)]
-            cells += [f"{epochs.mean:g}", hardware, f"{wall.mean:,.0f} s"]
+            elif shown:
+                cells += ["-", "-"]
+            cells += [f"{epochs.mean:.3g}", hardware, f"{wall.mean:,.0f} s"]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

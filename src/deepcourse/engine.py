@@ -29,10 +29,11 @@ from .components import (build_callbacks, build_model, build_optimizer, build_sc
 from .data import EpochSampler
 from .errors import CheckpointError, NonFiniteLoss, RecipeError
 from .evaluation import evaluation_loop
+from .holdout import score_holdout
 from .meter import LossMeter, TrainMetrics
 from .metrics import scalars
 from .rundir import new_run_dir, remove_unstarted, run_info, truncate_metrics
-from .schema import Recipe
+from .schema import HOLDOUT, Recipe
 from .stopping import Interrupted, StopRequest, agreed, check_due, patience_exhausted, record_evaluation
 from .tracking import RunLog, start_trackers
 
@@ -67,12 +68,17 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
     eval_loader = make_loader(eval_data, recipe.eval_batch_size, collate_fn=bundle.collate_fn, pin_memory=pin,
                               num_workers=recipe.data.num_workers) if eval_data is not None and len(eval_data) \
         else None
+    holdout = bundle.splits.get(HOLDOUT)
+    holdout_loader = make_loader(holdout, recipe.eval_batch_size, collate_fn=bundle.collate_fn, pin_memory=pin,
+                                 num_workers=recipe.data.num_workers) if holdout is not None else None
     if eval_loader is not None:
         check_monitor(recipe, task)
     raw_optimizer = optimizer
     model, optimizer, train_loader = acc.prepare(model, optimizer, train_loader)
     if eval_loader is not None:
         eval_loader = acc.prepare(eval_loader)
+    if holdout_loader is not None:
+        holdout_loader = acc.prepare(holdout_loader)
     steps_per_epoch = math.ceil(len(train_loader) / acc.gradient_accumulation_steps)
     total_steps = steps_per_epoch * recipe.train.epochs
     if recipe.train.max_steps:
@@ -90,9 +96,10 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
         held.enter_context(runlock.acquire(out_dir))
     ctx = TrainContext(acc, recipe, task, model, optimizer, scheduler, TrainState(), out_dir, bundle, RunLog(None),
                        LossMeter(acc.device), steps_per_epoch, total_steps, callbacks,
-                       train_metrics=TrainMetrics(task.create_train_metrics(), task.pad_index))
+                       train_metrics=TrainMetrics(task.create_train_metrics(), task.pad_index), started=started)
     if resume is not None:
         resume_from_latest(ctx)
+        ctx.started = started - ctx.state.elapsed_s  # the wall time counts the segments before this one
     else:
         on_main(lambda: start_run_dir(ctx))
     start_trackers(acc, recipe, out_dir, runs_root)
@@ -109,13 +116,16 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
         raise
     finally:
         ctx.log.close()
+    scored = score_holdout(ctx, holdout_loader) if holdout_loader is not None else None
 
     # 4. the summary
     monitor = monitor_of(recipe, task)[0]
     summary = {"run_dir": str(out_dir), "epochs": ctx.state.epoch, "steps": ctx.state.global_step,
                "monitor": monitor, "headline": list(task.headline_metrics(monitor)),
                "best": read_best_metrics(out_dir) if acc.is_main_process else {},
-               "wall_time_s": round(time.perf_counter() - started, 2), "num_parameters": count_parameters(model)}
+               "wall_time_s": round(ctx.elapsed(), 2), "num_parameters": count_parameters(model)}
+    if scored is not None:
+        summary[HOLDOUT] = scored
     if acc.is_main_process:
         files.write_json(out_dir / "summary.json", summary)
     return summary

@@ -20,7 +20,7 @@ from .accelerator import make_accelerator
 from .components import make_loader
 from .data import random_subset, require_data_dir
 from .errors import DataError, MissingSplitError
-from .schema import Recipe
+from .schema import HOLDOUT, Recipe
 from .stopping import StopRequest, agreed, check_due
 from .task import DataBundle, Task
 
@@ -82,7 +82,8 @@ def load_split(task: Task, recipe: Recipe, artifacts: Mapping[str, Any], split: 
                         f"(available: {', '.join(bundle.splits) or 'none'})")
     if len(bundle.splits[split]) == 0:
         raise DataError(f"{key}: dataset '{recipe.data.name}' has no samples in split '{split}' here")
-    bundle.splits = {split: random_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed)}
+    size = None if split == HOLDOUT else recipe.data.eval_samples  # the holdout is always scored whole
+    bundle.splits = {split: random_subset(bundle.splits[split], size, recipe.seed)}
     return bundle
 
 

@@ -55,6 +55,16 @@ def adam(params: Params, lr: Lr = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999),
                             **kernels(foreach, fused))
 
 
+@OPTIMIZERS.register("nadam")
+def nadam(params: Params, lr: Lr = 2e-3, betas: tuple[Beta, Beta] = (0.9, 0.999), eps: Eps = 1e-8,
+          weight_decay: Decay = 0.0, momentum_decay: Annotated[float, Field(ge=0)] = 4e-3,
+          foreach: bool | None = None) -> torch.optim.Optimizer:
+    """Adam with Nesterov momentum (Dozat 2016): the optimizer Reimers & Gurevych (2017) found best for BiLSTM-CRF
+    taggers."""
+    return torch.optim.NAdam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                             momentum_decay=momentum_decay, **kernels(foreach, None))
+
+
 @OPTIMIZERS.register("adamw")
 def adamw(params: Params, lr: Lr = 1e-3, betas: tuple[Beta, Beta] = (0.9, 0.999), eps: Eps = 1e-8,
           weight_decay: Decay = 0.01, amsgrad: bool = False, foreach: bool | None = None,

@@ -23,7 +23,8 @@ from .builders import format_errors, validate_options
 from .errors import RecipeError, UserError, did_you_mean
 from .overrides import apply_overrides, parse_override, toml_literal
 from .registry import ALL, CALLBACKS, DATASETS, TASKS
-from .schema import BUILDER_SECTIONS, CONTEXT_KEYS, NON_COMPUTING_KEYS, SECTION_MODELS, EvalSection, Recipe
+from .schema import (BUILDER_SECTIONS, CONTEXT_KEYS, HOLDOUT, NON_COMPUTING_KEYS, SECTION_MODELS, EvalSection,
+                     Recipe)
 from .searchspace import grid_problems, key_place, parse_space
 
 __all__ = ["Recipe", "load_recipe", "validate_recipe", "read_toml", "parse_override", "apply_overrides",
@@ -208,6 +209,10 @@ def check_builders(data: Mapping[str, Any]) -> list[str]:
     task = data.get("task")
     task_name = task.get("name") if isinstance(task, Mapping) else None
     problems += _dataset_task_problems(data, task_name)
+    eval_split = data.get("eval", {}).get("split") if isinstance(data.get("eval"), Mapping) else None
+    if eval_split == HOLDOUT:
+        problems.append(f"eval.split: '{HOLDOUT}' is never selected on (it estimates how the chosen model does on "
+                        f"unseen data, scored once at the end); evaluate on 'validation' and set data.holdout")
     if isinstance(task_name, str) and task_name in TASKS:
         eval_table = data.get("eval", {})
         extras = {k: v for k, v in eval_table.items() if k not in EvalSection.model_fields} \

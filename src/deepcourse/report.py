@@ -210,6 +210,13 @@ def render_markdown(run: RunData, figures: Iterable[Figure], notes: Sequence[str
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
                   for k, v in best.items() if k not in ("epoch", "step")]
         lines.append("")
+    holdout = {k: v for k, v in run.summary.get("holdout", {}).items() if isinstance(v, (int, float))}
+    if holdout:
+        lines += [f"## Holdout metrics (best weights, {holdout.get('num_samples', '?')} samples kept out of train: "
+                  f"never trained or selected on)", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                  for k, v in holdout.items() if k not in ("epoch", "step", "num_samples")]
+        lines.append("")
     for f in figures:
         lines += [f"## {f.title}", "", f"![{f.title}]({f.file})", ""]
         if f.caption:

@@ -27,6 +27,9 @@ def doc(default: Any, description: str) -> Any:
     return Field(default, description=description)
 
 
+#: the split `data.holdout` carves from train: scored once at the end of a run, never trained or selected on
+HOLDOUT = "holdout"
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -53,6 +56,12 @@ class DataSection(_Open):
     val_split: Annotated[float, Field(ge=0, lt=1)] | None = doc(
         None, "fraction of train carved off as the validation split, only when the dataset has none of its own (the "
               "same samples for the same seed); a dataset's own validation split is always used as it is")
+    holdout: Annotated[float, Field(ge=0, lt=1)] | None = doc(
+        None, "fraction of train kept out as split 'holdout', the same samples for every seed and recipe (the last whole "
+              "documents where the dataset marks them, else a fixed random draw), never trained on and never selected "
+              "on; the best weights are scored on it once, at the end of the run (RUN/holdout.json): an estimate of "
+              "performance on unseen data when the test split is kept out. 0 turns it off (--set data.holdout=0 trains "
+              "the final model on all of train)")
     num_workers: NonNegInt = doc(0, "DataLoader worker processes (0: load in the training process)")
     train_samples: PositiveInt | None = doc(
         None, "train on a random subset of this many samples (the same for the same seed): quick ablations")
@@ -150,7 +159,8 @@ class TrainSection(_Strict):
 
 
 class EvalSection(_Open):
-    split: str = doc("validation", "split evaluated each epoch and used to pick the best model")
+    split: str = doc("validation", "split evaluated each epoch and used to pick the best model (never 'holdout', which "
+                                   "only estimates how the chosen model does on unseen data)")
     every: PositiveInt = doc(1, "evaluate every N epochs (and always after the last)")
     batch_size: PositiveInt | None = doc(None, "batch size for evaluation")
 
@@ -239,7 +249,7 @@ REGISTRY_PLACES: dict[str, str | None] = {
 #: Parameters a builder receives from the engine or its task, never from the recipe table.
 CONTEXT_KEYS = {"optimizer": ("params",),
                 "scheduler": ("optimizer", "total_steps", "steps_per_epoch", "epochs", "monitor_mode"),
-                "data": ("data_dir", "seed", "splits", "val_split")}
+                "data": ("data_dir", "seed", "splits", "val_split", "holdout")}
 #: Recipe keys (prefixes) that change how visibly or how often a run saves, not what it computes: a resumed run may
 #: change them, and `compare` does not label runs by them. (Not epochs: schedules such as one-cycle are laid out
 #: over the original length.)

@@ -20,6 +20,27 @@ from .vocab import VocabOptions, Vocabulary, word_lookup
 IGNORE = -100  # tag id of padding positions (what cross-entropy ignores and the engine pads with)
 
 
+#: word shapes (Reimers & Gurevych 2017): the capitalisation lower-cased word vectors lose, as ids 1..7 (0: padding)
+CASINGS = ("padding", "other", "numeric", "mainly_numeric", "all_lower", "all_upper", "initial_upper",
+           "contains_digit")
+
+
+def casing(token: str) -> int:
+    """The id in CASINGS of a token's shape."""
+    digits = sum(c.isdigit() for c in token)
+    if token.isdigit():
+        return 2
+    if digits / max(len(token), 1) > 0.5:
+        return 3
+    if token.islower():
+        return 4
+    if token.isupper():
+        return 5
+    if token[:1].isupper():
+        return 6
+    return 7 if digits else 1
+
+
 def _scatter(values: Sequence[int], lengths: torch.Tensor, width: int, fill: int) -> torch.Tensor:
     """Row-major flat values -> a [len(lengths), width] tensor, rows filled up to their length."""
     out = torch.full((len(lengths), max(width, 1)), fill, dtype=torch.long)
@@ -39,6 +60,7 @@ class TaggedSentences(Dataset):
         width = int(self.lengths.max()) if len(tokens) else 1
         flat = [tok for sentence in tokens for tok in sentence]
         self.words = _scatter(word_lookup(words, word_options, flat), self.lengths, width, 0)
+        self.casing = _scatter([casing(tok) for tok in flat], self.lengths, width, 0)
         forms: dict[str, int] = {}
         self.forms = _scatter([forms.setdefault(tok, len(forms)) for tok in flat], self.lengths, width, -1)
         self.form_lengths = torch.tensor([len(f) for f in forms], dtype=torch.long)
@@ -56,7 +78,7 @@ class TaggedSentences(Dataset):
         part = object.__new__(TaggedSentences)
         part.tokens = [self.tokens[i] for i in indices.tolist()]
         part.lengths = self.lengths[indices]
-        part.words, part.forms = self.words[indices], self.forms[indices]
+        part.words, part.forms, part.casing = self.words[indices], self.forms[indices], self.casing[indices]
         part.form_lengths, part.form_chars = self.form_lengths, self.form_chars
         part.tags = {name: tags[indices] for name, tags in self.tags.items()}
         return part
@@ -81,6 +103,7 @@ class TaggedSentences(Dataset):
         char_lengths = self.form_lengths[distinct]
         batch = {
             "words": self.words[idx, :width],
+            "casing": self.casing[idx, :width],
             "lengths": lengths,
             "chars": self.form_chars[distinct, :int(char_lengths.max())],
             "char_lengths": char_lengths,

@@ -77,6 +77,12 @@ def iter_sentences(path: str | os.PathLike,
         yield first_line, _columns(names, current)
 
 
+def document_starts(path: Path) -> list[int]:
+    """Line numbers of the `-DOCSTART-` lines of a CoNLL file, in order (one document per line, CoNLL-2003 style)."""
+    with open(path, "rb") as handle:
+        return [n for n, raw in enumerate(handle, 1) if raw.startswith(DOCSTART.encode())]
+
+
 def _columns(names: list[str], rows: list[list[str]]) -> dict[str, list[str]]:
     return {name: [row[i] for row in rows] for i, name in enumerate(names)}
 

@@ -6,6 +6,7 @@ deepcourse: `data.data_dir`, then `$DEEPCOURSE_DATA/<name>/`, then the Hub id.
 """
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Annotated, Any
 from deepcourse.api import (DATASETS, DATA_ENV, DataError, MissingSplitError, Unique, load_hf_splits,
                             locate_splits, present_splits)
 
-from .conll import quiet_datasets, read_conll
+from .conll import document_starts, quiet_datasets, read_conll
 from .schemes import Scheme
 from .vocab import VocabOptions
 
@@ -53,6 +54,15 @@ class LoadedSplit:
     def subset(self, indices: Any) -> LoadedSplit:
         """Some of the sentences (validation carved from train), still pointing at their lines in the file."""
         return LoadedSplit(self.dataset.select(indices.tolist()), self.source)
+
+    def groups(self) -> list[int] | None:
+        """The document of each sentence (the `-DOCSTART-` lines before it), so `data.holdout` keeps whole news
+        stories out; None for a copy without lines (the Hub's), which is then held out by a fixed random draw."""
+        lines = self.dataset["line"]
+        if not lines or min(lines) < 0 or not Path(self.source).is_file():
+            return None
+        starts = document_starts(Path(self.source))
+        return [bisect.bisect(starts, line) for line in lines]
 
 
 @dataclass(frozen=True)

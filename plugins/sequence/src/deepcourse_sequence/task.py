@@ -19,7 +19,7 @@ from torch import nn
 
 from deepcourse.api import (DATASETS, TASKS, Accuracy, DataBundle, DataError, DataSection, Explanation, ExplainOptions,
                             Figure, MeanLoss, Metric, MetricCollection, Recipe, RecipeError, Task, call_builder,
-                            resolve_splits)
+                            resolve_splits, splits_to_read)
 
 from .batching import TaggedSentences
 from .conll import format_sentence, iter_sentences
@@ -86,6 +86,7 @@ class SequenceTagging(Task):
         self.file_scheme: Scheme = "BIO"
         self.num_trained: dict[str, int] = {}  # tags the model predicts; evaluation may append unseen gold tags
         self.embedding_dim: int | None = None
+        self.singletons: list[int] = []  # ids of the words seen once in train (model.singleton_dropout)
 
     # -- data -----------------------------------------------------------------------------------------------------
     def setup_data(self, data: DataSection, *, splits: Sequence[str], seed: int,
@@ -97,12 +98,11 @@ class SequenceTagging(Task):
         self._check_columns(corpus.columns)
         training = artifacts is None
         wanted = list(dict.fromkeys(["train", *splits] if training else splits))
-        # train too when validation may have to be carved from it (the corpus decides by having none)
-        needed = wanted + ["train"] if "validation" in wanted and data.val_split else wanted
-        loaded = corpus.load(list(dict.fromkeys(needed))) if wanted else {}
+        needed = splits_to_read(wanted, val_split=data.val_split, holdout=data.holdout)
+        loaded = corpus.load(needed) if wanted else {}
         missing = [s for s in wanted if s not in loaded]  # only then: which splits are there (for the message)
         loaded = resolve_splits(loaded, wanted, dataset=corpus.name, val_split=data.val_split, seed=seed,
-                                has=corpus.available() if missing else None)
+                                has=corpus.available() if missing else None, holdout=data.holdout)
         facts = self._fit(corpus, loaded["train"], seed) if training else self._restore(artifacts)
         bundle_splits = {s: self._tensorise(loaded[s], strict=corpus.strict) for s in splits if s in loaded}
         return DataBundle(bundle_splits, facts=facts, artifacts=self._artifacts())
@@ -124,6 +124,7 @@ class SequenceTagging(Task):
         tokens = [tok for sentence in columns[self.token_column] for tok in sentence]
         key_counts = Counter(options.key(t) for t in tokens)
         words = Vocabulary.from_counts(key_counts, min_freq=options.min_freq)
+        self.singletons = sorted(words.stoi[k] for k, c in key_counts.items() if c == 1 and k in words.stoi)
         self.chars = Vocabulary.from_counts(char_counts(tokens))
         embeddings = None
         path = corpus.embeddings_file()
@@ -183,7 +184,8 @@ class SequenceTagging(Task):
         """What the model builder may ask for (saved with the run, so evaluate/predict rebuild the same model)."""
         assert self.words is not None and self.chars is not None
         return {"vocab_size": len(self.words), "char_vocab_size": len(self.chars), "embeddings": embeddings,
-                "num_tags": dict(self.num_trained), "padding_idx": 0, "unk_idx": self.words.unk_index}
+                "num_tags": dict(self.num_trained), "padding_idx": 0, "unk_idx": self.words.unk_index,
+                "singletons": torch.tensor(self.singletons, dtype=torch.long)}
 
     def _label_sequences(self, split: LoadedSplit, name: str, values: Sequence[Sequence[str]], *,
                          strict: bool) -> Iterator[list[str]]:
@@ -238,7 +240,7 @@ class SequenceTagging(Task):
                 "kinds": self.kinds, "file_scheme": self.file_scheme, "tag_scheme": self.tag_scheme,
                 "tags": {name: self.tags[name][:self.num_trained[name]] for name in self.labels},
                 "word_options": self.word_options.model_dump(), "words": self.words.to_dict(),
-                "chars": self.chars.to_dict(), "embedding_dim": self.embedding_dim}
+                "chars": self.chars.to_dict(), "embedding_dim": self.embedding_dim, "singletons": self.singletons}
 
     def _restore(self, artifacts: Mapping[str, Any]) -> dict[str, Any]:
         """State saved by training; returns facts for a model whose weights will be loaded over it (resuming)."""
@@ -253,6 +255,7 @@ class SequenceTagging(Task):
         self.words = Vocabulary.from_dict(artifacts["words"])
         self.chars = Vocabulary.from_dict(artifacts["chars"])
         self.embedding_dim = artifacts.get("embedding_dim")
+        self.singletons = list(artifacts.get("singletons", []))
         shape = None if self.embedding_dim is None else torch.zeros(len(self.words), self.embedding_dim)
         return self._facts(shape)
 

@@ -22,7 +22,8 @@ from torch.nn import functional as F
 
 from deepcourse.api import (DATASETS, TASKS, Accuracy, ArrayDataset, ConfusionMatrix, DataBundle, DataError,
                             DataSection, Explanation, ExplainOptions, Figure, MeanLoss, MetricCollection,
-                            ModelSection, Recipe, RecipeError, Task, TopKAccuracy, call_builder, resolve_splits)
+                            ModelSection, Recipe, RecipeError, Task, TopKAccuracy, call_builder, resolve_splits,
+                            splits_to_read)
 
 from .data import ImageData, ImageSplit, load_image_files
 from .transforms import ImagePipeline, TransformSpec, build_transforms
@@ -102,11 +103,10 @@ class ImageClassification(Task):
         out: dict[str, ImageSplit] = {}
         class_names: list[str] = []
         if splits:
-            # train too when validation may have to be carved from it (the dataset decides by having none)
-            wanted = {*splits, *(("train",) if "validation" in splits and data.val_split else ())}
+            wanted = splits_to_read(splits, val_split=data.val_split, holdout=data.holdout)
             raw = self._load(data, sorted(wanted), seed, artifacts)
             out = resolve_splits(raw.splits, splits, dataset=data.name, val_split=data.val_split, seed=seed,
-                                 source=raw.source, has=raw.available)
+                                 source=raw.source, has=raw.available, holdout=data.holdout)
             self._check_labels(raw, out)
             class_names = raw.class_names
         elif artifacts is None:

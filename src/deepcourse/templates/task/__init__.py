@@ -55,9 +55,11 @@ class ${name}Regression(Task):
         if not splits:  # predict: nothing to load, the facts are enough
             return DataBundle({}, facts=facts, artifacts=dict(artifacts or {}))
         x, y = call_builder(DATASETS.get(data.name), data.options, loc="data", provided={"seed": seed})
-        # the dataset is one split; data.val_split carves validation from it (resolve_splits: the core's meaning)
+        # the dataset is one split; data.holdout and data.val_split carve the holdout and validation from it
+        # (resolve_splits: the core's meaning of both keys)
         available = {"train": ArrayDataset(x=x, y=y)}
-        chosen = resolve_splits(available, splits, dataset=data.name, val_split=data.val_split, seed=seed)
+        chosen = resolve_splits(available, splits, dataset=data.name, val_split=data.val_split, seed=seed,
+                                holdout=data.holdout)
         return DataBundle(chosen, facts=facts, artifacts={"frequency_hint": "sin"})
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch import nn
 
 from deepcourse.api import MODELS, RecipeError
 
+from ..batching import CASINGS
 from .chars import CharCNN, CharLSTM, run_recurrent
 from .heads import HEADS
 
@@ -24,6 +25,7 @@ Cell = Literal["rnn", "lstm", "gru"]
 Decoder = Literal["softmax", "crf"]
 CharFeatures = Literal["none", "cnn", "lstm"]
 PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
 Rate = Annotated[float, Field(ge=0, lt=1)]
 _CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -78,16 +80,23 @@ class SequenceTagger(nn.Module):
 
     def __init__(self, *, word_embedding: nn.Embedding, char_encoder: nn.Module | None, cell: Cell,
                  hidden_size: int, num_layers: int, bidirectional: bool, dropout: float, word_dropout: float,
-                 unk_idx: int, heads: Mapping[str, tuple[Decoder, int]]) -> None:
+                 unk_idx: int, heads: Mapping[str, tuple[Decoder, int]], casing_dim: int = 0,
+                 singleton_dropout: float = 0.0, singletons: torch.Tensor | None = None) -> None:
         super().__init__()
         self.word_embedding = word_embedding
         self.char_encoder = char_encoder
-        in_features = word_embedding.embedding_dim + (char_encoder.out_features if char_encoder else 0)
+        self.casing_embedding = nn.Embedding(len(CASINGS), casing_dim, padding_idx=0) if casing_dim else None
+        in_features = word_embedding.embedding_dim + (char_encoder.out_features if char_encoder else 0) + casing_dim
         self.dropout = nn.Dropout(dropout)
         self.encoder = RecurrentEncoder(cell, in_features, hidden_size, num_layers, bidirectional, dropout)
         self.heads = nn.ModuleDict({name: HEADS[kind](self.encoder.out_features, n)
                                     for name, (kind, n) in heads.items()})
         self.word_dropout, self.unk_idx = word_dropout, unk_idx
+        self.singleton_dropout = singleton_dropout
+        is_singleton = torch.zeros(word_embedding.num_embeddings, dtype=torch.bool)
+        if singletons is not None and len(singletons):
+            is_singleton[singletons.long()] = True
+        self.register_buffer("is_singleton", is_singleton, persistent=False)  # a fact of the data, not a weight
 
     def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Contextual states [B, T, H] of every position (zeros past each sentence's end)."""
@@ -95,7 +104,12 @@ class SequenceTagger(nn.Module):
         if self.training and self.word_dropout > 0:
             drop = (torch.rand(words.shape, device=words.device) < self.word_dropout) & (words != 0)
             words = words.masked_fill(drop, self.unk_idx)
+        if self.training and self.singleton_dropout > 0:  # Lample et al. 2016: <unk> learns from seen words
+            drop = (torch.rand(words.shape, device=words.device) < self.singleton_dropout) & self.is_singleton[words]
+            words = words.masked_fill(drop, self.unk_idx)
         x = self.word_embedding(words)
+        if self.casing_embedding is not None:
+            x = torch.cat([x, self.casing_embedding(batch["casing"])], dim=-1)
         if self.char_encoder is not None:
             forms = self.char_encoder(batch["chars"], batch["char_lengths"])
             forms = torch.cat([forms, forms.new_zeros(1, forms.shape[1])])  # the padding row char_index uses
@@ -141,15 +155,22 @@ def build_tagger(
     num_layers: PositiveInt = 1,
     dropout: Rate = 0.5,
     word_dropout: Rate = 0.0,
+    singleton_dropout: Rate = 0.0,
+    casing_dim: NonNegInt = 0,
     padding_idx: int | None = None,
     unk_idx: int | None = None,
+    singletons: torch.Tensor | None = None,
 ) -> SequenceTagger:
     """A tagger for sequences of word ids (the task provides vocab_size, num_tags, embeddings and the rest).
 
     hidden_size is per direction, as in torch.nn.LSTM. decoder is the head of every label column; head_decoders
     overrides it per column (e.g. {pos = "softmax"} beside CRFs for chunks and entities). char_hidden is the
     number of CNN filters, or the hidden size per direction of the character BiLSTM. word_dropout replaces words
-    by <unk> with this probability during training, so the model learns to tag from context and characters.
+    by <unk> with this probability during training, so the model learns to tag from context and characters;
+    singleton_dropout does so for the words seen once in train only (Lample et al. 2016 use 0.5), so <unk>, which
+    every unseen word becomes, is trained on rare words like the ones it will stand for. casing_dim > 0 adds an
+    embedding of each token's shape (lower, UPPER, Initial, numeric, ...: Reimers & Gurevych 2017), which
+    lower-cased word vectors lose.
     The facts default to None (char_vocab_size 0, padding_idx 0, unk_idx 1) so that a saved recipe, which lists
     every default, never overrides what the data provides.
     """
@@ -180,7 +201,8 @@ def build_tagger(
     return SequenceTagger(word_embedding=word_embedding, char_encoder=char_encoder, cell=cell,
                           hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
                           dropout=dropout, word_dropout=word_dropout, unk_idx=unk_idx,
-                          heads={name: (decoders[name], n) for name, n in heads.items()})
+                          heads={name: (decoders[name], n) for name, n in heads.items()}, casing_dim=casing_dim,
+                          singleton_dropout=singleton_dropout, singletons=singletons)
 
 
 def register_variant(name: str, doc: str, *, fixed: Mapping[str, Any],
