@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import tomllib
@@ -23,20 +24,22 @@ def test_generated_plugin_installs_and_passes_its_tests(tmp_path: Path, cli_env,
     out = run_cli(["new-plugin", name, "--dir", str(root), "--kind", kind], cli_env)
     assert out.returncode == 0, out.stderr
     assert (root / "pyproject.toml").exists() and (root / f"src/deepcourse_{name}/__init__.py").exists()
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(root)]
-    assert subprocess.run(pip, capture_output=True, text=True).returncode == 0
-    try:
-        listed = run_cli(["plugins"], cli_env)
-        assert any(line.startswith(name) and "ok" in line for line in listed.stdout.splitlines()), listed.stdout
-        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root / "tests")],
-                               capture_output=True, text=True, env=cli_env, cwd=tmp_path, timeout=600)
-        assert tests.returncode == 0, tests.stdout + tests.stderr
-        recipe = run_cli(["run", str(root / "recipes" / f"{name}.toml"), "--run-dir", str(tmp_path / "run"),
-                          "--set", "train.max_steps=3", "--no-report"], cli_env)
-        assert recipe.returncode == 0, recipe.stderr
-    finally:
-        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", f"deepcourse-{name}"],
-                       capture_output=True)
+    # installed into a folder of its own on PYTHONPATH, not into the environment: the tests running beside this one
+    # (pytest-xdist) must not see a plugin appear and vanish, and a killed run must leave nothing installed
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site),
+           str(root)]
+    installed = subprocess.run(pip, capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    env = {**cli_env, "PYTHONPATH": os.pathsep.join([str(site), cli_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    listed = run_cli(["plugins"], env)
+    assert any(line.startswith(name) and "ok" in line for line in listed.stdout.splitlines()), listed.stdout
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                            str(root / "tests")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    recipe = run_cli(["run", str(root / "recipes" / f"{name}.toml"), "--run-dir", str(tmp_path / "run"),
+                      "--set", "train.max_steps=3", "--no-report"], env)
+    assert recipe.returncode == 0, recipe.stderr
 
 
 def test_new_plugin_refuses_bad_names_and_occupied_folders(tmp_path: Path, cli_env) -> None:
