@@ -146,7 +146,7 @@ def deepcourse_train(recipe_path: Path, steps: int, threads: int, runs: Path, gr
     from deepcourse.recipe import load_recipe
 
     recipe = load_recipe(recipe_path, [f"train.max_steps={steps}", f"train.log_every={steps}", "train.progress=false",
-                                       f"train.threads={threads}", "eval.split='none'",
+                                       f"train.threads={threads}", "data.eval_samples=32", "data.holdout=0",
                                        f"data.group_by_length={str(grouped).lower()}"])
     summary = fit(recipe, runs_root=runs)
     events = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
@@ -162,7 +162,7 @@ def deepcourse_decode(recipe_path: Path, batch_size: int) -> tuple[float, float,
     from deepcourse.components import make_loader
     from deepcourse.evaluation import evaluation_loop
 
-    recipe = load_recipe(recipe_path)
+    recipe = load_recipe(recipe_path, ["data.holdout=0"])  # all of train, as the hand-written side decodes
     task = build_task(recipe)
     bundle = task.setup_data(recipe.data, splits=("train",), seed=recipe.seed)
     model = task.build_model(recipe.model, bundle.facts).eval()
