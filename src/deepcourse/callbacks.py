@@ -7,7 +7,6 @@ readable. Register a subclass with `@CALLBACKS.register("name")`; its `__init__`
 from __future__ import annotations
 
 import time
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any

@@ -128,11 +128,8 @@ def load_checkpoint(ctx: TrainContext, folder: Path) -> None:
     acc = ctx.accelerator
     model = unwrapped(acc, ctx.model)
     saved = on_main(lambda: _read_checkpoint(folder, acc.num_processes, model))
-    if not acc.is_main_process:
-        with tempfile.TemporaryDirectory() as scratch:  # the main process checked these bytes already
-            weights = Path(scratch) / "model.safetensors"
-            weights.write_bytes(saved["weights"])
-            files.load_weights(model, weights)
+    if not acc.is_main_process:  # the main process checked these bytes already
+        _load_weight_bytes(model, saved["weights"])
     ctx.optimizer.load_state_dict(saved["optimizer"])
     ctx.scheduler.load_state_dict(saved["scheduler"])
     if acc.scaler is not None and saved["scaler"] is not None:
@@ -201,10 +198,15 @@ def load_best_weights(ctx: TrainContext) -> None:
 
     data = on_main(read)
     if not ctx.is_main:
-        with tempfile.TemporaryDirectory() as scratch:
-            weights = Path(scratch) / "model.safetensors"
-            weights.write_bytes(data)  # type: ignore[arg-type]
-            files.load_weights(model, weights)
+        _load_weight_bytes(model, data)  # type: ignore[arg-type]
+
+
+def _load_weight_bytes(model: torch.nn.Module, data: bytes) -> None:
+    """Load a safetensors file's bytes, sent by the main process, into `model` on another process."""
+    with tempfile.TemporaryDirectory() as scratch:
+        weights = Path(scratch) / "model.safetensors"
+        weights.write_bytes(data)
+        files.load_weights(model, weights)
 
 
 def save_facts(folder: Path, bundle: DataBundle) -> None:
