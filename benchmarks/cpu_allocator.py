@@ -1,4 +1,4 @@
-"""How much does `train.keep_freed_memory` (deepcourse.allocator) save on a CPU training step?
+"""How much does `train.keep_freed_memory` (deepcourse.training.accelerator) save on a CPU training step?
 
 Runs the same deepcourse training (LeNet-5 on random 32x32 RGB images, as in loop_overhead.py) in fresh child
 processes, alternately with `train.keep_freed_memory = true` and `false` (glibc's defaults), and prints each
@@ -27,10 +27,11 @@ HERE = Path(__file__).resolve().parent
 def child(keep: bool, steps: int, batch_size: int) -> None:
     sys.path.insert(0, str(HERE))
     import loop_overhead as lo  # registers the benchmark task, dataset and model
-    from deepcourse.callbacks import Callback
-    from deepcourse.engine import fit
-    from deepcourse.recipe import load_recipe
+
+    from deepcourse.recipe.load import load_recipe
     from deepcourse.registry import CALLBACKS
+    from deepcourse.training.callbacks import Callback
+    from deepcourse.training.loop import fit
 
     times: list[float] = []
     faults: list[int] = []

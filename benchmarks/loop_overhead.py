@@ -1,7 +1,7 @@
 """What does deepcourse's training loop cost over a hand-written one?
 
 The same small CNN, data (pre-loaded tensors), batch size, optimizer and seed are trained for a fixed number of
-steps by `deepcourse.engine.fit` and by a plain PyTorch loop in one process, step by step interleaved: after each
+steps by `deepcourse.training.loop.fit` and by a plain PyTorch loop in one process, step by step interleaved: after each
 deepcourse step a callback runs one hand-written step. Each step's wall time is recorded (after warm-up steps),
 and the median of the paired step-time ratios is printed. Interleaving makes both loops share the machine's
 moods: timing two runs one after the other on a noisy VM gave per-round ratios anywhere between 0.73 and 1.30.
@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from deepcourse.callbacks import Callback
 from deepcourse.data import ArrayDataset
 from deepcourse.metrics import Accuracy, MetricCollection
-from deepcourse.recipe import load_recipe
+from deepcourse.recipe.load import load_recipe
 from deepcourse.registry import CALLBACKS, DATASETS, MODELS, TASKS
 from deepcourse.task import DataBundle, Task
+from deepcourse.training.callbacks import Callback
 
 N_IMAGES = 4096
 
@@ -122,7 +122,7 @@ class PairedSteps(Callback):
 
 def run_paired(steps: int, batch_size: int, lr: float) -> tuple[list[float], list[float]]:
     """One deepcourse run of `steps` steps with a hand-written step after each; returns both step times."""
-    from deepcourse.engine import fit
+    from deepcourse.training.loop import fit
 
     PairedSteps.baseline = HandWrittenLoop(batch_size, lr)
     recipe = load_recipe(data={

@@ -142,8 +142,8 @@ def hand_decode(items: list, sizes: dict, batch_size: int, packed: bool) -> floa
 def deepcourse_train(recipe_path: Path, steps: int, threads: int, runs: Path, grouped: bool = False
                      ) -> tuple[float, int]:
     """Seconds of the engine's training loop for `steps` steps, read from the run's metrics log."""
-    from deepcourse.engine import fit
-    from deepcourse.recipe import load_recipe
+    from deepcourse.recipe.load import load_recipe
+    from deepcourse.training.loop import fit
 
     recipe = load_recipe(recipe_path, [f"train.max_steps={steps}", f"train.log_every={steps}", "train.progress=false",
                                        f"train.threads={threads}", "data.eval_samples=32", "data.holdout=0",
@@ -157,10 +157,10 @@ def deepcourse_train(recipe_path: Path, steps: int, threads: int, runs: Path, gr
 def deepcourse_decode(recipe_path: Path, batch_size: int) -> tuple[float, float, int]:
     """Seconds to decode train with the task's evaluation step (model + Viterbi), and with the full evaluation
     (loss, decoding, entity F1) as `deepcourse evaluate` runs it."""
-    from deepcourse.accelerator import make_accelerator
     from deepcourse.api import build_task, load_recipe
-    from deepcourse.components import make_loader
-    from deepcourse.evaluation import evaluation_loop
+    from deepcourse.training.accelerator import make_accelerator
+    from deepcourse.training.build import make_loader
+    from deepcourse.training.evaluation import evaluation_loop
 
     recipe = load_recipe(recipe_path, ["data.holdout=0"])  # all of train, as the hand-written side decodes
     task = build_task(recipe)

@@ -50,8 +50,8 @@ TIMES: list[tuple[float, float]] = []
 
 
 def register_timer() -> None:
-    from deepcourse.callbacks import Callback
     from deepcourse.registry import CALLBACKS
+    from deepcourse.training.callbacks import Callback
 
     @CALLBACKS.register("bench_epoch_timer")
     class EpochTimer(Callback):
@@ -89,7 +89,7 @@ def training_data() -> tuple[torch.Tensor, torch.Tensor, list[float], list[float
 
 
 def build_model() -> torch.nn.Module:
-    from deepcourse.builders import call_builder
+    from deepcourse.recipe.builders import call_builder
     from deepcourse.registry import MODELS
 
     torch.manual_seed(0)
@@ -111,8 +111,8 @@ def train_loop(batches: Any, model: torch.nn.Module) -> tuple[float, float]:
 
 
 def leg_deepcourse(batch_size: int, augment: bool) -> tuple[float, float]:
-    from deepcourse.engine import fit
-    from deepcourse.recipe import load_recipe
+    from deepcourse.recipe.load import load_recipe
+    from deepcourse.training.loop import fit
 
     with tempfile.TemporaryDirectory() as tmp:
         fit(load_recipe(data=recipe(batch_size, augment)), runs_root=Path(tmp))

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from core_support import FIXTURES, TOY_RECIPE, make_distribution
+
 from deepcourse.api import load_plugins
 
 load_plugins()  # the explicit discovery step the command line takes first: registries are filled, never implied
@@ -46,7 +46,7 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                       {"future_plugin": "from deepcourse.registry import MODELS\nMODELS.register('future_net', "
                                         "lambda: None)\n"}, requires=["deepcourse>=99"])
     sys.path.insert(0, str(site))
-    from deepcourse import plugins
+    from deepcourse import discovery as plugins
 
     plugins.refresh()
     yield site

@@ -1,4 +1,4 @@
-"""deepcourse.allocator: freed memory is kept for reuse on glibc, and left alone where the user chose otherwise.
+"""deepcourse.training.accelerator: freed memory is kept for reuse on glibc, and left alone where the user chose otherwise.
 
 Each case runs in a fresh interpreter: glibc's thresholds are process-wide and cannot be put back.
 """
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform
 
 PROBE = """
 import resource, sys
-from deepcourse.allocator import keep_freed_memory
+from deepcourse.training.accelerator import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
 def faults_of_reallocating():
     # a training step in miniature: eight 1 MiB activations, touched, then all freed; again

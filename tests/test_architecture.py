@@ -1,5 +1,6 @@
-"""The shape of the code, checked from its own source: the public plugin API is the only door, the core stays in
-short modules without import cycles, and the registry stores and looks up without knowing about plugins.
+"""The shape of the code, checked from its own source: the floor plan (a flat contract and six wings, each importing
+only its own floor and those below), the public plugin API as the only door, short modules without import cycles,
+and a registry that stores and looks up without knowing about plugins.
 
 Imports are read from the syntax tree, all of them: at module level, inside functions and under TYPE_CHECKING, since
 a lazy import that closes a circle is still a circle a reader has to untangle.
@@ -14,17 +15,54 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORE = REPO / "src" / "deepcourse"
-TEMPLATES = CORE / "templates"
+TEMPLATES = CORE / "cli" / "templates"
 MAX_LINES = 400
+
+#: The floor plan, bottom up (docs/writing-plugins.md draws it). A module imports modules of its own floor or of a
+#: floor below, never above; a name ending in a wing's folder stands for every module of that wing.
+FLOORS: list[tuple[str, tuple[str, ...]]] = [
+    ("contract: the leaves", ("deepcourse._version", "deepcourse.errors", "deepcourse.registry", "deepcourse.figures",
+                              "deepcourse.attribution", "deepcourse.metrics", "deepcourse.optim",
+                              "deepcourse.discovery")),
+    ("recipe", ("deepcourse.recipe",)),
+    ("contract: data and tasks", ("deepcourse.data", "deepcourse.task")),
+    ("rundir", ("deepcourse.rundir",)),
+    ("training", ("deepcourse.training",)),
+    ("contract: the plugin API", ("deepcourse.api",)),
+    ("results", ("deepcourse.results",)),
+    ("studies", ("deepcourse.studies",)),
+    ("faces", ("deepcourse", "deepcourse.__main__", "deepcourse.runner", "deepcourse.builtins", "deepcourse.testing",
+               "deepcourse.cli")),
+]
+#: the one arrow allowed to run up, for one release: api's lazy, deprecated re-exports of deepcourse.testing
+DEPRECATED_UPWARD = {("deepcourse.api", "deepcourse.testing")}
+WINGS = {"recipe", "rundir", "training", "results", "studies", "cli"}
+FLAT_CONTRACT = {"__init__", "__main__", "_version", "api", "runner", "errors", "registry", "discovery", "task", "data",
+                 "metrics", "optim", "figures", "attribution", "testing", "builtins"}
 
 
 def core_modules() -> dict[str, Path]:
-    """'deepcourse.engine' -> its file, for every module of the core (templates are plugin sources, not core)."""
+    """'deepcourse.training.loop' -> its file, for every module of the core (templates are plugin sources, not core)."""
     found = {}
-    for path in sorted(CORE.glob("*.py")):
-        name = "deepcourse" if path.stem == "__init__" else f"deepcourse.{path.stem}"
-        found[name] = path
+    for path in sorted(CORE.rglob("*.py")):
+        if TEMPLATES in path.parents:
+            continue
+        parts = list(path.relative_to(CORE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
     return found
+
+
+def floor_of(module: str) -> int:
+    """The floor a module stands on: the most specific name of FLOORS that is it or a package above it."""
+    best = (-1, -1)
+    for index, (_, names) in enumerate(FLOORS):
+        for name in names:
+            if module == name or (name != "deepcourse" and module.startswith(name + ".")):
+                best = max(best, (len(name), index))
+    assert best[1] >= 0, f"{module} stands on no floor of the plan: add it to FLOORS in {__file__}"
+    return best[1]
 
 
 def parse(path: Path) -> ast.Module:
@@ -89,22 +127,62 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_cycle_finder_finds_cycles_and_lazy_imports() -> None:
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert find_cycles({"a": {"b"}, "b": set()}) == []
-    tree = ast.parse("def f():\n    from . import engine, __version__\n    from .files import x\n")
-    found = {t for t, _ in imported(tree, "deepcourse.cli", False, {"deepcourse.engine", "deepcourse.files"})}
-    assert found == {"deepcourse.engine", "deepcourse", "deepcourse.files"}
+    tree = ast.parse("def f():\n    from . import loop, __version__\n    from .files import x\n")
+    found = {t for t, _ in imported(tree, "deepcourse.training.build", False,
+                                    {"deepcourse.training.loop", "deepcourse.training.files"})}
+    assert found == {"deepcourse.training.loop", "deepcourse.training", "deepcourse.training.files"}
 
 
 def test_no_import_cycles_in_the_core() -> None:
     graph = core_graph()
-    assert len(graph) > 20 and "deepcourse.engine" in graph["deepcourse.runner"]
+    assert len(graph) > 20 and "deepcourse.training.loop" in graph["deepcourse.runner"]
     cycles = find_cycles(graph)
     assert not cycles, "import cycles in src/deepcourse: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
-def test_the_registry_is_a_leaf() -> None:
+def test_the_flat_contract_and_the_six_wings() -> None:
+    flat = {p.stem for p in CORE.glob("*.py")}
+    folders = {p.name for p in CORE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert flat == FLAT_CONTRACT, f"modules beside the wings changed: {flat ^ FLAT_CONTRACT} (a concept's module " \
+                                  f"belongs in its wing; the flat contract is what plugins and faces stand on)"
+    assert folders == WINGS, folders ^ WINGS
+    for name in core_modules():
+        floor_of(name)  # every module has a place in the plan
+
+
+def test_wings_import_downward_only() -> None:
+    """Each import goes to the importer's own floor or one below: no arrow runs back up the plan."""
+    upward = [f"{source} (floor {floor_of(source)}: {FLOORS[floor_of(source)][0]}) imports {target} "
+              f"(floor {floor_of(target)}: {FLOORS[floor_of(target)][0]})"
+              for source, targets in core_graph().items() for target in sorted(targets)
+              if floor_of(target) > floor_of(source) and (source, target) not in DEPRECATED_UPWARD]
+    assert not upward, "imports running up the floor plan:\n" + "\n".join(upward)
+
+
+def test_the_floor_check_sees_an_upward_import() -> None:
+    assert floor_of("deepcourse.training.loop") > floor_of("deepcourse.recipe.load") > floor_of("deepcourse.errors")
+    assert floor_of("deepcourse.cli.main") == floor_of("deepcourse.runner") > floor_of("deepcourse.studies.tune")
+    assert floor_of("deepcourse") == len(FLOORS) - 1 and floor_of("deepcourse.api") < floor_of("deepcourse.results")
+
+
+def test_importing_the_plugin_api_loads_no_command_line_and_no_studies() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, deepcourse.api; print(' '.join(sorted(m for m in sys.modules if m.startswith('deepcourse'))))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "deepcourse.api" in loaded and "deepcourse.training.evaluation" in loaded
+    assert not [m for m in loaded if m.startswith(("deepcourse.cli", "deepcourse.studies", "deepcourse.results"))], \
+        loaded
+
+
+def test_the_registry_and_discovery_are_leaves() -> None:
     graph = core_graph()
-    assert graph["deepcourse.registry"] <= {"deepcourse.errors", "deepcourse.credits"}, graph["deepcourse.registry"]
-    assert not graph["deepcourse.errors"] and not graph["deepcourse.credits"]
+    assert graph["deepcourse.registry"] <= {"deepcourse.errors"}, graph["deepcourse.registry"]
+    assert not graph["deepcourse.errors"]
+    # discovery imports no component: the core's own arrive through its entry point, like every plugin's
+    assert graph["deepcourse.discovery"] <= {"deepcourse.errors", "deepcourse.registry", "deepcourse._version"}, \
+        graph["deepcourse.discovery"]
 
 
 def test_core_modules_stay_short() -> None:
@@ -120,33 +198,38 @@ def test_the_core_never_imports_a_plugin() -> None:
 
 
 PLUGIN_SOURCES = sorted([*REPO.glob("plugins/*/src/**/*.py"), *REPO.glob("plugins/*/tests/**/*.py"),
-                         *REPO.glob("plugins/*/scripts/*.py"), *TEMPLATES.glob("*/*.py")])
+                         *REPO.glob("plugins/*/scripts/*.py"), *TEMPLATES.glob("*/*.py.tmpl")])
+#: what a plugin may import: the API, and in its tests the documentation and test helpers
+PUBLIC = ("deepcourse.api", "deepcourse.testing")
 
 
 @pytest.mark.parametrize("path", PLUGIN_SOURCES, ids=lambda p: str(p.relative_to(REPO)))
 def test_plugins_and_templates_import_only_the_public_api(path: Path) -> None:
     """A first-party plugin (its code and its tests) and every generated plugin use `deepcourse.api` alone, exactly
-    as a third party would; `import deepcourse` itself gives only the package's `__all__` (run, evaluate, ...)."""
+    as a third party would, and their tests `deepcourse.testing` too; `import deepcourse` itself gives only the
+    package's `__all__` (run, evaluate, ...)."""
     import deepcourse
 
+    is_test = "tests" in path.parts or path.name.startswith("test_")
+    allowed = PUBLIC if is_test else PUBLIC[:1]
     for node in ast.walk(parse(path)):
         where = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', '?')}"
         if isinstance(node, ast.Import):
             for alias in node.names:
-                assert alias.name in ("deepcourse", "deepcourse.api") or not alias.name.startswith("deepcourse."), \
-                    f"{where}: import {alias.name}: plugins import deepcourse.api only"
+                assert alias.name in ("deepcourse", *allowed) or not alias.name.startswith("deepcourse."), \
+                    f"{where}: import {alias.name}: plugins import {' and '.join(allowed)} only"
         elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
             if node.module == "deepcourse":
                 names = [a.name for a in node.names]
                 assert set(names) <= set(deepcourse.__all__), f"{where}: from deepcourse import {', '.join(names)}"
             else:
-                assert node.module == "deepcourse.api" or not node.module.startswith("deepcourse."), \
-                    f"{where}: from {node.module} import ...: plugins import deepcourse.api only"
+                assert node.module in allowed or not node.module.startswith("deepcourse."), \
+                    f"{where}: from {node.module} import ...: plugins import {' and '.join(allowed)} only"
 
 
 def test_plugin_sources_are_found() -> None:
     names = {p.name for p in PLUGIN_SOURCES}
-    assert {"task.py", "report.py", "test_vision_cli.py", "test_end_to_end.py", "test_plugin.py"} <= names
+    assert {"task.py", "report.py", "test_vision_cli.py", "test_end_to_end.py", "test_plugin.py.tmpl"} <= names
 
 
 def test_every_public_name_exists_and_is_documented() -> None:

@@ -13,11 +13,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-
 from click.testing import CliRunner
 
-from deepcourse import runlock
-from deepcourse.cli import main
+from deepcourse.cli.main import main
+from deepcourse.rundir import lock as runlock
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 CASES = tomllib.loads((CORPUS / "expected.toml").read_text())

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from core_support import make_distribution, run_cli
+
 from deepcourse.api import ArrayDataset, DataError, evaluate_split, resolve_splits, split_indices
 
 
@@ -60,7 +60,7 @@ def test_evaluate_honours_eval_samples(tmp_path: Path, toy_recipe: Path, cli_env
 
 # -- one evaluation -----------------------------------------------------------------------------------------------
 def test_evaluate_split_is_what_evaluate_computes(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
-    from deepcourse.inference import evaluate_run, load_trained
+    from deepcourse.results.inference import evaluate_run, load_trained
 
     run = tmp_path / "r"
     assert run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--no-report", "--set",
@@ -136,7 +136,7 @@ def test_registry_lookups_never_discover_plugins() -> None:
 # -- shipped recipes --------------------------------------------------------------------------------------------
 def test_shipped_recipes_are_listed_and_found_by_name(tmp_path: Path, cli_env, monkeypatch) -> None:
     from deepcourse.api import shipped_recipes
-    from deepcourse.catalog import resolve
+    from deepcourse.recipe.shipped import resolve
 
     monkeypatch.chdir(tmp_path)  # not the checkout: a name, or recipes/NAME.toml, finds the shipped file
 

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from core_support import final_weights, launch, run_cli
 
 pytestmark = pytest.mark.slow

@@ -15,12 +15,12 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 
 def test_recipe_reference_is_up_to_date() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the installed plugins
-    out = subprocess.run([sys.executable, "-m", "deepcourse.docgen"], capture_output=True, text=True, env=env,
+    out = subprocess.run([sys.executable, "-m", "deepcourse.cli.docgen"], capture_output=True, text=True, env=env,
                          cwd=REPO)
     assert out.returncode == 0, out.stderr
     committed = (REPO / "docs" / "recipe-reference.md").read_text(encoding="utf-8")
     assert out.stdout == committed, ("docs/recipe-reference.md is stale: regenerate it with "
-                                     "`python -m deepcourse.docgen > docs/recipe-reference.md`")
+                                     "`python -m deepcourse.cli.docgen > docs/recipe-reference.md`")
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from core_support import final_weights, run_cli
 
 TIMING_KEYS = {"samples_per_s", "seconds"}
@@ -197,7 +196,7 @@ def test_a_batch_larger_than_the_training_set_is_said(tmp_path: Path, toy_recipe
     """It trains (one batch an epoch, as a smoke run on tiny data may want), but not as the recipe reads: said."""
     from click.testing import CliRunner
 
-    from deepcourse.cli import main
+    from deepcourse.cli.main import main
 
     out = CliRunner().invoke(main, ["run", str(toy_recipe), "--run-dir", str(tmp_path / "r"), "--no-report", "--set",
                                     "data.train_samples=10", "--set", "train.epochs=1"])

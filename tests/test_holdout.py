@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from core_support import TOY_RECIPE
 
 import deepcourse
-from core_support import TOY_RECIPE
 from deepcourse.api import ArrayDataset, DataError, holdout_indices, resolve_splits, splits_to_read
-from deepcourse.cli import main
+from deepcourse.cli.main import main
 
 
 class Documents(ArrayDataset):
@@ -90,7 +90,7 @@ def test_a_run_scores_its_best_weights_on_the_holdout_once_at_the_end(holdout_ru
 
 def test_the_holdout_shows_beside_validation_in_the_seeds_table(holdout_run: deepcourse.RunResult,
                                                                  tmp_path: Path) -> None:
-    from deepcourse.docgen import seed_results
+    from deepcourse.cli.docgen import seed_results
 
     sweep = tmp_path / "sweep"
     sweep.mkdir()

@@ -10,9 +10,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from deepcourse.cli import main
-from deepcourse.lrfind import lr_range_test, suggest
-from deepcourse.outputs import staged_folder
+from deepcourse.cli.main import main
+from deepcourse.rundir.outputs import staged_folder
+from deepcourse.training.lrfind import lr_range_test, suggest
 
 
 def least_squares(seed: int = 0) -> tuple[torch.nn.Linear, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -100,8 +100,8 @@ def test_lr_find_command_writes_its_folder_and_nothing_else(toy_recipe: Path, tm
 
 def test_the_learning_rate_figure_replays_the_schedule_with_its_warm_up(toy_recipe: Path, tmp_path: Path,
                                                                          plugin_site) -> None:
-    from deepcourse.report import replay_schedule
-    from deepcourse.rundir import read_run
+    from deepcourse.results.report import replay_schedule
+    from deepcourse.rundir.layout import read_run
 
     run = tmp_path / "run"
     out = CliRunner().invoke(main, ["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.epochs=3",

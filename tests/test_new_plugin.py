@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from core_support import run_cli
-from deepcourse.cli import main
+
+from deepcourse.cli.main import main
 
 
 @pytest.mark.slow

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import pytest
-
 from core_support import make_distribution, run_cli
-from deepcourse import plugins
+
+from deepcourse import discovery as plugins
 from deepcourse.errors import UserError
 from deepcourse.registry import DATASETS, MODELS, OPTIMIZERS, TASKS
 
@@ -93,7 +93,7 @@ def test_cli_help_does_not_load_plugins(cli_env) -> None:
 ISOLATION_PROBE = """
 import json, sys
 from click.testing import CliRunner
-from deepcourse.api import cli
+from deepcourse.testing import cli
 out = {}
 for key, args in (("plugins", ["plugins", "-v"]), ("models", ["list", "models", "lenet5"]),
                   ("datasets", ["list", "datasets", "mnist"]),
@@ -129,7 +129,7 @@ def test_a_generated_dataset_plugin_building_on_vision_that_fails_leaves_vision_
     pytest.importorskip("deepcourse_vision")
     from click.testing import CliRunner
 
-    from deepcourse.cli import main
+    from deepcourse.cli.main import main
 
     package = tmp_path / "pkg"
     assert CliRunner().invoke(main, ["new-plugin", name, "--dir", str(package), "--kind", "dataset"]).exit_code == 0

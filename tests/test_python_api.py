@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from core_support import TOY_RECIPE
 
 import deepcourse
-from core_support import TOY_RECIPE
 from deepcourse.api import RecipeError
 
 

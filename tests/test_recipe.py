@@ -3,10 +3,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from core_support import TOY_RECIPE, run_cli
+
 from deepcourse.errors import RecipeError, UserError
-from deepcourse.recipe import apply_overrides, load_recipe, parse_override
+from deepcourse.recipe.load import load_recipe
+from deepcourse.recipe.overrides import apply_overrides, parse_override
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +149,7 @@ def test_every_shipped_recipe_resumes_with_itself(name: str, tmp_path: Path) -> 
     recipe: the saved recipe.toml (lists) and the file with its builders' defaults (tuples such as adam's betas)
     are compared as TOML values. The run directory here is the recipe a run of it saves."""
     from deepcourse.api import shipped_recipes
-    from deepcourse.cli import _resume_recipe
+    from deepcourse.cli.main import _resume_recipe
 
     path = shipped_recipes()[name]
     try:

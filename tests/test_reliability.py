@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from core_support import FIXTURES, run_cli
+from safetensors.torch import load_file
 
 TIMING_KEYS = {"samples_per_s", "seconds"}
 
@@ -51,7 +50,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path: Path, uninte
                        cli_env, crash_at)
     assert killed.returncode == -9, killed.stderr
     # a checkpoint cut mid-write is never taken for a complete one
-    from deepcourse.checkpoint import latest_checkpoint
+    from deepcourse.training.checkpoint import latest_checkpoint
 
     latest = latest_checkpoint(run / "checkpoints")
     assert latest is not None and (latest / "trainer_state.json").exists()

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from core_support import run_cli
 
 
@@ -119,7 +118,7 @@ def test_sweep_grid_from_the_recipe(tmp_path: Path, toy_recipe: Path, cli_env) -
 
 @pytest.mark.slow
 def test_results_table_comes_from_the_runs_files(two_runs: list[Path]) -> None:
-    from deepcourse.docgen import results
+    from deepcourse.cli.docgen import results
 
     rows = results([str(r) for r in two_runs]).splitlines()[2:]
     for run, row in zip(two_runs, rows, strict=True):
@@ -134,7 +133,7 @@ def test_a_garbage_line_in_metrics_jsonl_is_skipped_with_a_warning_naming_it(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A line that is not a JSON object, in the middle or cut short at the end, is named and skipped; every line
     after it is still read (it used to end the log there, silently)."""
-    from deepcourse.rundir import read_run
+    from deepcourse.rundir.layout import read_run
 
     run = tmp_path / "run"
     run.mkdir()

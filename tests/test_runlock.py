@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from core_support import run_cli
-from deepcourse import runlock
-from deepcourse.errors import CheckpointError
 
-HOLD = "import sys, time; from pathlib import Path; from deepcourse import runlock\n" \
+from deepcourse.errors import CheckpointError
+from deepcourse.rundir import lock as runlock
+
+HOLD = "import sys, time; from pathlib import Path; from deepcourse.rundir import lock as runlock\n" \
        "lock = runlock.acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(120)\n"
 
 
@@ -56,13 +56,13 @@ def test_a_second_writer_exits_2_naming_the_holder_and_a_killed_holder_blocks_no
 
 def test_fit_itself_takes_the_lock(interrupted: Path, cli_env) -> None:
     """Not only the command line's early check: training (here the Python API) refuses a run someone holds."""
-    import deepcourse.engine
-    from deepcourse.recipe import load_recipe
+    import deepcourse.training.loop
+    from deepcourse.recipe.load import load_recipe
 
     holder = hold(interrupted, cli_env)
     try:
         with pytest.raises(CheckpointError, match=f"pid {holder.pid} on host"):
-            deepcourse.engine.fit(load_recipe(interrupted / "recipe.toml", ["train.callbacks=[]"]), resume=interrupted)
+            deepcourse.training.loop.fit(load_recipe(interrupted / "recipe.toml", ["train.callbacks=[]"]), resume=interrupted)
     finally:
         holder.kill()
         holder.wait()

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from core_support import final_weights, launch, run_cli
+from safetensors.torch import load_file
 
 TIMING_KEYS = {"samples_per_s", "seconds"}
 
@@ -110,10 +109,10 @@ def test_data_on_device_and_optimizer_kernels_train_the_same(tmp_path: Path, toy
 
 
 def test_on_device_needs_tensor_datasets(plugin_site) -> None:
-    from deepcourse.components import place_data
     from deepcourse.errors import RecipeError
-    from deepcourse.recipe import load_recipe
+    from deepcourse.recipe.load import load_recipe
     from deepcourse.task import DataBundle
+    from deepcourse.training.build import place_data
 
     recipe = load_recipe(data={"name": "x", "task": {"name": "toy-classification"}, "model": {"name": "toy_mlp"},
                                "data": {"name": "toy_blobs", "on_device": True}})
@@ -124,8 +123,9 @@ def test_on_device_needs_tensor_datasets(plugin_site) -> None:
 def test_sweep_jobs_each_get_a_gpu_of_their_own(tmp_path: Path, toy_recipe: Path, plugin_site, monkeypatch) -> None:
     """`deepcourse sweep -j 2` on a machine with GPUs 2 and 5: every run's environment names one of them, and two
     runs at a time never share one (the runs themselves are stand-ins that record what they were given)."""
-    from deepcourse import devices, study, sweep
     from deepcourse.errors import UserError
+    from deepcourse.studies import processes as devices
+    from deepcourse.studies import study, sweep
 
     seen: list[tuple[str | None, float, float]] = []
 
@@ -283,8 +283,8 @@ def test_two_nodes_without_a_shared_filesystem_resume_exactly(whole_ddp: Path, c
 
 def test_gpu_switches_reach_torch(plugin_site) -> None:
     """train.tf32 and train.cudnn_benchmark set torch's own switches (they act only on NVIDIA GPUs)."""
-    from deepcourse.accelerator import apply_gpu_flags
-    from deepcourse.recipe import load_recipe
+    from deepcourse.recipe.load import load_recipe
+    from deepcourse.training.accelerator import apply_gpu_flags
 
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     base = {"name": "x", "task": {"name": "toy-classification"}, "model": {"name": "toy_mlp"},
@@ -314,7 +314,7 @@ def test_the_tracker_list_is_accelerates() -> None:
 
     from accelerate.utils import DynamoBackend, LoggerType
 
-    from deepcourse.schema import CompileBackend, Tracker
+    from deepcourse.recipe.schema import CompileBackend, Tracker
 
     assert set(typing.get_args(Tracker)) == {t.value for t in LoggerType} - {"all"}
     assert set(typing.get_args(CompileBackend)) == {b.value.lower() for b in DynamoBackend} - {"no"}

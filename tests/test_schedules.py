@@ -8,8 +8,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from deepcourse.api import SCHEDULERS, call_builder, cli, load_recipe, shipped_recipes
-from deepcourse.sweep import toml_literal
+from deepcourse.api import SCHEDULERS, call_builder, load_recipe, shipped_recipes
+from deepcourse.testing import cli
+from deepcourse.studies.sweep import toml_literal
 
 SHORT = [*range(1, 11), 17]
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from core_support import TOY_RECIPE, run_cli
 
 pytestmark = pytest.mark.slow
@@ -42,7 +41,7 @@ def search_recipe(folder: Path, trials: int = 6, sampler: str = "tpe", pruner: s
 def trials_of(folder: Path, storage: str | None = None) -> list:
     import optuna
 
-    from deepcourse.studystore import open_storage
+    from deepcourse.studies.store import open_storage
 
     record = json.loads((folder / "study.json").read_text())
     study = optuna.load_study(study_name=record["study"], storage=open_storage(storage or record["storage"]))
@@ -74,7 +73,7 @@ def test_a_search_reports_its_trials_writes_a_runnable_best_recipe_and_repeats_i
     # the best configuration again with seeds 4 and 5 (the trial was seed 3), and its error bars
     values = [best.value] + [json.loads((folder / f"best-seed{s}" / "summary.json").read_text())["best"]["accuracy"]
                              for s in (4, 5)]
-    from deepcourse.stats import summarize
+    from deepcourse.results.stats import summarize
 
     assert summarize(values).shown() in md and "(n=3)" in md
     again = run_cli(["run", str(folder / "best.toml"), "--run-dir", str(tmp_path / "again"), "--no-report"], cli_env)
@@ -244,7 +243,7 @@ def test_workers_started_together_on_an_empty_database_all_open_it(postgresql: s
 
     import psycopg
 
-    from deepcourse.studystore import open_storage
+    from deepcourse.studies.store import open_storage
 
     url = postgresql.rsplit("/", 1)[0]
     with psycopg.connect(url + "/postgres", autocommit=True) as connection:
@@ -279,7 +278,7 @@ def test_slurm_workers_through_submitit_local_executor(tmp_path: Path, cli_env, 
     """--launcher slurm's code path with submitit's local executor (everything but sbatch), and the sbatch script
     its parameters make."""
     pytest.importorskip("submitit")
-    from deepcourse import slurm, tune
+    from deepcourse.studies import slurm, tune
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", cli_env["PYTHONPATH"])  # the workers' runs find the toy plugin
@@ -311,7 +310,7 @@ def test_slurm_workers_through_submitit_local_executor(tmp_path: Path, cli_env, 
 
 # -- error bars ---------------------------------------------------------------------------------------------------
 def test_means_spreads_intervals_and_significance_by_hand() -> None:
-    from deepcourse.stats import differs, summarize, welch_p
+    from deepcourse.results.stats import differs, summarize, welch_p
 
     s = summarize([0.90, 0.92, 0.94])
     assert s.mean == pytest.approx(0.92) and s.std == pytest.approx(0.02)
@@ -349,7 +348,7 @@ def test_compare_groups_runs_that_differ_only_in_their_seed(tmp_path: Path, toy_
 
 
 def test_a_sweep_of_seeds_alone_repeats_the_recipe(plugin_site, toy_recipe: Path) -> None:
-    from deepcourse.sweep import plan
+    from deepcourse.studies.sweep import plan
 
     dims, points, seeds = plan(toy_recipe, [], 3, [])
     assert seeds == 3 and [d.key for d in dims] == ["seed"]

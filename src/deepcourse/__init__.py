@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._version import __version__
+from deepcourse._version import __version__
 
 __all__ = ["__version__", "run", "evaluate", "predict", "RunResult"]
 _RUNNER = ("run", "evaluate", "predict", "RunResult")

@@ -1,5 +1,5 @@
 """`python -m deepcourse` (what `accelerate launch -m deepcourse run ...` calls)."""
-from .cli import main
+from deepcourse.cli.main import main
 
 if __name__ == "__main__":
     main(prog_name="deepcourse")

@@ -20,36 +20,67 @@ releases. Grouped as:
   `FIGSIZE`;
 - explanations (`deepcourse explain`): `Explanation`, `ExplainOptions`, and the attributions on Captum `grad_cam`,
   `integrated_gradients`, `layer_integrated_gradients`, `module_outputs`, `ModuleOutput`;
-- documentation and tests: `zoo_section`, `count_flops`, `results_table`, `latest_checkpoint`, `shipped_recipes`
-  (name -> file of the recipes that ship with deepcourse), and `cli`, the command line as a click command (for
-  `click.testing.CliRunner`).
+- runs and recipes on disk: `latest_checkpoint`, `shipped_recipes` (name -> file of the recipes that ship with
+  deepcourse).
+
+The documentation and test helpers (`cli`, `zoo_section`, `count_flops`, `results_table`) live in
+`deepcourse.testing`, so importing this module loads neither the command line nor the studies; reading them from here
+still works for this release, with a DeprecationWarning.
 """
 from __future__ import annotations
 
-from .builders import Unique, call_builder, parameters, validate_options
-from .catalog import shipped as shipped_recipes
-from .callbacks import Callback, TrainContext, TrainState
-from .checkpoint import latest_checkpoint
-from .cli import main as cli
-from .components import build_task
-from .data import (DATA_ENV, ArrayDataset, candidate_dirs, holdout_indices, load_hf_splits, locate_splits,
-                   present_splits, resolve_splits, split_indices, splits_to_read, subset)
-from .docgen import count_flops, zoo_section
-from .docgen import results as results_table
-from .errors import CheckpointError, DataError, MissingSplitError, RecipeError, UserError, did_you_mean
-from .attribution import (ModuleOutput, grad_cam, integrated_gradients, layer_integrated_gradients,
-                          module_outputs)
-from .evaluation import SplitEvaluation, evaluate_split
-from .explanation import Explanation, ExplainOptions
-from .figures import FIGSIZE, Figure, grouped_bars, heatmap, markdown_escape, markdown_table, pyplot
-from .metrics import Accuracy, ConfusionMatrix, MeanLoss, Metric, MetricCollection, TopKAccuracy, scalars
-from .plugins import load_plugins
-from .recipe import load_recipe
-from .registry import ALL as REGISTRIES
-from .registry import (CALLBACKS, DATASETS, METRICS, MODELS, OPTIMIZERS, SCHEDULERS, TASKS, TRANSFORMS, Entry,
-                       Registry, RegistryError, UnknownNameError)
-from .schema import HOLDOUT, DataSection, ModelSection, Recipe
-from .task import DataBundle, Task
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from deepcourse.attribution import (
+    ModuleOutput,
+    grad_cam,
+    integrated_gradients,
+    layer_integrated_gradients,
+    module_outputs,
+)
+from deepcourse.data import (
+    DATA_ENV,
+    ArrayDataset,
+    candidate_dirs,
+    holdout_indices,
+    load_hf_splits,
+    locate_splits,
+    present_splits,
+    resolve_splits,
+    split_indices,
+    splits_to_read,
+    subset,
+)
+from deepcourse.discovery import load_plugins
+from deepcourse.errors import CheckpointError, DataError, MissingSplitError, RecipeError, UserError, did_you_mean
+from deepcourse.figures import FIGSIZE, Figure, grouped_bars, heatmap, markdown_escape, markdown_table, pyplot
+from deepcourse.metrics import Accuracy, ConfusionMatrix, MeanLoss, Metric, MetricCollection, TopKAccuracy, scalars
+from deepcourse.recipe.builders import Unique, call_builder, parameters, validate_options
+from deepcourse.recipe.load import load_recipe as _load_recipe
+from deepcourse.recipe.schema import HOLDOUT, DataSection, ModelSection, Recipe
+from deepcourse.recipe.shipped import shipped as shipped_recipes
+from deepcourse.registry import ALL as REGISTRIES
+from deepcourse.registry import (
+    CALLBACKS,
+    DATASETS,
+    METRICS,
+    MODELS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    TASKS,
+    TRANSFORMS,
+    Entry,
+    Registry,
+    RegistryError,
+    UnknownNameError,
+)
+from deepcourse.task import DataBundle, ExplainOptions, Explanation, Task
+from deepcourse.training.build import build_task
+from deepcourse.training.callbacks import Callback, TrainContext, TrainState
+from deepcourse.training.checkpoint import latest_checkpoint
+from deepcourse.training.evaluation import SplitEvaluation, evaluate_split
 
 __all__ = [
     # registries
@@ -75,5 +106,28 @@ __all__ = [
     "Explanation", "ExplainOptions", "grad_cam", "integrated_gradients", "layer_integrated_gradients",
     "module_outputs", "ModuleOutput",
     # documentation and tests
-    "zoo_section", "count_flops", "results_table", "latest_checkpoint", "shipped_recipes", "cli",
+    "latest_checkpoint", "shipped_recipes",
 ]
+
+#: moved to `deepcourse.testing`; reachable here for one release
+_MOVED = ("cli", "zoo_section", "count_flops", "results_table")
+
+
+def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = (),
+                data: Mapping[str, Any] | None = None) -> Recipe:
+    """Discover the installed plugins (once per process), then read, merge, override and validate a recipe: a file,
+    the name of a shipped recipe, or `data` laid out as the TOML file. Raises RecipeError listing every problem."""
+    load_plugins()
+    return _load_recipe(path, overrides, data)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import warnings
+
+        warnings.warn(f"deepcourse.api.{name} moved to deepcourse.testing.{name}; the old name goes in the next "
+                      f"release", DeprecationWarning, stacklevel=2)
+        from deepcourse import testing
+
+        return getattr(testing, name)
+    raise AttributeError(f"module 'deepcourse.api' has no attribute {name!r}")

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .errors import DataError, MissingSplitError, RecipeError
-from .schema import HOLDOUT
+from deepcourse.errors import DataError, MissingSplitError, RecipeError
+from deepcourse.recipe.schema import HOLDOUT
 
 DATA_ENV = "DEEPCOURSE_DATA"
 S = TypeVar("S")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .registry import METRICS
+from deepcourse.registry import METRICS
 
 
 class Metric:

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from torch.optim import lr_scheduler
 
-from .registry import OPTIMIZERS, SCHEDULERS
+from deepcourse.registry import OPTIMIZERS, SCHEDULERS
 
 Params = Iterable[Any]
 Lr = Annotated[float, Field(gt=0)]
@@ -31,7 +31,7 @@ def kernels(foreach: bool | None, fused: bool | None) -> dict[str, bool]:
     """torch's implementation choice: `foreach` (one kernel per group of tensors) or `fused` (one kernel for the whole
     update, fastest on a GPU); unset lets torch pick. The two exclude each other."""
     if foreach and fused:
-        from .errors import RecipeError
+        from deepcourse.errors import RecipeError
 
         raise RecipeError("optimizer.fused and optimizer.foreach: choose one (fused is the faster on a GPU)")
     return {k: v for k, v in (("foreach", foreach), ("fused", fused)) if v is not None}

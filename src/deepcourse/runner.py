@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .engine import fit
-from .inference import evaluate_run, predict_run
-from .recipe import load_recipe
-from .report import write_report
-from .rundir import read_metrics
+from deepcourse.discovery import load_plugins
+from deepcourse.recipe.load import load_recipe
+from deepcourse.results.inference import evaluate_run, predict_run
+from deepcourse.results.report import write_report
+from deepcourse.rundir.layout import read_metrics
+from deepcourse.training.loop import fit
 
 PathLike = str | os.PathLike[str]
 
@@ -41,6 +42,7 @@ def run(recipe: PathLike | Mapping[str, Any], *overrides: str, runs_root: PathLi
     """Train a recipe (a file, the name of a shipped recipe such as 'quickstart', or a dict laid out as the TOML
     file) with `--set`-style overrides ('train.epochs=2'); the run goes to runs_root/<name>/<time>/ (default
     ./runs) or to `run_dir`. The torch thread count is left as it was."""
+    load_plugins()  # discovery, once per process: a recipe names the installed plugins' components
     if isinstance(recipe, Mapping):
         resolved = load_recipe(data=recipe, overrides=overrides)
     else:
@@ -57,12 +59,14 @@ def evaluate(run_dir: PathLike, split: str | None = None, *, data_dir: PathLike 
              checkpoint: str = "best", progress: bool = False) -> dict[str, Any]:
     """The metrics of a run's best (or latest) weights on a split (default: the recipe's eval.split), exactly as
     `deepcourse evaluate --json` prints them."""
+    load_plugins()
     _, metrics = evaluate_run(Path(run_dir), split=split, data_dir=data_dir, which=checkpoint, progress=progress)
     return metrics
 
 
 def predict(run_dir: PathLike, inputs: PathLike | Sequence[PathLike], *, batch_size: int = 64) -> list[Any]:
     """The run's predictions, one per input (an image file, a sentence, as the task reads them)."""
+    load_plugins()
     items = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(i) for i in inputs]
     _, results = predict_run(Path(run_dir), items, batch_size=batch_size)
     return list(results)

@@ -102,7 +102,7 @@ def test_conll2003_from_a_hub_style_parquet_copy_end_to_end(tmp_path: Path, monk
     strings, evaluated on its test split; a hub_id of your own must pin its revision."""
     from click.testing import CliRunner
 
-    from deepcourse.api import cli
+    from deepcourse.testing import cli
 
     hub = hub_style_copy(tmp_path / "hub")
     for offline in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "DEEPCOURSE_OFFLINE"):

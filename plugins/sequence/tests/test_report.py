@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from deepcourse.api import cli as main
+from deepcourse.testing import cli as main
 from deepcourse_sequence.report import choose_examples, render_spans, render_token_tags
 from test_end_to_end import cli, train  # the tiny run on the toy corpus, through the real CLI
 
@@ -108,12 +108,13 @@ def test_rendering_escapes_markdown_and_bolds_mistakes() -> None:
 
 
 def test_model_zoo_lists_every_tagger_with_counted_flops() -> None:
-    from deepcourse.api import MODELS, TASKS, zoo_section
-    from deepcourse.api import count_flops as _count_flops
+    from deepcourse.api import MODELS, TASKS
+    from deepcourse.testing import zoo_section
+    from deepcourse.testing import count_flops as _count_flops
 
     section = zoo_section("sequence-tagging")
     committed = (REPO / "docs" / "model-zoo.md").read_text(encoding="utf-8")
-    assert "\n".join(section) in committed, "docs/model-zoo.md is stale: python -m deepcourse.docgen zoo > ..."
+    assert "\n".join(section) in committed, "docs/model-zoo.md is stale: python -m deepcourse.cli.docgen zoo > ..."
     rows = [line for line in section if line.startswith("| `")]
     assert {r.split("`")[1] for r in rows} >= {"rnn_tagger", "lstm_tagger", "gru_tagger", "bilstm_tagger",
                                                 "bilstm_crf"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from deepcourse.api import cli as main
+from deepcourse.testing import cli as main
 
 from vision_fixtures import RECIPES, class_image, make_imagefolder, png_bytes
 

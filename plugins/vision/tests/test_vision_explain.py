@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner, Result
 
 from deepcourse.api import UserError, grad_cam, module_outputs
-from deepcourse.api import cli as main
+from deepcourse.testing import cli as main
 from deepcourse_vision.explain import cam_layer, find_stages
 from deepcourse_vision.report import class_scores
 from test_vision_models import CASES, build

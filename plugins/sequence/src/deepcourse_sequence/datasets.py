@@ -13,8 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from deepcourse.api import (DATASETS, DATA_ENV, DataError, MissingSplitError, Unique, load_hf_splits,
-                            locate_splits, present_splits)
+from deepcourse.api import (
+    DATA_ENV,
+    DATASETS,
+    DataError,
+    MissingSplitError,
+    Unique,
+    load_hf_splits,
+    locate_splits,
+    present_splits,
+)
 
 from .conll import document_starts, quiet_datasets, read_conll
 from .schemes import Scheme

@@ -22,8 +22,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcourse.api import (FIGSIZE, Explanation, ExplainOptions, Figure, Task, UserError, heatmap,
-                            layer_integrated_gradients, markdown_escape, markdown_table, pyplot)
+from deepcourse.api import (
+    FIGSIZE,
+    ExplainOptions,
+    Explanation,
+    Figure,
+    Task,
+    UserError,
+    heatmap,
+    layer_integrated_gradients,
+    markdown_escape,
+    markdown_table,
+    pyplot,
+)
 
 from .crf import log_partition, nbest_paths, tag_marginals
 from .schemes import allowed_transition

@@ -17,8 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcourse.api import (Figure, Recipe, Task, UserError, evaluate_split, grouped_bars, heatmap, markdown_escape,
-                            markdown_table)
+from deepcourse.api import (
+    Figure,
+    Recipe,
+    Task,
+    UserError,
+    evaluate_split,
+    grouped_bars,
+    heatmap,
+    markdown_escape,
+    markdown_table,
+)
 
 from .schemes import Span, convert, spans
 

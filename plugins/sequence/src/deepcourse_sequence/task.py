@@ -17,9 +17,26 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from deepcourse.api import (DATASETS, TASKS, Accuracy, DataBundle, DataError, DataSection, Explanation, ExplainOptions,
-                            Figure, MeanLoss, Metric, MetricCollection, Recipe, RecipeError, Task, call_builder,
-                            resolve_splits, splits_to_read)
+from deepcourse.api import (
+    DATASETS,
+    TASKS,
+    Accuracy,
+    DataBundle,
+    DataError,
+    DataSection,
+    ExplainOptions,
+    Explanation,
+    Figure,
+    MeanLoss,
+    Metric,
+    MetricCollection,
+    Recipe,
+    RecipeError,
+    Task,
+    call_builder,
+    resolve_splits,
+    splits_to_read,
+)
 
 from .batching import TaggedSentences
 from .conll import format_sentence, iter_sentences

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from deepcourse.api import (DATASETS, DataError, Unique, candidate_dirs, load_hf_splits, locate_splits,
-                            present_splits)
+from deepcourse.api import DATASETS, DataError, Unique, candidate_dirs, load_hf_splits, locate_splits, present_splits
 
 CACHE_ENV = "DEEPCOURSE_CACHE"
 CACHE_VERSION = 1

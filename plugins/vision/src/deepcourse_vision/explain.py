@@ -24,8 +24,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcourse.api import (Explanation, ExplainOptions, Figure, ModuleOutput, UserError, did_you_mean, grad_cam,
-                            integrated_gradients, markdown_escape, markdown_table, module_outputs, pyplot)
+from deepcourse.api import (
+    ExplainOptions,
+    Explanation,
+    Figure,
+    ModuleOutput,
+    UserError,
+    did_you_mean,
+    grad_cam,
+    integrated_gradients,
+    markdown_escape,
+    markdown_table,
+    module_outputs,
+    pyplot,
+)
 
 from .data import load_image_files
 

@@ -13,8 +13,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepcourse.api import (Figure, Recipe, Task, UserError, evaluate_split, grouped_bars, heatmap, markdown_escape,
-                            markdown_table, pyplot)
+from deepcourse.api import (
+    Figure,
+    Recipe,
+    Task,
+    UserError,
+    evaluate_split,
+    grouped_bars,
+    heatmap,
+    markdown_escape,
+    markdown_table,
+    pyplot,
+)
 
 MAX_MISTAKES = 16
 #: classes up to which the per-class scores are also drawn as bars (the table always lists them all)

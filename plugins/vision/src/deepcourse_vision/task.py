@@ -20,10 +20,29 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from deepcourse.api import (DATASETS, TASKS, Accuracy, ArrayDataset, ConfusionMatrix, DataBundle, DataError,
-                            DataSection, Explanation, ExplainOptions, Figure, MeanLoss, MetricCollection,
-                            ModelSection, Recipe, RecipeError, Task, TopKAccuracy, call_builder, resolve_splits,
-                            splits_to_read)
+from deepcourse.api import (
+    DATASETS,
+    TASKS,
+    Accuracy,
+    ArrayDataset,
+    ConfusionMatrix,
+    DataBundle,
+    DataError,
+    DataSection,
+    ExplainOptions,
+    Explanation,
+    Figure,
+    MeanLoss,
+    MetricCollection,
+    ModelSection,
+    Recipe,
+    RecipeError,
+    Task,
+    TopKAccuracy,
+    call_builder,
+    resolve_splits,
+    splits_to_read,
+)
 
 from .data import ImageData, ImageSplit, load_image_files
 from .transforms import ImagePipeline, TransformSpec, build_transforms

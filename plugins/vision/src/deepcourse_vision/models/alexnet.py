@@ -12,8 +12,17 @@ from torch import nn
 
 from deepcourse.api import MODELS
 
-from ..layers import (Activation, ConvClassifier, Dropout, Norm, PositiveInt, feature_shape, make_activation,
-                      make_norm, mlp_head)
+from ..layers import (
+    Activation,
+    ConvClassifier,
+    Dropout,
+    Norm,
+    PositiveInt,
+    feature_shape,
+    make_activation,
+    make_norm,
+    mlp_head,
+)
 
 # (out channels, kernel, stride, padding, max-pool after) per convolution
 FULL = [(96, 11, 4, 0, True), (256, 5, 1, 2, True), (384, 3, 1, 1, False), (384, 3, 1, 1, False),

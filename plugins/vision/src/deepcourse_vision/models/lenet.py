@@ -12,8 +12,20 @@ from torch import nn
 
 from deepcourse.api import MODELS
 
-from ..layers import (Activation, ConvClassifier, Dropout, NonNegInt, Norm, Pool, PositiveInt, feature_shape,
-                      make_activation, make_norm, make_pool, mlp_head)
+from ..layers import (
+    Activation,
+    ConvClassifier,
+    Dropout,
+    NonNegInt,
+    Norm,
+    Pool,
+    PositiveInt,
+    feature_shape,
+    make_activation,
+    make_norm,
+    make_pool,
+    mlp_head,
+)
 
 
 def _stage(in_channels: int, out_channels: int, kernel_size: int, padding: int, norm: Norm, groups: int,

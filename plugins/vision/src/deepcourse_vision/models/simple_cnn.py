@@ -9,8 +9,20 @@ from torch import nn
 
 from deepcourse.api import MODELS
 
-from ..layers import (Activation, ConvClassifier, Dropout, Norm, NonNegInt, Pool, PositiveInt, feature_shape,
-                      make_activation, make_norm, make_pool, mlp_head)
+from ..layers import (
+    Activation,
+    ConvClassifier,
+    Dropout,
+    NonNegInt,
+    Norm,
+    Pool,
+    PositiveInt,
+    feature_shape,
+    make_activation,
+    make_norm,
+    make_pool,
+    mlp_head,
+)
 
 
 @MODELS.register("simple_cnn")

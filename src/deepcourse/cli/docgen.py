@@ -1,0 +1,305 @@
+"""Generate docs/recipe-reference.md from the recipe schema and the registered builders' signatures.
+
+    python -m deepcourse.cli.docgen > docs/recipe-reference.md
+
+A test regenerates it and fails when the committed file is stale, so the reference cannot drift from the code. The
+meaning of each core key is its `description` in `deepcourse.recipe.schema`; builders' keys come from their signatures.
+"""
+from __future__ import annotations
+
+import inspect
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from deepcourse import discovery as plugins
+from deepcourse._version import __version__
+from deepcourse.recipe.builders import parameters, validate_options
+from deepcourse.recipe.schema import CONTEXT_KEYS, HOLDOUT, REGISTRY_PLACES, SECTION_MODELS
+from deepcourse.registry import ALL, MODELS, TASKS
+from deepcourse.rundir.layout import RunData, read_run
+
+CONTEXT = {key for keys in CONTEXT_KEYS.values() for key in keys}  # filled by the engine, not the recipe
+
+
+def type_name(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return "any"
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        base, *extra = typing.get_args(annotation)
+        constraints = []
+        for meta in extra:
+            for item in [meta, *(getattr(meta, "metadata", None) or [])]:
+                for attr, symbol in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+                    if getattr(item, attr, None) is not None:
+                        constraints.append(f"{symbol} {getattr(item, attr)}")
+                if getattr(item, "pattern", None):
+                    constraints.append("pattern")
+        return type_name(base) + (f" ({', '.join(constraints)})" if constraints else "")
+    if origin is typing.Literal:
+        return " \\| ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(annotation))
+        return " or ".join(type_name(a) for a in args) + (" or none" if optional else "")
+    if origin is not None:
+        args = ", ".join(type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+
+
+def show_default(value: Any) -> str:
+    if value is inspect.Parameter.empty:
+        return "required"
+    if isinstance(value, BaseModel):
+        return "(table)"
+    text = repr(value)
+    return f"`{text}`" if len(text) < 40 else "(see source)"
+
+
+def core_tables() -> list[str]:
+    lines = []
+    for prefix, model in SECTION_MODELS.items():
+        title = f"[{prefix}]" if prefix else "top level"
+        lines += [f"### {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            if field.exclude or name in SECTION_MODELS:
+                continue
+            default = inspect.Parameter.empty if field.is_required() else field.default
+            annotation = field.annotation
+            if field.metadata:
+                annotation = typing.Annotated[(annotation, *field.metadata)]  # type: ignore[valid-type]
+            lines.append(f"| `{name}` | {type_name(annotation)} | {show_default(default)} | "
+                         f"{field.description or ''} |")
+        if model.model_config.get("extra") == "allow":
+            lines.append("| *other keys* | | | keyword arguments of the registered builder named by `name` |")
+        lines.append("")
+    return lines
+
+
+def builder_tables() -> list[str]:
+    lines = []
+    for kind, section in REGISTRY_PLACES.items():
+        registry = ALL[kind]
+        entries = registry.entries()
+        if not entries:
+            continue
+        where = f" (`[{section}] name = ...`)" if section and section != "train.callbacks" else \
+            (" (`train.callbacks = [{name = ...}]`)" if section else "")
+        lines += [f"## {kind.capitalize()}{where}", ""]
+        for e in entries:
+            aliases = f" (alias: {', '.join(e.aliases)})" if e.aliases else ""
+            lines += [f"### `{e.name}`{aliases}", "", f"From `{e.origin}`. {e.summary}", ""]
+            params = {k: v for k, v in parameters(e.obj).items() if k not in CONTEXT} if callable(e.obj) else {}
+            if params:
+                lines += ["| key | type | default |", "|---|---|---|"]
+                for name, (annotation, default) in params.items():
+                    shown = "from the dataset" if default is inspect.Parameter.empty and section == "model" \
+                        else show_default(default)
+                    lines.append(f"| `{name}` | {type_name(annotation)} | {shown} |")
+                lines.append("")
+    return lines
+
+
+def reference() -> str:
+    found = [p for p in plugins.plugins() if p.status == "ok"]
+    head = [
+        "# Recipe reference",
+        "",
+        "<!-- Generated by `python -m deepcourse.cli.docgen > docs/recipe-reference.md`; do not edit by hand. -->",
+        "",
+        f"deepcourse {__version__} with plugins: " + (", ".join(f"{p.name} ({p.dist})" for p in found) or "none")
+        + ".",
+        "",
+        "A recipe is a TOML file. Keys of `[task]`, `[data]`, `[model]`, `[optimizer]` and `[scheduler]` other than",
+        "the core keys below are the keyword arguments of the registered builder named by `name`, checked against",
+        "its type hints; model parameters marked *from the dataset* are filled in by the task (`num_classes`,",
+        "`vocab_size`, ...). Every key can be overridden on the command line with `--set key.path=VALUE`.",
+        "",
+        "## Core keys",
+        "",
+    ]
+    return "\n".join(head + core_tables() + builder_tables()).rstrip() + "\n"
+
+
+def model_zoo() -> str:
+    """Every registered model that a task can build from its example facts, with parameters and forward FLOPs."""
+    lines = ["# Model zoo", "",
+             "<!-- Generated by `python -m deepcourse.cli.docgen zoo > docs/model-zoo.md`; do not edit by hand. -->", "",
+             "Parameters and forward-pass FLOPs (multiply-adds count as 2) of every registered model at its default "
+             "settings, for one example of each task's typical input (below each table). Recipes change them: a "
+             "CIFAR-stem ResNet differs from an ImageNet-stem one.", "",
+             ("FLOPs are those `torch.utils.flop_counter` counts: matrix products and convolutions, recurrent layers "
+              "through their per-step matrix products (on the CPU's reference kernels, which the counter can see). "
+              "Element-wise work (activations, normalisation, gates, a CRF's Viterbi search) is left out."), ""]
+    for task_entry in TASKS.entries():
+        lines += zoo_section(task_entry.name)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def zoo_section(task_name: str) -> list[str]:
+    """The zoo's table for one task (no lines when the task gives no example facts or builds no model): on its
+    own so a plugin's tests can check their rows of docs/model-zoo.md without counting every other model."""
+    import torch
+
+    task_entry = TASKS.entry(task_name)
+    task_cls = task_entry.obj
+    facts = dict(getattr(task_cls, "example_facts", {}) or {})
+    if not facts:
+        return []
+    task = task_cls()
+    batch = task.setup_example(facts)
+    rows = []
+    uncounted = False
+    for entry in MODELS.entries():
+        kwargs, problems = validate_options(entry.obj, {}, loc="model", provided=facts)
+        if problems:
+            continue  # needs facts this task does not provide: another task's model
+        torch.manual_seed(0)
+        try:
+            model = entry.obj(**kwargs).eval()
+        except Exception:  # noqa: BLE001 - a model that does not fit this input size
+            continue
+        params = sum(p.numel() for p in model.parameters())
+        flops = count_flops(task, model, batch) if batch is not None else None
+        uncounted = uncounted or flops == 0
+        shown_flops = "n/a" if flops is None else ("n/a ¹" if flops == 0 else _si(flops))
+        rows.append(f"| `{entry.name}` | {entry.origin} | {params:,} | {shown_flops} | {entry.summary} |")
+    if not rows:
+        return []
+    shown = ", ".join(f"{k}={_show_fact(v)}" for k, v in facts.items())
+    described = f"; {task.example_input}" if task.example_input else ""
+    lines = [f"## {task_entry.name}", "", f"Example input: {shown}{described}.", "",
+             "| model | plugin | parameters | FLOPs | what it is |", "|---|---|---|---|---|", *rows, ""]
+    if uncounted:
+        lines += [("¹ the FLOP counter saw none of this model's operations (a fused kernel it has no formula for), "
+                   "so its FLOPs are not known, not zero."), ""]
+    return lines
+
+
+def count_flops(task: Any, model: Any, batch: Any) -> int | None:
+    """FLOPs of the task's evaluation step on `batch`; None when the example input does not suit the model.
+
+    oneDNN is switched off while counting: its fused LSTM kernel (aten.mkldnn_rnn_layer) is one operation the
+    counter has no formula for, so an LSTM would count 0; the reference kernels run the same matrix products as
+    separate, counted operations.
+    """
+    import warnings
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # setting oneDNN's flags warns about TF32 on Intel GPUs
+        try:
+            with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), counter:
+                task.evaluation_step(model, batch)
+        except Exception:  # noqa: BLE001 - the example input does not suit this model
+            return None
+    return int(counter.get_total_flops())
+
+
+def _show_fact(value: Any) -> str:
+    """A fact for the zoo's 'Example input' line: tensors (pretrained embeddings) by their shape."""
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return " x ".join(f"{n:,}" for n in shape) + " tensor"
+    return str(value)
+
+
+def _si(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f}"
+
+
+def _headline_metrics(run_summary: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
+    """The metrics a run's rows show: those its task named (`summary.json` "headline": one per head of a
+    multi-task run), else the one it was selected on."""
+    best = run_summary.get("best", {})
+    headline = [m for m in run_summary.get("headline") or () if m in best]
+    if headline:
+        return headline
+    monitor = run_summary.get("monitor") or recipe.get("train", {}).get("monitor")
+    return [monitor or next((k for k in ("f1", "accuracy") if k in best), "loss")]
+
+
+def results(run_dirs: list[str]) -> str:
+    """A results table from finished runs' own files (summary.json, run.json, recipe.toml): never typed in."""
+    lines = ["| recipe | dataset | model | split | metric | value | epochs | hardware | wall time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for d in run_dirs:
+        run = read_run(Path(d))
+        best = run.summary.get("best", {})
+        hardware = f"{run.info.get('device', '?')} x{run.info.get('num_processes', 1)}"
+        for metric in _headline_metrics(run.summary, run.recipe):
+            value = best.get(metric)
+            shown = f"{value * 100:.2f}%" if isinstance(value, float) and metric != "loss" else str(value)
+            lines.append(f"| {run.name} | {run.recipe['data']['name']} | {run.recipe['model']['name']} | "
+                         f"{run.eval_split} | {metric} | {shown} | {run.summary.get('epochs', '?')} | {hardware} | "
+                         f"{run.summary.get('wall_time_s', '?')} s |")
+    return "\n".join(lines) + "\n"
+
+
+def seed_results(sweep_dirs: list[str], split: str | None = None) -> str:
+    """A results table of recipes repeated over seeds (sweep folders of `deepcourse sweep RECIPE --seeds N`): each
+    headline metric as mean ± std with its 95% interval, read from the runs' files; beside it a split the runs
+    were not selected on: `split` (each run's best weights evaluated on it, such as test), or by default the
+    holdout the runs scored themselves (`data.holdout`)."""
+    from deepcourse.results.inference import evaluate_run
+    from deepcourse.results.stats import summarize
+
+    def other(run: RunData, metric: str) -> float:
+        if split in (None, HOLDOUT) and isinstance(run.summary.get(HOLDOUT, {}).get(metric), (int, float)):
+            return float(run.summary[HOLDOUT][metric])
+        return float(evaluate_run(run.path, split=split or HOLDOUT, progress=False)[1][metric])
+
+    folders = [(f, [read_run(d) for d in sorted(f.iterdir()) if (d / "summary.json").exists()])
+               for f in map(Path, sweep_dirs)]
+    shown = split or (HOLDOUT if any(HOLDOUT in r.summary for _, runs in folders for r in runs) else None)
+    extra = f" | {shown} (mean ± std) | {shown} 95% CI" if shown else ""
+    lines = [f"| recipe | dataset | model | selected on | metric | mean ± std | 95% CI{extra} | epochs | hardware | "
+             f"wall time per run |", "|---|---|---|---|---|---|---|" + ("---|---|" if shown else "") + "---|---|---|"]
+    for _, runs in folders:
+        if not runs:
+            continue
+        first = runs[0]
+        hardware = f"{first.info.get('device', '?')} x{first.info.get('num_processes', 1)}"
+        wall = summarize([r.summary.get("wall_time_s", 0.0) for r in runs])
+        epochs = summarize([r.summary.get("epochs", 0) for r in runs])
+        for metric in _headline_metrics(first.summary, first.recipe):
+            values = [r.summary.get("best", {}).get(metric) for r in runs]
+            values = [v for v in values if isinstance(v, (int, float))]
+            if not values:
+                continue
+            held = summarize([100 * v for v in values])
+            cells = [first.name, first.recipe["data"]["name"], first.recipe["model"]["name"], first.eval_split,
+                     metric, held.shown(2), held.interval(2)]
+            if shown and (split or all(HOLDOUT in r.summary for r in runs)):
+                tested = summarize([100 * other(r, metric) for r in runs])
+                cells += [tested.shown(2), tested.interval(2)]
+            elif shown:
+                cells += ["-", "-"]
+            cells += [f"{epochs.mean:.3g}", hardware, f"{wall.mean:,.0f} s"]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    plugins.load_plugins()
+    if len(sys.argv) > 1 and sys.argv[1] == "zoo":
+        print(model_zoo(), end="")
+    elif len(sys.argv) > 1 and sys.argv[1] == "results":
+        print(results(sys.argv[2:]), end="")
+    elif len(sys.argv) > 1 and sys.argv[1] == "seeds":  # seeds [--split test] SWEEP_DIR...
+        split = sys.argv[3] if sys.argv[2:3] == ["--split"] else None
+        print(seed_results(sys.argv[4:] if split else sys.argv[2:], split), end="")
+    else:
+        print(reference(), end="")

@@ -1,0 +1,329 @@
+"""The `deepcourse` command line. Every user error exits 2 with one message; Ctrl-C exits 130 after saving.
+
+Commands import torch and the plugins only when they run, so `deepcourse --help` answers at once.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from deepcourse._version import __version__
+from deepcourse.cli.common import handle_errors, read_inputs
+from deepcourse.cli.common import override_option as _override_option
+from deepcourse.cli.inspect import explain, lr_find
+from deepcourse.cli.studies import sweep, tune
+from deepcourse.errors import UserError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="deepcourse")
+def main() -> None:
+    """Train the networks of a deep-learning course from TOML recipes.
+
+    \b
+    deepcourse run quickstart                      (a shipped recipe, by name: see `deepcourse recipes`)
+    deepcourse run recipes/mnist_lenet.toml --set optimizer.lr=0.01
+    deepcourse list models 'res*'
+    deepcourse explain RUN_DIR digit.png           (look inside a trained network)
+    """
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(path_type=Path))
+@_override_option
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this run directory.")
+@click.option("--run-dir", type=click.Path(path_type=Path), help="Write the run here instead of runs/<name>/<time>/.")
+@click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+              help="Parent folder of new run directories.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+@click.option("--no-report", is_flag=True, help="Do not write RUN_DIR/report/ at the end.")
+@handle_errors
+def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_dir: Path | None,
+        runs_root: Path, as_json: bool, no_report: bool) -> None:
+    """Train RECIPE, a recipe file or the name of a shipped recipe (or continue a run with --resume RUN_DIR)."""
+    from deepcourse.recipe.load import load_recipe
+    from deepcourse.rundir.layout import require_free
+    from deepcourse.rundir.outputs import writable_folder
+    from deepcourse.studies.processes import follow_parent
+    from deepcourse.training.loop import fit
+
+    follow_parent()  # started by a study's worker: stop (and save) if it dies
+    if recipe is None and resume is None:
+        raise UserError("give a RECIPE to train, or --resume RUN_DIR to continue a run")
+    if resume is not None and run_dir is not None:
+        raise UserError("--run-dir and --resume cannot be combined: a resumed run stays in its own directory")
+    if run_dir is not None:  # where the run will write, before any data or model is built
+        writable_folder(require_free(run_dir), "--run-dir")
+    elif resume is None:
+        writable_folder(runs_root, "--runs-root")
+    if resume is not None:  # the run directory may be on the main process's machine only: it reads the recipe
+        from deepcourse.training.collective import on_main
+
+        resolved = load_recipe(data=on_main(lambda: _resume_recipe(resume, recipe, overrides).to_dict()))
+    else:
+        resolved = load_recipe(recipe, overrides)
+    summary = fit(resolved, runs_root=runs_root, run_dir=run_dir, resume=resume)
+    from accelerate.state import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    if not no_report:
+        from deepcourse.results.report import write_report
+
+        summary["report"] = str(write_report(Path(summary["run_dir"])))
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+    else:
+        best = {k: v for k, v in summary["best"].items() if isinstance(v, (int, float)) and k != "num_samples"}
+        shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in best.items())
+        click.echo(f"done in {summary['wall_time_s']:.1f} s. best: {shown}\nrun directory: {summary['run_dir']}")
+        if "report" in summary:
+            click.echo(f"report: {summary['report']}")
+
+
+def _resume_recipe(resume: Path, recipe: Path | None, overrides: Sequence[str]) -> Any:
+    from deepcourse.errors import CheckpointError
+    from deepcourse.recipe.load import load_recipe, read_toml
+    from deepcourse.recipe.overrides import differing_keys, value_at
+    from deepcourse.recipe.schema import NON_COMPUTING_KEYS
+    from deepcourse.rundir import lock as runlock
+    from deepcourse.rundir.layout import require_run_dir
+    from deepcourse.rundir.outputs import writable_folder
+
+    require_run_dir(resume)
+    writable_folder(resume, "--resume")
+    holder = runlock.holder(resume)  # before any data is loaded; fit takes the lock itself
+    if holder:
+        raise CheckpointError(f"--resume {resume}: {runlock.in_use(holder)}")
+    saved = read_toml(resume / "recipe.toml")
+    if recipe is None:
+        new = load_recipe(resume / "recipe.toml", overrides)
+    else:
+        new = load_recipe(recipe, overrides)
+    old, now = load_recipe(data=saved).to_dict(), new.to_dict()
+    changed = differing_keys([old, now], ignore=NON_COMPUTING_KEYS)
+    if changed:
+        raise UserError(f"--resume {resume}: the recipe differs from the one this run was started with, in keys "
+                        f"that change what is computed: " + ", ".join(changed) +
+                        ". Resume with the run's own recipe (omit RECIPE) or start a new run",
+                        [f"{k}: run has {value_at(old, k)!r}, recipe has {value_at(now, k)!r}" for k in changed])
+    return new
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@_override_option
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved recipe as JSON instead of TOML.")
+@handle_errors
+def check(recipe: Path, overrides: Sequence[str], as_json: bool) -> None:
+    """Validate RECIPE and print it fully resolved (exit 0), or list every problem (exit 2)."""
+    from deepcourse.recipe.load import load_recipe
+
+    resolved = load_recipe(recipe, overrides)
+    click.echo(json.dumps(resolved.to_dict(), indent=1) if as_json else resolved.to_toml().rstrip())
+
+
+@main.command(name="list")
+@click.argument("kind", required=False, default="all")
+@click.argument("pattern", required=False, default="*")
+@click.option("-v", "--verbose", is_flag=True, help="Show each builder's parameters.")
+@handle_errors
+def list_(kind: str, pattern: str, verbose: bool) -> None:
+    """Registered components: KIND is models, datasets, tasks, optimizers, schedulers, transforms, metrics,
+    callbacks or all; PATTERN is a shell-style pattern such as 'res*'."""
+    from deepcourse.discovery import load_plugins
+    from deepcourse.errors import did_you_mean
+    from deepcourse.recipe.builders import parameters
+    from deepcourse.registry import ALL
+
+    load_plugins()
+    if kind != "all" and kind not in ALL and kind + "s" in ALL:
+        kind += "s"
+    if kind != "all" and kind not in ALL:
+        raise UserError(f"unknown kind '{kind}'.{did_you_mean(kind, list(ALL))} Kinds: all, {', '.join(ALL)}")
+    kinds = list(ALL) if kind == "all" else [kind]
+    for k in kinds:
+        entries = ALL[k].entries(pattern)
+        if kind == "all" and not entries:
+            continue
+        click.secho(f"{k} ({len(entries)})", bold=True)
+        width = max((len(e.name) for e in entries), default=0)
+        for e in entries:
+            alias = f" (aka {', '.join(e.aliases)})" if e.aliases else ""
+            click.echo(f"  {e.name.ljust(width)}  [{e.origin}]  {e.summary}{alias}")
+            if verbose and callable(e.obj):
+                for name, (ann, default) in parameters(e.obj).items():
+                    shown = "required" if default is __import__("inspect").Parameter.empty else f"= {default!r}"
+                    click.echo(f"      {name}: {getattr(ann, '__name__', str(ann)).replace('typing.', '')} {shown}")
+        if not entries:
+            click.echo(f"  (none match '{pattern}')")
+
+
+@main.command()
+@click.option("-v", "--verbose", is_flag=True, help="Show each plugin's components and full tracebacks.")
+@handle_errors
+def plugins(verbose: bool) -> None:
+    """Installed plugins: distribution, version, status and errors."""
+    from deepcourse import discovery as plugin_mod
+
+    found = plugin_mod.plugins()
+    if not found:
+        click.echo("no plugins installed (pip install -e plugins/vision -e plugins/sequence)")
+        return
+    for p in found:
+        colour = {"ok": "green", "error": "red", "incompatible": "yellow"}.get(p.status, None)
+        status = click.style(p.status, fg=colour)
+        click.echo(f"{p.name:<12} {p.dist} {p.version:<10} {status:<12} {len(p.components)} components  ({p.target})")
+        if p.error:
+            click.echo(f"    {p.error}")
+        if verbose:
+            for kind, name in p.components:
+                click.echo(f"    {kind[:-1]}: {name}")
+            if p.details:
+                click.echo("    " + p.details.replace("\n", "\n    "))
+
+
+@main.command()
+@click.argument("pattern", required=False, default="*")
+@handle_errors
+def recipes(pattern: str) -> None:
+    """The recipes that ship with deepcourse, which run by name (`deepcourse run quickstart`); PATTERN is a
+    shell-style pattern such as 'ner*' or 'ablations/*'."""
+    import fnmatch
+
+    from deepcourse.recipe import shipped as catalog
+
+    found = {name: path for name, path in catalog.shipped().items() if fnmatch.fnmatchcase(name, pattern)}
+    if not found:
+        click.echo(f"no shipped recipe matches '{pattern}'" if catalog.shipped() else
+                   "no recipes are shipped with this installation")
+        return
+    width = max(len(name) for name in found)
+    for name, path in found.items():
+        needs, text = catalog.describe(path)
+        plugins_text = f"[{', '.join(needs)}]" if needs else "[core]"
+        click.echo(f"  {name.ljust(width)}  {plugins_text:<10}  {text}")
+    click.echo(f"\n{len(found)} recipe(s) in {catalog.recipes_dir()}; run one with `deepcourse run NAME`, copy one "
+               f"with `deepcourse check NAME > my.toml`")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--split", help="Split to evaluate (default: the recipe's eval.split).")
+@click.option("--data-dir", help="Read the split from this folder (it may hold only that split's files).")
+@click.option("--checkpoint", type=click.Choice(["best", "latest"]), default="best", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--write-predictions", "predictions", type=click.Path(path_type=Path), metavar="FILE",
+              help="Also write every sample's prediction: a CSV row per image (id, gold, predicted, probability), "
+                   "token / gold / predicted columns for a tagger (what conlleval reads).")
+@handle_errors
+def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint: str, as_json: bool,
+             predictions: Path | None) -> None:
+    """Metrics of a trained run's best (or latest) weights on a split."""
+    from deepcourse.results.inference import evaluate_run
+    from deepcourse.rundir.outputs import writable_file
+
+    if predictions is not None:
+        writable_file(predictions, "--write-predictions")
+    task, metrics = evaluate_run(run_dir, split=split, data_dir=data_dir, which=checkpoint, progress=not as_json,
+                                 split_key=f"--split {split}" if split else None, predictions=predictions)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=1))
+        return
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            click.echo(f"{key:<20} {value:.4f}")
+        elif isinstance(value, (int, str)):
+            click.echo(f"{key:<20} {value}")
+    for line in task.describe_metrics(metrics):
+        click.echo(line)
+    if predictions is not None:
+        click.echo(f"predictions: {predictions}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input (JSON lines).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write results to this file.")
+@click.option("--nbest", default=1, show_default=True, type=click.IntRange(min=1),
+              help="The K best answers per input with their probabilities (a tagger's K best tag sequences).")
+@handle_errors
+def predict(run_dir: Path, inputs: Sequence[str], as_json: bool, batch_size: int, output: Path | None,
+            nbest: int) -> None:
+    """Predict with a trained run on INPUTS (files or text, as the task takes them; '-' reads stdin lines)."""
+    from deepcourse.results.inference import predict_run
+    from deepcourse.results.predictions import write_lines
+    from deepcourse.rundir.outputs import writable_file
+
+    if output is not None:
+        writable_file(output, "-o")
+    from_stdin = list(inputs) == ["-"]
+    items = read_inputs(inputs, "predict")
+    task, results = predict_run(run_dir, items, batch_size=batch_size, nbest=nbest)
+    written = write_lines(results, lambda r: json.dumps(r) if as_json else task.format_prediction(r), output)
+    if not written:
+        shown = "standard input" if from_stdin else ", ".join(map(repr, items[:3])) + (", ..." if items[3:] else "")
+        raise UserError(f"predict: {shown} gave nothing to predict on (an empty file?); nothing was written")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--no-task-figures", is_flag=True, help="Only the curves (skip figures that need the best weights).")
+@handle_errors
+def report(run_dir: Path, no_task_figures: bool) -> None:
+    """Write RUN_DIR/report/: PNG curves, the task's figures and report.md."""
+    from deepcourse.results.report import write_report
+
+    md = write_report(run_dir, with_task=not no_task_figures)
+    click.echo(f"report: {md}")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("comparison"), show_default=True,
+              help="Folder for the PNGs and the compare.md / compare.csv tables.")
+@handle_errors
+def compare(run_dirs: Sequence[Path], output: Path) -> None:
+    """Overlay the curves of several runs and tabulate their metrics; lines are labelled by the recipe keys
+    that differ between the runs."""
+    from deepcourse.results.compare import compare_runs
+    from deepcourse.rundir.outputs import writable_folder
+
+    _, md = compare_runs(list(run_dirs), writable_folder(output, "-o"))
+    click.echo(md.read_text(encoding="utf-8").rstrip())
+    click.echo(f"\nwritten: {md}, {md.with_suffix('.csv')} and compare_*.png in {output}")
+
+
+@main.command(name="new-plugin")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(path_type=Path),
+              help="Where to create the package (default: ./deepcourse-NAME).")
+@click.option("--kind", type=click.Choice(["model", "dataset", "task"]), default="model", show_default=True,
+              help="What the example plugin adds: a model, a dataset, or a whole task with its own data and model.")
+@handle_errors
+def new_plugin(name: str, directory: Path | None, kind: str) -> None:
+    """Generate a working plugin package (pyproject with the entry point, a registered component, a recipe and
+    a test) to start a model, dataset or task of your own."""
+    from deepcourse.cli.scaffold import new_plugin as scaffold
+    from deepcourse.rundir.outputs import writable_folder
+
+    if directory is not None:
+        writable_folder(directory, "--dir")
+    root = scaffold(name, directory, kind)
+    click.echo(f"created {root}\n\nnext:\n  pip install -e {root}\n  python -m pytest {root}/tests\n"
+               f"  deepcourse run {root}/recipes/{root.name.removeprefix('deepcourse-').replace('-', '_')}.toml")
+
+
+main.add_command(sweep)
+main.add_command(tune)
+main.add_command(explain)
+main.add_command(lr_find)
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

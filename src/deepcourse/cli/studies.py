@@ -1,0 +1,82 @@
+"""The commands that run many trainings: `deepcourse sweep` (a grid, with seeds) and `deepcourse tune` (an Optuna
+search). `deepcourse.cli.main` adds them to the command group."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+
+from deepcourse.cli.common import handle_errors, override_option
+from deepcourse.errors import UserError
+
+
+@click.command()
+@click.argument("recipe", required=False, type=click.Path(path_type=Path))
+@click.option("--grid", "grids", multiple=True, metavar="KEY=V1,V2",
+              help="Values to try for a recipe key (repeatable; the runs are the product).")
+@click.option("--seeds", type=click.IntRange(min=1),
+              help="Runs per grid point with seeds seed, seed+1, ... (default: the recipe's sweep.seeds, or 1).")
+@override_option
+@click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Runs at a time, one process each.")
+@click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue an interrupted sweep folder.")
+@handle_errors
+def sweep(recipe: Path | None, grids: Sequence[str], seeds: int | None, overrides: Sequence[str], jobs: int,
+          runs_root: Path, resume: Path | None) -> None:
+    """Run RECIPE for every combination of --grid values (and seeds), then compare the runs.
+
+    Without --grid, the recipe's own [sweep] table says what to vary (grid = {"model.dropout" = [0, 0.5]})."""
+    from deepcourse.rundir.outputs import writable_folder
+    from deepcourse.studies.sweep import sweep as run_sweep
+
+    if recipe is None and resume is None:
+        raise UserError("give a RECIPE and --grid values, or --resume SWEEP_DIR")
+    writable_folder(resume if resume is not None else runs_root, "--resume" if resume is not None else "--runs-root")
+    folder = run_sweep(recipe or Path("."), grids, seeds=seeds, overrides=overrides, jobs=jobs,
+                       runs_root=runs_root, resume=resume, echo=click.echo)
+    click.echo((folder / "compare.md").read_text(encoding="utf-8").rstrip())
+    click.echo(f"\nsweep folder: {folder}")
+
+
+@click.command()
+@click.argument("recipe", required=False)
+@override_option
+@click.option("--study", "study_name", help="The study's name: the same name and --storage on several machines (or "
+                                            "several commands) makes them workers of one study.")
+@click.option("--storage", help="Optuna storage URL shared by every worker (postgresql://user@host/db, mysql://..., "
+                                "sqlite:///file.db); default: a journal file in the study folder.")
+@click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Workers (trials at a time) here, each on its own GPU when there are GPUs; with --launcher slurm, "
+                   "the Slurm array's size.")
+@click.option("--trials", type=click.IntRange(min=1), help="Trials to finish (default: the recipe's search.trials).")
+@click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue the study in this folder.")
+@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="Run the workers here, or submit them to Slurm as a job array (submitit).")
+@click.option("--partition", help="Slurm partition.")
+@click.option("--time", "time_min", default=60, show_default=True, type=click.IntRange(min=1),
+              help="Slurm time limit per worker, minutes (a worker that runs out is requeued and resumes).")
+@click.option("--gpus-per-worker", default=1, show_default=True, type=click.IntRange(min=0))
+@click.option("--cpus-per-worker", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--mem", help="Slurm memory per worker, e.g. 32G.")
+@handle_errors
+def tune(recipe: str | None, overrides: Sequence[str], study_name: str | None, storage: str | None, jobs: int,
+         trials: int | None, runs_root: Path, resume: Path | None, launcher: str, partition: str | None,
+         time_min: int, gpus_per_worker: int, cpus_per_worker: int, mem: str | None) -> None:
+    """Search RECIPE's [search] space with Optuna: every trial a run directory, pruned on its evaluations; then
+    the best configuration over search.seeds seeds, and a report (study.md, best.toml, plots)."""
+    from deepcourse.studies import tune as tuning
+
+    spec = tuning.prepare(recipe, overrides, study_name=study_name, storage=storage, trials=trials,
+                          runs_root=runs_root, resume=resume)
+    if launcher == "slurm":
+        from deepcourse.studies.slurm import submit
+
+        ids = submit(spec, jobs, partition=partition, time=time_min, gpus=gpus_per_worker, cpus=cpus_per_worker,
+                     mem=mem)
+        click.echo(f"tune: {jobs} worker(s) submitted to Slurm as {', '.join(ids)}; the study: {spec.folder}")
+        return
+    folder = tuning.tune(spec, jobs=jobs, echo=click.echo)
+    click.echo((folder / "study.md").read_text(encoding="utf-8").split("![", 1)[0].rstrip())

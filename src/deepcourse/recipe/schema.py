@@ -1,0 +1,275 @@
+"""The recipe schema: every core key with its type, range, default and meaning, in one place.
+
+Each key's `description` is what `docs/recipe-reference.md` prints (`python -m deepcourse.cli.docgen`), so the reference
+cannot drift from the code. Tables whose other keys belong to a registered builder (`[model]`, `[data]`, ...) allow
+extra keys; `deepcourse.recipe.load` checks them against the builder's signature.
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field
+
+from deepcourse.recipe.builders import parameters
+from deepcourse.registry import ALL
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+def doc(default: Any, description: str) -> Any:
+    """A field's default and the sentence the recipe reference shows for it."""
+    return Field(default, description=description)
+
+
+#: the split `data.holdout` carves from train: scored once at the end of a run, never trained or selected on
+HOLDOUT = "holdout"
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Open(BaseModel):
+    """A table whose extra keys belong to a registered builder, checked against its signature."""
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TaskSection(_Open):
+    name: str = doc(..., "registered task")
+
+
+class DataSection(_Open):
+    name: str = doc(..., "registered dataset")
+    data_dir: str | None = doc(None, "folder with a local copy; it must exist (without the key: $DEEPCOURSE_DATA/"
+                                      "<dataset>/, else the Hub)")
+    batch_size: PositiveInt = doc(32, "samples per batch and process")
+    eval_batch_size: PositiveInt | None = doc(None, "batch size for evaluation (default: batch_size)")
+    val_split: Annotated[float, Field(ge=0, lt=1)] | None = doc(
+        None, "fraction of train carved off as the validation split, only when the dataset has none of its own (the "
+              "same samples for the same seed); a dataset's own validation split is always used as it is")
+    holdout: Annotated[float, Field(ge=0, lt=1)] | None = doc(
+        None, "fraction of train kept out as split 'holdout', the same samples for every seed and recipe (the last whole "
+              "documents where the dataset marks them, else a fixed random draw), never trained on and never selected "
+              "on; the best weights are scored on it once, at the end of the run (RUN/holdout.json): an estimate of "
+              "performance on unseen data when the test split is kept out. 0 turns it off (--set data.holdout=0 trains "
+              "the final model on all of train)")
+    num_workers: NonNegInt = doc(0, "DataLoader worker processes (0: load in the training process)")
+    train_samples: PositiveInt | None = doc(
+        None, "train on a random subset of this many samples (the same for the same seed): quick ablations")
+    eval_samples: PositiveInt | None = doc(
+        None, "evaluate on a random subset of this many samples (the same for the same seed), in training and in "
+              "`deepcourse evaluate`")
+    group_by_length: bool = doc(
+        False, "batch sentences of similar length together (less padding, faster epochs on variable-length data); "
+               "batches stay random in content and order")
+    on_device: bool = doc(
+        False, "keep the decoded dataset on the training device (a GPU), so a step moves no data from the host: for "
+               "data held as tensors (ArrayDataset) that fits beside the model, such as MNIST or CIFAR-10 (150 MB)")
+
+
+class ModelSection(_Open):
+    name: str = doc(..., "registered model")
+
+
+class OptimizerSection(_Open):
+    name: str = doc("adamw", "registered optimizer")
+
+
+class SchedulerSection(_Open):
+    name: str = doc("constant", "registered learning-rate schedule (stepped per optimizer step; plateau per "
+                                "evaluation)")
+
+
+#: torch.compile backends, as Accelerate names them (accelerate.utils.DynamoBackend, less "no"); a test keeps the
+#: two lists equal
+CompileBackend = Literal["eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nvprims_nvfuser", "cudagraphs", "ofi",
+                         "fx2trt", "onnxrt", "tensorrt", "aot_torchxla_trace_once", "torchxla_trace_once", "tvm",
+                         "hpu_backend", "neuron"]
+#: experiment trackers Accelerate logs to (accelerate.utils.LoggerType, less "all"); a test keeps them equal
+Tracker = Literal["aim", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab"]
+
+
+class CompileOptions(_Strict):
+    backend: CompileBackend = doc("inductor", "torch.compile backend (eager and aot_eager only trace: quick to check "
+                                              "that a model compiles)")
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = doc(
+        None, "torch.compile mode (default: torch's)")
+    fullgraph: bool = doc(False, "fail instead of splitting the model into several graphs")
+    dynamic: bool | None = doc(None, "trace with dynamic shapes (default: torch decides)")
+
+
+class EarlyStopping(_Strict):
+    patience: PositiveInt = doc(..., "evaluations without improvement before stopping")
+    min_delta: NonNegFloat = doc(0.0, "smallest change that counts as an improvement")
+
+
+class TrainSection(_Strict):
+    epochs: PositiveInt = doc(10, "passes over the training data")
+    max_steps: PositiveInt | None = doc(None, "stop after this many optimizer steps (smoke runs), evaluating at the "
+                                              "end")
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = doc(
+        None, "no, bf16 (CPU or recent GPUs) or fp16 (CUDA GPUs, with a gradient scaler); unset: what the launcher "
+              "says (`accelerate launch --mixed_precision`, or its config file), else no. A value here wins over the "
+              "launcher's, with a warning when they differ")
+    grad_accum: PositiveInt | None = doc(
+        None, "batches per optimizer step; unset: Accelerate's ACCELERATE_GRADIENT_ACCUMULATION_STEPS, else 1. A "
+              "value here wins, with a warning when they differ")
+    compile: bool | CompileOptions | None = doc(
+        None, "torch.compile the model: true (inductor) or {backend = ..., mode = ...}; unset: what the launcher says "
+              "(`accelerate launch --dynamo_backend`), else off. Weights are always saved uncompiled")
+    clip_grad_norm: PositiveFloat | None = doc(None, "clip the global gradient norm to this value")
+    l1: NonNegFloat = doc(0.0, "L1 penalty on weight matrices and kernels, added to the loss (weight decay is L2)")
+    monitor: str | None = doc(None, "validation metric that picks the best epoch and drives early stopping "
+                                    "(default: the task's)")
+    monitor_mode: Literal["min", "max"] | None = doc(None, "min or max (default: the task's)")
+    early_stopping: EarlyStopping | None = doc(
+        None, "{patience = N, min_delta = 0.0}: stop after N evaluations without improvement")
+    checkpoint_every: NonNegInt = doc(0, "also checkpoint every N optimizer steps (0: at the end of each epoch only)")
+    keep_checkpoints: PositiveInt = doc(2, "how many checkpoints to keep")
+    log_every: PositiveInt = doc(50, "log the training loss every N optimizer steps")
+    deterministic: bool = doc(False, "ask torch for deterministic algorithms (slower)")
+    skip_nonfinite: bool = doc(False, "skip steps whose loss is NaN/inf instead of stopping")
+    trackers: list[Tracker] = doc(
+        [], "experiment trackers besides metrics.jsonl, through Accelerate: tensorboard, mlflow, wandb, aim, comet_ml, "
+            "clearml, dvclive, trackio, swanlab (each needs its package); the recipe is logged as hyperparameters")
+    progress: bool = doc(True, "progress bars on a terminal")
+    device: Literal["auto", "cpu"] = doc("auto", "auto (GPU when there is one) or cpu")
+    threads: PositiveInt | None = doc(None, "torch CPU threads per process (the caller's setting is restored "
+                                            "after the run)")
+    stop_check_every: PositiveInt = doc(
+        10, "with several processes, agree on a Ctrl-C or SIGTERM every N optimizer steps (and evaluation batches): one "
+            "small all-reduce per N steps instead of a host sync on every step")
+    tf32: bool | None = doc(None, "TF32 matrix products and convolutions on NVIDIA GPUs (Ampere and newer): faster "
+                                  "float32 with a 10-bit mantissa; unset: torch's defaults")
+    cudnn_benchmark: bool = doc(False, "let cuDNN time its convolution algorithms for each input shape and keep the "
+                                       "fastest (fixed image sizes; not deterministic)")
+    keep_freed_memory: bool = doc(
+        True, "on Linux (glibc), keep freed memory for reuse instead of page-faulting it back every step (see "
+              "deepcourse.training.accelerator); false restores glibc's defaults")
+    callbacks: list[dict[str, Any]] = doc([], "[{name = ..., ...}]: registered callbacks with their keys")
+
+
+class EvalSection(_Open):
+    split: str = doc("validation", "split evaluated each epoch and used to pick the best model (never 'holdout', which "
+                                   "only estimates how the chosen model does on unseen data)")
+    every: PositiveInt = doc(1, "evaluate every N epochs (and always after the last)")
+    batch_size: PositiveInt | None = doc(None, "batch size for evaluation")
+
+
+class SweepSection(_Strict):
+    """What `deepcourse sweep RECIPE` varies when no --grid is given: an ablation kept with its recipe."""
+    grid: dict[str, list[Any]] = doc({}, "what `deepcourse sweep` varies: {\"key.path\" = [values]}, the runs are the "
+                                         "product")
+    seeds: PositiveInt = doc(1, "runs per grid point (seed, seed+1, ...), reported as mean and spread")
+
+
+class SearchSection(_Strict):
+    """What `deepcourse tune RECIPE` searches: the space, the budget, Optuna's sampler and pruner."""
+    trials: PositiveInt = doc(20, "trials to finish (completed or pruned), counted over every worker of the study")
+    sampler: Literal["tpe", "random", "grid", "cmaes", "qmc"] = doc(
+        "tpe", "Optuna's sampler: tpe (Bayesian, the default), random, grid (every point of the space, in order), "
+               "cmaes (continuous spaces), qmc (quasi-random)")
+    pruner: Literal["median", "successive_halving", "hyperband", "none"] = doc(
+        "median", "stops unpromising trials early, from their per-epoch evaluations of the monitored metric")
+    seeds: PositiveInt = doc(1, "runs of the best configuration at the end, with seeds seed, seed+1, ...: reported "
+                                "as mean ± std and a 95% confidence interval")
+    space: dict[str, Any] = doc(
+        {}, "what each trial samples, keys as in --set: {\"optimizer.lr\" = {low = 1e-4, high = 0.1, log = true}, "
+            "\"model.hidden\" = {low = 16, high = 128, step = 16}, \"optimizer\" = [{name = \"sgd\"}, ...]}")
+
+
+class Recipe(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = doc(
+        ..., "run name: runs go to runs/<name>/<timestamp>/ (default: the file name)")
+    description: str = doc("", "free text, shown in reports")
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = doc(
+        0, "seeds Python, NumPy and torch, the data order and the validation split (NumPy takes at most 2**32 - 1)")
+    extends: str | None = doc(None, "path of a base recipe (relative to this file): tables merge, lists replace")
+    requires_plugins: list[str] = doc([], "plugins the recipe needs; a clear message names any that are missing")
+    task: TaskSection
+    data: DataSection
+    model: ModelSection
+    optimizer: OptimizerSection = OptimizerSection()
+    scheduler: SchedulerSection = SchedulerSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
+    sweep: SweepSection = SweepSection()
+    search: SearchSection = SearchSection()
+
+    source: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Samples per evaluation batch: eval.batch_size, else data.eval_batch_size, else data.batch_size. One
+        place, so training, `evaluate` and the tasks' reports batch the evaluation split alike."""
+        return self.eval.batch_size or self.data.eval_batch_size or self.data.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved recipe: every key with its value, builder defaults included."""
+        data = self.model_dump(mode="json", exclude_none=True, exclude={"source", "extends"})
+        for section in BUILDER_SECTIONS:
+            if section == "model":
+                continue  # a model default may be a fact the data provides: written out, it would override it
+            fn = _builder_for(section, getattr(self, section).name)
+            if fn is None:
+                continue
+            defaults = {k: d for k, (_, d) in parameters(fn).items()
+                        if d is not inspect.Parameter.empty and d is not None and k not in data[section]
+                        and _plain(d) and k not in CONTEXT_KEYS.get(section, ())}
+            merged = {**defaults, **{k: v for k, v in data[section].items() if k != "name"}}
+            data[section] = {"name": data[section]["name"], **dict(sorted(merged.items()))}
+        return data
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(_toml_safe(self.to_dict()))
+
+
+#: Each table by its key path, in the order the reference documents them ("" is the top level).
+SECTION_MODELS: dict[str, type[BaseModel]] = {
+    "": Recipe, "task": TaskSection, "data": DataSection, "model": ModelSection, "optimizer": OptimizerSection,
+    "scheduler": SchedulerSection, "train": TrainSection, "train.compile": CompileOptions,
+    "train.early_stopping": EarlyStopping, "eval": EvalSection, "sweep": SweepSection, "search": SearchSection,
+}
+#: Tables whose `name` picks a builder from a registry, and that registry.
+BUILDER_SECTIONS = {"task": "tasks", "data": "datasets", "model": "models", "optimizer": "optimizers",
+                    "scheduler": "schedulers"}
+#: Where a recipe names each registry's components (None: only inside another component's table).
+REGISTRY_PLACES: dict[str, str | None] = {
+    **{kind: section for section, kind in BUILDER_SECTIONS.items()}, "transforms": None,
+    "callbacks": "train.callbacks", "metrics": None}
+#: Parameters a builder receives from the engine or its task, never from the recipe table.
+CONTEXT_KEYS = {"optimizer": ("params",),
+                "scheduler": ("optimizer", "total_steps", "steps_per_epoch", "epochs", "monitor_mode"),
+                "data": ("data_dir", "seed", "splits", "val_split", "holdout")}
+#: Recipe keys (prefixes) that change how visibly or how often a run saves, not what it computes: a resumed run may
+#: change them, and `compare` does not label runs by them. (Not epochs: schedules such as one-cycle are laid out
+#: over the original length.)
+NON_COMPUTING_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                      "train.threads", "train.keep_freed_memory", "train.trackers", "train.callbacks",
+                      "train.stop_check_every", "data.on_device", "sweep", "search")
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, tuple, list, dict))
+
+
+def _toml_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _toml_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_toml_safe(v) for v in value]
+    return value
+
+
+def _builder_for(section: str, name: str) -> Any:
+    registry = ALL[BUILDER_SECTIONS[section]]
+    return registry.get(name) if name in registry else None

@@ -1,0 +1,300 @@
+"""Studies: a hyperparameter search (`deepcourse tune`) or a sweep (`deepcourse sweep`), as one Optuna study whose
+trials are normal run directories, run by any number of workers on any number of machines.
+
+    STUDY_DIR/  (runs/<recipe>/study-<name>/, or runs/<recipe>/sweep-<time>/)
+        study.json / sweep.json   what the study is: recipe, overrides, space or grid, budget, storage
+        study.log                 the embedded storage (Optuna's journal file), unless --storage names a database
+        <trial>/ and <trial>.log  each trial's run directory and output (sweeps: 000-model.dropout=0.5/)
+        study.md, study.csv       every trial: state, value, parameters, wall time
+
+A worker takes a trial from the storage (a sweep's points are queued there when it is created, so no point is run
+twice, however many workers), runs `deepcourse run` for it in a subprocess (a failing run does not take the worker
+down) and records the result. A worker that dies leaves its trial RUNNING: the next worker to start marks it failed
+(a dead process on this machine, or a stale heartbeat of a database storage) and queues a retry that resumes the
+same run directory from its checkpoint. A trial that stopped with a checkpoint (Ctrl-C, preemption) is retried the
+same way; budgets count finished (completed or pruned) trials.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepcourse.recipe.overrides import toml_literal
+from deepcourse.recipe.searchspace import Dimension
+from deepcourse.rundir.files import read_json
+from deepcourse.studies.processes import PARENT_ENV
+from deepcourse.studies.store import HEARTBEAT_S, PRUNED_FILE, open_storage
+from deepcourse.training.checkpoint import latest_checkpoint
+
+MAX_RETRIES = 2
+WORKER_ENV = "DEEPCOURSE_WORKER"
+
+
+def worker_id() -> str:
+    """Who runs a trial: a Slurm array task (the same after a requeue), else this machine and process."""
+    job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if job and task:
+        return f"slurm:{job}_{task}"
+    return os.environ.get(WORKER_ENV) or f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class StudySpec:
+    """What a study runs, as study.json / sweep.json records it (every worker reads the same)."""
+
+    kind: str  # "tune" | "sweep"
+    folder: Path
+    recipe: Path
+    name: str
+    storage: str
+    monitor: str
+    direction: str  # "maximize" | "minimize"
+    trials: int
+    overrides: list[str] = field(default_factory=list)
+    dims: list[Dimension] = field(default_factory=list)
+    sampler: str = "tpe"
+    pruner: str = "none"
+    seed: int = 0
+    epochs: int = 1
+    points: list[dict[str, Any]] = field(default_factory=list)  # sweeps: the queued grid points
+
+
+# -- storage and study -----------------------------------------------------------------------------------------
+def sampler_of(spec: StudySpec) -> Any:
+    import optuna
+
+    samplers: dict[str, Callable[[], Any]] = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=spec.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=spec.seed),
+        "grid": lambda: optuna.samplers.RandomSampler(seed=spec.seed),  # every point is queued: nothing to draw
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=spec.seed),
+        "qmc": lambda: optuna.samplers.QMCSampler(seed=spec.seed),
+    }
+    return samplers[spec.sampler]()
+
+
+def pruner_of(spec: StudySpec) -> Any:
+    import optuna
+
+    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
+            "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
+            "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(spec.epochs, 1)),
+            "none": lambda: optuna.pruners.NopPruner()}[spec.pruner]()
+
+
+def open_study(spec: StudySpec, *, create: bool) -> Any:
+    """The study in its storage; `create`: make it (and queue a sweep's points) unless it exists."""
+    import optuna
+
+    storage = open_storage(spec.storage)
+    try:
+        if not create:
+            raise KeyError
+        study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
+                                    sampler=sampler_of(spec), pruner=pruner_of(spec))
+    except (KeyError, optuna.exceptions.DuplicatedStudyError):
+        return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler_of(spec),
+                                 pruner=pruner_of(spec))
+    for point in spec.points:  # created here and only here: each point is queued once
+        study.enqueue_trial(point["params"], user_attrs={"run_dir": point["dir"], "label": point["label"]})
+    return study
+
+
+# -- the trials ---------------------------------------------------------------------------------------------------
+def finished(trial: Any) -> bool:
+    from optuna.trial import TrialState
+
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def budget_left(study: Any, spec: StudySpec) -> int:
+    """Trials still to start: the budget less the finished and the running ones (queued ones still count)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    busy = sum(1 for t in trials if finished(t) or t.state == TrialState.RUNNING)
+    return spec.trials - busy
+
+
+def recover(study: Any, spec: StudySpec) -> list[int]:
+    """Fail the trials of workers that died (on this machine: their process is gone; elsewhere: a stale heartbeat),
+    then queue one retry of every failed trial that left a checkpoint to resume. Returns the retried trial numbers."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage  # noqa: SLF001 - Optuna's storage API (set_trial_state_values) is public; the handle
+    host, me = socket.gethostname(), worker_id()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        dead_here = attrs.get("host") == host and isinstance(attrs.get("pid"), int) and not _alive(attrs["pid"])
+        if dead_here or (attrs.get("worker") == me and attrs.get("pid") != os.getpid()):  # or my requeued self's
+            if attrs.get("host") == host and isinstance(attrs.get("run_pid"), int):
+                _wait_gone(attrs["run_pid"])  # its run got SIGTERM with its worker: let it save and stop first
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+    if isinstance(storage, optuna.storages.RDBStorage):
+        optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    taken = {t.user_attrs.get("retry_of") for t in trials if "retry_of" in t.user_attrs}
+    retried = []
+    for trial in trials:
+        attrs = trial.user_attrs
+        if trial.state != TrialState.FAIL or trial.number in taken or attrs.get("skipped"):
+            continue
+        run = spec.folder / str(attrs.get("run_dir", ""))
+        if attrs.get("run_dir") and attrs.get("retries", 0) < MAX_RETRIES and latest_checkpoint(run / "checkpoints"):
+            study.enqueue_trial(trial.params, user_attrs={**{k: v for k, v in attrs.items() if k in ("run_dir",
+                                                                                                      "label")},
+                                                          "retry_of": trial.number,
+                                                          "retries": attrs.get("retries", 0) + 1})
+            retried.append(trial.number)
+    return retried
+
+
+def _wait_gone(pid: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def params_to_overrides(spec: StudySpec, trial: Any) -> list[str]:
+    """Sample (or take the queued values of) every dimension; the trial's recipe as --set overrides."""
+    return [f"{dim.key}={toml_literal(dim.suggest(trial))}" for dim in spec.dims]
+
+
+def run_trial(study: Any, spec: StudySpec, trial: Any, env: Mapping[str, str], echo: Callable[[str], None],
+              on_child: Callable[[subprocess.Popen[Any] | None], None] = lambda proc: None) -> None:
+    """Run one trial as `deepcourse run` in a subprocess and record its outcome in the study."""
+    import optuna
+
+    sets = params_to_overrides(spec, trial)
+    name = trial.user_attrs.get("run_dir") or f"trial-{trial.number:04d}"
+    for key, value in (("run_dir", name), ("host", socket.gethostname()), ("pid", os.getpid()),
+                       ("worker", worker_id())):
+        trial.set_user_attr(key, value)
+    run = spec.folder / name
+    cmd = [sys.executable, "-m", "deepcourse", "run"]
+    if latest_checkpoint(run / "checkpoints") is not None:
+        cmd += ["--resume", str(run)]
+    else:
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)  # started but never checkpointed: start over
+        cmd += [str(spec.recipe), "--run-dir", str(run), *[a for o in spec.overrides + sets for a in ("--set", o)]]
+    if spec.pruner != "none":
+        cmd += ["--set", "train.callbacks=[" + toml_literal({"name": "optuna_pruning", "storage": spec.storage,
+                                                             "study": spec.name, "trial": trial._trial_id,
+                                                             "monitor": spec.monitor}) + "]"]
+    cmd += ["--no-report"]
+    started = time.perf_counter()
+    with open(spec.folder / f"{name}.log", "a", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), **env})
+        trial.set_user_attr("run_pid", proc.pid)
+        on_child(proc)
+        storage = study._storage  # noqa: SLF001 - heartbeats for database storages, while the run runs
+        beats = isinstance(storage, optuna.storages.RDBStorage)
+        while True:
+            try:
+                code = proc.wait(timeout=HEARTBEAT_S)
+                break
+            except subprocess.TimeoutExpired:
+                if beats:
+                    storage.record_heartbeat(trial._trial_id)  # noqa: SLF001
+        on_child(None)
+    trial.set_user_attr("wall_time_s", round(time.perf_counter() - started, 1))
+    trial.set_user_attr("exit_code", code)
+    label = trial.user_attrs.get("label") or ", ".join(sets) or "base"
+    if code == 0 and (run / PRUNED_FILE).exists():
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        echo(f"  pruned: trial {trial.number} ({label}) at epoch {read_json(run / PRUNED_FILE)['epoch']}")
+        return
+    summary = read_json(run / "summary.json", missing={}) if code == 0 else {}
+    value = summary.get("best", {}).get(spec.monitor)
+    if value is None:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        why = f"exit {code}" if code else f"no {spec.monitor} in {run / 'summary.json'}"
+        echo(f"  FAILED ({why}, see {spec.folder / f'{name}.log'}): trial {trial.number} ({label})")
+        return
+    study.tell(trial, float(value))
+    echo(f"  done: trial {trial.number} ({label}): {spec.monitor} {value:.4f}")
+
+
+def work(spec: StudySpec, *, jobs: int = 1, gpus: Sequence[str] = (), echo: Callable[[str], None] = print,
+         on_child: Callable[[subprocess.Popen[Any] | None], None] = lambda proc: None) -> Any:
+    """A worker: `jobs` threads take trials until the budget is done; returns the study."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deepcourse.studies.processes import DeviceSlots
+
+    study = open_study(spec, create=False)
+    retried = recover(study, spec)
+    if retried:
+        echo(f"  retrying trial(s) {', '.join(map(str, retried))}, from their checkpoints")
+    slots = DeviceSlots(jobs, list(gpus))
+
+    def loop() -> None:
+        import optuna
+
+        while True:
+            if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+                if spec.points or budget_left(study, spec) <= 0:
+                    return  # a grid runs its queued points only; a search stops at its budget
+                if failures(study) >= spec.trials:
+                    echo(f"  stopping: {failures(study)} trials failed (as many as the budget); see their logs")
+                    return
+            trial = study.ask()
+            if not trial.user_attrs.get("retry_of") and _over_budget(study, spec, trial.number):
+                trial.set_user_attr("skipped", True)  # another worker took the last place first
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                return
+            with slots.take() as env:
+                run_trial(study, spec, trial, env, echo, on_child)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in [pool.submit(loop) for _ in range(max(1, jobs))]:
+            future.result()
+    return study
+
+
+def failures(study: Any) -> int:
+    from optuna.trial import TrialState
+
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if not t.user_attrs.get("skipped"))
+
+
+def _over_budget(study: Any, spec: StudySpec, number: int) -> bool:
+    """Trials take their places in number order: beyond the budget if as many live ones come before it."""
+    from optuna.trial import TrialState
+
+    ahead = [t for t in study.get_trials(deepcopy=False) if t.number < number and
+             t.state != TrialState.FAIL]
+    return len(ahead) >= spec.trials
+
+
+def stop_child(proc: subprocess.Popen[Any] | None, timeout: float = 120) -> None:
+    """Ask a running trial to save and stop (SIGTERM), as a preempted worker must before it goes."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()

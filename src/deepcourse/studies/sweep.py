@@ -1,0 +1,195 @@
+"""Sweeps: run the product of a few recipe values (and seeds), then compare them, resumably.
+
+A sweep is a study (`deepcourse.studies.study`) whose trials are the grid's points, queued in its storage when the sweep
+is created: the same workers, resume path and results table as a search. A sweep folder holds `sweep.json` (the
+plan), the study's storage and one run directory per point. `--resume SWEEP_DIR` skips finished runs, resumes
+interrupted ones from their checkpoints and starts the rest, so an interrupted sweep loses at most the steps since
+each run's last checkpoint.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import re
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from deepcourse.errors import RecipeError, UserError
+from deepcourse.recipe import shipped as catalog
+from deepcourse.recipe.load import load_recipe
+from deepcourse.recipe.overrides import toml_literal
+from deepcourse.recipe.searchspace import Dimension
+from deepcourse.rundir.files import atomic_write_text, read_json, to_json
+from deepcourse.studies.processes import visible_gpus
+
+
+def parse_grid(text: str) -> tuple[str, list[Any]]:
+    """'model.dropout=0,0.5' -> ('model.dropout', [0, 0.5]); values are TOML literals, bare words strings."""
+    if "=" not in text:
+        raise RecipeError(f"--grid {text}: expected KEY=V1,V2,... e.g. --grid model.dropout=0,0.5")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    try:
+        values = tomllib.loads(f"v = [{raw}]")["v"]
+    except tomllib.TOMLDecodeError:
+        values = [tomllib.loads(f"v = {v}")["v"] if _is_literal(v) else v.strip() for v in _split_top(raw)]
+    if not key or not values:
+        raise RecipeError(f"--grid {text}: give a key and at least one value")
+    return key, values
+
+
+def _is_literal(text: str) -> bool:
+    try:
+        tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        return False
+    return True
+
+
+def _split_top(raw: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for ch in raw:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [p for p in (*parts, current) if p.strip()]
+
+
+def plan(recipe_path: Path, grids: Sequence[str], seeds: int | None, overrides: Sequence[str]
+         ) -> tuple[list[Dimension], list[dict[str, Any]], int]:
+    """The grid as study dimensions (each axis a list of choices, the seeds one more) and every point to queue."""
+    base = load_recipe(recipe_path, overrides)  # fail early, once, on the base recipe
+    axes = dict(base.sweep.grid)  # the recipe's own ablation, then --grid on top
+    axes.update(parse_grid(g) for g in grids)
+    axes_list = list(axes.items())
+    seeds = seeds or base.sweep.seeds
+    if not axes_list and seeds < 2:
+        raise UserError("nothing to sweep: give --grid KEY=V1,V2 (e.g. --grid model.dropout=0,0.5), a [sweep] grid "
+                        "in the recipe, or --seeds N to repeat the recipe over N seeds")
+    dims = [Dimension(key, "categorical", choices=tuple(values)) for key, values in axes_list]
+    if seeds > 1:
+        dims.append(Dimension("seed", "categorical", choices=tuple(range(base.seed, base.seed + seeds))))
+    points = []
+    for combo in itertools.product(*[values for _, values in axes_list]):
+        for s in range(seeds):
+            sets = [f"{key}={toml_literal(v)}" for (key, _), v in zip(axes_list, combo)]
+            params = {dim.key: dim.labels[dim.choices.index(v)] for dim, v in zip(dims, combo)}
+            if seeds > 1:
+                sets.append(f"seed={base.seed + s}")
+                params["seed"] = base.seed + s
+            label = ", ".join(f"{key}={_label(v)}" for (key, _), v in zip(axes_list, combo)) or "base"
+            points.append({"label": label, "seed": base.seed + s, "overrides": [*overrides, *sets], "params": params})
+    for i, point in enumerate(points):
+        load_recipe(recipe_path, point["overrides"])  # every point must be a valid recipe before anything runs
+        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", point["label"]).strip("_")[:80]
+        point["dir"] = f"{i:03d}-{slug}" + (f"-seed{point['seed']}" if seeds > 1 else "")
+    return dims, points, seeds
+
+
+def _label(value: Any) -> str:
+    """Short text for a grid value: tables as 'name=sgd momentum=0.9'."""
+    if isinstance(value, dict):
+        return "{" + " ".join(f"{k}={_label(v)}" for k, v in value.items()) + "}"
+    return toml_literal(value).strip('"') if isinstance(value, (bool, str)) else str(value)
+
+
+def sweep(recipe: Path, grids: Sequence[str], *, seeds: int | None = None, overrides: Sequence[str] = (),
+          jobs: int = 1, runs_root: Path = Path("runs"), resume: Path | None = None,
+          echo: Any = print) -> Path:
+    """Run the grid (or continue it) as a study of queued points, then compare the runs."""
+    from deepcourse.studies.study import open_study, work
+
+    if resume is not None:
+        manifest = resume / "sweep.json"
+        if not manifest.exists():
+            raise UserError(f"--resume {resume}: not a sweep folder (no sweep.json)")
+        spec = spec_from(resume, read_json(manifest))
+    else:
+        recipe = catalog.resolve(recipe)  # a shipped recipe's name: every run gets the file's path
+        dims, points, seeds = plan(recipe, grids, seeds, overrides)
+        base = load_recipe(recipe, overrides)
+        folder = runs_root / base.name / f"sweep-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+        folder.mkdir(parents=True)
+        record = {"recipe": str(recipe.resolve()), "grids": list(grids), "seeds": seeds,
+                  "overrides": list(overrides), "points": points, "study": "sweep",
+                  "storage": str((folder / "study.log").resolve())}
+        atomic_write_text(folder / "sweep.json", to_json(record))
+        spec = spec_from(folder, record)
+        open_study(spec, create=True)
+    gpus = visible_gpus()
+    echo(f"sweep: {len(spec.points)} runs in {spec.folder} ({jobs} at a time" +
+         (f", each on its own GPU of {', '.join(gpus)})" if gpus else ")"))
+    study = work(spec, jobs=jobs, gpus=gpus, echo=echo)
+    from deepcourse.studies.report import write_trials_table
+
+    write_trials_table(spec, study)
+    latest = latest_trials_by_dir(study)
+    finished = [p for p in spec.points if latest.get(p["dir"]) == "COMPLETE"]
+    if finished:
+        write_sweep_comparison(spec.folder, finished)
+    failed = len(spec.points) - len(finished)
+    if failed:
+        raise UserError(f"{failed} of {len(spec.points)} sweep runs failed (logs in {spec.folder}); fix and continue "
+                        f"with --resume {spec.folder}")
+    return spec.folder
+
+
+def spec_from(folder: Path, record: dict[str, Any]) -> Any:
+    """The study a sweep folder's sweep.json describes (its grid rebuilt from the recorded points)."""
+    from deepcourse.studies.study import StudySpec
+
+    recipe = Path(record["recipe"])
+    base = load_recipe(recipe, record.get("overrides", []))
+    from deepcourse.training.build import build_task, monitor_of
+
+    monitor, mode = monitor_of(base, build_task(base))
+    points = record["points"]
+    dims = _dims_of(points)
+    return StudySpec(kind="sweep", folder=folder, recipe=recipe, name=record.get("study", "sweep"),
+                     storage=record.get("storage") or str((folder / "study.log").resolve()), monitor=monitor,
+                     direction="maximize" if mode == "max" else "minimize", trials=len(points),
+                     overrides=list(record.get("overrides", [])), dims=dims, sampler="grid", pruner="none",
+                     seed=base.seed, epochs=base.train.epochs, points=points)
+
+
+def _dims_of(points: Sequence[dict[str, Any]]) -> list[Dimension]:
+    """Each parameter's choices, in the order the points name them (labels as queued)."""
+    keys: dict[str, list[Any]] = {}
+    for point in points:
+        for key, label in point.get("params", {}).items():
+            keys.setdefault(key, [])
+            if label not in keys[key]:
+                keys[key].append(label)
+    return [Dimension(key, "categorical", choices=tuple(_from_label(v) for v in labels)) for key, labels in
+            keys.items()]
+
+
+def _from_label(label: Any) -> Any:
+    """A queued categorical label back to its value (tables were queued as their TOML text)."""
+    if isinstance(label, str) and label[:1] in "{[":
+        return tomllib.loads(f"v = {label}")["v"]
+    return label
+
+
+def latest_trials_by_dir(study: Any) -> dict[str, str]:
+    """Each point's run directory -> the state of its latest trial (retries replace the failed ones)."""
+    states: dict[str, str] = {}
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if "run_dir" in trial.user_attrs and not trial.user_attrs.get("skipped"):
+            states[trial.user_attrs["run_dir"]] = trial.state.name
+    return states
+
+
+def write_sweep_comparison(folder: Path, points: Sequence[dict[str, Any]]) -> Path:
+    """compare.md/.csv and overlaid curves; with several seeds, mean, spread, 95% interval and significance per
+    grid point."""
+    from deepcourse.results.compare import write_grouped
+    from deepcourse.rundir.layout import read_run
+
+    runs = [read_run(folder / p["dir"]) for p in points]
+    return write_grouped(runs, [p["label"] for p in points], folder)

@@ -1,0 +1,154 @@
+"""`deepcourse tune RECIPE`: a hyperparameter search over the recipe's [search] table, as an Optuna study.
+
+    deepcourse tune recipes/ablations/optimizers_search.toml -j 2          # two workers on this machine
+    deepcourse tune RECIPE --study lab3 --storage postgresql://host/db      # on every machine of a lab: one study
+    deepcourse tune RECIPE --launcher slurm -j 16 --partition gpu --time 120   # 16 workers as a Slurm job array
+    deepcourse tune --resume runs/<recipe>/study-<name>                     # continue after a kill
+
+Every trial is a normal run directory (resumable, reportable); the objective is the recipe's monitored metric (its
+best evaluation), pruned on the per-epoch evaluations. At the end the best configuration runs `search.seeds` times
+and the study folder holds study.md (every trial, the plots, the seeds), study.csv and best.toml.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from deepcourse.errors import UserError
+from deepcourse.recipe import shipped as catalog
+from deepcourse.recipe.load import load_recipe
+from deepcourse.recipe.overrides import toml_literal
+from deepcourse.recipe.searchspace import parse_space
+from deepcourse.rundir.files import atomic_write_text, read_json, to_json
+from deepcourse.studies.processes import visible_gpus
+from deepcourse.studies.study import StudySpec, open_study, work
+
+STUDY_FILE = "study.json"
+
+
+def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | None, storage: str | None,
+           trials: int | None, runs_root: Path) -> StudySpec:
+    """A new study for RECIPE (or the existing one of the same name and folder, which another worker made)."""
+    path = catalog.resolve(recipe)
+    base = load_recipe(path, overrides)
+    space = dict(base.search.space)
+    dims, _ = parse_space(space)  # the recipe's validation already reported every problem
+    if not dims:
+        raise UserError(f"{path}: nothing to search: add a [search.space] table, e.g. "
+                        f'"optimizer.lr" = {{low = 1e-4, high = 0.1, log = true}} (see docs/studies.md)')
+    name = study_name or f"{base.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    folder = runs_root / base.name / f"study-{name}"
+    record: dict[str, Any] = {
+        "kind": "tune", "recipe": str(path.resolve()), "overrides": list(overrides), "study": name,
+        "storage": storage or str((folder / "study.log").resolve()), "space": space,
+        "trials": trials or base.search.trials, "sampler": base.search.sampler, "pruner": base.search.pruner,
+        "seeds": base.search.seeds, "points": []}
+    if base.search.sampler == "grid":
+        combos = list(itertools.product(*[d.grid() for d in dims]))
+        record["points"] = [{"params": {d.key: d.labels[d.choices.index(v)] if d.kind == "categorical" else v
+                                        for d, v in zip(dims, combo)},
+                             "label": ", ".join(f"{d.key}={toml_literal(v)}" for d, v in zip(dims, combo)),
+                             "dir": f"grid-{i:03d}"} for i, combo in enumerate(combos)]
+        record["trials"] = len(combos)
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = folder / STUDY_FILE
+    if existing.exists():
+        joined = read_json(existing)
+        if {k: v for k, v in joined.items() if k != "storage"} != {k: v for k, v in record.items() if k != "storage"}:
+            raise UserError(f"--study {name}: {folder} holds a study of another recipe, space or budget; choose "
+                            f"another name, or join it with the same recipe and options")
+        record = joined
+    else:
+        atomic_write_text(existing, to_json(record))
+    spec = load_spec(folder)
+    open_study(spec, create=True)
+    return spec
+
+
+def load_spec(folder: Path) -> StudySpec:
+    """The study a folder's study.json describes."""
+    from deepcourse.training.build import build_task, monitor_of
+
+    if not (folder / STUDY_FILE).exists():
+        raise UserError(f"--resume {folder}: not a study folder (no {STUDY_FILE})")
+    record = read_json(folder / STUDY_FILE)
+    base = load_recipe(Path(record["recipe"]), record.get("overrides", []))
+    monitor, mode = monitor_of(base, build_task(base))
+    dims, _ = parse_space(record["space"])
+    return StudySpec(kind="tune", folder=folder, recipe=Path(record["recipe"]), name=record["study"],
+                     storage=record["storage"], monitor=monitor, direction="maximize" if mode == "max" else "minimize",
+                     trials=int(record["trials"]), overrides=list(record.get("overrides", [])), dims=dims,
+                     sampler=record["sampler"], pruner=record["pruner"], seed=base.seed, epochs=base.train.epochs,
+                     points=record.get("points", []))
+
+
+def final_seeds(spec: StudySpec, study: Any, seeds: int, echo: Callable[[str], None]) -> list[tuple[str, float]]:
+    """The best trial's configuration with seeds seed+1 .. seed+K-1 (the trial itself is seed): (run, value) each."""
+    from filelock import FileLock
+
+    try:
+        best = study.best_trial
+    except ValueError:
+        return []
+    found = [(best.user_attrs.get("run_dir", f"trial-{best.number:04d}"), float(best.value))]
+    if seeds < 2:
+        return found
+    dims = {d.key: d for d in spec.dims}
+    sets = [f"{k}={toml_literal(dims[k].value_of(v))}" for k, v in best.params.items()]
+    with FileLock(str(spec.folder / "seeds.lock")):
+        for offset in range(1, seeds):
+            run = spec.folder / f"best-seed{spec.seed + offset}"
+            if not (run / "summary.json").exists():
+                echo(f"  the best configuration, seed {spec.seed + offset}")
+                cmd = [sys.executable, "-m", "deepcourse", "run"]
+                cmd += ["--resume", str(run)] if (run / "checkpoints").is_dir() else \
+                    [str(spec.recipe), "--run-dir", str(run), *[a for o in [*spec.overrides, *sets,
+                                                                            f"seed={spec.seed + offset}"]
+                                                                 for a in ("--set", o)]]
+                with open(spec.folder / f"{run.name}.log", "a", encoding="utf-8") as log:
+                    code = subprocess.run([*cmd, "--no-report"], stdout=log, stderr=subprocess.STDOUT,
+                                          env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+                if code != 0:
+                    echo(f"  FAILED (exit {code}, see {spec.folder / f'{run.name}.log'})")
+                    continue
+            value = read_json(run / "summary.json").get("best", {}).get(spec.monitor)
+            if value is not None:
+                found.append((run.name, float(value)))
+    return found
+
+
+def prepare(recipe: str | Path | None, overrides: Sequence[str] = (), *, study_name: str | None = None,
+            storage: str | None = None, trials: int | None = None, runs_root: Path = Path("runs"),
+            resume: Path | None = None) -> StudySpec:
+    """The study to work on: a new one, the one of the same name another worker made, or a folder's (--resume)."""
+    if resume is not None:
+        return load_spec(resume)
+    if recipe is None:
+        raise UserError("give a RECIPE with a [search] table, or --resume STUDY_DIR")
+    return create(recipe, overrides, study_name=study_name, storage=storage, trials=trials, runs_root=runs_root)
+
+
+def tune(spec: StudySpec, *, jobs: int = 1, echo: Callable[[str], None] = print) -> Path:
+    """Work on the study here with `jobs` workers (one GPU each when there are GPUs), then report it."""
+    gpus = visible_gpus()
+    echo(f"tune: study {spec.name}, {spec.trials} trials of {spec.monitor} ({spec.direction}), in {spec.folder}"
+         f" ({jobs} worker(s)" + (f", each on its own GPU of {', '.join(gpus)})" if gpus else ")"))
+    study = work(spec, jobs=jobs, gpus=gpus, echo=echo)
+    return finish(spec, study, echo)
+
+
+def finish(spec: StudySpec, study: Any, echo: Callable[[str], None]) -> Path:
+    """The best configuration over seeds, then the report (also what each Slurm worker does when it ends)."""
+    from deepcourse.studies.report import finish_report
+
+    seeds = int(read_json(spec.folder / STUDY_FILE).get("seeds", 1))
+    runs = final_seeds(spec, study, seeds, echo)
+    md = finish_report(spec, study, runs if seeds > 1 else ())
+    echo(f"study report: {md}")
+    return spec.folder

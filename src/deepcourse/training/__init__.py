@@ -1,0 +1,12 @@
+"""The training wing: the one loop every task shares, and the single-concept modules around it.
+
+- `loop`: `fit`, read top to bottom (build the run, open or resume its directory, train, score the holdout);
+- `build`: the run's pieces from its recipe (`build_run`: task, data, model, optimizer, loaders, schedule, callbacks);
+- `accelerator`: HuggingFace Accelerate set up for a recipe (precision, threads, the CPU allocator);
+- `checkpoint`: saving and resuming (safetensors + JSON), best weights, the latest intact checkpoint;
+- `evaluation`: the one evaluation loop (during training, `deepcourse evaluate`, report figures) and the holdout;
+- `stopping`: Ctrl-C and SIGTERM agreed across processes, early stopping;
+- `meter`, `tracking`, `callbacks`, `collective`: the loss meter and training metrics, metrics.jsonl and trackers,
+  the callback protocol, and "run on the main process, share the answer";
+- `lrfind`: the learning-rate range test, on the same pieces as a run.
+"""

@@ -1,0 +1,203 @@
+"""Building a run's pieces from its recipe: the task, its data, the loaders, optimizer, schedule and callbacks.
+
+Each builder is a registered function or class called with the recipe table's keys (validated against its
+signature) plus what the run provides (`params`, `total_steps`, ...), so every user error surfaces here, before a
+run directory exists.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from deepcourse.data import (
+    HOLDOUT,
+    ArrayDataset,
+    EpochSampler,
+    LengthGroupedSampler,
+    passthrough_collate,
+    require_data_dir,
+    sample_lengths,
+    sized_subset,
+)
+from deepcourse.errors import MissingSplitError, RecipeError, UserError, did_you_mean
+from deepcourse.metrics import scalars
+from deepcourse.recipe.builders import call_builder, validate_options
+from deepcourse.recipe.overrides import flatten
+from deepcourse.recipe.schema import ModelSection, Recipe
+from deepcourse.registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
+from deepcourse.task import DataBundle, Task
+from deepcourse.training.callbacks import Callback
+
+
+def build_task(recipe: Recipe) -> Task:
+    task_cls = TASKS.get(recipe.task.name)
+    task = call_builder(task_cls, recipe.task.options, loc="task", provided={})
+    eval_fn = getattr(task_cls, "evaluation_options", None)
+    if eval_fn is not None:
+        kwargs, problems = validate_options(eval_fn, recipe.eval.options, loc="eval", provided={})
+        if problems:
+            raise RecipeError("invalid [eval] table", problems)
+        task.eval_options = kwargs
+    return task
+
+
+def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] | None) -> DataBundle:
+    """Train and evaluation splits, cut to `data.train_samples` / `data.eval_samples`. `artifacts` are a resumed
+    run's (vocabularies and statistics are not fitted anew)."""
+    split = recipe.eval.split
+    if recipe.data.data_dir:
+        require_data_dir(recipe.data.data_dir)
+    splits = ("train", split, *((HOLDOUT,) if recipe.data.holdout else ()))
+    try:
+        bundle = task.setup_data(recipe.data, splits=splits, seed=recipe.seed, artifacts=artifacts)
+    except MissingSplitError as exc:
+        raise (exc.named("eval.split") if exc.split == split != "train" else exc) from None
+    if "train" not in bundle.splits or len(bundle.splits["train"]) == 0:
+        raise UserError(f"data: dataset '{recipe.data.name}' has no training samples")
+    name = recipe.data.name
+    train = bundle.splits["train"] = sized_subset(bundle.splits["train"], recipe.data.train_samples, recipe.seed,
+                                                  key="data.train_samples", what=f"training samples of '{name}'")
+    if recipe.data.batch_size > len(train):  # it trains (one batch an epoch), but not as the recipe says
+        subset = " (data.train_samples)" if recipe.data.train_samples else f" of '{name}'"
+        print(f"deepcourse: warning: data.batch_size = {recipe.data.batch_size} is more than the {len(train)} "
+              f"training samples{subset}: every epoch is one batch of {len(train)}", file=sys.stderr, flush=True)
+    if split in bundle.splits:
+        bundle.splits[split] = sized_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed,
+                                            key="data.eval_samples", what=f"samples of '{name}' split '{split}'")
+    if recipe.data.holdout and not len(bundle.splits.get(HOLDOUT, ())):
+        raise UserError(f"data.holdout: task '{recipe.task.name}' gave no holdout split; its setup_data must pass "
+                        f"holdout=data.holdout to resolve_splits (and read splits_to_read(...) of its source)")
+    return bundle
+
+
+#: what torch says when a tensor cannot be allocated: the CPU allocator, CUDA, or a size past 64 bits
+_NO_MEMORY = re.compile(r"can't allocate memory|out of memory|tried to allocate|size calculation overflowed", re.I)
+
+
+def build_model(task: Task, model: ModelSection, facts: Mapping[str, Any]) -> nn.Module:
+    """The task's model. A layer too large to allocate is a recipe problem: named by its key and size, not left to
+    surface as an allocator's traceback."""
+    try:
+        return task.build_model(model, facts)
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and not _NO_MEMORY.search(str(exc)):
+            raise
+        options = flatten({"model": model.options})
+        sizes = sorted(((max(v) if isinstance(v, list) else v, k, v) for k, v in options.items() if _is_size(v)),
+                       reverse=True)
+        culprit = (f" The largest size in [model] is {sizes[0][1]} = {sizes[0][2]}; lower it." if sizes else
+                   " [model] sets no size: lower the model's defaults or use a smaller model.")
+        raise RecipeError(f"model: building '{model.name}' needs {_asked_for(str(exc))} than this machine can "
+                          f"allocate.{culprit}") from None
+
+
+def _is_size(value: Any) -> bool:
+    """A whole number (or a list of them, such as layer widths) that could size a layer."""
+    values = value if isinstance(value, list) and value else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values) and max(values) > 1
+
+
+def _asked_for(message: str) -> str:
+    """What an allocator's message says was asked for, as the start of '... than this machine can allocate'."""
+    found = re.search(r"allocate (\d+) bytes", message)
+    if found:
+        size, unit = float(found.group(1)), "bytes"
+        for unit in ("bytes", "KB", "MB", "GB", "TB", "PB", "EB"):
+            if size < 1000:
+                break
+            size /= 1000
+        return f"{size:.1f} {unit} of memory, more"
+    if "overflowed" in message:
+        return "a tensor with more elements than 64 bits can count, far more memory"
+    found = re.search(r"tried to allocate ([\d.]+ [KMGTP]?i?B)", message, re.I)
+    return f"{found.group(1)} of memory, more" if found else "more memory"
+
+
+def make_loader(dataset: Any, batch_size: int, *, collate_fn: Any, num_workers: int, sampler: Any = None,
+                seed: int = 0, pin_memory: bool = False) -> DataLoader:
+    """`pin_memory` (training on a GPU): batches in page-locked memory, so the copy to the GPU can overlap the step
+    (Accelerate copies with non_blocking=True then)."""
+    # A private generator: each new iterator draws a base seed from it, never from the global RNG, so creating
+    # an iterator (every epoch, every evaluation, on resume) does not shift dropout or augmentation randomness.
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                      collate_fn=collate_fn or passthrough_collate, num_workers=num_workers,
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
+                      pin_memory=pin_memory)
+
+
+def place_data(recipe: Recipe, bundle: DataBundle, device: torch.device) -> None:
+    """data.on_device: move every split's tensors to the training device once, so a batch is cut out there."""
+    if not recipe.data.on_device:
+        return
+    for name, split in bundle.splits.items():
+        if not isinstance(split, ArrayDataset):
+            raise RecipeError(f"data.on_device: dataset '{recipe.data.name}' keeps its '{name}' split as "
+                              f"{type(split).__name__}, not as tensors (ArrayDataset); only tensor datasets can live "
+                              f"on the device. Remove the key")
+        if recipe.data.num_workers:
+            raise RecipeError("data.on_device: a dataset on the device is cut into batches in the training process; "
+                              "set data.num_workers = 0")
+        bundle.splits[name] = split.to(device)
+
+
+def make_train_sampler(recipe: Recipe, dataset: Any) -> EpochSampler:
+    if not recipe.data.group_by_length:
+        return EpochSampler(len(dataset), seed=recipe.seed)
+    lengths = sample_lengths(dataset)
+    if lengths is None:
+        raise RecipeError(f"data.group_by_length: dataset '{recipe.data.name}' gives no per-sample lengths "
+                          f"(a `lengths` attribute), so there is nothing to group by; it helps variable-length "
+                          f"data such as sentences. Remove the key or set it to false")
+    return LengthGroupedSampler(lengths, recipe.data.batch_size, seed=recipe.seed)
+
+
+def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return call_builder(OPTIMIZERS.get(recipe.optimizer.name), recipe.optimizer.options, loc="optimizer",
+                        provided={"params": params})
+
+
+def build_scheduler(recipe: Recipe, task: Task, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    total_steps: int) -> Any:
+    return call_builder(SCHEDULERS.get(recipe.scheduler.name), recipe.scheduler.options, loc="scheduler",
+                        provided={"optimizer": optimizer, "steps_per_epoch": steps_per_epoch,
+                                  "total_steps": total_steps, "epochs": recipe.train.epochs,
+                                  "monitor_mode": monitor_of(recipe, task)[1]})
+
+
+def build_callbacks(recipe: Recipe) -> list[Callback]:
+    return [call_builder(CALLBACKS.get(cb["name"]), {k: v for k, v in cb.items() if k != "name"},
+                         loc=f"train.callbacks[{i}]", provided={})
+            for i, cb in enumerate(recipe.train.callbacks)]
+
+
+def steps_per_evaluation(scheduler: Any) -> bool:
+    """A schedule stepped with the monitored value after each evaluation (plateau), not after each step."""
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def monitor_of(recipe: Recipe, task: Task) -> tuple[str, str]:
+    """(metric, 'min' or 'max') that picks the best evaluation: the recipe's train.monitor, else the task's."""
+    return recipe.train.monitor or task.monitor, recipe.train.monitor_mode or task.monitor_mode
+
+
+def check_monitor(recipe: Recipe, task: Task) -> None:
+    """Fail before training (and before a run directory exists) when train.monitor names no metric."""
+    monitor = monitor_of(recipe, task)[0]
+    try:
+        known = scalars(task.create_metrics().compute())  # metrics of no samples: the names are what matter
+    except Exception:  # noqa: BLE001 - a metric that cannot compute on nothing; checked after the first eval
+        return
+    if monitor not in known:
+        raise RecipeError(f"train.monitor: task '{recipe.task.name}' computes no metric '{monitor}'."
+                          f"{did_you_mean(monitor, known)} It computes: {', '.join(known)}")
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,411 @@
+"""The one training loop every task shares, on HuggingFace Accelerate.
+
+Read `fit` top to bottom: build the run's pieces, open (or resume) its run directory, then `train`: for each epoch
+the training steps, an evaluation, best-model selection, early stopping and a checkpoint. Tasks only supply
+`training_step` / `evaluation_step`; devices, mixed precision, accumulation, clipping, schedules, checkpoints and
+logs live here and in the modules named after them, once.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+
+from deepcourse import discovery
+from deepcourse.data import EpochSampler
+from deepcourse.errors import CheckpointError, NonFiniteLoss, RecipeError
+from deepcourse.metrics import scalars
+from deepcourse.recipe.schema import HOLDOUT, Recipe
+from deepcourse.rundir import files
+from deepcourse.rundir import lock as runlock
+from deepcourse.rundir.layout import new_run_dir, remove_unstarted, run_info, truncate_metrics
+from deepcourse.training.accelerator import effective_settings, make_accelerator, torch_threads
+from deepcourse.training.build import (
+    build_callbacks,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    build_task,
+    check_monitor,
+    count_parameters,
+    load_training_data,
+    make_loader,
+    make_train_sampler,
+    monitor_of,
+    place_data,
+    steps_per_evaluation,
+)
+from deepcourse.training.callbacks import TrainContext, TrainState
+from deepcourse.training.checkpoint import (
+    latest_checkpoint,
+    load_latest_intact,
+    read_best_metrics,
+    save_best,
+    save_checkpoint,
+)
+from deepcourse.training.collective import on_main
+from deepcourse.training.evaluation import evaluation_loop, score_holdout
+from deepcourse.training.meter import LossMeter, TrainMetrics
+from deepcourse.training.stopping import (
+    Interrupted,
+    StopRequest,
+    agreed,
+    check_due,
+    patience_exhausted,
+    record_evaluation,
+)
+from deepcourse.training.tracking import RunLog, start_trackers
+
+
+def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None = None,
+        resume: Path | None = None) -> dict[str, Any]:
+    """Train `recipe` (or continue the run in `resume`); returns a summary with the run directory and the best
+    metrics. The caller's torch thread count is left as it was."""
+    with torch_threads(recipe.train.threads), ExitStack() as held:  # held: what the run holds until it returns
+        return _fit(recipe, Path(runs_root), Path(run_dir) if run_dir else None, Path(resume) if resume else None,
+                    held)
+
+
+def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | None,
+         held: ExitStack) -> dict[str, Any]:
+    started = time.perf_counter()
+    acc = make_accelerator(recipe)
+    set_seed(recipe.seed, deterministic=recipe.train.deterministic)
+
+    # 1. task, data, model, optimizer, schedule: every user error surfaces here, before a run directory exists
+    task = build_task(recipe)
+    artifacts = on_main(lambda: files.read_json(resume / "artifacts.json", missing=None)) if resume else None
+    bundle = load_training_data(task, recipe, artifacts)
+    place_data(recipe, bundle, acc.device)
+    model = build_model(task, recipe.model, bundle.facts)
+    optimizer = build_optimizer(recipe, model)
+    sampler = make_train_sampler(recipe, bundle.splits["train"])
+    pin = acc.device.type == "cuda" and not recipe.data.on_device
+    train_loader = make_loader(bundle.splits["train"], recipe.data.batch_size, collate_fn=bundle.collate_fn,
+                               num_workers=recipe.data.num_workers, sampler=sampler, seed=recipe.seed, pin_memory=pin)
+    eval_data = bundle.splits.get(recipe.eval.split)
+    eval_loader = make_loader(eval_data, recipe.eval_batch_size, collate_fn=bundle.collate_fn, pin_memory=pin,
+                              num_workers=recipe.data.num_workers) if eval_data is not None and len(eval_data) \
+        else None
+    holdout = bundle.splits.get(HOLDOUT)
+    holdout_loader = make_loader(holdout, recipe.eval_batch_size, collate_fn=bundle.collate_fn, pin_memory=pin,
+                                 num_workers=recipe.data.num_workers) if holdout is not None else None
+    if eval_loader is not None:
+        check_monitor(recipe, task)
+    raw_optimizer = optimizer
+    model, optimizer, train_loader = acc.prepare(model, optimizer, train_loader)
+    if eval_loader is not None:
+        eval_loader = acc.prepare(eval_loader)
+    if holdout_loader is not None:
+        holdout_loader = acc.prepare(holdout_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / acc.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * recipe.train.epochs
+    if recipe.train.max_steps:
+        total_steps = min(total_steps, recipe.train.max_steps)
+    scheduler = build_scheduler(recipe, task, raw_optimizer, steps_per_epoch, total_steps)
+    callbacks = build_callbacks(recipe)
+
+    # 2. the run directory: a new one (created once, by the main process) or the one being resumed
+    if resume is None:
+        made = on_main(lambda: [str(p) if p else None for p in new_run_dir(runs_root, recipe.name, run_dir)])
+        out_dir, created = Path(made[0]), Path(made[1]) if made[1] else None
+    else:
+        out_dir, created = resume, None
+    if acc.is_main_process:  # one writer per run directory, until fit returns
+        held.enter_context(runlock.acquire(out_dir))
+    ctx = TrainContext(acc, recipe, task, model, optimizer, scheduler, TrainState(), out_dir, bundle, RunLog(None),
+                       LossMeter(acc.device), steps_per_epoch, total_steps, callbacks,
+                       train_metrics=TrainMetrics(task.create_train_metrics(), task.pad_index), started=started)
+    if resume is not None:
+        resume_from_latest(ctx)
+        ctx.started = started - ctx.state.elapsed_s  # the wall time counts the segments before this one
+    else:
+        on_main(lambda: start_run_dir(ctx))
+    start_trackers(acc, recipe, out_dir, runs_root)
+    if acc.is_main_process:
+        ctx.log = RunLog(out_dir / "metrics.jsonl", acc)
+
+    # 3. training
+    try:
+        with StopRequest() as stop:
+            train(ctx, train_loader, sampler, eval_loader, stop)
+    except BaseException:
+        if resume is None and acc.is_main_process:  # kept only once it has a checkpoint (or best weights)
+            remove_unstarted(out_dir, created)
+        raise
+    finally:
+        ctx.log.close()
+    scored = score_holdout(ctx, holdout_loader) if holdout_loader is not None else None
+
+    # 4. the summary
+    monitor = monitor_of(recipe, task)[0]
+    summary = {"run_dir": str(out_dir), "epochs": ctx.state.epoch, "steps": ctx.state.global_step,
+               "monitor": monitor, "headline": list(task.headline_metrics(monitor)),
+               "best": read_best_metrics(out_dir) if acc.is_main_process else {},
+               "wall_time_s": round(ctx.elapsed(), 2), "num_parameters": count_parameters(model)}
+    if scored is not None:
+        summary[HOLDOUT] = scored
+    if acc.is_main_process:
+        files.write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def start_run_dir(ctx: TrainContext) -> None:
+    """checkpoints/, the resolved recipe, the artifacts and run.json of a new run (main process)."""
+    out_dir, recipe = ctx.run_dir, ctx.recipe
+    (out_dir / "checkpoints").mkdir(parents=True)
+    files.atomic_write_text(out_dir / "recipe.toml", recipe.to_toml())
+    files.write_json(out_dir / "artifacts.json", ctx.bundle.artifacts)
+    info = run_info(recipe.seed, [{"name": p.name, "dist": p.dist, "version": p.version, "status": p.status}
+                                  for p in discovery.plugins()],
+                    {"num_processes": ctx.accelerator.num_processes, "device": str(ctx.accelerator.device),
+                     **effective_settings(recipe, warn=False).as_record(),
+                     "num_parameters": count_parameters(ctx.model)})
+    files.write_json(out_dir / "run.json", info)
+
+
+def resume_from_latest(ctx: TrainContext) -> None:
+    """Continue from the newest complete checkpoint that reads back whole, with the settings the run was started
+    with."""
+    def find() -> None:
+        if latest_checkpoint(ctx.run_dir / "checkpoints") is None:
+            raise CheckpointError(f"--resume {ctx.run_dir}: no complete checkpoint in "
+                                  f"{ctx.run_dir / 'checkpoints'}; start a new run instead")
+        check_same_settings(ctx)
+
+    on_main(find)
+    latest = load_latest_intact(ctx, ctx.run_dir / "checkpoints")  # a damaged newest one: the one before it
+    if ctx.is_main:
+        truncate_metrics(ctx.run_dir / "metrics.jsonl", ctx.state.global_step, ctx.state.event)
+        print(f"deepcourse: resuming {ctx.run_dir} from {latest.name} (epoch {ctx.state.epoch + 1}, "
+              f"step {ctx.state.global_step})", flush=True)
+
+
+def check_same_settings(ctx: TrainContext) -> None:
+    """A resumed run must train as it started: the effective precision and accumulation, wherever they came from."""
+    started = files.read_json(ctx.run_dir / "run.json", missing={})
+    now = effective_settings(ctx.recipe, warn=False)
+    differ = [f"{key}: the run trained with {started[key]!r}, now {value!r}"
+              for key, value in (("mixed_precision", now.mixed_precision), ("grad_accum", now.grad_accum))
+              if key in started and started[key] != value]
+    if differ:
+        raise CheckpointError(f"--resume {ctx.run_dir}: the launch settings differ from the run's; resume with the "
+                              f"same (set them in the recipe, or pass the same accelerate launch flags)", differ)
+
+
+# -- the loop -----------------------------------------------------------------------------------------------------
+def train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, eval_loader: DataLoader | None,
+          stop: StopRequest) -> None:
+    state, cfg = ctx.state, ctx.recipe.train
+    for cb in ctx.callbacks:
+        cb.on_train_start(ctx)
+    while state.epoch < cfg.epochs and not state.done:
+        epoch, epoch_start = state.epoch, time.perf_counter()
+        hit_max_steps = train_epoch(ctx, train_loader, sampler, stop)
+        epoch_loss = log_epoch_loss(ctx, time.perf_counter() - epoch_start)
+
+        metrics: dict[str, Any] = {}
+        last_epoch = hit_max_steps or epoch + 1 >= cfg.epochs
+        if eval_loader is not None and ((epoch + 1) % ctx.recipe.eval.every == 0 or last_epoch):
+            metrics = evaluate_epoch(ctx, eval_loader, stop)
+        elif eval_loader is None and last_epoch:
+            save_best(ctx, {"train_loss": epoch_loss} if epoch_loss is not None else {})
+
+        if ctx.is_main:
+            print_epoch(ctx, epoch, epoch_loss, metrics, time.perf_counter() - epoch_start)
+        for cb in ctx.callbacks:
+            cb.on_epoch_end(ctx)
+        state.epoch += 1
+        state.step_in_epoch = 0
+        state.done = state.done or hit_max_steps
+        save_checkpoint(ctx)
+    for cb in ctx.callbacks:
+        cb.on_train_end(ctx)
+
+
+def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, stop: StopRequest) -> bool:
+    """The optimizer steps of one epoch (from where a resumed run stopped); True when train.max_steps is reached."""
+    from tqdm.auto import tqdm
+
+    acc, task, model, optimizer, state = ctx.accelerator, ctx.task, ctx.model, ctx.optimizer, ctx.state
+    cfg, accum = ctx.recipe.train, acc.gradient_accumulation_steps
+    l1_params = [p for p in model.parameters() if p.requires_grad and p.ndim > 1] if cfg.l1 else []
+    step_scheduler = not steps_per_evaluation(ctx.scheduler)
+    model.train()
+    batches = train_loader
+    if state.step_in_epoch:
+        batches = acc.skip_first_batches(train_loader, state.step_in_epoch * accum)
+    # Accelerate's loaders re-set the sampler's epoch from their own iteration counter when iterated (a fresh skip
+    # loader counts from 0), so tell the loader which epoch this is; and the sampler itself, which Accelerate
+    # cannot reach through a skip loader over a sharded batch sampler.
+    batches.set_epoch(state.epoch)
+    sampler.set_epoch(state.epoch)
+    bar = tqdm(total=ctx.steps_per_epoch, initial=state.step_in_epoch, leave=False, dynamic_ncols=True,
+               desc=f"epoch {state.epoch + 1}/{cfg.epochs}", disable=True if not (cfg.progress and ctx.is_main)
+               else None)
+    tick = Tick()
+    try:
+        if state.step_in_epoch >= ctx.steps_per_epoch:
+            return False
+        for batch in batches:
+            # -- one batch: forward, backward, and (every grad_accum batches) an optimizer step ---------------------
+            with acc.accumulate(model):
+                loss, outputs = split_step(task.training_step(model, batch))
+                if cfg.l1:
+                    loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
+                finite = not cfg.skip_nonfinite or bool(torch.isfinite(loss).all())
+                if finite:
+                    acc.backward(loss)
+                    if acc.sync_gradients and (cfg.clip_grad_norm or log_due(ctx, state.global_step + 1)):
+                        tick.grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
+                    optimizer.step()
+                else:
+                    state.skipped_steps += 1
+                optimizer.zero_grad(set_to_none=True)
+            if finite:
+                ctx.loss.add(loss)
+                ctx.train_metrics.add(outputs)
+            if not acc.sync_gradients:
+                continue
+            if step_scheduler and not acc.optimizer_step_was_skipped:
+                ctx.scheduler.step()
+            state.step_in_epoch += 1
+            state.global_step += 1
+            tick.steps += 1
+            bar.update(1)
+
+            # -- logging, checkpoints and stop requests at step boundaries --------------------------------------
+            mean_loss = log_train_step(ctx, tick, bar) if log_due(ctx, state.global_step) else None
+            for cb in ctx.callbacks:
+                cb.on_step_end(ctx, mean_loss)
+            stopping = check_due(acc, state.global_step, cfg.stop_check_every) and agreed(acc, stop.requested)
+            if stopping or (cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0):
+                saved = save_checkpoint(ctx)
+                if stopping:
+                    raise Interrupted(saved, stop.signum)
+            if cfg.max_steps and state.global_step >= cfg.max_steps:
+                return True
+        return False
+    finally:
+        bar.close()
+
+
+def split_step(result: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """`training_step` returns the loss, or (loss, per-sample outputs for the training metrics)."""
+    return result if isinstance(result, tuple) else (result, None)
+
+
+def log_due(ctx: TrainContext, step: int) -> bool:
+    """Whether optimizer step `step` (1-based) logs: every train.log_every, and the epoch's last."""
+    in_epoch = ctx.state.step_in_epoch + (step - ctx.state.global_step)
+    return step % ctx.recipe.train.log_every == 0 or in_epoch == ctx.steps_per_epoch
+
+
+class Tick:
+    """Steps and time since the last logged step, for the throughput figure, and the last gradient norm measured."""
+
+    def __init__(self) -> None:
+        self.steps, self.start = 0, time.perf_counter()
+        self.grad_norm: torch.Tensor | None = None
+
+    def rate(self, samples_per_step: int) -> float:
+        now = time.perf_counter()
+        rate = self.steps * samples_per_step / max(now - self.start, 1e-9)
+        self.steps, self.start = 0, now
+        return rate
+
+
+def log_train_step(ctx: TrainContext, tick: Tick, bar: Any) -> float:
+    """Log the mean loss since the last log (over all processes), the training metrics so far this epoch, the
+    learning rate, the gradient norm of this step (before clipping) and the throughput."""
+    acc = ctx.accelerator
+    mean_loss = float(acc.reduce(ctx.loss.log_mean(), reduction="mean"))
+    if not math.isfinite(mean_loss):
+        raise_nonfinite(ctx, mean_loss)
+    ctx.train_metrics.fold(acc)
+    rate = tick.rate(acc.gradient_accumulation_steps * ctx.recipe.data.batch_size * acc.num_processes)
+    lr = ctx.optimizer.param_groups[0]["lr"]
+    grad_norm = {"grad_norm": float(tick.grad_norm)} if tick.grad_norm is not None else {}
+    log(ctx, {"split": "train", "scope": "step", "loss": mean_loss, **ctx.train_metrics.values(), "lr": lr,
+              **grad_norm, "samples_per_s": round(rate, 1)})
+    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", **{"samples/s": f"{rate:,.0f}"})
+    ctx.loss.reset_log()
+    tick.grad_norm = None
+    return mean_loss
+
+
+def log_epoch_loss(ctx: TrainContext, seconds: float) -> float | None:
+    """Log the epoch's mean training loss and training metrics (None when no step was trained, e.g. resumed at an
+    epoch's end)."""
+    local = ctx.loss.epoch_mean()
+    if local is None:
+        return None
+    epoch_loss = float(ctx.accelerator.reduce(local, reduction="mean"))
+    ctx.train_metrics.fold(ctx.accelerator)
+    log(ctx, {"split": "train", "scope": "epoch", "loss": epoch_loss, **ctx.train_metrics.values(),
+              "seconds": round(seconds, 3)})
+    ctx.loss.reset_epoch()  # logged: a resume during this epoch's evaluation must not log it twice
+    ctx.train_metrics.reset()
+    return epoch_loss
+
+
+def evaluate_epoch(ctx: TrainContext, eval_loader: DataLoader, stop: StopRequest) -> dict[str, Any]:
+    """Evaluate, log, then pick the best model, step a plateau schedule and count early-stopping patience."""
+    recipe, state = ctx.recipe, ctx.state
+    metrics = evaluation_loop(ctx.accelerator, ctx.task, ctx.model, eval_loader, sharded=True, stop=stop,
+                              stop_check_every=recipe.train.stop_check_every, desc=f"eval {recipe.eval.split}",
+                              progress=recipe.train.progress)
+    if agreed(ctx.accelerator, stop.requested):
+        raise Interrupted(save_checkpoint(ctx), stop.signum)
+    state.evaluated_epoch = state.epoch
+    log(ctx, {"split": recipe.eval.split, "scope": "epoch", **scalars(metrics)})
+    for cb in ctx.callbacks:
+        cb.on_evaluate(ctx, metrics)
+    monitor, mode = monitor_of(recipe, ctx.task)
+    if monitor not in metrics:
+        raise RecipeError(f"train.monitor: task '{recipe.task.name}' computes no metric '{monitor}'. "
+                          f"It computes: {', '.join(scalars(metrics))}")
+    value = metrics[monitor]
+    if steps_per_evaluation(ctx.scheduler):
+        ctx.scheduler.step(value)
+    if record_evaluation(state, value, state.epoch, mode=mode, train=recipe.train):
+        save_best(ctx, scalars(metrics))
+    if patience_exhausted(state, recipe.train):
+        state.done = True
+        if ctx.is_main:
+            print(f"deepcourse: early stopping after epoch {state.epoch + 1}: {monitor} has not improved for "
+                  f"{state.bad_evals} evaluation(s) (best {state.best_value:.4f} at epoch "
+                  f"{(state.best_epoch or 0) + 1})", flush=True)
+    return metrics
+
+
+def log(ctx: TrainContext, values: dict[str, Any]) -> None:
+    ctx.state.event += 1
+    ctx.log.write({"event": ctx.state.event, "epoch": ctx.state.epoch + 1, "step": ctx.state.global_step, **values})
+
+
+def raise_nonfinite(ctx: TrainContext, value: float) -> None:
+    last = latest_checkpoint(ctx.run_dir / "checkpoints")
+    raise NonFiniteLoss(
+        f"the training loss became {value} by step {ctx.state.global_step} (epoch {ctx.state.epoch + 1}); "
+        f"stopped without saving this state. Last good checkpoint: {last or 'none'}. Lower optimizer.lr, set "
+        f"train.clip_grad_norm, or set train.skip_nonfinite = true to skip such steps")
+
+
+def print_epoch(ctx: TrainContext, epoch: int, loss: float | None, metrics: Mapping[str, Any],
+                seconds: float) -> None:
+    parts = [f"epoch {epoch + 1}/{ctx.recipe.train.epochs}"]
+    if loss is not None:
+        parts.append(f"train loss {loss:.4f}")
+    shown = {k: v for k, v in scalars(metrics).items() if k != "num_samples"}
+    if shown:
+        parts.append(f"{ctx.recipe.eval.split} " + " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    parts.append(f"({seconds:.1f} s)")
+    print("  ".join(parts), flush=True)

@@ -1,0 +1,109 @@
+"""When training stops early: Ctrl-C or SIGTERM agreed between processes, and early stopping on the monitor.
+
+A stop request (SIGINT from Ctrl-C, SIGTERM from Slurm or Kubernetes preempting the job) sets a flag; the loop looks
+at it at fixed points and saves a checkpoint before it exits. Every process must stop at the same point, or the next
+collective operation waits forever, so with several processes `agreed` makes one process's request everyone's, at
+the same optimizer steps (every `train.stop_check_every`) and evaluation batches in every process. Which evaluation
+is better and when patience runs out is decided here too, so the loop only asks.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from deepcourse.recipe.schema import TrainSection
+from deepcourse.training.callbacks import TrainState
+
+#: a second Ctrl-C within this many seconds of the first is the same request (a launcher forwarding it, a key
+#: held down), not a wish to abort
+REPEAT_WINDOW_S = 2.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """A stop request was honoured: a checkpoint was written; the command exits 128 + the signal's number (130 for
+    Ctrl-C, 143 for SIGTERM), as a shell reports a process ended by that signal."""
+
+    def __init__(self, checkpoint: Path | None, signum: int = signal.SIGINT) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name}; state saved in {checkpoint}" if checkpoint else f"stopped by {name}")
+        self.checkpoint, self.signum = checkpoint, int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopRequest:
+    """SIGINT or SIGTERM asks the loop to stop at its next stop point and save. A second Ctrl-C more than
+    REPEAT_WINDOW_S later aborts at once, in a run started by hand; under a launcher (which forwards signals and
+    escalates to SIGKILL on its own) and for SIGTERM, repeats never abort the save."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum = int(signal.SIGINT)
+        self._since = 0.0
+        self._previous: dict[int, Any] = {}
+        self._launched = "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+
+    def __enter__(self) -> StopRequest:
+        for signum in STOP_SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (embedded use): keep the default behaviour
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if self.requested:
+            if signum == signal.SIGINT and self.signum == signal.SIGINT and not self._launched \
+                    and now - self._since > REPEAT_WINDOW_S:
+                raise KeyboardInterrupt
+            return
+        self.requested, self.signum, self._since = True, int(signum), now
+        what = "Ctrl-C again to abort" if signum == signal.SIGINT and not self._launched else "saving first"
+        print(f"\ndeepcourse: {signal.Signals(signum).name}: stopping at the next step and saving a checkpoint "
+              f"({what})", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+
+def agreed(accelerator: Accelerator, flag: bool) -> bool:
+    """True if any process says so: all processes must stop at the same point or collectives hang. Call it at the
+    same points in every process; with one process it costs nothing."""
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
+
+
+def check_due(accelerator: Accelerator, count: int, every: int) -> bool:
+    """Whether `agreed` is to be asked after the count-th step or batch: each time with one process, every `every`
+    with several (the same counts everywhere), so the all-reduce and its host sync are rare."""
+    return accelerator.num_processes == 1 or count % every == 0
+
+
+def record_evaluation(state: TrainState, value: float, epoch: int, *, mode: str, train: TrainSection) -> bool:
+    """Update the best value and the patience count with one evaluation; True when it is a new best."""
+    min_delta = train.early_stopping.min_delta if train.early_stopping else 0.0
+    better = state.best_value is None or (value > state.best_value + min_delta if mode == "max"
+                                          else value < state.best_value - min_delta)
+    if better:
+        state.best_value, state.best_epoch, state.bad_evals = float(value), epoch, 0
+    else:
+        state.bad_evals += 1
+    return better
+
+
+def patience_exhausted(state: TrainState, train: TrainSection) -> bool:
+    return bool(train.early_stopping) and state.bad_evals >= train.early_stopping.patience  # type: ignore[union-attr]
