@@ -145,9 +145,9 @@ def spec_from(folder: Path, record: dict[str, Any]) -> Any:
 
     recipe = Path(record["recipe"])
     base = load_recipe(recipe, record.get("overrides", []))
-    from deepcourse.training.build import build_task, monitor_of
+    from deepcourse.training.build import monitor_of
 
-    monitor, mode = monitor_of(base, build_task(base))
+    monitor, mode = monitor_of(base)  # from the task's class: no task is built
     points = record["points"]
     dims = _dims_of(points)
     return StudySpec(kind="sweep", folder=folder, recipe=recipe, name=record.get("study", "sweep"),

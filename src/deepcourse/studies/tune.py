@@ -73,13 +73,13 @@ def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | No
 
 def load_spec(folder: Path) -> StudySpec:
     """The study a folder's study.json describes."""
-    from deepcourse.training.build import build_task, monitor_of
+    from deepcourse.training.build import monitor_of
 
     if not (folder / STUDY_FILE).exists():
         raise UserError(f"--resume {folder}: not a study folder (no {STUDY_FILE})")
     record = read_json(folder / STUDY_FILE)
     base = load_recipe(Path(record["recipe"]), record.get("overrides", []))
-    monitor, mode = monitor_of(base, build_task(base))
+    monitor, mode = monitor_of(base)  # from the task's class: no task is built
     dims, _ = parse_space(record["space"])
     return StudySpec(kind="tune", folder=folder, recipe=Path(record["recipe"]), name=record["study"],
                      storage=record["storage"], monitor=monitor, direction="maximize" if mode == "max" else "minimize",

@@ -182,9 +182,16 @@ def steps_per_evaluation(scheduler: Any) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
-def monitor_of(recipe: Recipe, task: Task) -> tuple[str, str]:
-    """(metric, 'min' or 'max') that picks the best evaluation: the recipe's train.monitor, else the task's."""
-    return recipe.train.monitor or task.monitor, recipe.train.monitor_mode or task.monitor_mode
+def monitor_of(recipe: Recipe, task: Task | None = None) -> tuple[str, str]:
+    """(metric, 'min' or 'max') that picks the best evaluation: the recipe's train.monitor / train.monitor_mode, else
+    the task's. Both are read from the task's class without building one (a study needs them before any run);
+    only a task whose metric depends on its options (a property, such as a multi-head tagger's) is built for it."""
+    task_cls = TASKS.get(recipe.task.name)
+    mode = recipe.train.monitor_mode or (task if task is not None else task_cls).monitor_mode
+    if recipe.train.monitor:
+        return recipe.train.monitor, mode
+    declared = task.monitor if task is not None else getattr(task_cls, "monitor", None)
+    return (declared if isinstance(declared, str) else build_task(recipe).monitor), mode
 
 
 def check_monitor(recipe: Recipe, task: Task) -> None:
