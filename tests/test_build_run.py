@@ -89,9 +89,11 @@ def test_the_range_test_gets_random_batches_and_no_schedule(recipe) -> None:  # 
 # -- the report at the end of a run ---------------------------------------------------------------------------------
 def test_the_report_of_a_run_reuses_its_task_and_model(plugin_site, tmp_path: Path, monkeypatch) -> None:
     """`deepcourse.run` builds the task and the model once; the report gets them (with best/'s weights) instead of
-    reading the recipe and building them again, and writes what `deepcourse report RUN_DIR` writes from files."""
+    reading the recipe and building them again, and writes what `deepcourse report RUN_DIR` writes from files: the
+    same numbers, also where the model computes in bf16 (Accelerate's casting comes with it)."""
     import deepcourse
     import deepcourse.results.report as report
+    from deepcourse.api import evaluate_split
 
     task_cls = toy_task_class()
     built = {"task": 0, "model": 0}
@@ -109,14 +111,15 @@ def test_the_report_of_a_run_reuses_its_task_and_model(plugin_site, tmp_path: Pa
 
     def task_report(self, model, recipe, artifacts, out):  # type: ignore[no-untyped-def]
         seen.update({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return [], ["task figures here", ""]
+        metrics = evaluate_split(self, model, recipe, artifacts).metrics
+        return [], [f"task figures here: loss {metrics['loss']!r} accuracy {metrics['accuracy']!r}", ""]
 
     monkeypatch.setattr(task_cls, "__init__", counted_init)
     monkeypatch.setattr(task_cls, "build_model", counted_build)
     monkeypatch.setattr(task_cls, "report", task_report)
     path = tmp_path / "toy.toml"
     path.write_text(TOY_RECIPE)
-    result = deepcourse.run(str(path), "train.epochs=2", run_dir=tmp_path / "run")
+    result = deepcourse.run(str(path), "train.epochs=2", "train.mixed_precision='bf16'", run_dir=tmp_path / "run")
     assert built == {"task": 1, "model": 1}
     from safetensors.torch import load_file
 

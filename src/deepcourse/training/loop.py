@@ -31,7 +31,13 @@ from deepcourse.rundir.layout import new_run_dir, remove_unstarted, run_info
 from deepcourse.training.accelerator import effective_settings, make_accelerator, torch_threads
 from deepcourse.training.build import Trained, build_run, count_parameters, monitor_of, steps_per_evaluation
 from deepcourse.training.callbacks import TrainContext, TrainState
-from deepcourse.training.checkpoint import latest_checkpoint, read_best_metrics, save_best, save_checkpoint
+from deepcourse.training.checkpoint import (
+    latest_checkpoint,
+    read_best_metrics,
+    save_best,
+    save_checkpoint,
+    unwrapped,
+)
 from deepcourse.training.collective import on_main
 from deepcourse.training.evaluation import evaluation_loop, score_holdout
 from deepcourse.training.meter import LossMeter, TrainMetrics
@@ -109,7 +115,8 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | R
         ctx.log.close()
     scored = score_holdout(ctx, run.holdout_loader) if run.holdout_loader is not None else None
 
-    # 4. the summary, and the trained model (no distributed, compiled or mixed-precision wrapper) for a report
+    # 4. the summary, and the trained model for a report (unwrapped: no distributed or compiled wrapper; it still
+    # computes in the recipe's mixed precision, as Accelerate prepared it)
     monitor = monitor_of(recipe, task)[0]
     summary = {"run_dir": str(out_dir), "epochs": ctx.state.epoch, "steps": ctx.state.global_step,
                "monitor": monitor, "headline": list(task.headline_metrics(monitor)),
@@ -119,8 +126,7 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | R
         summary[HOLDOUT] = scored
     if acc.is_main_process:
         files.write_json(out_dir / "summary.json", summary)
-    model = acc.unwrap_model(ctx.model, keep_fp32_wrapper=False, keep_torch_compile=False)
-    return Fitted(summary, Trained(recipe, task, run.facts, run.artifacts, model))
+    return Fitted(summary, Trained(recipe, task, run.facts, run.artifacts, unwrapped(acc, ctx.model)))
 
 
 def start_run_dir(ctx: TrainContext) -> None:
