@@ -64,8 +64,9 @@ class Fitted:
 
 def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None = None,
         resume: Path | Resume | None = None) -> Fitted:
-    """Train `recipe`, or continue the run in `resume` (its folder, or what `read_resume` read of it, whose recipe
-    is `recipe`). The caller's torch thread count is left as it was."""
+    """Train `recipe`, or continue the run in `resume`: its folder (read by `read_resume`, which refuses a recipe
+    that computes otherwise than the run's), or what `read_resume` read of it (whose recipe is `recipe`). The
+    caller's torch thread count is left as it was."""
     with torch_threads(recipe.train.threads), ExitStack() as held:  # held: what the run holds until it returns
         return _fit(recipe, Path(runs_root), Path(run_dir) if run_dir else None, resume, held)
 
@@ -168,7 +169,7 @@ def train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, ev
         last_epoch = hit_max_steps or epoch + 1 >= cfg.epochs
         if eval_loader is not None and ((epoch + 1) % ctx.recipe.eval.every == 0 or last_epoch):
             metrics = evaluate_epoch(ctx, eval_loader, stop)
-        elif eval_loader is None and last_epoch:
+        elif eval_loader is None and last_epoch:  # host sync: the weights are copied off the device
             save_best(ctx, {"train_loss": epoch_loss} if epoch_loss is not None else {})
 
         if ctx.is_main:
@@ -178,7 +179,7 @@ def train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, ev
         state.epoch += 1
         state.step_in_epoch = 0
         state.done = state.done or hit_max_steps
-        checkpoint(ctx)
+        checkpoint(ctx)  # host sync (see `checkpoint`)
     for cb in ctx.callbacks:
         cb.on_train_end(ctx)
 
@@ -339,7 +340,7 @@ def evaluate_epoch(ctx: TrainContext, eval_loader: DataLoader, stop: StopRequest
     if steps_per_evaluation(ctx.scheduler):
         ctx.scheduler.step(value)
     if record_evaluation(state, value, state.epoch, mode=mode, train=recipe.train):
-        save_best(ctx, scalars(metrics))
+        save_best(ctx, scalars(metrics))  # host sync: the weights are copied off the device
     if patience_exhausted(state, recipe.train):
         state.done = True
         if ctx.is_main:
