@@ -91,8 +91,8 @@ def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifac
     """
     if steps_per_epoch is not None:
         stand_in = nn.Linear(1, 1)
-        pieces = RunPieces(recipe, None, stand_in, optimizer=build_optimizer(recipe, stand_in))
-        return _with_schedule(pieces, pieces.optimizer, steps_per_epoch)  # type: ignore[arg-type]
+        optimizer = build_optimizer(recipe, stand_in)
+        return _with_schedule(RunPieces(recipe, None, stand_in, optimizer=optimizer), optimizer, steps_per_epoch)
     task = build_task(recipe)
     if facts is not None:
         return RunPieces(recipe, task, build_model(task, recipe.model, facts), dict(facts))
