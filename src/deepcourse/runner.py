@@ -47,11 +47,12 @@ def run(recipe: PathLike | Mapping[str, Any], *overrides: str, runs_root: PathLi
         resolved = load_recipe(data=recipe, overrides=overrides)
     else:
         resolved = load_recipe(recipe, overrides)
-    summary = fit(resolved, runs_root=Path(runs_root or "runs"), run_dir=Path(run_dir) if run_dir else None)
-    out = Path(summary["run_dir"])
+    fitted = fit(resolved, runs_root=Path(runs_root or "runs"), run_dir=Path(run_dir) if run_dir else None)
+    summary, out = fitted.summary, Path(fitted.summary["run_dir"])
     from accelerate.state import PartialState
 
-    written = write_report(out) if report and PartialState().is_main_process else None
+    # the report takes the trained model as it is: no second build of the task and model
+    written = write_report(out, trained=fitted.trained) if report and PartialState().is_main_process else None
     return RunResult(out, dict(summary.get("best", {})), read_metrics(out / "metrics.jsonl"), summary, written)
 
 

@@ -91,8 +91,14 @@ class Task:
 
     # -- hot path -------------------------------------------------------------------------------------------------
     def training_step(self, model: nn.Module, batch: Any) -> torch.Tensor | tuple[torch.Tensor, Outputs]:
-        """Return the scalar loss of one batch (already on the training device); or `(loss, outputs)` with per-sample
-        tensors (as `evaluation_step` returns them) for the training metrics of `create_train_metrics`."""
+        """The loss of one batch (already on the training device), in one of two shapes:
+
+        - the scalar loss tensor; or
+        - `(loss, outputs)`: the scalar loss and a dict of per-sample tensors (as `evaluation_step` returns them,
+          the batch as first dimension, detached) for the training metrics of `create_train_metrics`.
+
+        The engine reads the result in one place (`deepcourse.training.loop.split_step`, for training and for
+        `lr-find` alike) and refuses any other shape with a TypeError."""
         raise NotImplementedError
 
     def evaluation_step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:

@@ -49,7 +49,9 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
     from deepcourse.rundir.layout import require_free
     from deepcourse.rundir.outputs import writable_folder
     from deepcourse.studies.processes import follow_parent
+    from deepcourse.training.collective import on_main
     from deepcourse.training.loop import fit
+    from deepcourse.training.resume import read_resume
 
     follow_parent()  # started by a study's worker: stop (and save) if it dies
     if recipe is None and resume is None:
@@ -60,21 +62,20 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
         writable_folder(require_free(run_dir), "--run-dir")
     elif resume is None:
         writable_folder(runs_root, "--runs-root")
-    if resume is not None:  # the run directory may be on the main process's machine only: it reads the recipe
-        from deepcourse.training.collective import on_main
-
-        resolved = load_recipe(data=on_main(lambda: _resume_recipe(resume, recipe, overrides).to_dict()))
+    if resume is not None:  # the run directory may be on the main process's machine only: it reads the run
+        resumed = on_main(lambda: read_resume(resume, recipe, overrides))
+        fitted = fit(resumed.recipe, runs_root=runs_root, resume=resumed)
     else:
-        resolved = load_recipe(recipe, overrides)
-    summary = fit(resolved, runs_root=runs_root, run_dir=run_dir, resume=resume)
+        fitted = fit(load_recipe(recipe, overrides), runs_root=runs_root, run_dir=run_dir)
     from accelerate.state import PartialState
 
     if not PartialState().is_main_process:
         return
+    summary = fitted.summary
     if not no_report:
         from deepcourse.results.report import write_report
 
-        summary["report"] = str(write_report(Path(summary["run_dir"])))
+        summary["report"] = str(write_report(Path(summary["run_dir"]), trained=fitted.trained))
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
@@ -86,32 +87,11 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
 
 
 def _resume_recipe(resume: Path, recipe: Path | None, overrides: Sequence[str]) -> Any:
-    from deepcourse.errors import CheckpointError
-    from deepcourse.recipe.load import load_recipe, read_toml
-    from deepcourse.recipe.overrides import differing_keys, value_at
-    from deepcourse.recipe.schema import NON_COMPUTING_KEYS
-    from deepcourse.rundir import lock as runlock
-    from deepcourse.rundir.layout import require_run_dir
-    from deepcourse.rundir.outputs import writable_folder
+    """The recipe `run --resume RESUME [RECIPE] [--set ...]` trains, as the resume read makes it (`read_resume`:
+    the run's own recipe, or RECIPE when it computes the same)."""
+    from deepcourse.training.resume import read_resume
 
-    require_run_dir(resume)
-    writable_folder(resume, "--resume")
-    holder = runlock.holder(resume)  # before any data is loaded; fit takes the lock itself
-    if holder:
-        raise CheckpointError(f"--resume {resume}: {runlock.in_use(holder)}")
-    saved = read_toml(resume / "recipe.toml")
-    if recipe is None:
-        new = load_recipe(resume / "recipe.toml", overrides)
-    else:
-        new = load_recipe(recipe, overrides)
-    old, now = load_recipe(data=saved).to_dict(), new.to_dict()
-    changed = differing_keys([old, now], ignore=NON_COMPUTING_KEYS)
-    if changed:
-        raise UserError(f"--resume {resume}: the recipe differs from the one this run was started with, in keys "
-                        f"that change what is computed: " + ", ".join(changed) +
-                        ". Resume with the run's own recipe (omit RECIPE) or start a new run",
-                        [f"{k}: run has {value_at(old, k)!r}, recipe has {value_at(now, k)!r}" for k in changed])
-    return new
+    return read_resume(resume, recipe, overrides).recipe
 
 
 @main.command()

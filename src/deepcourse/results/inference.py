@@ -10,30 +10,26 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from deepcourse.errors import CheckpointError, UserError
 from deepcourse.recipe.load import load_recipe
-from deepcourse.recipe.schema import Recipe
 from deepcourse.results.predictions import RowWriter, require_rows, staged_file
 from deepcourse.rundir.files import load_weights
 from deepcourse.rundir.layout import require_run_dir
 from deepcourse.task import Task
 from deepcourse.training.accelerator import make_accelerator, torch_threads
-from deepcourse.training.build import build_model, build_task
+from deepcourse.training.build import Trained, build_run
 from deepcourse.training.checkpoint import best_folder, latest_checkpoint, load_facts
 from deepcourse.training.evaluation import evaluate_split
 
 
-def load_trained(run_dir: Path, *, which: str = "best") -> tuple[Recipe, Task, dict[str, Any], dict[str, Any],
-                                                                 torch.nn.Module]:
+def load_trained(run_dir: Path, *, which: str = "best") -> Trained:
     """(recipe, task, facts, artifacts, model) of a run, with its best (or latest) weights loaded."""
     require_run_dir(run_dir)
     recipe = load_recipe(run_dir / "recipe.toml")
     best = best_folder(run_dir)
     facts, artifacts = load_facts(best)
-    task = build_task(recipe)
-    model = build_model(task, recipe.model, facts)
+    built = build_run(recipe, facts=facts)  # the task and the model alone: no data, optimizer or loaders
+    task, model = built.task, built.model
     weights = best / "model.safetensors"
     if which == "latest":
         latest = latest_checkpoint(run_dir / "checkpoints")
@@ -41,7 +37,7 @@ def load_trained(run_dir: Path, *, which: str = "best") -> tuple[Recipe, Task, d
             raise CheckpointError(f"{run_dir}: no complete checkpoint")
         weights = latest / "model.safetensors"
     load_weights(model, weights)
-    return recipe, task, facts, artifacts, model
+    return Trained(recipe, task, facts, artifacts, model)
 
 
 def evaluate_run(run_dir: Path, *, split: str | None = None, data_dir: str | Path | None = None, which: str = "best",

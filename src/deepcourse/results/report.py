@@ -1,7 +1,8 @@
 """The run report: curves, the task's own figures and a Markdown page for a lab report.
 
 Everything is drawn from `metrics.jsonl`, `recipe.toml`, `summary.json` and the best weights, so a report can be
-(re)made at any time after the run, on any machine, without the training data's train split.
+(re)made at any time after the run, on any machine, without the training data's train split. The report at the end
+of a run takes the recipe, task and model `fit` trained instead of validating, building and allocating them again.
 """
 from __future__ import annotations
 
@@ -15,13 +16,18 @@ from pathlib import Path
 import tomli_w
 
 from deepcourse.figures import FIGSIZE, Figure, nice, pyplot, save_figure
+from deepcourse.recipe.schema import Recipe
 from deepcourse.results.inference import load_trained
+from deepcourse.rundir.files import load_weights
 from deepcourse.rundir.layout import RunData, read_run
+from deepcourse.training.build import Trained, build_run, steps_per_evaluation
+from deepcourse.training.checkpoint import best_folder
 
 
-def plot_curves(run: RunData, out: Path) -> list[Figure]:
+def plot_curves(run: RunData, out: Path, recipe: Recipe | None = None) -> list[Figure]:
     """Loss and each validation metric per epoch (with the training split's, when the task measures it), learning
-    rate (every step, the warm-up shaded), gradient norm and throughput per step."""
+    rate (every step, the warm-up shaded), gradient norm and throughput per step. `recipe`: the run's, already
+    loaded (else read from its recipe.toml)."""
     plt = pyplot()
     figures: list[Figure] = []
     split = run.eval_split
@@ -58,7 +64,7 @@ def plot_curves(run: RunData, out: Path) -> list[Figure]:
         against = f"Training (over each epoch's batches, as trained) and {split}" if te else split.capitalize()
         figures.append(save_figure(fig, out, f"{metric}.png", nice(metric).capitalize(),
                                    f"{against} {nice(metric)} per epoch."))
-    lr_figure = plot_learning_rate(run, out)
+    lr_figure = plot_learning_rate(run, out, recipe)
     if lr_figure is not None:
         figures.append(lr_figure)
     for key, label, caption in (("grad_norm", "gradient norm", "Norm of all gradients at each logged step, before "
@@ -74,7 +80,7 @@ def plot_curves(run: RunData, out: Path) -> list[Figure]:
     return figures
 
 
-def plot_learning_rate(run: RunData, out: Path) -> Figure | None:
+def plot_learning_rate(run: RunData, out: Path, recipe: Recipe | None = None) -> Figure | None:
     """The learning rate each optimizer step used (replayed from the recipe, see `replay_schedule`) with the logged
     rates as dots, and the warm-up shaded: the steps up to the first at the peak rate."""
     steps, logged = run.step_series("lr")
@@ -82,7 +88,7 @@ def plot_learning_rate(run: RunData, out: Path) -> Figure | None:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE)
-    used = replay_schedule(run)
+    used = replay_schedule(run, recipe)
     # the log records, at step s, the rate after the schedule stepped: the one step s + 1 uses
     xs, rates = (list(range(1, len(used) + 1)), used) if used else ([s + 1 for s in steps], logged)
     if used:
@@ -107,16 +113,13 @@ def plot_learning_rate(run: RunData, out: Path) -> Figure | None:
     return save_figure(fig, out, "lr.png", "Learning rate", caption + ".")
 
 
-def replay_schedule(run: RunData) -> list[float] | None:
+def replay_schedule(run: RunData, recipe: Recipe | None = None) -> list[float] | None:
     """The learning rate each of the run's optimizer steps used, from its recipe's optimizer and schedule stepped
     on a stand-in parameter: the log holds the rate only every `train.log_every` steps, which can hide a warm-up.
     None when the schedule cannot be replayed (a plateau schedule follows the metrics) or the replay misses any
     logged rate (an fp16 step skipped on overflow does not step the schedule)."""
-    import torch
-
     from deepcourse.errors import UserError
     from deepcourse.recipe.load import load_recipe
-    from deepcourse.training.build import build_optimizer, build_scheduler, build_task, steps_per_evaluation
 
     steps, logged = run.step_series("lr")
     ends = sorted((r["epoch"], r["step"]) for r in run.rows if r.get("split") == "train" and r.get("scope") == "epoch")
@@ -124,15 +127,12 @@ def replay_schedule(run: RunData) -> list[float] | None:
     if not ends or total > 10_000_000:
         return None
     try:
-        recipe = load_recipe(data=run.recipe)
-        steps_per_epoch = ends[0][1]
-        planned = steps_per_epoch * recipe.train.epochs
-        planned = min(planned, recipe.train.max_steps) if recipe.train.max_steps else planned
-        optimizer = build_optimizer(recipe, torch.nn.Linear(1, 1))
+        recipe = recipe or load_recipe(data=run.recipe)
         with contextlib.redirect_stderr(io.StringIO()):  # its warnings were printed when the run started
-            scheduler = build_scheduler(recipe, build_task(recipe), optimizer, steps_per_epoch, planned)
+            replay = build_run(recipe, steps_per_epoch=ends[0][1])  # the optimizer and schedule alone
     except UserError:
         return None
+    optimizer, scheduler = replay.optimizer, replay.scheduler
     if steps_per_evaluation(scheduler):
         return None
     used = []
@@ -142,7 +142,7 @@ def replay_schedule(run: RunData) -> list[float] | None:
             used.append(float(optimizer.param_groups[0]["lr"]))
             optimizer.step()  # no gradients: changes nothing, but keeps the schedule's order check quiet
             scheduler.step()
-    if any(not math.isclose(used[s], v, rel_tol=1e-6, abs_tol=1e-12) for s, v in zip(steps, logged)
+    if any(not math.isclose(used[s], v, rel_tol=1e-6, abs_tol=1e-12) for s, v in zip(steps, logged, strict=True)
            if s < len(used)):
         return None
     return used
@@ -166,22 +166,27 @@ def _epoch_positions(run: RunData, steps: Sequence[int]) -> list[float]:
     return out
 
 
-def task_figures(run_dir: Path, out: Path) -> tuple[list[Figure], list[str]]:
-    """The task's own figures (confusion matrix, mistakes, per-entity scores...) from the best weights."""
+def task_figures(run_dir: Path, out: Path, trained: Trained | None = None) -> tuple[list[Figure], list[str]]:
+    """The task's own figures (confusion matrix, mistakes, per-entity scores...) from the best weights, put into
+    `trained`'s model when given (the run's, as `fit` left it), else into one rebuilt from the run's files."""
     if not (run_dir / "best").is_dir():
         return [], []
-    recipe, task, facts, artifacts, model = load_trained(run_dir)
-    return task.report(model, recipe, artifacts, out)
+    if trained is None:
+        trained = load_trained(run_dir)
+    else:
+        load_weights(trained.model, best_folder(run_dir) / "model.safetensors")  # fit left its last weights in it
+    return trained.task.report(trained.model, trained.recipe, trained.artifacts, out)
 
 
-def write_report(run_dir: Path, *, with_task: bool = True) -> Path:
-    """Write RUN_DIR/report/ (PNGs and report.md); returns the Markdown file."""
+def write_report(run_dir: Path, *, with_task: bool = True, trained: Trained | None = None) -> Path:
+    """Write RUN_DIR/report/ (PNGs and report.md); returns the Markdown file. `trained`: the recipe, task and model
+    of the run as `fit` returned them, used instead of reading and building them again from the run's files."""
     run = read_run(run_dir)
     out = run_dir / "report"
-    figures = plot_curves(run, out)
+    figures = plot_curves(run, out, trained.recipe if trained is not None else None)
     notes: list[str] = []
     if with_task:
-        extra, notes = task_figures(run_dir, out)
+        extra, notes = task_figures(run_dir, out, trained)
         figures += extra
     md = out / "report.md"
     md.write_text(render_markdown(run, figures, notes), encoding="utf-8")

@@ -3,7 +3,8 @@
 - `loop`: `fit`, read top to bottom (build the run, open or resume its directory, train, score the holdout);
 - `build`: the run's pieces from its recipe (`build_run`: task, data, model, optimizer, loaders, schedule, callbacks);
 - `accelerator`: HuggingFace Accelerate set up for a recipe (precision, threads, the CPU allocator);
-- `checkpoint`: saving and resuming (safetensors + JSON), best weights, the latest intact checkpoint;
+- `checkpoint`: saving and loading training states (safetensors + JSON), best weights, the latest intact one;
+- `resume`: what a resume reads of its run directory, once (recipe, artifacts, settings, checkpoints);
 - `evaluation`: the one evaluation loop (during training, `deepcourse evaluate`, report figures) and the holdout;
 - `stopping`: Ctrl-C and SIGTERM agreed across processes, early stopping;
 - `meter`, `tracking`, `callbacks`, `collective`: the loss meter and training metrics, metrics.jsonl and trackers,

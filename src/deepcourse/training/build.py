@@ -1,15 +1,19 @@
 """Building a run's pieces from its recipe: the task, its data, the loaders, optimizer, schedule and callbacks.
 
-Each builder is a registered function or class called with the recipe table's keys (validated against its
-signature) plus what the run provides (`params`, `total_steps`, ...), so every user error surfaces here, before a
-run directory exists.
+`build_run` builds them, in one order, for training, the learning-rate range test, inference and the report's
+replay of the schedule. Each builder is a registered function or class called with the recipe table's keys
+(validated against its signature) plus what the run provides (`params`, `total_steps`, ...), so every user error
+surfaces here, before a run directory exists.
 """
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -33,6 +37,105 @@ from deepcourse.recipe.schema import ModelSection, Recipe
 from deepcourse.registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
 from deepcourse.task import DataBundle, Task
 from deepcourse.training.callbacks import Callback
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+
+@dataclass
+class RunPieces:
+    """What `build_run` built; a piece it was not asked for is None (or empty). The model, optimizer and loaders
+    are prepared by the run's accelerator when it was given one; the schedule steps the optimizer beneath."""
+
+    recipe: Recipe
+    task: Task | None
+    model: nn.Module
+    facts: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    bundle: DataBundle | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    sampler: EpochSampler | None = None
+    train_loader: DataLoader | None = None
+    eval_loader: DataLoader | None = None
+    holdout_loader: DataLoader | None = None
+    callbacks: list[Callback] = field(default_factory=list)
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+
+
+class Trained(NamedTuple):
+    """A trained model with what reading it takes: its recipe, its task (set up with the run's artifacts), the
+    facts it was built from and the task's artifacts. `fit` hands back its run's; `load_trained` reads a finished
+    run's from its files."""
+
+    recipe: Recipe
+    task: Task
+    facts: dict[str, Any]
+    artifacts: dict[str, Any]
+    model: nn.Module
+
+
+def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifacts: Mapping[str, Any] | None = None,
+              facts: Mapping[str, Any] | None = None, steps_per_epoch: int | None = None,
+              lr_test: bool = False) -> RunPieces:
+    """The pieces of a run of `recipe`, built in the order a run reports its user errors: the task, its data, the
+    model, the optimizer, the loaders, the schedule, the callbacks. What is built follows from what is given:
+
+    - an `accelerator` (a run): all of them, the data placed and the model, optimizer and loaders prepared by it;
+      `artifacts` are a resumed run's (nothing is fitted anew). With `lr_test`, the range test's: the training
+      loader alone, in random order, and no schedule, evaluation or callbacks (the test sets the rate itself);
+    - `facts` (a trained run's): the task and the model alone, for inference; no data is read;
+    - `steps_per_epoch` (a finished run's, from its log): the optimizer and the schedule alone, on a stand-in
+      parameter, to replay the learning rate of every step; no task, data or model.
+    """
+    if steps_per_epoch is not None:
+        stand_in = nn.Linear(1, 1)
+        optimizer = build_optimizer(recipe, stand_in)
+        return _with_schedule(RunPieces(recipe, None, stand_in, optimizer=optimizer), optimizer, steps_per_epoch)
+    task = build_task(recipe)
+    if facts is not None:
+        return RunPieces(recipe, task, build_model(task, recipe.model, facts), dict(facts))
+    if accelerator is None:
+        raise ValueError("build_run: a run's data and loaders need its accelerator (or give facts for inference)")
+    bundle = load_training_data(task, recipe, artifacts)
+    place_data(recipe, bundle, accelerator.device)
+    model = build_model(task, recipe.model, bundle.facts)
+    optimizer = build_optimizer(recipe, model)
+    train = bundle.splits["train"]
+    # the range test draws its batches at random even where the recipe groups them by length: the loss should
+    # change with the rate, not with the sentences' lengths (grouped batches of long sentences have many times it)
+    sampler = EpochSampler(len(train), seed=recipe.seed) if lr_test else make_train_sampler(recipe, train)
+    loader = partial(make_loader, collate_fn=bundle.collate_fn, num_workers=recipe.data.num_workers,
+                     pin_memory=accelerator.device.type == "cuda" and not recipe.data.on_device)
+    train_loader = loader(train, recipe.data.batch_size, sampler=sampler, seed=recipe.seed)
+    evaluated, holdout = (None, None) if lr_test else (bundle.splits.get(recipe.eval.split), bundle.splits.get(HOLDOUT))
+    eval_loader = loader(evaluated, recipe.eval_batch_size) if evaluated is not None and len(evaluated) else None
+    holdout_loader = loader(holdout, recipe.eval_batch_size) if holdout is not None else None
+    if eval_loader is not None:
+        check_monitor(recipe, task)
+    prepared_model, prepared_optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    pieces = RunPieces(recipe, task, prepared_model, bundle.facts, bundle.artifacts, bundle, prepared_optimizer,
+                       sampler=sampler, train_loader=train_loader,
+                       eval_loader=accelerator.prepare(eval_loader) if eval_loader is not None else None,
+                       holdout_loader=accelerator.prepare(holdout_loader) if holdout_loader is not None else None)
+    if lr_test:
+        return pieces
+    pieces = _with_schedule(pieces, optimizer, math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps))
+    pieces.callbacks = build_callbacks(recipe)
+    return pieces
+
+
+def _with_schedule(pieces: RunPieces, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> RunPieces:
+    """The schedule of the optimizer (the one beneath Accelerate's wrapper), over train.epochs of `steps_per_epoch`
+    optimizer steps, cut at train.max_steps."""
+    train = pieces.recipe.train
+    total_steps = steps_per_epoch * train.epochs
+    if train.max_steps:
+        total_steps = min(total_steps, train.max_steps)
+    pieces.steps_per_epoch, pieces.total_steps = steps_per_epoch, total_steps
+    pieces.scheduler = build_scheduler(pieces.recipe, optimizer, steps_per_epoch, total_steps, pieces.task)
+    return pieces
 
 
 def build_task(recipe: Recipe) -> Task:
@@ -107,12 +210,10 @@ def _asked_for(message: str) -> str:
     """What an allocator's message says was asked for, as the start of '... than this machine can allocate'."""
     found = re.search(r"allocate (\d+) bytes", message)
     if found:
-        size, unit = float(found.group(1)), "bytes"
-        for unit in ("bytes", "KB", "MB", "GB", "TB", "PB", "EB"):
-            if size < 1000:
-                break
-            size /= 1000
-        return f"{size:.1f} {unit} of memory, more"
+        size, units = float(found.group(1)), ["bytes", "KB", "MB", "GB", "TB", "PB", "EB"]
+        while size >= 1000 and len(units) > 1:
+            size, units = size / 1000, units[1:]
+        return f"{size:.1f} {units[0]} of memory, more"
     if "overflowed" in message:
         return "a tensor with more elements than 64 bits can count, far more memory"
     found = re.search(r"tried to allocate ([\d.]+ [KMGTP]?i?B)", message, re.I)
@@ -163,8 +264,8 @@ def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optim
                         provided={"params": params})
 
 
-def build_scheduler(recipe: Recipe, task: Task, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                    total_steps: int) -> Any:
+def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int,
+                    task: Task | None = None) -> Any:
     return call_builder(SCHEDULERS.get(recipe.scheduler.name), recipe.scheduler.options, loc="scheduler",
                         provided={"optimizer": optimizer, "steps_per_epoch": steps_per_epoch,
                                   "total_steps": total_steps, "epochs": recipe.train.epochs,
@@ -199,7 +300,7 @@ def check_monitor(recipe: Recipe, task: Task) -> None:
     monitor = monitor_of(recipe, task)[0]
     try:
         known = scalars(task.create_metrics().compute())  # metrics of no samples: the names are what matter
-    except Exception:  # noqa: BLE001 - a metric that cannot compute on nothing; checked after the first eval
+    except Exception:  # a metric that cannot compute on nothing: checked after the first evaluation
         return
     if monitor not in known:
         raise RecipeError(f"train.monitor: task '{recipe.task.name}' computes no metric '{monitor}'."

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from deepcourse.recipe.schema import Recipe
-    from deepcourse.rundir.layout import MetricsLog
     from deepcourse.task import DataBundle, Task
     from deepcourse.training.meter import LossMeter, TrainMetrics
+    from deepcourse.training.tracking import RunLog
 
 
 @dataclass
@@ -52,7 +52,7 @@ class TrainContext:
     state: TrainState
     run_dir: Path
     bundle: DataBundle
-    log: MetricsLog
+    log: RunLog  # metrics.jsonl and the trackers (a RunLog of no file on the other processes)
     loss: LossMeter
     steps_per_epoch: int = 0
     total_steps: int = 0

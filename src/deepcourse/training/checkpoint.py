@@ -8,9 +8,9 @@
 
 Each folder is written under a temporary name and renamed into place (`deepcourse.rundir.files.commit_dir`), so only
 complete checkpoints are ever listed or resumed from. Only the main process touches the folder: the other processes
-send it their random-number states and receive what they resume from (`deepcourse.training.collective`), so a run on several
-machines needs no shared filesystem. Nothing in it is a pickle; older runs' optimizer.pt / scheduler.pt / scaler.pt
-are still read, with `weights_only=True`.
+send it their random-number states and receive what they resume from (`deepcourse.training.collective`), so a run on
+several machines needs no shared filesystem. Nothing in it is a pickle; older runs' optimizer.pt / scheduler.pt /
+scaler.pt are still read, with `weights_only=True`.
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -32,6 +32,9 @@ from deepcourse.rundir import files
 from deepcourse.task import DataBundle
 from deepcourse.training.callbacks import TrainContext, TrainState
 from deepcourse.training.collective import gather_to_all, launched, on_main
+
+if TYPE_CHECKING:
+    from deepcourse.training.meter import LossMeter, TrainMetrics
 
 STEP_DIR = re.compile(r"^step-(\d{9})$")
 STATE_FILE = "trainer_state.json"
@@ -55,14 +58,14 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_latest_intact(ctx: TrainContext, folder: Path) -> Path:
-    """Load the newest complete checkpoint that reads back whole, and return it. A newer one whose files are damaged
-    (cut by a full disk, a copy that stopped half-way) is skipped with a warning naming it and renamed
-    `damaged-step-N`, so it is neither resumed from nor kept in place of good ones. Problems that are not damage
-    (a planted pickle, another process count) stop the resume: an older checkpoint would not make them go away."""
+def load_latest_intact(ctx: TrainContext, folder: Path, names: Sequence[str]) -> Path:
+    """Load the newest of the complete checkpoints `names` (as the resume read listed them, newest first) that reads
+    back whole, and return it. A newer one whose files are damaged (cut by a full disk, a copy that stopped half-way)
+    is skipped with a warning naming it and renamed `damaged-step-N`, so it is neither resumed from nor kept in place
+    of good ones. Problems that are not damage (a planted pickle, another process count) stop the resume: an older
+    checkpoint would not make them go away."""
     damaged: list[tuple[Path, DamagedFileError]] = []
-    listed = on_main(lambda: [p.name for p in complete_checkpoints(folder)])  # the folder may be the main's alone
-    for candidate in reversed([folder / name for name in listed]):
+    for candidate in [folder / name for name in names]:
         try:
             load_checkpoint(ctx, candidate)
         except DamagedFileError as exc:
@@ -92,33 +95,35 @@ def unwrapped(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Modu
     return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
-def save_checkpoint(ctx: TrainContext) -> Path:
-    """Write the training state of every process into checkpoints/step-N/ (main process); returns the folder."""
-    acc = ctx.accelerator
-    folder = ctx.run_dir / "checkpoints"
-    name = step_dir_name(ctx.state.global_step)
+def save_checkpoint(folder: Path, accelerator: Accelerator, *, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainState, loss: LossMeter,
+                    train_metrics: TrainMetrics, keep: int) -> Path:
+    """Write folder/step-<state.global_step>/ and keep the `keep` newest checkpoints; every process calls it (it
+    gathers the RNG states), the main process writes. It holds exactly: model.safetensors (the weights of the
+    unwrapped model), optimizer.* and scheduler.* (their state dicts), scaler.* (the fp16 gradient scaler's, when
+    Accelerate has one), rng-<rank>.* (the random-number states of every process) and, written last,
+    trainer_state.json (`state`, with the sums of the loss meter and of the training metrics, which must hold no
+    outputs left to fold). Changes none of what it saves; returns the folder."""
+    name = step_dir_name(state.global_step)
     final, tmp = folder / name, folder / f".tmp-{name}"
     generators = gather_to_all(files.rng_state())  # every process's random state, on the main process too
-    ctx.train_metrics.fold(acc)  # the kept outputs into the training metrics, whose sums the checkpoint holds
-    if ctx.is_main:
+    if accelerator.is_main_process:
         files.fresh_dir(tmp)
         for rank, (tensors, meta) in enumerate(generators):
             files.save_tensors(tensors, tmp / f"rng-{rank}.safetensors")
             files.write_json(tmp / f"rng-{rank}.json", meta)
-        files.save_weights(unwrapped(acc, ctx.model), tmp / "model.safetensors")
-        files.save_state(ctx.optimizer.state_dict(), tmp / "optimizer")
-        files.save_state(ctx.scheduler.state_dict(), tmp / "scheduler")
-        if acc.scaler is not None:
-            files.save_state(acc.scaler.state_dict(), tmp / "scaler")
-        ctx.state.num_processes = acc.num_processes
-        ctx.state.elapsed_s = round(ctx.elapsed(), 3)
-        files.write_json(tmp / STATE_FILE, {**asdict(ctx.state), "loss_meter": ctx.loss.state_dict(),
-                                            "train_metrics": ctx.train_metrics.state_dict()})  # written last
+        files.save_weights(unwrapped(accelerator, model), tmp / "model.safetensors")
+        files.save_state(optimizer.state_dict(), tmp / "optimizer")
+        files.save_state(scheduler.state_dict(), tmp / "scheduler")
+        if accelerator.scaler is not None:
+            files.save_state(accelerator.scaler.state_dict(), tmp / "scaler")
+        files.write_json(tmp / STATE_FILE, {**asdict(state), "loss_meter": loss.state_dict(),
+                                            "train_metrics": train_metrics.state_dict()})  # written last
         if final.exists():
             shutil.rmtree(final)
         files.commit_dir(tmp, final)
-        prune(folder, ctx.recipe.train.keep_checkpoints)
-    acc.wait_for_everyone()
+        prune(folder, keep)
+    accelerator.wait_for_everyone()
     return final
 
 

@@ -3,7 +3,8 @@
 Read `fit` top to bottom: build the run's pieces, open (or resume) its run directory, then `train`: for each epoch
 the training steps, an evaluation, best-model selection, early stopping and a checkpoint. Tasks only supply
 `training_step` / `evaluation_step`; devices, mixed precision, accumulation, clipping, schedules, checkpoints and
-logs live here and in the modules named after them, once.
+logs live here and in the modules named after them, once. The hot path waits for the device only where a comment
+says "host sync".
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import math
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,39 +22,26 @@ from torch.utils.data import DataLoader
 
 from deepcourse import discovery
 from deepcourse.data import EpochSampler
-from deepcourse.errors import CheckpointError, NonFiniteLoss, RecipeError
+from deepcourse.errors import NonFiniteLoss, RecipeError
 from deepcourse.metrics import scalars
 from deepcourse.recipe.schema import HOLDOUT, Recipe
 from deepcourse.rundir import files
 from deepcourse.rundir import lock as runlock
-from deepcourse.rundir.layout import new_run_dir, remove_unstarted, run_info, truncate_metrics
+from deepcourse.rundir.layout import new_run_dir, remove_unstarted, run_info
 from deepcourse.training.accelerator import effective_settings, make_accelerator, torch_threads
-from deepcourse.training.build import (
-    build_callbacks,
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    build_task,
-    check_monitor,
-    count_parameters,
-    load_training_data,
-    make_loader,
-    make_train_sampler,
-    monitor_of,
-    place_data,
-    steps_per_evaluation,
-)
+from deepcourse.training.build import Trained, build_run, count_parameters, monitor_of, steps_per_evaluation
 from deepcourse.training.callbacks import TrainContext, TrainState
 from deepcourse.training.checkpoint import (
     latest_checkpoint,
-    load_latest_intact,
     read_best_metrics,
     save_best,
     save_checkpoint,
+    unwrapped,
 )
 from deepcourse.training.collective import on_main
 from deepcourse.training.evaluation import evaluation_loop, score_holdout
 from deepcourse.training.meter import LossMeter, TrainMetrics
+from deepcourse.training.resume import Resume, continue_run, read_resume
 from deepcourse.training.stopping import (
     Interrupted,
     StopRequest,
@@ -64,67 +53,50 @@ from deepcourse.training.stopping import (
 from deepcourse.training.tracking import RunLog, start_trackers
 
 
+@dataclass
+class Fitted:
+    """What `fit` returns: summary.json's content, and the trained model with its recipe, task, facts and artifacts
+    as training left them (its last weights, or best/'s once the holdout was scored), for a report made at once."""
+
+    summary: dict[str, Any]
+    trained: Trained
+
+
 def fit(recipe: Recipe, *, runs_root: Path = Path("runs"), run_dir: Path | None = None,
-        resume: Path | None = None) -> dict[str, Any]:
-    """Train `recipe` (or continue the run in `resume`); returns a summary with the run directory and the best
-    metrics. The caller's torch thread count is left as it was."""
+        resume: Path | Resume | None = None) -> Fitted:
+    """Train `recipe`, or continue the run in `resume`: its folder (read by `read_resume`, which refuses a recipe
+    that computes otherwise than the run's), or what `read_resume` read of it (whose recipe is `recipe`). The
+    caller's torch thread count is left as it was."""
     with torch_threads(recipe.train.threads), ExitStack() as held:  # held: what the run holds until it returns
-        return _fit(recipe, Path(runs_root), Path(run_dir) if run_dir else None, Path(resume) if resume else None,
-                    held)
+        return _fit(recipe, Path(runs_root), Path(run_dir) if run_dir else None, resume, held)
 
 
-def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | None,
-         held: ExitStack) -> dict[str, Any]:
+def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | Resume | None,
+         held: ExitStack) -> Fitted:
     started = time.perf_counter()
+    if resume is not None and not isinstance(resume, Resume):  # a folder: read as `run --resume` reads it
+        folder = Path(resume)
+        resume = on_main(lambda: read_resume(folder, recipe))
     acc = make_accelerator(recipe)
     set_seed(recipe.seed, deterministic=recipe.train.deterministic)
 
-    # 1. task, data, model, optimizer, schedule: every user error surfaces here, before a run directory exists
-    task = build_task(recipe)
-    artifacts = on_main(lambda: files.read_json(resume / "artifacts.json", missing=None)) if resume else None
-    bundle = load_training_data(task, recipe, artifacts)
-    place_data(recipe, bundle, acc.device)
-    model = build_model(task, recipe.model, bundle.facts)
-    optimizer = build_optimizer(recipe, model)
-    sampler = make_train_sampler(recipe, bundle.splits["train"])
-    pin = acc.device.type == "cuda" and not recipe.data.on_device
-    train_loader = make_loader(bundle.splits["train"], recipe.data.batch_size, collate_fn=bundle.collate_fn,
-                               num_workers=recipe.data.num_workers, sampler=sampler, seed=recipe.seed, pin_memory=pin)
-    eval_data = bundle.splits.get(recipe.eval.split)
-    eval_loader = make_loader(eval_data, recipe.eval_batch_size, collate_fn=bundle.collate_fn, pin_memory=pin,
-                              num_workers=recipe.data.num_workers) if eval_data is not None and len(eval_data) \
-        else None
-    holdout = bundle.splits.get(HOLDOUT)
-    holdout_loader = make_loader(holdout, recipe.eval_batch_size, collate_fn=bundle.collate_fn, pin_memory=pin,
-                                 num_workers=recipe.data.num_workers) if holdout is not None else None
-    if eval_loader is not None:
-        check_monitor(recipe, task)
-    raw_optimizer = optimizer
-    model, optimizer, train_loader = acc.prepare(model, optimizer, train_loader)
-    if eval_loader is not None:
-        eval_loader = acc.prepare(eval_loader)
-    if holdout_loader is not None:
-        holdout_loader = acc.prepare(holdout_loader)
-    steps_per_epoch = math.ceil(len(train_loader) / acc.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * recipe.train.epochs
-    if recipe.train.max_steps:
-        total_steps = min(total_steps, recipe.train.max_steps)
-    scheduler = build_scheduler(recipe, task, raw_optimizer, steps_per_epoch, total_steps)
-    callbacks = build_callbacks(recipe)
+    # 1. task, data, model, optimizer, loaders, schedule: every user error surfaces here, before a run directory
+    run = build_run(recipe, acc, artifacts=resume.artifacts if resume is not None else None)
 
     # 2. the run directory: a new one (created once, by the main process) or the one being resumed
     if resume is None:
         made = on_main(lambda: [str(p) if p else None for p in new_run_dir(runs_root, recipe.name, run_dir)])
         out_dir, created = Path(made[0]), Path(made[1]) if made[1] else None
     else:
-        out_dir, created = resume, None
+        out_dir, created = resume.run_dir, None
     if acc.is_main_process:  # one writer per run directory, until fit returns
         held.enter_context(runlock.acquire(out_dir))
-    ctx = TrainContext(acc, recipe, task, model, optimizer, scheduler, TrainState(), out_dir, bundle, RunLog(None),
-                       LossMeter(acc.device), steps_per_epoch, total_steps, callbacks,
+    task = run.task
+    ctx = TrainContext(acc, recipe, task, run.model, run.optimizer, run.scheduler, TrainState(), out_dir, run.bundle,
+                       RunLog(None), LossMeter(acc.device), run.steps_per_epoch, run.total_steps, run.callbacks,
                        train_metrics=TrainMetrics(task.create_train_metrics(), task.pad_index), started=started)
     if resume is not None:
-        resume_from_latest(ctx)
+        continue_run(ctx, resume)
         ctx.started = started - ctx.state.elapsed_s  # the wall time counts the segments before this one
     else:
         on_main(lambda: start_run_dir(ctx))
@@ -135,26 +107,27 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | N
     # 3. training
     try:
         with StopRequest() as stop:
-            train(ctx, train_loader, sampler, eval_loader, stop)
+            train(ctx, run.train_loader, run.sampler, run.eval_loader, stop)
     except BaseException:
         if resume is None and acc.is_main_process:  # kept only once it has a checkpoint (or best weights)
             remove_unstarted(out_dir, created)
         raise
     finally:
         ctx.log.close()
-    scored = score_holdout(ctx, holdout_loader) if holdout_loader is not None else None
+    scored = score_holdout(ctx, run.holdout_loader) if run.holdout_loader is not None else None
 
-    # 4. the summary
+    # 4. the summary, and the trained model for a report (unwrapped: no distributed or compiled wrapper; it still
+    # computes in the recipe's mixed precision, as Accelerate prepared it)
     monitor = monitor_of(recipe, task)[0]
     summary = {"run_dir": str(out_dir), "epochs": ctx.state.epoch, "steps": ctx.state.global_step,
                "monitor": monitor, "headline": list(task.headline_metrics(monitor)),
                "best": read_best_metrics(out_dir) if acc.is_main_process else {},
-               "wall_time_s": round(ctx.elapsed(), 2), "num_parameters": count_parameters(model)}
+               "wall_time_s": round(ctx.elapsed(), 2), "num_parameters": count_parameters(ctx.model)}
     if scored is not None:
         summary[HOLDOUT] = scored
     if acc.is_main_process:
         files.write_json(out_dir / "summary.json", summary)
-    return summary
+    return Fitted(summary, Trained(recipe, task, run.facts, run.artifacts, unwrapped(acc, ctx.model)))
 
 
 def start_run_dir(ctx: TrainContext) -> None:
@@ -171,33 +144,14 @@ def start_run_dir(ctx: TrainContext) -> None:
     files.write_json(out_dir / "run.json", info)
 
 
-def resume_from_latest(ctx: TrainContext) -> None:
-    """Continue from the newest complete checkpoint that reads back whole, with the settings the run was started
-    with."""
-    def find() -> None:
-        if latest_checkpoint(ctx.run_dir / "checkpoints") is None:
-            raise CheckpointError(f"--resume {ctx.run_dir}: no complete checkpoint in "
-                                  f"{ctx.run_dir / 'checkpoints'}; start a new run instead")
-        check_same_settings(ctx)
-
-    on_main(find)
-    latest = load_latest_intact(ctx, ctx.run_dir / "checkpoints")  # a damaged newest one: the one before it
-    if ctx.is_main:
-        truncate_metrics(ctx.run_dir / "metrics.jsonl", ctx.state.global_step, ctx.state.event)
-        print(f"deepcourse: resuming {ctx.run_dir} from {latest.name} (epoch {ctx.state.epoch + 1}, "
-              f"step {ctx.state.global_step})", flush=True)
-
-
-def check_same_settings(ctx: TrainContext) -> None:
-    """A resumed run must train as it started: the effective precision and accumulation, wherever they came from."""
-    started = files.read_json(ctx.run_dir / "run.json", missing={})
-    now = effective_settings(ctx.recipe, warn=False)
-    differ = [f"{key}: the run trained with {started[key]!r}, now {value!r}"
-              for key, value in (("mixed_precision", now.mixed_precision), ("grad_accum", now.grad_accum))
-              if key in started and started[key] != value]
-    if differ:
-        raise CheckpointError(f"--resume {ctx.run_dir}: the launch settings differ from the run's; resume with the "
-                              f"same (set them in the recipe, or pass the same accelerate launch flags)", differ)
+def checkpoint(ctx: TrainContext) -> Path:
+    """Save the run's state (`save_checkpoint`), after folding the kept training outputs into the metrics' sums and
+    bringing the loop state's process count and wall time up to date."""
+    ctx.train_metrics.fold(ctx.accelerator)  # gathers across processes
+    ctx.state.num_processes, ctx.state.elapsed_s = ctx.accelerator.num_processes, round(ctx.elapsed(), 3)
+    return save_checkpoint(ctx.run_dir / "checkpoints", ctx.accelerator, model=ctx.model, optimizer=ctx.optimizer,
+                           scheduler=ctx.scheduler, state=ctx.state, loss=ctx.loss, train_metrics=ctx.train_metrics,
+                           keep=ctx.recipe.train.keep_checkpoints)  # host sync: every tensor is copied off the device
 
 
 # -- the loop -----------------------------------------------------------------------------------------------------
@@ -215,7 +169,7 @@ def train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, ev
         last_epoch = hit_max_steps or epoch + 1 >= cfg.epochs
         if eval_loader is not None and ((epoch + 1) % ctx.recipe.eval.every == 0 or last_epoch):
             metrics = evaluate_epoch(ctx, eval_loader, stop)
-        elif eval_loader is None and last_epoch:
+        elif eval_loader is None and last_epoch:  # host sync: the weights are copied off the device
             save_best(ctx, {"train_loss": epoch_loss} if epoch_loss is not None else {})
 
         if ctx.is_main:
@@ -225,7 +179,7 @@ def train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, ev
         state.epoch += 1
         state.step_in_epoch = 0
         state.done = state.done or hit_max_steps
-        save_checkpoint(ctx)
+        checkpoint(ctx)  # host sync (see `checkpoint`)
     for cb in ctx.callbacks:
         cb.on_train_end(ctx)
 
@@ -260,18 +214,18 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
                 loss, outputs = split_step(task.training_step(model, batch))
                 if cfg.l1:
                     loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
-                finite = not cfg.skip_nonfinite or bool(torch.isfinite(loss).all())
+                finite = not cfg.skip_nonfinite or bool(torch.isfinite(loss).all())  # host sync (skip_nonfinite)
                 if finite:
-                    acc.backward(loss)
+                    acc.backward(loss)  # several processes: the gradients' all-reduce, on the device
                     if acc.sync_gradients and (cfg.clip_grad_norm or log_due(ctx, state.global_step + 1)):
                         tick.grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm or math.inf)
-                    optimizer.step()
+                    optimizer.step()  # fp16: the gradient scaler reads whether a gradient overflowed (host sync)
                 else:
                     state.skipped_steps += 1
                 optimizer.zero_grad(set_to_none=True)
             if finite:
-                ctx.loss.add(loss)
-                ctx.train_metrics.add(outputs)
+                ctx.loss.add(loss)  # a tensor addition, on the device
+                ctx.train_metrics.add(outputs)  # kept on the device until the next fold
             if not acc.sync_gradients:
                 continue
             if step_scheduler and not acc.optimizer_step_was_skipped:
@@ -285,9 +239,10 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
             mean_loss = log_train_step(ctx, tick, bar) if log_due(ctx, state.global_step) else None
             for cb in ctx.callbacks:
                 cb.on_step_end(ctx, mean_loss)
+            # every train.stop_check_every steps (with several processes): an all-reduce and a host sync
             stopping = check_due(acc, state.global_step, cfg.stop_check_every) and agreed(acc, stop.requested)
             if stopping or (cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0):
-                saved = save_checkpoint(ctx)
+                saved = checkpoint(ctx)
                 if stopping:
                     raise Interrupted(saved, stop.signum)
             if cfg.max_steps and state.global_step >= cfg.max_steps:
@@ -297,9 +252,17 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
         bar.close()
 
 
-def split_step(result: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """`training_step` returns the loss, or (loss, per-sample outputs for the training metrics)."""
-    return result if isinstance(result, tuple) else (result, None)
+def split_step(result: Any) -> tuple[torch.Tensor, Mapping[str, torch.Tensor] | None]:
+    """The one reading of what `Task.training_step` returns: the loss, or (loss, per-sample outputs for the
+    training metrics). Anything else is named here, not left to fail further on."""
+    if isinstance(result, torch.Tensor):
+        return result, None
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.Tensor) and \
+            (result[1] is None or isinstance(result[1], Mapping)):
+        return result[0], result[1]
+    shape = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
+    raise TypeError(f"training_step must return the loss (a tensor) or (loss, dict of per-sample outputs); it "
+                    f"returned {shape}")
 
 
 def log_due(ctx: TrainContext, step: int) -> bool:
@@ -326,13 +289,13 @@ def log_train_step(ctx: TrainContext, tick: Tick, bar: Any) -> float:
     """Log the mean loss since the last log (over all processes), the training metrics so far this epoch, the
     learning rate, the gradient norm of this step (before clipping) and the throughput."""
     acc = ctx.accelerator
-    mean_loss = float(acc.reduce(ctx.loss.log_mean(), reduction="mean"))
+    mean_loss = float(acc.reduce(ctx.loss.log_mean(), reduction="mean"))  # all-reduce + host sync
     if not math.isfinite(mean_loss):
         raise_nonfinite(ctx, mean_loss)
-    ctx.train_metrics.fold(acc)
+    ctx.train_metrics.fold(acc)  # gathers the kept outputs; the metrics' values are read on the host
     rate = tick.rate(acc.gradient_accumulation_steps * ctx.recipe.data.batch_size * acc.num_processes)
     lr = ctx.optimizer.param_groups[0]["lr"]
-    grad_norm = {"grad_norm": float(tick.grad_norm)} if tick.grad_norm is not None else {}
+    grad_norm = {"grad_norm": float(tick.grad_norm)} if tick.grad_norm is not None else {}  # host sync
     log(ctx, {"split": "train", "scope": "step", "loss": mean_loss, **ctx.train_metrics.values(), "lr": lr,
               **grad_norm, "samples_per_s": round(rate, 1)})
     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", **{"samples/s": f"{rate:,.0f}"})
@@ -347,8 +310,8 @@ def log_epoch_loss(ctx: TrainContext, seconds: float) -> float | None:
     local = ctx.loss.epoch_mean()
     if local is None:
         return None
-    epoch_loss = float(ctx.accelerator.reduce(local, reduction="mean"))
-    ctx.train_metrics.fold(ctx.accelerator)
+    epoch_loss = float(ctx.accelerator.reduce(local, reduction="mean"))  # all-reduce + host sync
+    ctx.train_metrics.fold(ctx.accelerator)  # gathers the kept outputs; the metrics' values are read on the host
     log(ctx, {"split": "train", "scope": "epoch", "loss": epoch_loss, **ctx.train_metrics.values(),
               "seconds": round(seconds, 3)})
     ctx.loss.reset_epoch()  # logged: a resume during this epoch's evaluation must not log it twice
@@ -359,11 +322,12 @@ def log_epoch_loss(ctx: TrainContext, seconds: float) -> float | None:
 def evaluate_epoch(ctx: TrainContext, eval_loader: DataLoader, stop: StopRequest) -> dict[str, Any]:
     """Evaluate, log, then pick the best model, step a plateau schedule and count early-stopping patience."""
     recipe, state = ctx.recipe, ctx.state
+    # each batch's outputs gathered across processes; the metrics computed on the host at the end (host sync)
     metrics = evaluation_loop(ctx.accelerator, ctx.task, ctx.model, eval_loader, sharded=True, stop=stop,
                               stop_check_every=recipe.train.stop_check_every, desc=f"eval {recipe.eval.split}",
                               progress=recipe.train.progress)
-    if agreed(ctx.accelerator, stop.requested):
-        raise Interrupted(save_checkpoint(ctx), stop.signum)
+    if agreed(ctx.accelerator, stop.requested):  # all-reduce + host sync
+        raise Interrupted(checkpoint(ctx), stop.signum)
     state.evaluated_epoch = state.epoch
     log(ctx, {"split": recipe.eval.split, "scope": "epoch", **scalars(metrics)})
     for cb in ctx.callbacks:
@@ -376,7 +340,7 @@ def evaluate_epoch(ctx: TrainContext, eval_loader: DataLoader, stop: StopRequest
     if steps_per_evaluation(ctx.scheduler):
         ctx.scheduler.step(value)
     if record_evaluation(state, value, state.epoch, mode=mode, train=recipe.train):
-        save_best(ctx, scalars(metrics))
+        save_best(ctx, scalars(metrics))  # host sync: the weights are copied off the device
     if patience_exhausted(state, recipe.train):
         state.done = True
         if ctx.is_main:

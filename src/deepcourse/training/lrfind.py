@@ -151,39 +151,21 @@ def find_lr(recipe: Recipe, out: Path, *, start_lr: float, end_lr: float, num_st
     a temporary folder) and creates nothing else."""
     from accelerate.utils import set_seed
 
-    from deepcourse.data import EpochSampler
     from deepcourse.rundir.outputs import staged_folder
     from deepcourse.training.accelerator import make_accelerator, torch_threads
-    from deepcourse.training.build import (
-        build_model,
-        build_optimizer,
-        build_task,
-        load_training_data,
-        make_loader,
-        place_data,
-    )
+    from deepcourse.training.build import build_run
+    from deepcourse.training.loop import split_step
 
     with torch_threads(recipe.train.threads):
         accelerator = make_accelerator(recipe, trackers=False)
         set_seed(recipe.seed, deterministic=recipe.train.deterministic)
-        task = build_task(recipe)
-        bundle = load_training_data(task, recipe, None)
-        place_data(recipe, bundle, accelerator.device)
-        model = build_model(task, recipe.model, bundle.facts)
-        optimizer = build_optimizer(recipe, model)
-        train = bundle.splits["train"]
-        # batches drawn at random even where the recipe groups them by length: the loss should change with the
-        # rate, not with the sentences' lengths (grouped batches of long sentences have many times the loss)
-        loader = make_loader(train, recipe.data.batch_size, collate_fn=bundle.collate_fn,
-                             num_workers=recipe.data.num_workers, sampler=EpochSampler(len(train), seed=recipe.seed),
-                             seed=recipe.seed)
-        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+        run = build_run(recipe, accelerator, lr_test=True)  # the training loader alone, in random order
+        model, task = run.model, run.task
 
         def loss_of(batch: Any) -> torch.Tensor:
-            result = task.training_step(model, batch)
-            return result[0] if isinstance(result, tuple) else result
+            return split_step(task.training_step(model, batch))[0]
 
-        result = lr_range_test(model, optimizer, loader, loss_of, start_lr=start_lr, end_lr=end_lr,
+        result = lr_range_test(model, run.optimizer, run.train_loader, loss_of, start_lr=start_lr, end_lr=end_lr,
                                num_steps=num_steps, accelerator=accelerator,
                                clip_grad_norm=recipe.train.clip_grad_norm)
     with staged_folder(out) as tmp:
@@ -197,7 +179,7 @@ def write_result(result: LRFindResult, name: str, folder: Path) -> None:
     from deepcourse.rundir import files
 
     rows = ["step,lr,loss,smoothed_loss"] + [f"{i + 1},{lr:.6g},{loss:.6g},{s:.6g}" for i, (lr, loss, s)
-                                             in enumerate(zip(result.lrs, result.losses, result.smoothed))]
+                                             in enumerate(zip(result.lrs, result.losses, result.smoothed, strict=True))]
     (folder / "lr_find.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     files.write_json(folder / "lr_find.json", {"recipe": name, **result.to_dict()})
     plt = pyplot()

@@ -55,8 +55,9 @@ class LossMeter:
 
 class TrainMetrics:
     """The task's training-split metrics (`Task.create_train_metrics`), running over the epoch. Each step's outputs
-    wait on the device until `fold` (at logging steps), which gathers them from every process and updates the
-    metrics once."""
+    wait on the device until `fold` (at logging steps and checkpoints), which gathers them from every process and
+    updates the metrics once. Reading them (`values`, `state_dict`) with outputs still waiting is an error, not a
+    stale number: fold first, at the same step in every process."""
 
     def __init__(self, metrics: Metric | None, pad_index: int = -100) -> None:
         self.metrics, self.pad_index = metrics, pad_index
@@ -83,6 +84,7 @@ class TrainMetrics:
 
     def values(self) -> dict[str, float]:
         """The metrics so far this epoch (after `fold`); empty when the task has none or nothing was added."""
+        self._require_folded("values")
         if self.metrics is None or not self.folded:
             return {}
         return {k: v for k, v in scalars(self.metrics.compute()).items() if k != "num_samples"}
@@ -94,8 +96,15 @@ class TrainMetrics:
             self.metrics.reset()
 
     def state_dict(self) -> dict[str, Any] | None:
-        """Call after `fold` (a checkpoint folds first): the kept outputs are not part of it."""
+        """The metrics' sums (after `fold`: the kept outputs are not part of it)."""
+        self._require_folded("state_dict")
         return None if self.metrics is None else {"folded": self.folded, "metrics": self.metrics.state_dict()}
+
+    def _require_folded(self, reading: str) -> None:
+        if self.pending:
+            raise RuntimeError(f"TrainMetrics.{reading}(): the outputs of {len(self.pending)} step(s) are not in the "
+                               f"metrics yet; call fold(accelerator) first, at the same step in every process (it "
+                               f"gathers)")
 
     def load_state_dict(self, state: Mapping[str, Any] | None) -> None:
         if self.metrics is not None and state is not None:
