@@ -28,9 +28,11 @@ class Worker(submitit.helpers.Checkpointable):
         self.child: subprocess.Popen[bytes] | None = None
 
     def __call__(self, index: int) -> str:
+        from deepcourse.discovery import load_plugins
         from deepcourse.studies.processes import visible_gpus
         from deepcourse.studies.tune import finish
 
+        load_plugins()  # a fresh process on the node: its recipe is read against the registries the plugins fill
         os.environ.setdefault(WORKER_ENV, f"{socket.gethostname()}:{os.getpid()}:{index}")
         spec = load_spec(Path(self.folder), "tune")
         study = work(spec, jobs=1, gpus=visible_gpus()[:1], on_child=self._track)
