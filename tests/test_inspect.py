@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from deepcourse.cli.main import main
-from deepcourse.rundir.outputs import staged_folder
+from deepcourse.rundir.files import atomic_write
 from deepcourse.training.lrfind import lr_range_test, suggest
 
 
@@ -122,13 +122,13 @@ def test_the_learning_rate_figure_replays_the_schedule_with_its_warm_up(toy_reci
 
 
 def test_a_staged_folder_leaves_nothing_on_an_error_and_other_files_alone(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError), staged_folder(tmp_path / "a" / "b") as tmp:
+    with pytest.raises(RuntimeError), atomic_write(tmp_path / "a" / "b", merge=True) as tmp:
         (tmp / "x.png").write_text("half")
         raise RuntimeError("failed")
     assert list(tmp_path.iterdir()) == []  # neither the files nor the folders above them
     (tmp_path / "keep").mkdir()
     (tmp_path / "keep" / "mine.txt").write_text("mine")
     (tmp_path / "keep" / "x.png").write_text("old")
-    with staged_folder(tmp_path / "keep") as tmp:
+    with atomic_write(tmp_path / "keep", merge=True) as tmp:
         (tmp / "x.png").write_text("new")
     assert {p.name: p.read_text() for p in (tmp_path / "keep").iterdir()} == {"mine.txt": "mine", "x.png": "new"}

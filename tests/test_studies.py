@@ -118,6 +118,24 @@ def test_a_bad_space_exits_2_naming_the_key(tmp_path: Path, cli_env) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_pruned_search_keeps_the_callbacks_the_recipe_declares(tmp_path: Path, cli_env) -> None:
+    """The pruning callback joins the recipe's own callbacks: a trial still runs the ones the recipe declares."""
+    import tomllib
+
+    recipe = search_recipe(tmp_path, trials=1, pruner="median", epochs=1)
+    recipe.write_text(recipe.read_text().replace(
+        "progress = false\n", "progress = false\ncallbacks = [{name = 'pause_at', step = 2, seconds = 0.0}]\n", 1))
+    out = run_cli(["tune", str(recipe), "--runs-root", str(tmp_path / "runs"), "--study", "cb"], cli_env)
+    assert out.returncode == 0, out.stderr
+    folder = tmp_path / "runs" / "toysearch" / "study-cb"
+    (trial,) = trials_of(folder)
+    run = folder / trial.user_attrs["run_dir"]
+    callbacks = tomllib.loads((run / "recipe.toml").read_text())["train"]["callbacks"]
+    assert [cb["name"] for cb in callbacks] == ["pause_at", "optuna_pruning"]
+    assert callbacks[1]["trial"] == trial._trial_id and callbacks[1]["monitor"] == "accuracy"
+    assert "paused" in (folder / f"{run.name}.log").read_text()  # the recipe's callback ran
+
+
 @pytest.mark.skipif(not Path("/dev/null").exists(), reason="needs a POSIX system")
 def test_pruning_stops_trials_early_and_leaves_normal_run_directories(tmp_path: Path, cli_env) -> None:
     """12 trials on the bundled digits, median pruning: the bad learning rates stop after a few epochs."""
@@ -254,7 +272,7 @@ def test_workers_started_together_on_an_empty_database_all_open_it(postgresql: s
         start.wait()
         try:
             opened.append(open_storage(url + "/race"))
-        except Exception as error:  # noqa: BLE001 - collected and shown by the assertion
+        except Exception as error:  # collected and shown by the assertion
             errors.append(error)
 
     threads = [threading.Thread(target=worker) for _ in range(6)]

@@ -13,7 +13,7 @@ from deepcourse.errors import UserError
 from deepcourse.figures import Figure, markdown_table, nice, pyplot, save_figure
 from deepcourse.recipe.overrides import differing_keys, flatten
 from deepcourse.recipe.schema import NON_COMPUTING_KEYS
-from deepcourse.results.stats import LEGEND, differs, summarize
+from deepcourse.results.stats import LEGEND, differs, mean_std, summarize
 from deepcourse.rundir.layout import RunData, read_run
 
 #: keys that never label a run: its name and description, and what does not change what it computes
@@ -176,8 +176,7 @@ def write_grouped(runs: Sequence[RunData], labels: Sequence[str], out: Path) -> 
                 continue
             if len(column) > 1 and all(isinstance(v, (int, float)) for v in column) and len(set(column)) > 1:
                 mean, sd = statistics.fmean(column), statistics.stdev(column)
-                shown[key] = f"{mean:.4f} ± {sd:.4f}" if abs(mean) < 100 and "time" not in key \
-                    else f"{mean:,.1f} ± {sd:,.1f}"
+                shown[key] = mean_std(mean, sd, ".4f" if abs(mean) < 100 and "time" not in key else ",.1f")
                 flat[key], flat[f"{key} sd"] = mean, sd
             else:
                 shown[key] = flat[key] = column[0]

@@ -28,7 +28,7 @@ def explain_run(run_dir: Path, inputs: Sequence[str], out: Path, options: Explai
 
     from deepcourse.errors import UserError
     from deepcourse.results.inference import load_trained
-    from deepcourse.rundir.outputs import staged_folder
+    from deepcourse.rundir.files import atomic_write
     from deepcourse.task import Task
     from deepcourse.training.accelerator import make_accelerator, torch_threads
 
@@ -45,7 +45,7 @@ def explain_run(run_dir: Path, inputs: Sequence[str], out: Path, options: Explai
     model.eval()
     for p in model.parameters():  # attributions need gradients of the inputs only
         p.requires_grad_(False)
-    with torch_threads(recipe.train.threads), staged_folder(out) as tmp:
+    with torch_threads(recipe.train.threads), atomic_write(out, merge=True) as tmp:
         explained = list(task.explain(model, list(inputs), options=options, device=accelerator.device, out=tmp))
         if not any(e.numbers.get("input") is not None for e in explained):
             raise UserError("explain: the inputs gave nothing to explain (an empty file, or blank text?); nothing was "

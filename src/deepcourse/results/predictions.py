@@ -7,7 +7,6 @@ predicted columns conlleval reads for a tagger.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -15,41 +14,36 @@ from typing import Any, TextIO
 import click
 
 from deepcourse.errors import UserError
+from deepcourse.rundir.files import atomic_write
 from deepcourse.task import Task
-
-
-def _temporary(output: Path) -> Path:
-    return output.with_name(f".{output.name}.tmp-{os.getpid()}")
 
 
 @contextlib.contextmanager
 def staged_file(output: Path) -> Iterator[TextIO]:
-    """A text file written as `.NAME.tmp-PID` beside `output` and renamed to it when the block ends without an
-    error; on an error the temporary file is removed and `output` is left as it was."""
-    tmp = _temporary(output)
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            yield handle
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """`output` opened for text through `atomic_write`: renamed into place when the block ends without an error; on
+    an error `output` is left as it was."""
+    with atomic_write(output) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        yield handle
 
 
 def write_lines(results: Iterable[Any], render: Callable[[Any], str], output: Path | None) -> int:
     """Print each result, or write them to `output` through a temporary file renamed into place at the end, so a
     failure or an empty result leaves no half-written file. Returns how many were written."""
-    tmp = _temporary(output) if output is not None else None
+    if output is None:
+        return _echo_each(results, render, None)
+    with atomic_write(output) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            count = _echo_each(results, render, handle)
+        if not count:
+            tmp.unlink()  # nothing to write: `output` is left alone
+    return count
+
+
+def _echo_each(results: Iterable[Any], render: Callable[[Any], str], handle: TextIO | None) -> int:
     count = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") if tmp is not None else contextlib.nullcontext() as handle:
-            for result in results:
-                click.echo(render(result), file=handle)
-                count += 1
-        if tmp is not None and count:
-            os.replace(tmp, output)
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+    for result in results:
+        click.echo(render(result), file=handle)
+        count += 1
     return count
 
 

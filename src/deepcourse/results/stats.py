@@ -32,12 +32,15 @@ class Summary:
 
     def shown(self, digits: int = 4) -> str:
         """'0.9712 ± 0.0031 (n=3)', or the single value."""
-        if self.std is None:
-            return f"{self.mean:.{digits}f} (n=1)"
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f} (n={self.n})"
+        return f"{mean_std(self.mean, self.std, f'.{digits}f')} (n={self.n})"
 
     def interval(self, digits: int = 4) -> str:
         return "" if self.ci_low is None else f"[{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
+
+
+def mean_std(mean: float, std: float | None, spec: str = ".4f") -> str:
+    """'0.9712 ± 0.0031': how every table writes a mean and its spread (`spec` formats both; no std: the mean)."""
+    return f"{mean:{spec}}" if std is None else f"{mean:{spec}} ± {std:{spec}}"
 
 
 def summarize(values: Sequence[float]) -> Summary:

@@ -7,13 +7,15 @@ deepcourse writes is ever unpickled. Older runs' `.pt` files are read with `weig
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickletools
 import random
 import shutil
+import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +25,56 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from deepcourse.errors import CheckpointError, DamagedFileError
+from deepcourse.rundir.outputs import nearest_existing
 
 
 # -- text and folders -------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_write(path: Path, *, folder: bool = False, merge: bool = False) -> Iterator[Path]:
+    """A temporary path to write `path` through, renamed into place when the block ends without an error, so a crash
+    or an error mid-write never leaves something that looks complete, and an error leaves `path` as it was. A block
+    that leaves nothing at the temporary path writes nothing (e.g. nothing to write).
+
+    A file is written as `.NAME.tmp-PID` beside `path` (several processes may write the same file); a folder
+    (`folder`) as `.tmp-NAME` beside it (one writer: a crash's leftover is cleared first, and the checkpoints'
+    pruning sweeps `.tmp-*`), replacing an older folder whole. `merge`: the block's files are moved INTO the folder
+    `path` (created with its parents), replacing files of the same names and leaving every other file there alone;
+    the temporary folder then sits in the nearest folder of `path` that exists, so a failure creates no parents."""
+    if merge:
+        tmp = Path(tempfile.mkdtemp(prefix=f".deepcourse-{path.name or 'out'}-", dir=nearest_existing(path)))
+    elif folder:
+        tmp = fresh_dir(path.with_name(f".tmp-{path.name}"))
+    else:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        if tmp.exists():
+            _sync_files(tmp)
+            if merge:
+                path.mkdir(parents=True, exist_ok=True)
+                for item in sorted(tmp.iterdir()):
+                    os.replace(item, path / item.name)
+            elif folder:
+                commit_dir(tmp, path)
+            else:
+                os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _sync_files(path: Path) -> None:
+    """Flush a written file (or a folder's files) to the disk before it is renamed into place."""
+    for f in [path] if path.is_file() else [f for f in path.iterdir() if f.is_file()]:
+        with open(f, "rb") as handle:
+            os.fsync(handle.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,11 +91,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def commit_dir(tmp: Path, final: Path) -> None:
-    """Rename a fully written temporary folder into place, replacing an older one of the same name."""
-    for f in tmp.iterdir():
-        if f.is_file():
-            with open(f, "rb") as handle:
-                os.fsync(handle.fileno())
+    """Rename a fully written temporary folder into place, replacing an older one of the same name (the last step
+    of `atomic_write(folder=True)`, kept apart so fault-injection tests can stop a run right before it)."""
     old = final.with_name(f".{final.name}.old")
     if final.exists():
         if old.exists():
@@ -187,7 +226,7 @@ def safe_torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DamagedFileError(f"{path}: file missing") from None
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, zip and EOF errors: say which it is
+    except Exception as exc:  # UnpicklingError, zip and EOF errors: say which it is
         text = str(exc)
         first = _reason(text) or type(exc).__name__
         if "GLOBAL" in text or _bare_pickle_naming_code(path):  # torch's own refusal, or a pickle it cannot parse
@@ -219,7 +258,7 @@ def _bare_pickle_naming_code(path: Path) -> bool:
         if zipfile.is_zipfile(path):
             return False  # torch read the pickle inside and said GLOBAL if it met one
         return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST") for op, _, _ in pickletools.genops(path.read_bytes()))
-    except Exception:  # noqa: BLE001 - not a parsable pickle: damaged, not dangerous
+    except Exception:  # not a parsable pickle: damaged, not dangerous
         return False
 
 

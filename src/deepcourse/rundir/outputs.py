@@ -3,16 +3,12 @@
 A run that can only fail when it saves, after minutes of loading, or a traceback from `mkdir`, is the wrong answer to
 a mistyped option. So the command line checks every output location first (`--run-dir`, `--runs-root`, `-o`,
 `--dir`): a folder must be creatable where it is named (no file in the way, a parent this process may write in), and a
-file must not name a folder. What a command writes goes through temporary names (`staged_folder`), so a failure
-leaves no half-written output.
+file must not name a folder. What a command writes goes through temporary names
+(`deepcourse.rundir.files.atomic_write`), so a failure leaves no half-written output.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from deepcourse.errors import UserError
@@ -20,7 +16,7 @@ from deepcourse.errors import UserError
 
 def writable_folder(path: Path, option: str) -> Path:
     """`path` is a folder this process can create files in, or one it can create; returns it unchanged."""
-    existing = _first_existing(path)
+    existing = nearest_existing(path)
     if not existing.is_dir():
         where = "is a file" if existing == path.absolute() else f"is under '{_shown(existing, path)}', a file"
         raise UserError(f"{option} {path}: {where}, not a folder; choose a folder")
@@ -38,7 +34,7 @@ def writable_file(path: Path, option: str) -> Path:
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{option} {path}: the file is read-only for this user")
     parent = path.absolute().parent
-    existing = _first_existing(parent)
+    existing = nearest_existing(parent)
     if not existing.is_dir():
         raise UserError(f"{option} {path}: is under '{_shown(existing, path)}', a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -46,7 +42,8 @@ def writable_file(path: Path, option: str) -> Path:
     return path
 
 
-def _first_existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """`path` if it exists, else its nearest parent that does (where a check or a temporary folder can look)."""
     current = path.absolute()
     while not current.exists() and current != current.parent:
         current = current.parent
@@ -61,22 +58,3 @@ def _shown(found: Path, given: Path) -> str:
         return str(found.relative_to(Path.cwd()))
     except ValueError:
         return str(found)
-
-
-@contextlib.contextmanager
-def staged_folder(path: Path) -> Iterator[Path]:
-    """A private temporary folder to write a command's output files in; when the block ends without an error they are
-    moved into `path` (created with its parents), replacing files of the same names and leaving every other file
-    there alone. On an error nothing is left: not the files, not `path`. Check `path` with `writable_folder` first.
-
-    The temporary folder sits in the nearest folder of `path` that exists, so the moves are renames on one file
-    system and a failure creates no parent folders."""
-    base = _first_existing(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".deepcourse-{path.name or 'out'}-", dir=base))
-    try:
-        yield tmp
-        path.mkdir(parents=True, exist_ok=True)
-        for item in sorted(tmp.iterdir()):
-            os.replace(item, path / item.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

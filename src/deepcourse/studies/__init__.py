@@ -1,5 +1,6 @@
 """The studies wing: many runs of one recipe, on one machine or a cluster.
 
+- `spec`: what a study runs (`StudySpec`), read from its folder's study.json or sweep.json;
 - `study`: an Optuna study's trials as processes (`deepcourse tune`), their command line and the best trial;
 - `tune`: a `[search]` table turned into a study, then final seeds of the best trial;
 - `sweep`: a grid over `--set` values, with seeds, mean ± std and significance per point;

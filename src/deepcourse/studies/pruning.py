@@ -6,13 +6,16 @@ normal run directory with its checkpoint and summary, marked by `pruned.json`.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepcourse.registry import CALLBACKS
 from deepcourse.rundir.files import write_json
 from deepcourse.studies.store import PRUNED_FILE, open_storage
 from deepcourse.training.callbacks import Callback, TrainContext
 from deepcourse.training.collective import on_main
+
+if TYPE_CHECKING:
+    import optuna
 
 
 @CALLBACKS.register("optuna_pruning")
@@ -21,7 +24,7 @@ class OptunaPruning(Callback):
 
     def __init__(self, storage: str, study: str, trial: int, monitor: str) -> None:
         self.storage, self.study, self.trial_id, self.monitor = storage, study, trial, monitor
-        self.trial: Any = None
+        self.trial: optuna.Trial | None = None
 
     def on_train_start(self, ctx: TrainContext) -> None:
         if ctx.is_main:

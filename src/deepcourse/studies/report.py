@@ -3,14 +3,19 @@ over seeds with its error bars."""
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepcourse.figures import markdown_escape, markdown_table, pyplot
-from deepcourse.recipe.overrides import toml_literal
 from deepcourse.results.stats import SPREAD, summarize
-from deepcourse.rundir.files import atomic_write_text
+from deepcourse.rundir.files import atomic_write, atomic_write_text
+from deepcourse.studies.study import best_trial, trial_overrides
+
+if TYPE_CHECKING:
+    import optuna
+
+    from deepcourse.studies.spec import StudySpec
 
 PLOTS = {"history.png": "optimization history: each trial's value and the best so far",
          "importances.png": "parameter importances (fANOVA): how much each parameter explains the values",
@@ -18,7 +23,7 @@ PLOTS = {"history.png": "optimization history: each trial's value and the best s
          "slice.png": "each parameter against the value"}
 
 
-def trial_rows(study: Any) -> list[dict[str, Any]]:
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial, in order; trials skipped for being over the budget are left out."""
     rows = []
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -31,19 +36,19 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def write_trials_table(spec: Any, study: Any) -> Path:
+def write_trials_table(spec: StudySpec, study: optuna.Study) -> Path:
     """study.md and study.csv: every trial with its state, value, parameters and wall time."""
     rows = trial_rows(study)
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns and (k != "retry of" or any(r.get(k) is not None
                                                                                      for r in rows))]
-    with open(spec.folder / "study.csv", "w", newline="", encoding="utf-8") as f:
+    with atomic_write(spec.folder / "study.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     shown = [[_cell(row.get(c), c) for c in columns] for row in rows]
-    best = _best(study)
+    best = best_trial(study)
     lines = [f"# Study {markdown_escape(spec.name)}", "", f"Recipe `{spec.recipe}`; {spec.monitor} is "
              f"{'maximized' if spec.direction == 'maximize' else 'minimized'}; sampler {spec.sampler}, pruner "
              f"{spec.pruner}; {sum(1 for r in rows if r['state'] in ('complete', 'pruned'))} of {spec.trials} trials "
@@ -67,22 +72,14 @@ def _cell(value: Any, column: str = "") -> str:
     return markdown_escape(str(value))
 
 
-def _best(study: Any) -> Any:
-    try:
-        return study.best_trial
-    except ValueError:  # no trial completed yet
-        return None
-
-
-def write_best_recipe(spec: Any, study: Any) -> Path | None:
+def write_best_recipe(spec: StudySpec, study: optuna.Study) -> Path | None:
     """best.toml: the best trial's recipe, fully resolved, runnable as it is."""
     from deepcourse.recipe.load import load_recipe
 
-    best = _best(study)
+    best = best_trial(study)
     if best is None:
         return None
-    dims = {d.key: d for d in spec.dims}
-    sets = [f"{k}={toml_literal(dims[k].value_of(v) if k in dims else v)}" for k, v in best.params.items()]
+    sets = trial_overrides(spec, best.params)
     recipe = load_recipe(spec.recipe, [*spec.overrides, *sets])
     path = spec.folder / "best.toml"
     atomic_write_text(path, f"# The best trial ({best.number}) of study {spec.name}: {spec.monitor} = {best.value}\n"
@@ -90,7 +87,7 @@ def write_best_recipe(spec: Any, study: Any) -> Path | None:
     return path
 
 
-def write_plots(spec: Any, study: Any) -> list[str]:
+def write_plots(spec: StudySpec, study: optuna.Study) -> list[str]:
     """Optuna's matplotlib plots of the study (those its trials allow: importances need two finished trials)."""
     import warnings
 
@@ -98,9 +95,10 @@ def write_plots(spec: Any, study: Any) -> list[str]:
 
     plt = pyplot()
     made = []
-    plots = [("history.png", views.plot_optimization_history), ("importances.png", views.plot_param_importances),
-             ("parallel.png" if len(spec.dims) > 1 else "slice.png",
-              views.plot_parallel_coordinate if len(spec.dims) > 1 else views.plot_slice)]
+    plots: list[tuple[str, Callable[..., Any]]] = [
+        ("history.png", views.plot_optimization_history), ("importances.png", views.plot_param_importances),
+        ("parallel.png" if len(spec.dims) > 1 else "slice.png",
+         views.plot_parallel_coordinate if len(spec.dims) > 1 else views.plot_slice)]
     for name, draw in plots:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
@@ -123,7 +121,7 @@ def seeds_section(monitor: str, values: Sequence[float], runs: Sequence[str]) ->
                                                           ", ".join(f"`{r}`" for r in runs)]]), ""]
 
 
-def finish_report(spec: Any, study: Any, seeds: Sequence[tuple[str, float]] = ()) -> Path:
+def finish_report(spec: StudySpec, study: optuna.Study, seeds: Sequence[tuple[str, float]] = ()) -> Path:
     """study.md with the plots and the seeds section appended, best.toml, study.csv."""
     md = write_trials_table(spec, study)
     best = write_best_recipe(spec, study)

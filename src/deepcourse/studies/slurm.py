@@ -16,7 +16,8 @@ from typing import Any
 
 import submitit
 
-from deepcourse.studies.study import WORKER_ENV, StudySpec, stop_child, work
+from deepcourse.studies.spec import StudySpec, load_spec
+from deepcourse.studies.study import WORKER_ENV, stop_child, work
 
 
 class Worker(submitit.helpers.Checkpointable):
@@ -24,18 +25,20 @@ class Worker(submitit.helpers.Checkpointable):
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
-        self.child: subprocess.Popen[Any] | None = None
+        self.child: subprocess.Popen[bytes] | None = None
 
     def __call__(self, index: int) -> str:
+        from deepcourse.discovery import load_plugins
         from deepcourse.studies.processes import visible_gpus
-        from deepcourse.studies.tune import finish, load_spec
+        from deepcourse.studies.tune import finish
 
+        load_plugins()  # a fresh process on the node: its recipe is read against the registries the plugins fill
         os.environ.setdefault(WORKER_ENV, f"{socket.gethostname()}:{os.getpid()}:{index}")
-        spec = load_spec(Path(self.folder))
+        spec = load_spec(Path(self.folder), "tune")
         study = work(spec, jobs=1, gpus=visible_gpus()[:1], on_child=self._track)
         return str(finish(spec, study, print))
 
-    def _track(self, proc: subprocess.Popen[Any] | None) -> None:
+    def _track(self, proc: subprocess.Popen[bytes] | None) -> None:
         self.child = proc
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:

@@ -2,7 +2,10 @@
 runs agree on (kept apart from `deepcourse.studies.study` so a trial's pruning callback loads only this)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
 
 PRUNED_FILE = "pruned.json"  # written into a run the study's pruner stopped (deepcourse.studies.pruning)
 HEARTBEAT_S = 20
@@ -10,7 +13,7 @@ GRACE_S = 90
 CREATE_TRIES = 5
 
 
-def open_storage(url: str) -> Any:
+def open_storage(url: str) -> optuna.storages.BaseStorage:
     """A journal file (a path, the embedded default) or a database URL (postgresql://, mysql://, sqlite:///)."""
     import optuna
 

@@ -17,22 +17,27 @@ same way; budgets count finished (completed or pruned) trials.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from deepcourse.recipe.load import load_recipe
 from deepcourse.recipe.overrides import toml_literal
-from deepcourse.recipe.searchspace import Dimension
 from deepcourse.rundir.files import read_json
 from deepcourse.studies.processes import PARENT_ENV
+from deepcourse.studies.spec import StudySpec
 from deepcourse.studies.store import HEARTBEAT_S, PRUNED_FILE, open_storage
 from deepcourse.training.checkpoint import latest_checkpoint
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
 
 MAX_RETRIES = 2
 WORKER_ENV = "DEEPCOURSE_WORKER"
@@ -46,32 +51,11 @@ def worker_id() -> str:
     return os.environ.get(WORKER_ENV) or f"{socket.gethostname()}:{os.getpid()}"
 
 
-@dataclass
-class StudySpec:
-    """What a study runs, as study.json / sweep.json records it (every worker reads the same)."""
-
-    kind: str  # "tune" | "sweep"
-    folder: Path
-    recipe: Path
-    name: str
-    storage: str
-    monitor: str
-    direction: str  # "maximize" | "minimize"
-    trials: int
-    overrides: list[str] = field(default_factory=list)
-    dims: list[Dimension] = field(default_factory=list)
-    sampler: str = "tpe"
-    pruner: str = "none"
-    seed: int = 0
-    epochs: int = 1
-    points: list[dict[str, Any]] = field(default_factory=list)  # sweeps: the queued grid points
-
-
 # -- storage and study -----------------------------------------------------------------------------------------
-def sampler_of(spec: StudySpec) -> Any:
+def sampler_of(spec: StudySpec) -> optuna.samplers.BaseSampler:
     import optuna
 
-    samplers: dict[str, Callable[[], Any]] = {
+    samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=spec.seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=spec.seed),
         "grid": lambda: optuna.samplers.RandomSampler(seed=spec.seed),  # every point is queued: nothing to draw
@@ -81,7 +65,7 @@ def sampler_of(spec: StudySpec) -> Any:
     return samplers[spec.sampler]()
 
 
-def pruner_of(spec: StudySpec) -> Any:
+def pruner_of(spec: StudySpec) -> optuna.pruners.BasePruner:
     import optuna
 
     return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
@@ -90,7 +74,7 @@ def pruner_of(spec: StudySpec) -> Any:
             "none": lambda: optuna.pruners.NopPruner()}[spec.pruner]()
 
 
-def open_study(spec: StudySpec, *, create: bool) -> Any:
+def open_study(spec: StudySpec, *, create: bool) -> optuna.Study:
     """The study in its storage; `create`: make it (and queue a sweep's points) unless it exists."""
     import optuna
 
@@ -109,13 +93,13 @@ def open_study(spec: StudySpec, *, create: bool) -> Any:
 
 
 # -- the trials ---------------------------------------------------------------------------------------------------
-def finished(trial: Any) -> bool:
+def finished(trial: FrozenTrial) -> bool:
     from optuna.trial import TrialState
 
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def budget_left(study: Any, spec: StudySpec) -> int:
+def budget_left(study: optuna.Study, spec: StudySpec) -> int:
     """Trials still to start: the budget less the finished and the running ones (queued ones still count)."""
     from optuna.trial import TrialState
 
@@ -124,13 +108,13 @@ def budget_left(study: Any, spec: StudySpec) -> int:
     return spec.trials - busy
 
 
-def recover(study: Any, spec: StudySpec) -> list[int]:
+def recover(study: optuna.Study, spec: StudySpec) -> list[int]:
     """Fail the trials of workers that died (on this machine: their process is gone; elsewhere: a stale heartbeat),
     then queue one retry of every failed trial that left a checkpoint to resume. Returns the retried trial numbers."""
     import optuna
     from optuna.trial import TrialState
 
-    storage = study._storage  # noqa: SLF001 - Optuna's storage API (set_trial_state_values) is public; the handle
+    storage = study._storage  # Optuna's storage API (set_trial_state_values) is public; the handle
     host, me = socket.gethostname(), worker_id()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
@@ -138,7 +122,7 @@ def recover(study: Any, spec: StudySpec) -> list[int]:
         if dead_here or (attrs.get("worker") == me and attrs.get("pid") != os.getpid()):  # or my requeued self's
             if attrs.get("host") == host and isinstance(attrs.get("run_pid"), int):
                 _wait_gone(attrs["run_pid"])  # its run got SIGTERM with its worker: let it save and stop first
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     if isinstance(storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
@@ -174,13 +158,58 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def params_to_overrides(spec: StudySpec, trial: Any) -> list[str]:
+def params_to_overrides(spec: StudySpec, trial: optuna.Trial) -> list[str]:
     """Sample (or take the queued values of) every dimension; the trial's recipe as --set overrides."""
     return [f"{dim.key}={toml_literal(dim.suggest(trial))}" for dim in spec.dims]
 
 
-def run_trial(study: Any, spec: StudySpec, trial: Any, env: Mapping[str, str], echo: Callable[[str], None],
-              on_child: Callable[[subprocess.Popen[Any] | None], None] = lambda proc: None) -> None:
+def trial_overrides(spec: StudySpec, params: Mapping[str, Any]) -> list[str]:
+    """A finished trial's parameters as --set overrides (a categorical's label back to its recipe value)."""
+    dims = {d.key: d for d in spec.dims}
+    return [f"{k}={toml_literal(dims[k].value_of(v) if k in dims else v)}" for k, v in params.items()]
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best completed trial, or None while no trial has completed."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def run_command(spec: StudySpec, run: Path, sets: Sequence[str], callbacks: Sequence[dict[str, Any]] = ()
+                ) -> list[str]:
+    """`deepcourse run` for one run of the study (a trial, or the best trial again with another seed): resumed from
+    its latest checkpoint when it has one, else started in `run` from the recipe with the study's overrides and
+    `sets` (a run that started but never checkpointed is removed: it starts over). `callbacks` are appended to the
+    recipe's own `train.callbacks`, never put in their place."""
+    cmd = [sys.executable, "-m", "deepcourse", "run"]
+    resume = latest_checkpoint(run / "checkpoints") is not None
+    if resume:
+        cmd += ["--resume", str(run)]
+    else:
+        if run.exists():
+            shutil.rmtree(run)
+        cmd += [str(spec.recipe), "--run-dir", str(run), *[a for o in [*spec.overrides, *sets] for a in ("--set", o)]]
+    if callbacks:
+        recipe = load_recipe(run / "recipe.toml") if resume else load_recipe(spec.recipe, [*spec.overrides, *sets])
+        added = {cb["name"] for cb in callbacks}  # a resumed trial's recipe holds its earlier try's pruning callback
+        own = [cb for cb in recipe.train.callbacks if cb.get("name") not in added]
+        cmd += ["--set", "train.callbacks=" + toml_literal([*own, *callbacks])]
+    return [*cmd, "--no-report"]
+
+
+def pruning_callback(spec: StudySpec, trial: optuna.Trial) -> list[dict[str, Any]]:
+    """The callback through which a trial reports to the study's pruner (none without a pruner)."""
+    if spec.pruner == "none":
+        return []
+    return [{"name": "optuna_pruning", "storage": spec.storage, "study": spec.name, "trial": trial._trial_id,
+             "monitor": spec.monitor}]
+
+
+def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Mapping[str, str],
+              echo: Callable[[str], None],
+              on_child: Callable[[subprocess.Popen[bytes] | None], None] = lambda proc: None) -> None:
     """Run one trial as `deepcourse run` in a subprocess and record its outcome in the study."""
     import optuna
 
@@ -190,35 +219,21 @@ def run_trial(study: Any, spec: StudySpec, trial: Any, env: Mapping[str, str], e
                        ("worker", worker_id())):
         trial.set_user_attr(key, value)
     run = spec.folder / name
-    cmd = [sys.executable, "-m", "deepcourse", "run"]
-    if latest_checkpoint(run / "checkpoints") is not None:
-        cmd += ["--resume", str(run)]
-    else:
-        if run.exists():
-            import shutil
-
-            shutil.rmtree(run)  # started but never checkpointed: start over
-        cmd += [str(spec.recipe), "--run-dir", str(run), *[a for o in spec.overrides + sets for a in ("--set", o)]]
-    if spec.pruner != "none":
-        cmd += ["--set", "train.callbacks=[" + toml_literal({"name": "optuna_pruning", "storage": spec.storage,
-                                                             "study": spec.name, "trial": trial._trial_id,
-                                                             "monitor": spec.monitor}) + "]"]
-    cmd += ["--no-report"]
+    cmd = run_command(spec, run, sets, pruning_callback(spec, trial))
     started = time.perf_counter()
     with open(spec.folder / f"{name}.log", "a", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), **env})
         trial.set_user_attr("run_pid", proc.pid)
         on_child(proc)
-        storage = study._storage  # noqa: SLF001 - heartbeats for database storages, while the run runs
-        beats = isinstance(storage, optuna.storages.RDBStorage)
+        storage = study._storage  # heartbeats for database storages, while the run runs
         while True:
             try:
                 code = proc.wait(timeout=HEARTBEAT_S)
                 break
             except subprocess.TimeoutExpired:
-                if beats:
-                    storage.record_heartbeat(trial._trial_id)  # noqa: SLF001
+                if isinstance(storage, optuna.storages.RDBStorage):
+                    storage.record_heartbeat(trial._trial_id)
         on_child(None)
     trial.set_user_attr("wall_time_s", round(time.perf_counter() - started, 1))
     trial.set_user_attr("exit_code", code)
@@ -239,7 +254,7 @@ def run_trial(study: Any, spec: StudySpec, trial: Any, env: Mapping[str, str], e
 
 
 def work(spec: StudySpec, *, jobs: int = 1, gpus: Sequence[str] = (), echo: Callable[[str], None] = print,
-         on_child: Callable[[subprocess.Popen[Any] | None], None] = lambda proc: None) -> Any:
+         on_child: Callable[[subprocess.Popen[bytes] | None], None] = lambda proc: None) -> optuna.Study:
     """A worker: `jobs` threads take trials until the budget is done; returns the study."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -275,13 +290,14 @@ def work(spec: StudySpec, *, jobs: int = 1, gpus: Sequence[str] = (), echo: Call
     return study
 
 
-def failures(study: Any) -> int:
+def failures(study: optuna.Study) -> int:
     from optuna.trial import TrialState
 
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if not t.user_attrs.get("skipped"))
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    return sum(1 for t in failed if not t.user_attrs.get("skipped"))
 
 
-def _over_budget(study: Any, spec: StudySpec, number: int) -> bool:
+def _over_budget(study: optuna.Study, spec: StudySpec, number: int) -> bool:
     """Trials take their places in number order: beyond the budget if as many live ones come before it."""
     from optuna.trial import TrialState
 
@@ -290,7 +306,7 @@ def _over_budget(study: Any, spec: StudySpec, number: int) -> bool:
     return len(ahead) >= spec.trials
 
 
-def stop_child(proc: subprocess.Popen[Any] | None, timeout: float = 120) -> None:
+def stop_child(proc: subprocess.Popen[bytes] | None, timeout: float = 120) -> None:
     """Ask a running trial to save and stop (SIGTERM), as a preempted worker must before it goes."""
     if proc is not None and proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

@@ -12,17 +12,21 @@ import datetime as _dt
 import itertools
 import re
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepcourse.errors import RecipeError, UserError
 from deepcourse.recipe import shipped as catalog
 from deepcourse.recipe.load import load_recipe
 from deepcourse.recipe.overrides import toml_literal
 from deepcourse.recipe.searchspace import Dimension
-from deepcourse.rundir.files import atomic_write_text, read_json, to_json
+from deepcourse.rundir.files import atomic_write_text, to_json
 from deepcourse.studies.processes import visible_gpus
+from deepcourse.studies.spec import SPEC_FILES, load_spec
+
+if TYPE_CHECKING:
+    import optuna
 
 
 def parse_grid(text: str) -> tuple[str, list[Any]]:
@@ -74,15 +78,15 @@ def plan(recipe_path: Path, grids: Sequence[str], seeds: int | None, overrides: 
     dims = [Dimension(key, "categorical", choices=tuple(values)) for key, values in axes_list]
     if seeds > 1:
         dims.append(Dimension("seed", "categorical", choices=tuple(range(base.seed, base.seed + seeds))))
-    points = []
+    points: list[dict[str, Any]] = []
     for combo in itertools.product(*[values for _, values in axes_list]):
         for s in range(seeds):
-            sets = [f"{key}={toml_literal(v)}" for (key, _), v in zip(axes_list, combo)]
-            params = {dim.key: dim.labels[dim.choices.index(v)] for dim, v in zip(dims, combo)}
+            sets = [f"{key}={toml_literal(v)}" for (key, _), v in zip(axes_list, combo, strict=True)]
+            params = {dim.key: dim.labels[dim.choices.index(v)] for dim, v in zip(dims, combo, strict=False)}
             if seeds > 1:
                 sets.append(f"seed={base.seed + s}")
                 params["seed"] = base.seed + s
-            label = ", ".join(f"{key}={_label(v)}" for (key, _), v in zip(axes_list, combo)) or "base"
+            label = ", ".join(f"{key}={_label(v)}" for (key, _), v in zip(axes_list, combo, strict=True)) or "base"
             points.append({"label": label, "seed": base.seed + s, "overrides": [*overrides, *sets], "params": params})
     for i, point in enumerate(points):
         load_recipe(recipe_path, point["overrides"])  # every point must be a valid recipe before anything runs
@@ -100,26 +104,23 @@ def _label(value: Any) -> str:
 
 def sweep(recipe: Path, grids: Sequence[str], *, seeds: int | None = None, overrides: Sequence[str] = (),
           jobs: int = 1, runs_root: Path = Path("runs"), resume: Path | None = None,
-          echo: Any = print) -> Path:
+          echo: Callable[[str], None] = print) -> Path:
     """Run the grid (or continue it) as a study of queued points, then compare the runs."""
     from deepcourse.studies.study import open_study, work
 
     if resume is not None:
-        manifest = resume / "sweep.json"
-        if not manifest.exists():
-            raise UserError(f"--resume {resume}: not a sweep folder (no sweep.json)")
-        spec = spec_from(resume, read_json(manifest))
+        spec = load_spec(resume, "sweep")
     else:
         recipe = catalog.resolve(recipe)  # a shipped recipe's name: every run gets the file's path
-        dims, points, seeds = plan(recipe, grids, seeds, overrides)
+        _, points, seeds = plan(recipe, grids, seeds, overrides)
         base = load_recipe(recipe, overrides)
         folder = runs_root / base.name / f"sweep-{_dt.datetime.now():%Y%m%d-%H%M%S}"
         folder.mkdir(parents=True)
         record = {"recipe": str(recipe.resolve()), "grids": list(grids), "seeds": seeds,
                   "overrides": list(overrides), "points": points, "study": "sweep",
                   "storage": str((folder / "study.log").resolve())}
-        atomic_write_text(folder / "sweep.json", to_json(record))
-        spec = spec_from(folder, record)
+        atomic_write_text(folder / SPEC_FILES["sweep"], to_json(record))
+        spec = load_spec(folder, "sweep")
         open_study(spec, create=True)
     gpus = visible_gpus()
     echo(f"sweep: {len(spec.points)} runs in {spec.folder} ({jobs} at a time" +
@@ -139,44 +140,7 @@ def sweep(recipe: Path, grids: Sequence[str], *, seeds: int | None = None, overr
     return spec.folder
 
 
-def spec_from(folder: Path, record: dict[str, Any]) -> Any:
-    """The study a sweep folder's sweep.json describes (its grid rebuilt from the recorded points)."""
-    from deepcourse.studies.study import StudySpec
-
-    recipe = Path(record["recipe"])
-    base = load_recipe(recipe, record.get("overrides", []))
-    from deepcourse.training.build import monitor_of
-
-    monitor, mode = monitor_of(base)  # from the task's class: no task is built
-    points = record["points"]
-    dims = _dims_of(points)
-    return StudySpec(kind="sweep", folder=folder, recipe=recipe, name=record.get("study", "sweep"),
-                     storage=record.get("storage") or str((folder / "study.log").resolve()), monitor=monitor,
-                     direction="maximize" if mode == "max" else "minimize", trials=len(points),
-                     overrides=list(record.get("overrides", [])), dims=dims, sampler="grid", pruner="none",
-                     seed=base.seed, epochs=base.train.epochs, points=points)
-
-
-def _dims_of(points: Sequence[dict[str, Any]]) -> list[Dimension]:
-    """Each parameter's choices, in the order the points name them (labels as queued)."""
-    keys: dict[str, list[Any]] = {}
-    for point in points:
-        for key, label in point.get("params", {}).items():
-            keys.setdefault(key, [])
-            if label not in keys[key]:
-                keys[key].append(label)
-    return [Dimension(key, "categorical", choices=tuple(_from_label(v) for v in labels)) for key, labels in
-            keys.items()]
-
-
-def _from_label(label: Any) -> Any:
-    """A queued categorical label back to its value (tables were queued as their TOML text)."""
-    if isinstance(label, str) and label[:1] in "{[":
-        return tomllib.loads(f"v = {label}")["v"]
-    return label
-
-
-def latest_trials_by_dir(study: Any) -> dict[str, str]:
+def latest_trials_by_dir(study: optuna.Study) -> dict[str, str]:
     """Each point's run directory -> the state of its latest trial (retries replace the failed ones)."""
     states: dict[str, str] = {}
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):

@@ -15,10 +15,9 @@ import datetime as _dt
 import itertools
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepcourse.errors import UserError
 from deepcourse.recipe import shipped as catalog
@@ -27,9 +26,13 @@ from deepcourse.recipe.overrides import toml_literal
 from deepcourse.recipe.searchspace import parse_space
 from deepcourse.rundir.files import atomic_write_text, read_json, to_json
 from deepcourse.studies.processes import visible_gpus
-from deepcourse.studies.study import StudySpec, open_study, work
+from deepcourse.studies.spec import SPEC_FILES, StudySpec, load_spec
+from deepcourse.studies.study import best_trial, open_study, run_command, trial_overrides, work
 
-STUDY_FILE = "study.json"
+if TYPE_CHECKING:
+    import optuna
+
+STUDY_FILE = SPEC_FILES["tune"]
 
 
 def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | None, storage: str | None,
@@ -52,8 +55,8 @@ def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | No
     if base.search.sampler == "grid":
         combos = list(itertools.product(*[d.grid() for d in dims]))
         record["points"] = [{"params": {d.key: d.labels[d.choices.index(v)] if d.kind == "categorical" else v
-                                        for d, v in zip(dims, combo)},
-                             "label": ", ".join(f"{d.key}={toml_literal(v)}" for d, v in zip(dims, combo)),
+                                        for d, v in zip(dims, combo, strict=True)},
+                             "label": ", ".join(f"{d.key}={toml_literal(v)}" for d, v in zip(dims, combo, strict=True)),
                              "dir": f"grid-{i:03d}"} for i, combo in enumerate(combos)]
         record["trials"] = len(combos)
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,53 +69,30 @@ def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | No
         record = joined
     else:
         atomic_write_text(existing, to_json(record))
-    spec = load_spec(folder)
+    spec = load_spec(folder, "tune")
     open_study(spec, create=True)
     return spec
 
 
-def load_spec(folder: Path) -> StudySpec:
-    """The study a folder's study.json describes."""
-    from deepcourse.training.build import monitor_of
-
-    if not (folder / STUDY_FILE).exists():
-        raise UserError(f"--resume {folder}: not a study folder (no {STUDY_FILE})")
-    record = read_json(folder / STUDY_FILE)
-    base = load_recipe(Path(record["recipe"]), record.get("overrides", []))
-    monitor, mode = monitor_of(base)  # from the task's class: no task is built
-    dims, _ = parse_space(record["space"])
-    return StudySpec(kind="tune", folder=folder, recipe=Path(record["recipe"]), name=record["study"],
-                     storage=record["storage"], monitor=monitor, direction="maximize" if mode == "max" else "minimize",
-                     trials=int(record["trials"]), overrides=list(record.get("overrides", [])), dims=dims,
-                     sampler=record["sampler"], pruner=record["pruner"], seed=base.seed, epochs=base.train.epochs,
-                     points=record.get("points", []))
-
-
-def final_seeds(spec: StudySpec, study: Any, seeds: int, echo: Callable[[str], None]) -> list[tuple[str, float]]:
+def final_seeds(spec: StudySpec, study: optuna.Study, seeds: int, echo: Callable[[str], None]
+                ) -> list[tuple[str, float]]:
     """The best trial's configuration with seeds seed+1 .. seed+K-1 (the trial itself is seed): (run, value) each."""
     from filelock import FileLock
 
-    try:
-        best = study.best_trial
-    except ValueError:
+    best = best_trial(study)
+    if best is None:
         return []
     found = [(best.user_attrs.get("run_dir", f"trial-{best.number:04d}"), float(best.value))]
     if seeds < 2:
         return found
-    dims = {d.key: d for d in spec.dims}
-    sets = [f"{k}={toml_literal(dims[k].value_of(v))}" for k, v in best.params.items()]
     with FileLock(str(spec.folder / "seeds.lock")):
         for offset in range(1, seeds):
             run = spec.folder / f"best-seed{spec.seed + offset}"
             if not (run / "summary.json").exists():
                 echo(f"  the best configuration, seed {spec.seed + offset}")
-                cmd = [sys.executable, "-m", "deepcourse", "run"]
-                cmd += ["--resume", str(run)] if (run / "checkpoints").is_dir() else \
-                    [str(spec.recipe), "--run-dir", str(run), *[a for o in [*spec.overrides, *sets,
-                                                                            f"seed={spec.seed + offset}"]
-                                                                 for a in ("--set", o)]]
+                cmd = run_command(spec, run, [*trial_overrides(spec, best.params), f"seed={spec.seed + offset}"])
                 with open(spec.folder / f"{run.name}.log", "a", encoding="utf-8") as log:
-                    code = subprocess.run([*cmd, "--no-report"], stdout=log, stderr=subprocess.STDOUT,
+                    code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
                                           env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
                 if code != 0:
                     echo(f"  FAILED (exit {code}, see {spec.folder / f'{run.name}.log'})")
@@ -128,7 +108,7 @@ def prepare(recipe: str | Path | None, overrides: Sequence[str] = (), *, study_n
             resume: Path | None = None) -> StudySpec:
     """The study to work on: a new one, the one of the same name another worker made, or a folder's (--resume)."""
     if resume is not None:
-        return load_spec(resume)
+        return load_spec(resume, "tune")
     if recipe is None:
         raise UserError("give a RECIPE with a [search] table, or --resume STUDY_DIR")
     return create(recipe, overrides, study_name=study_name, storage=storage, trials=trials, runs_root=runs_root)
@@ -143,7 +123,7 @@ def tune(spec: StudySpec, *, jobs: int = 1, echo: Callable[[str], None] = print)
     return finish(spec, study, echo)
 
 
-def finish(spec: StudySpec, study: Any, echo: Callable[[str], None]) -> Path:
+def finish(spec: StudySpec, study: optuna.Study, echo: Callable[[str], None]) -> Path:
     """The best configuration over seeds, then the report (also what each Slurm worker does when it ends)."""
     from deepcourse.studies.report import finish_report
 

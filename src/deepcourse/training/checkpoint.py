@@ -6,7 +6,7 @@
     best/                         model.safetensors, facts.json [+ facts.safetensors], artifacts.json,
                                   recipe.toml, metrics.json
 
-Each folder is written under a temporary name and renamed into place (`deepcourse.rundir.files.commit_dir`), so only
+Each folder is written under a temporary name and renamed into place (`deepcourse.rundir.files.atomic_write`), so only
 complete checkpoints are ever listed or resumed from. Only the main process touches the folder: the other processes
 send it their random-number states and receive what they resume from (`deepcourse.training.collective`), so a run on
 several machines needs no shared filesystem. Nothing in it is a pickle; older runs' optimizer.pt / scheduler.pt /
@@ -104,24 +104,20 @@ def save_checkpoint(folder: Path, accelerator: Accelerator, *, model: torch.nn.M
     Accelerate has one), rng-<rank>.* (the random-number states of every process) and, written last,
     trainer_state.json (`state`, with the sums of the loss meter and of the training metrics, which must hold no
     outputs left to fold). Changes none of what it saves; returns the folder."""
-    name = step_dir_name(state.global_step)
-    final, tmp = folder / name, folder / f".tmp-{name}"
+    final = folder / step_dir_name(state.global_step)
     generators = gather_to_all(files.rng_state())  # every process's random state, on the main process too
     if accelerator.is_main_process:
-        files.fresh_dir(tmp)
-        for rank, (tensors, meta) in enumerate(generators):
-            files.save_tensors(tensors, tmp / f"rng-{rank}.safetensors")
-            files.write_json(tmp / f"rng-{rank}.json", meta)
-        files.save_weights(unwrapped(accelerator, model), tmp / "model.safetensors")
-        files.save_state(optimizer.state_dict(), tmp / "optimizer")
-        files.save_state(scheduler.state_dict(), tmp / "scheduler")
-        if accelerator.scaler is not None:
-            files.save_state(accelerator.scaler.state_dict(), tmp / "scaler")
-        files.write_json(tmp / STATE_FILE, {**asdict(state), "loss_meter": loss.state_dict(),
-                                            "train_metrics": train_metrics.state_dict()})  # written last
-        if final.exists():
-            shutil.rmtree(final)
-        files.commit_dir(tmp, final)
+        with files.atomic_write(final, folder=True) as tmp:
+            for rank, (tensors, meta) in enumerate(generators):
+                files.save_tensors(tensors, tmp / f"rng-{rank}.safetensors")
+                files.write_json(tmp / f"rng-{rank}.json", meta)
+            files.save_weights(unwrapped(accelerator, model), tmp / "model.safetensors")
+            files.save_state(optimizer.state_dict(), tmp / "optimizer")
+            files.save_state(scheduler.state_dict(), tmp / "scheduler")
+            if accelerator.scaler is not None:
+                files.save_state(accelerator.scaler.state_dict(), tmp / "scaler")
+            files.write_json(tmp / STATE_FILE, {**asdict(state), "loss_meter": loss.state_dict(),
+                                                "train_metrics": train_metrics.state_dict()})  # written last
         prune(folder, keep)
     accelerator.wait_for_everyone()
     return final
@@ -182,14 +178,13 @@ def save_best(ctx: TrainContext, metrics: Mapping[str, Any]) -> None:
     """best/: weights plus everything evaluate/predict need without the training data."""
     if not ctx.is_main:
         return
-    best = ctx.run_dir / "best"
-    tmp = files.fresh_dir(ctx.run_dir / ".tmp-best")
-    files.save_weights(unwrapped(ctx.accelerator, ctx.model), tmp / "model.safetensors")
-    save_facts(tmp, ctx.bundle)
-    files.atomic_write_text(tmp / "recipe.toml", ctx.recipe.to_toml())
-    files.write_json(tmp / "metrics.json", {"epoch": ctx.state.epoch + 1, "step": ctx.state.global_step, **metrics})
-    ctx.task.save_extra(tmp)
-    files.commit_dir(tmp, best)
+    with files.atomic_write(ctx.run_dir / "best", folder=True) as tmp:
+        files.save_weights(unwrapped(ctx.accelerator, ctx.model), tmp / "model.safetensors")
+        save_facts(tmp, ctx.bundle)
+        files.atomic_write_text(tmp / "recipe.toml", ctx.recipe.to_toml())
+        files.write_json(tmp / "metrics.json", {"epoch": ctx.state.epoch + 1, "step": ctx.state.global_step,
+                                                **metrics})
+        ctx.task.save_extra(tmp)
 
 
 def load_best_weights(ctx: TrainContext) -> None:

@@ -151,7 +151,7 @@ def find_lr(recipe: Recipe, out: Path, *, start_lr: float, end_lr: float, num_st
     a temporary folder) and creates nothing else."""
     from accelerate.utils import set_seed
 
-    from deepcourse.rundir.outputs import staged_folder
+    from deepcourse.rundir.files import atomic_write
     from deepcourse.training.accelerator import make_accelerator, torch_threads
     from deepcourse.training.build import build_run
     from deepcourse.training.loop import split_step
@@ -168,7 +168,7 @@ def find_lr(recipe: Recipe, out: Path, *, start_lr: float, end_lr: float, num_st
         result = lr_range_test(model, run.optimizer, run.train_loader, loss_of, start_lr=start_lr, end_lr=end_lr,
                                num_steps=num_steps, accelerator=accelerator,
                                clip_grad_norm=recipe.train.clip_grad_norm)
-    with staged_folder(out) as tmp:
+    with atomic_write(out, merge=True) as tmp:
         write_result(result, recipe.name, tmp)
     return result
 
