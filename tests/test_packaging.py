@@ -60,7 +60,10 @@ def test_wheels_carry_license_types_recipes_and_one_version(installed: tuple[Pat
         assert "License-Expression: MIT" in meta and f"Version: {deepcourse.__version__}" in meta, wheel.name
     core = zipfile.ZipFile(built[0]).namelist()
     assert {"deepcourse/recipes/quickstart.toml", "deepcourse/recipes/cifar_resnet.toml",
-            "deepcourse/recipes/ablations/lenet_dropout.toml", "deepcourse/templates/task/recipe.toml"} <= set(core)
+            "deepcourse/recipes/ablations/lenet_dropout.toml", "deepcourse/cli/templates/task/recipe.toml",
+            "deepcourse/cli/templates/task/test_plugin.py.tmpl", "deepcourse/training/loop.py"} <= set(core)
+    entry_points = zipfile.ZipFile(built[0]).read(next(n for n in core if n.endswith("entry_points.txt"))).decode()
+    assert "deepcourse = deepcourse.builtins" in entry_points  # the core's own components, through the plugin door
 
 
 def test_the_installed_packages_run_a_shipped_recipe_by_name(installed: tuple[Path, list[Path]],
