@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from deepcourse.api import SCHEDULERS, call_builder, load_recipe, shipped_recipes
-from deepcourse.testing import cli
 from deepcourse.studies.sweep import toml_literal
+from deepcourse.testing import cli
 
 SHORT = [*range(1, 11), 17]
 
@@ -30,7 +30,7 @@ def learning_rates(table: dict, total_steps: int, steps_per_epoch: int) -> list[
         "optimizer": optimizer, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
         "epochs": max(1, total_steps // steps_per_epoch), "monitor_mode": "max"})
     rates = []
-    for step in range(total_steps):
+    for _ in range(total_steps):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step(0.5) if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) else scheduler.step()

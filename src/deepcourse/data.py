@@ -124,9 +124,10 @@ def load_hf_splits(
         files = {s: [str(p) for p in f] for s, f in found.items()}
         try:
             loaded = datasets.load_dataset(local_format, data_files=files)
-        except Exception as exc:  # noqa: BLE001 - surfaces as a user-facing data error naming the files
-            raise DataError(f"cannot read the local copy of '{dataset}' in {Path(next(iter(files.values()))[0]).parent}:"
-                            f" {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any reader failure: a user-facing data error naming the files
+            folder = Path(next(iter(files.values()))[0]).parent
+            raise DataError(f"cannot read the local copy of '{dataset}' in {folder}: {type(exc).__name__}: {exc}"
+                            ) from None
         return {s: loaded[s] for s in loaded}
     if hub_id and not revision:
         raise RecipeError(f"data.hub_revision: required to load '{hub_id}' from the Hugging Face Hub; pin the "
@@ -134,7 +135,7 @@ def load_hf_splits(
     if hub_id and hub_allowed():
         try:
             loaded = datasets.load_dataset(hub_id, revision=revision, **dict(hub_kwargs or {}))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - network, auth or format: each is one line of `tried`
             first = (str(exc).splitlines() or [""])[0][:200]
             tried.append(f"the Hugging Face Hub ({hub_id} at {revision}): {type(exc).__name__}: {first}")
         else:

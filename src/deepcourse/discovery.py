@@ -114,7 +114,7 @@ def _load_one(info: PluginInfo, ep: md.EntryPoint) -> None:
         if callable(target) and not inspect.ismodule(target):
             target()
         info.status = "ok"
-    except Exception as exc:  # noqa: BLE001 - any failure in third-party code is reported, not fatal
+    except Exception as exc:  # any failure in third-party code is reported, not fatal
         _rollback(info)
         info.status = "error"
         info.error = f"{type(exc).__name__}: {exc}"

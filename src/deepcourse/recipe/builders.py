@@ -22,7 +22,7 @@ _CONFIG = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
 _UNSET = object()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parameters(fn: Callable) -> tuple[dict[str, tuple[Any, Any]], bool]:
     """name -> (annotation, default) for the keyword parameters of `fn`; and whether it takes **kwargs."""
     sig = inspect.signature(fn)

@@ -1,9 +1,9 @@
 """Recipes: TOML files that bind a dataset to a model, validated before anything is loaded.
 
 Loading goes: find the file (a path, or the name of a shipped recipe) -> read TOML -> follow `extends` (tables
-deep-merge, lists replace) -> apply `--set` overrides -> check the core keys against `deepcourse.recipe.schema` -> check each
-plugin table against its builder's signature. Every problem is collected and reported at once with its key path, so
-a user fixes a recipe in one pass instead of one error per run.
+deep-merge, lists replace) -> apply `--set` overrides -> check the core keys against `deepcourse.recipe.schema` ->
+check each plugin table against its builder's signature. Every problem is collected and reported at once with its key
+path, so a user fixes a recipe in one pass instead of one error per run.
 """
 from __future__ import annotations
 
@@ -229,9 +229,8 @@ def check_builders(data: Mapping[str, Any]) -> list[str]:
         if eval_fn is not None:
             problems += validate_options(eval_fn, extras, loc="eval")[1]
         else:
-            valid = ", ".join(EvalSection.model_fields)
-            problems += [f"eval.{k}: unknown key.{did_you_mean(k, EvalSection.model_fields) or ' Valid keys: ' + valid + '.'}"
-                         for k in extras]
+            valid = f" Valid keys: {', '.join(EvalSection.model_fields)}."
+            problems += [f"eval.{k}: unknown key.{did_you_mean(k, EvalSection.model_fields) or valid}" for k in extras]
     train = data.get("train")
     callbacks = train.get("callbacks", []) if isinstance(train, Mapping) else []
     for i, cb in enumerate(callbacks if isinstance(callbacks, list) else []):
@@ -275,7 +274,7 @@ def _check_callback(cb: dict[str, Any], i: int) -> list[str]:
 
 def recipe_problems(exc: ValidationError, data: Mapping[str, Any]) -> list[str]:
     problems = []
-    for line, err in zip(format_errors(exc, "", None), exc.errors(include_url=False)):
+    for line, err in zip(format_errors(exc, "", None), exc.errors(include_url=False), strict=True):
         if err["type"] == "extra_forbidden":
             loc = [str(p) for p in err["loc"]]
             parent = ".".join(loc[:-1])

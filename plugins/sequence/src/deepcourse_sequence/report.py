@@ -106,7 +106,8 @@ def render_spans(tokens: Sequence[str], found: Iterable[Span], marked: set[Span]
 
 def render_token_tags(tokens: Sequence[str], gold: Sequence[str], pred: Sequence[str]) -> str:
     """A sentence in Markdown, each wrongly tagged token in bold as `token/GOLD→PREDICTED`."""
-    return " ".join(markdown_escape(t) if g == p else f"**{markdown_escape(t)}/{markdown_escape(g)}→{markdown_escape(p)}**"
+    return " ".join(markdown_escape(t) if g == p else
+                    f"**{markdown_escape(t)}/{markdown_escape(g)}→{markdown_escape(p)}**"
                     for t, g, p in zip(tokens, gold, pred, strict=True))
 
 
@@ -117,7 +118,8 @@ def _plural(n: int, word: str) -> str:
 MISSED, SPURIOUS = "(missed)", "(spurious)"
 
 
-def type_confusion(gold: Sequence[set[Span]], pred: Sequence[set[Span]]) -> tuple[list[str], dict[tuple[str, str], int]]:
+def type_confusion(gold: Sequence[set[Span]], pred: Sequence[set[Span]]
+                   ) -> tuple[list[str], dict[tuple[str, str], int]]:
     """Gold type against predicted type for spans with the same boundaries, sentence by sentence: a gold span no
     predicted span has the boundaries of is `(missed)`, a predicted span no gold span has them is `(spurious)` (so a
     boundary error is one of each, as the scores count it). Returns the types seen and the counts by (gold, pred)."""

@@ -156,7 +156,7 @@ class RandomCrop(ImageTransform):
         padded = _pad(x, self.padding, self.padding_mode, self.fill)
         h, w = padded.shape[-2:]
         corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size), ((h - size) // 2, (w - size) // 2)]
-        crops = [padded[..., t:t + size, l:l + size] for t, l in corners]
+        crops = [padded[..., top:top + size, left:left + size] for top, left in corners]
         return crops + [c.flip(-1) for c in crops]
 
 

@@ -51,7 +51,8 @@ def googlenet(num_classes: int, in_channels: int, width: Annotated[float, Field(
               activation: Activation = "relu", dropout: Dropout = 0.4) -> nn.Module:
     """GoogLeNet's nine Inception modules behind a 3x3 stem, for 32 px images.
 
-    Stem, Inception 3a-3b, pool, 4a-4e, pool, 5a-5b, global average pool, dropout, linear (6.2M parameters at width 1). width: multiplies every channel count (0.25 trains ~10x faster)."""
+    Stem, Inception 3a-3b, pool, 4a-4e, pool, 5a-5b, global average pool, dropout, linear (6.2M parameters at
+    width 1). width: multiplies every channel count (0.25 trains ~10x faster)."""
     def w(c: int) -> int:
         return max(1, round(c * width))
 
