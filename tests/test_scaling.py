@@ -133,17 +133,17 @@ def test_sweep_jobs_each_get_a_gpu_of_their_own(tmp_path: Path, toy_recipe: Path
     seen: list[tuple[str | None, float, float]] = []
 
     class Recorded:
-        def __init__(self, cmd, stdout, stderr, env):  # type: ignore[no-untyped-def]
+        def __init__(self, cmd: object, stdout: object, stderr: object, env: dict[str, str]) -> None:
             self.gpu, self.start, self.returncode = env.get("CUDA_VISIBLE_DEVICES"), time.monotonic(), None
             self.pid = 4_194_305  # above Linux's largest pid_max: no process has it
 
-        def wait(self, timeout=None):  # type: ignore[no-untyped-def]
+        def wait(self, timeout: float | None = None) -> int:
             time.sleep(0.3)
             self.returncode = 1
             seen.append((self.gpu, self.start, time.monotonic()))
             return 1
 
-        def poll(self):  # type: ignore[no-untyped-def]
+        def poll(self) -> int | None:
             return self.returncode
 
     monkeypatch.setattr(study.subprocess, "Popen", Recorded)

@@ -13,7 +13,7 @@ import glob
 import math
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from deepcourse.errors import DataError, MissingSplitError, RecipeError
 from deepcourse.recipe.schema import HOLDOUT
 
 DATA_ENV = "DEEPCOURSE_DATA"
-S = TypeVar("S")
+S = TypeVar("S", bound=Sized)  # a split: len() is its sample count
 
 
 def require_data_dir(data_dir: str | os.PathLike, key: str = "data.data_dir", hint: str = "") -> Path:
@@ -216,14 +216,14 @@ def resolve_splits(available: Mapping[str, S], wanted: Sequence[str], *, dataset
     if holdout and "train" in splits:
         train = splits["train"]
         groups = train.groups() if hasattr(train, "groups") else None
-        keep, held = holdout_indices(len(train), float(holdout), groups)  # type: ignore[arg-type]
+        keep, held = holdout_indices(len(train), float(holdout), groups)
         splits["train"], splits[HOLDOUT] = subset(train, keep), subset(train, held)
     if "validation" in wanted and val_split:
         if "validation" in splits:
             print(f"deepcourse: warning: data.val_split = {val_split} is not used: dataset '{dataset}' has its own "
                   f"validation split", file=sys.stderr, flush=True)
         elif "train" in splits:
-            keep, held = split_indices(len(splits["train"]), float(val_split), seed)  # type: ignore[arg-type]
+            keep, held = split_indices(len(splits["train"]), float(val_split), seed)
             train = splits["train"]
             splits["train"], splits["validation"] = subset(train, keep), subset(train, held)
     where = f"{source}: " if source else ""

@@ -42,9 +42,9 @@ def type_name(annotation: Any) -> str:
     if origin is typing.Literal:
         return " \\| ".join(repr(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(annotation))
-        return " or ".join(type_name(a) for a in args) + (" or none" if optional else "")
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(members) < len(typing.get_args(annotation))
+        return " or ".join(type_name(a) for a in members) + (" or none" if optional else "")
     if origin is not None:
         args = ", ".join(type_name(a) for a in typing.get_args(annotation))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
@@ -69,9 +69,9 @@ def core_tables() -> list[str]:
             if field.exclude or name in SECTION_MODELS:
                 continue
             default = inspect.Parameter.empty if field.is_required() else field.default
-            annotation = field.annotation
+            annotation: Any = field.annotation
             if field.metadata:
-                annotation = typing.Annotated[(annotation, *field.metadata)]  # type: ignore[valid-type]
+                annotation = typing.Annotated[(annotation, *field.metadata)]
             lines.append(f"| `{name}` | {type_name(annotation)} | {show_default(default)} | "
                          f"{field.description or ''} |")
         if model.model_config.get("extra") == "allow":

@@ -283,8 +283,8 @@ def recipe_problems(exc: ValidationError, data: Mapping[str, Any]) -> list[str]:
             hint = did_you_mean(loc[-1], valid) or (f" Valid keys: {', '.join(valid)}." if valid else "")
             line = f"{'.'.join(loc)}: unknown key.{hint}"
         elif err["type"] == "missing":
-            loc = ".".join(str(p) for p in err["loc"])
-            line = f"{loc}: required" + (" (every recipe names one)" if loc.endswith("name") else "")
+            key = ".".join(str(p) for p in err["loc"])
+            line = f"{key}: required" + (" (every recipe names one)" if key.endswith("name") else "")
         problems.append(line)
     return problems
 

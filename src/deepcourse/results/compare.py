@@ -174,8 +174,9 @@ def write_grouped(runs: Sequence[RunData], labels: Sequence[str], out: Path) -> 
             column = [r.get(key) for r in group]
             if key in ("run", "dir"):
                 continue
-            if len(column) > 1 and all(isinstance(v, (int, float)) for v in column) and len(set(column)) > 1:
-                mean, sd = statistics.fmean(column), statistics.stdev(column)
+            numbers = [v for v in column if isinstance(v, (int, float))]
+            if len(column) > 1 and len(numbers) == len(column) and len(set(column)) > 1:
+                mean, sd = statistics.fmean(numbers), statistics.stdev(numbers)
                 shown[key] = f"{mean:.4f} ± {sd:.4f}" if abs(mean) < 100 and "time" not in key \
                     else f"{mean:,.1f} ± {sd:,.1f}"
                 flat[key], flat[f"{key} sd"] = mean, sd

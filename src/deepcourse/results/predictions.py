@@ -45,7 +45,7 @@ def write_lines(results: Iterable[Any], render: Callable[[Any], str], output: Pa
             for result in results:
                 click.echo(render(result), file=handle)
                 count += 1
-        if tmp is not None and count:
+        if tmp is not None and output is not None and count:
             os.replace(tmp, output)
     finally:
         if tmp is not None:

@@ -120,7 +120,7 @@ class SequenceTagging(Task):
         missing = [s for s in wanted if s not in loaded]  # only then: which splits are there (for the message)
         loaded = resolve_splits(loaded, wanted, dataset=corpus.name, val_split=data.val_split, seed=seed,
                                 has=corpus.available() if missing else None, holdout=data.holdout)
-        facts = self._fit(corpus, loaded["train"], seed) if training else self._restore(artifacts)
+        facts = self._fit(corpus, loaded["train"], seed) if artifacts is None else self._restore(artifacts)
         bundle_splits = {s: self._tensorise(loaded[s], strict=corpus.strict) for s in splits if s in loaded}
         return DataBundle(bundle_splits, facts=facts, artifacts=self._artifacts())
 
@@ -238,7 +238,7 @@ class SequenceTagging(Task):
                                chars=self.chars, tags=tag_ids)
 
     @property
-    def monitor(self) -> str:  # type: ignore[override]
+    def monitor(self) -> str:  # type: ignore[override]  # Task's plain attribute, computed here from the columns
         """The primary column's F1 (span labels) or accuracy (token labels), prefixed with it when there are more."""
         return self._metric_of(self.primary)
 
@@ -302,6 +302,7 @@ class SequenceTagging(Task):
 
     # -- hot path -------------------------------------------------------------------------------------------------
     def _weighted(self, out: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        # sum() starts from 0, an int to mypy; there is always a label, so the result is a tensor
         return sum(self.loss_weights[name] * out[f"loss_{name}"] for name in self.labels)  # type: ignore[return-value]
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -328,11 +329,11 @@ class SequenceTagging(Task):
         metrics: list[Metric] = [MeanLoss()]
         for name in self.labels:
             prefix = f"{name}_" if len(self.labels) > 1 else ""
-            keys = {"preds": f"preds_{name}", "targets": f"targets_{name}"}
+            preds, targets = f"preds_{name}", f"targets_{name}"
             if self.kinds.get(name) == "span":
                 metrics.append(SpanF1(self.tags[name], tag_scheme=self.tag_scheme, score_scheme=self.score_scheme,
-                                      prefix=prefix, **keys))
-            metrics.append(Accuracy(name=f"{prefix}accuracy", **keys))
+                                      prefix=prefix, preds=preds, targets=targets))
+            metrics.append(Accuracy(name=f"{prefix}accuracy", preds=preds, targets=targets))
         return MetricCollection(*metrics)
 
     def describe_metrics(self, metrics: Mapping[str, Any]) -> Iterable[str]:

@@ -37,6 +37,9 @@ class SwitchableNorm2d(nn.Module):
     are tracked as running averages (unbiased variance, as BatchNorm does) and used in eval mode.
     """
 
+    running_mean: torch.Tensor  # buffers (nn.Module types its attributes as tensor-or-module)
+    running_var: torch.Tensor
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
@@ -114,9 +117,11 @@ def norm_factory(kind: Norm, groups: int = 32) -> Callable[[int], nn.Module]:
 
 
 def make_activation(kind: Activation) -> nn.Module:
-    return {"relu": lambda: nn.ReLU(inplace=True), "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
-            "silu": lambda: nn.SiLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.1, inplace=True),
-            "elu": lambda: nn.ELU(inplace=True)}[kind]()
+    makers: dict[str, Callable[[], nn.Module]] = {
+        "relu": lambda: nn.ReLU(inplace=True), "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
+        "silu": lambda: nn.SiLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.1, inplace=True),
+        "elu": lambda: nn.ELU(inplace=True)}
+    return makers[kind]()
 
 
 def make_pool(kind: Pool, kernel_size: int, stride: int | None = None, padding: int = 0) -> nn.Module:
