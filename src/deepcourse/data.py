@@ -10,7 +10,6 @@ tail of train out as split 'holdout' (`holdout_indices`).
 from __future__ import annotations
 
 import glob
-import math
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence, Sized
@@ -363,7 +362,3 @@ def sample_lengths(dataset: Any) -> torch.Tensor | None:
         return None
     lengths = torch.as_tensor(lengths)
     return lengths if lengths.ndim == 1 and len(lengths) == len(dataset) else None
-
-
-def num_batches(length: int, batch_size: int, drop_last: bool = False) -> int:
-    return length // batch_size if drop_last else math.ceil(length / batch_size)

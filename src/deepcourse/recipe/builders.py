@@ -58,10 +58,6 @@ def _no_duplicates(values: Any) -> Any:
 Unique = AfterValidator(_no_duplicates)
 
 
-def parameter_names(fn: Callable) -> list[str]:
-    return list(_parameters(fn)[0])
-
-
 def parameters(fn: Callable) -> dict[str, tuple[Any, Any]]:
     """Public view for docs and `deepcourse list -v`: name -> (annotation, default or inspect.Parameter.empty)."""
     return {k: (a, inspect.Parameter.empty if d is _UNSET else d) for k, (a, d) in _parameters(fn)[0].items()}

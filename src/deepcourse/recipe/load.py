@@ -83,10 +83,6 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-def resolve_extends(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    return resolve_with_origins(path, _chain)[0]
-
-
 def resolve_with_origins(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
     """The recipe with its `extends` chain merged in, and the file each key path comes from (so a mistake in a base
     recipe is reported against the base, not against the child that extends it)."""

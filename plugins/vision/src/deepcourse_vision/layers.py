@@ -23,8 +23,7 @@ NonNegInt = Annotated[int, Field(ge=0)]
 Dropout = Annotated[float, Field(ge=0, lt=1)]
 
 __all__ = ["Norm", "Activation", "Pool", "SwitchableNorm2d", "make_norm", "norm_factory", "make_activation",
-           "make_pool", "conv_norm_act", "feature_shape", "replace_batchnorm", "ConvClassifier",
-           "init_weights", "mlp_head"]
+           "make_pool", "conv_norm_act", "feature_shape", "replace_batchnorm", "ConvClassifier", "mlp_head"]
 
 
 class SwitchableNorm2d(nn.Module):
@@ -190,19 +189,6 @@ def mlp_head(in_features: int, hidden: Sequence[int], num_classes: int, *, activ
         width = h
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
-
-
-def init_weights(module: nn.Module, activation: Activation = "relu") -> None:
-    """Kaiming init for convolutions and linears before ReLU-like activations, Xavier before saturating ones."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            if activation in ("sigmoid", "tanh"):
-                nn.init.xavier_uniform_(m.weight)
-            else:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out" if isinstance(m, nn.Conv2d) else "fan_in",
-                                        nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 class ConvClassifier(nn.Module):
