@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
-import sys
+import warnings
 from collections.abc import Iterator, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from deepcourse.errors import DataError, MissingSplitError, RecipeError
+from deepcourse.errors import DataError, MissingSplitError, RecipeError, RecipeWarning
 from deepcourse.recipe.schema import HOLDOUT
 
 DATA_ENV = "DEEPCOURSE_DATA"
@@ -219,8 +219,8 @@ def resolve_splits(available: Mapping[str, S], wanted: Sequence[str], *, dataset
         splits["train"], splits[HOLDOUT] = subset(train, keep), subset(train, held)
     if "validation" in wanted and val_split:
         if "validation" in splits:
-            print(f"deepcourse: warning: data.val_split = {val_split} is not used: dataset '{dataset}' has its own "
-                  f"validation split", file=sys.stderr, flush=True)
+            warnings.warn(f"data.val_split = {val_split} is not used: dataset '{dataset}' has its own validation split",
+                          RecipeWarning, stacklevel=2)
         elif "train" in splits:
             keep, held = split_indices(len(splits["train"]), float(val_split), seed)
             train = splits["train"]

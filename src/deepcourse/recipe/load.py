@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -107,7 +108,7 @@ def resolve_with_origins(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dic
     return deep_merge(base, data), {**origins, **own}
 
 
-def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = (),
+def load_recipe(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = (),
                 data: Mapping[str, Any] | None = None) -> Recipe:
     """Read, merge, override and validate a recipe; raise RecipeError listing every problem.
 

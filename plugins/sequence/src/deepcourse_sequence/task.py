@@ -7,7 +7,7 @@ its column (`ner_f1`, `pos_accuracy`); the first column (or `primary`) is the on
 """
 from __future__ import annotations
 
-import sys
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +46,8 @@ from .schemes import Scheme, convert, first_violation, is_span_tag, spans
 from .vocab import VocabOptions, Vocabulary, char_counts, embedding_matrix, read_vectors
 
 ARTIFACTS_FORMAT = 1
+#: under deepcourse's logger, so what shows or silences the core's lines does the same with the plugin's
+log = logging.getLogger(f"deepcourse.{__name__}")
 #: a made-up sentence of typical length (CoNLL-2003's training sentences average 14.5 tokens), for the model zoo
 EXAMPLE_SENTENCE = "Alice Smith of Acme Corp flew from Paris to Berlin on Monday morning ."
 
@@ -160,9 +162,9 @@ class SequenceTagging(Task):
                 raise DataError(f"{path}: none of the training words has a vector in this file")
             embeddings, found = embedding_matrix(words, keyed, dim, seed=seed)
             covered = sum(c for k, c in key_counts.items() if k in keyed or k.lower() in keyed)
-            print(f"deepcourse: pretrained vectors for {found:,} of {len(words) - 2:,} vocabulary words "
-                  f"({found / max(len(words) - 2, 1):.1%}), covering {covered / max(len(tokens), 1):.1%} of "
-                  f"training tokens ({path.name}, {dim}d)", file=sys.stderr, flush=True)  # stdout: --json's
+            log.info(f"deepcourse: pretrained vectors for {found:,} of {len(words) - 2:,} vocabulary words "
+                     f"({found / max(len(words) - 2, 1):.1%}), covering {covered / max(len(tokens), 1):.1%} of "
+                     f"training tokens ({path.name}, {dim}d)", extra={"stderr": True})  # stdout is --json's
         self.words = words
         for name in self.labels:
             values = columns[name]
