@@ -1,4 +1,5 @@
-"""deepcourse.training.accelerator: freed memory is kept for reuse on glibc, and left alone where the user chose otherwise.
+"""deepcourse.training.accelerator: freed memory is kept for reuse on glibc, and left alone where the user chose
+otherwise.
 
 Each case runs in a fresh interpreter: glibc's thresholds are process-wide and cannot be put back.
 """

@@ -267,7 +267,10 @@ def test_every_directly_imported_package_is_declared() -> None:
     from packaging.requirements import Requirement
 
     providers = md.packages_distributions()
-    norm = lambda n: n.lower().replace("_", "-")  # noqa: E731
+
+    def norm(name: str) -> str:
+        return name.lower().replace("_", "-")
+
     for root, package in ((REPO, CORE), (REPO / "plugins" / "vision", REPO / "plugins/vision/src/deepcourse_vision"),
                           (REPO / "plugins" / "sequence", REPO / "plugins/sequence/src/deepcourse_sequence")):
         project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]

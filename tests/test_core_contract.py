@@ -12,6 +12,7 @@ import torch
 from core_support import make_distribution, run_cli
 
 from deepcourse.api import ArrayDataset, DataError, evaluate_split, resolve_splits, split_indices
+from deepcourse.errors import RecipeWarning
 
 
 # -- data.val_split, data.train_samples, data.eval_samples --------------------------------------------------------
@@ -29,11 +30,12 @@ def test_val_split_carves_validation_from_train_only_when_the_dataset_has_none()
     assert torch.equal(again["validation"].arrays["y"], carved["validation"].arrays["y"])  # evaluate sees the same
 
 
-def test_a_datasets_own_validation_split_is_used_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_datasets_own_validation_split_is_used_as_it_is() -> None:
     own = {"train": blobs(100), "validation": blobs(7)}
-    chosen = resolve_splits(own, ("train", "validation"), dataset="d", val_split=0.2, seed=0)
+    with pytest.warns(RecipeWarning, match="data.val_split = 0.2 is not used: dataset 'd' has its own validation "
+                                           "split"):
+        chosen = resolve_splits(own, ("train", "validation"), dataset="d", val_split=0.2, seed=0)
     assert len(chosen["train"]) == 100 and len(chosen["validation"]) == 7
-    assert "data.val_split = 0.2 is not used: dataset 'd' has its own validation split" in capsys.readouterr().err
 
 
 def test_a_missing_split_names_it_the_splits_there_are_and_the_key_that_helps() -> None:

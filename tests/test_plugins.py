@@ -73,7 +73,7 @@ def test_cli_plugins_and_list_survive_broken_plugins(cli_env) -> None:
     assert out.returncode == 0, out.stderr
     for name, status in (("toy", "ok"), ("broken", "error"), ("greedy", "error"), ("future", "incompatible"),
                          ("badsig", "error")):
-        line = next(l for l in out.stdout.splitlines() if l.startswith(name))
+        line = next(row for row in out.stdout.splitlines() if row.startswith(name))
         assert status in line
     assert "this plugin is broken on purpose" in out.stdout
     assert "model 'needs_positional' from plugin badsig (badsig_plugin) cannot be built from a recipe" in out.stdout

@@ -68,7 +68,7 @@ class Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[object, tuple[str]]:
         import os
         return (os.system, (f"touch {self.marker}",))
 
@@ -96,8 +96,8 @@ def test_planted_pickle_is_refused_and_never_runs(tmp_path: Path, toy_recipe: Pa
 @pytest.mark.slow
 def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path: Path, toy_recipe: Path,
                                                                         cli_env) -> None:
-    """A checkpoint cut short (here its optimizer.safetensors) is skipped with a warning; the resume continues from the one
-    before it and ends with exactly the weights the run had."""
+    """A checkpoint cut short (here its optimizer.safetensors) is skipped with a warning; the resume continues from the
+    one before it and ends with exactly the weights the run had."""
     run = tmp_path / "run"
     assert run_cli(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.checkpoint_every=4"],
                    cli_env).returncode == 0

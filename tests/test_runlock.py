@@ -62,7 +62,8 @@ def test_fit_itself_takes_the_lock(interrupted: Path, cli_env) -> None:
     holder = hold(interrupted, cli_env)
     try:
         with pytest.raises(CheckpointError, match=f"pid {holder.pid} on host"):
-            deepcourse.training.loop.fit(load_recipe(interrupted / "recipe.toml", ["train.callbacks=[]"]), resume=interrupted)
+            recipe = load_recipe(interrupted / "recipe.toml", ["train.callbacks=[]"])
+            deepcourse.training.loop.fit(recipe, resume=interrupted)
     finally:
         holder.kill()
         holder.wait()

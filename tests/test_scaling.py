@@ -57,8 +57,10 @@ def test_what_cannot_run_here_exits_2_naming_what_can(tmp_path: Path, toy_recipe
                   cli_env)
     assert out.returncode == 2 and "train.mixed_precision: 'fp16' needs a CUDA GPU" in out.stderr
     assert "Valid here: 'bf16' (CPU autocast) or 'no'" in out.stderr
-    out = run_cli(["run", str(toy_recipe), "--runs-root", str(runs)], {**cli_env, "ACCELERATE_MIXED_PRECISION": "fp16"})
-    assert out.returncode == 2 and "accelerate launch --mixed_precision (ACCELERATE_MIXED_PRECISION): 'fp16'" in out.stderr
+    out = run_cli(["run", str(toy_recipe), "--runs-root", str(runs)],
+                  {**cli_env, "ACCELERATE_MIXED_PRECISION": "fp16"})
+    assert out.returncode == 2
+    assert "accelerate launch --mixed_precision (ACCELERATE_MIXED_PRECISION): 'fp16'" in out.stderr
     for variable, flag in (("ACCELERATE_USE_FSDP", "--use_fsdp"), ("ACCELERATE_USE_DEEPSPEED", "--use_deepspeed")):
         out = run_cli(["run", str(toy_recipe), "--runs-root", str(runs)], {**cli_env, variable: "true"})
         assert out.returncode == 2 and f"accelerate launch {flag}: " in out.stderr and "--multi_gpu" in out.stderr
@@ -85,7 +87,8 @@ def test_a_compiled_run_saves_plain_weights_and_evaluates(tmp_path: Path, toy_re
         assert not any(k.startswith("_orig_mod") for k in load_file(str(weights)))
     evaluated = run_cli(["evaluate", str(run), "--json"], env)
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["accuracy"] == json.loads((run / "best" / "metrics.json").read_text())["accuracy"]
+    best = json.loads((run / "best" / "metrics.json").read_text())
+    assert json.loads(evaluated.stdout)["accuracy"] == best["accuracy"]
     assert run_cli(["predict", str(run), ",".join(["0.5"] * 8)], env).returncode == 0
     assert (run / "report" / "report.md").exists()  # written by the run, from the best weights
 
@@ -130,17 +133,17 @@ def test_sweep_jobs_each_get_a_gpu_of_their_own(tmp_path: Path, toy_recipe: Path
     seen: list[tuple[str | None, float, float]] = []
 
     class Recorded:
-        def __init__(self, cmd, stdout, stderr, env):  # type: ignore[no-untyped-def]
+        def __init__(self, cmd: object, stdout: object, stderr: object, env: dict[str, str]) -> None:
             self.gpu, self.start, self.returncode = env.get("CUDA_VISIBLE_DEVICES"), time.monotonic(), None
             self.pid = 4_194_305  # above Linux's largest pid_max: no process has it
 
-        def wait(self, timeout=None):  # type: ignore[no-untyped-def]
+        def wait(self, timeout: float | None = None) -> int:
             time.sleep(0.3)
             self.returncode = 1
             seen.append((self.gpu, self.start, time.monotonic()))
             return 1
 
-        def poll(self):  # type: ignore[no-untyped-def]
+        def poll(self) -> int | None:
             return self.returncode
 
     monkeypatch.setattr(study.subprocess, "Popen", Recorded)
@@ -161,9 +164,9 @@ def test_tensorboard_and_mlflow_get_the_metrics_and_the_recipe(tmp_path: Path, t
     pytest.importorskip("sqlalchemy")
     runs = tmp_path / "runs"
     env = {k: v for k, v in cli_env.items() if not k.startswith("MLFLOW_")}
-    out = run_cli(["run", str(toy_recipe), "--runs-root", str(runs), "--set", "train.trackers=['tensorboard', 'mlflow']",
-                   "--set", "train.checkpoint_every=4", "--set", "train.callbacks=[{name = 'interrupt_at', step = 13}]"],
-                  env)
+    out = run_cli(["run", str(toy_recipe), "--runs-root", str(runs),
+                   "--set", "train.trackers=['tensorboard', 'mlflow']", "--set", "train.checkpoint_every=4",
+                   "--set", "train.callbacks=[{name = 'interrupt_at', step = 13}]"], env)
     assert out.returncode == 130, out.stderr
     run = next((runs / "toy").iterdir())
     resumed = run_cli(["run", "--resume", str(run), "--set", "train.callbacks=[]"], env)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from deepcourse.api import SCHEDULERS, call_builder, load_recipe, shipped_recipes
-from deepcourse.testing import cli
+from deepcourse.errors import RecipeWarning
 from deepcourse.studies.sweep import toml_literal
+from deepcourse.testing import cli
 
 SHORT = [*range(1, 11), 17]
 
@@ -30,7 +32,7 @@ def learning_rates(table: dict, total_steps: int, steps_per_epoch: int) -> list[
         "optimizer": optimizer, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
         "epochs": max(1, total_steps // steps_per_epoch), "monitor_mode": "max"})
     rates = []
-    for step in range(total_steps):
+    for _ in range(total_steps):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step(0.5) if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) else scheduler.step()
@@ -48,19 +50,21 @@ def test_every_schedule_fits_a_short_run(table: dict) -> None:
 
 @pytest.mark.parametrize("total", [2, 3, 4, 5, 10])
 @pytest.mark.parametrize("three_phase", [False, True])
-def test_a_short_one_cycle_still_rises_and_falls(total: int, three_phase: bool,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_short_one_cycle_still_rises_and_falls(total: int, three_phase: bool) -> None:
     """pct_start 0.25 gives the warm-up less than one step below 8 steps: it is lengthened to one (or, below 3
     steps, half a step), with a warning naming the key; from 8 steps on the schedule is as written."""
-    rates = learning_rates({"name": "onecycle", "pct_start": 0.25, "three_phase": three_phase}, total, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rates = learning_rates({"name": "onecycle", "pct_start": 0.25, "three_phase": three_phase}, total, 1)
     if total >= 4 or (total == 3 and not three_phase):
         assert rates[1] > rates[0]  # at least one step rises
     assert rates[-1] < max(rates[:-1]) or total == 2
-    moved = f"scheduler.pct_start = 0.25 does not fit a run of {total} optimizer steps" in capsys.readouterr().err
+    said = [str(w.message) for w in caught if issubclass(w.category, RecipeWarning)]
+    moved = any(f"scheduler.pct_start = 0.25 does not fit a run of {total} optimizer steps" in m for m in said)
     assert moved == (total < 8)
 
 
-def test_a_long_one_cycle_is_torchs_own(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_long_one_cycle_is_torchs_own(recwarn: pytest.WarningsRecorder) -> None:
     param = torch.nn.Parameter(torch.zeros(1))
     reference = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD([param], lr=0.2, momentum=0.9), max_lr=0.2,
                                                     total_steps=100, pct_start=0.25)
@@ -70,13 +74,13 @@ def test_a_long_one_cycle_is_torchs_own(capsys: pytest.CaptureFixture[str]) -> N
         reference.optimizer.step()
         reference.step()
     assert learning_rates({"name": "onecycle", "pct_start": 0.25}, 100, 10) == pytest.approx(expected)
-    assert "warning" not in capsys.readouterr().err
+    assert not [w for w in recwarn if issubclass(w.category, RecipeWarning)]
 
 
-def test_warm_up_longer_than_the_run_is_said(capsys: pytest.CaptureFixture[str]) -> None:
-    learning_rates({"name": "cosine", "warmup_epochs": 1.0}, 4, 50)
-    assert ("scheduler.warmup_epochs makes a warm-up of 50 steps, longer than the run (4 optimizer steps)"
-            in capsys.readouterr().err)
+def test_warm_up_longer_than_the_run_is_said() -> None:
+    with pytest.warns(RecipeWarning, match=r"scheduler.warmup_epochs makes a warm-up of 50 steps, longer than the "
+                                           r"run \(4 optimizer steps\)"):
+        learning_rates({"name": "cosine", "warmup_epochs": 1.0}, 4, 50)
 
 
 def test_the_headline_schedule_on_a_four_step_smoke_run(tmp_path: Path, toy_recipe: Path, plugin_site) -> None:

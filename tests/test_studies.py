@@ -272,7 +272,7 @@ def test_workers_started_together_on_an_empty_database_all_open_it(postgresql: s
         start.wait()
         try:
             opened.append(open_storage(url + "/race"))
-        except Exception as error:  # collected and shown by the assertion
+        except Exception as error:  # noqa: BLE001 - collected and shown by the assertion
             errors.append(error)
 
     threads = [threading.Thread(target=worker) for _ in range(6)]

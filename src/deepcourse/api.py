@@ -92,8 +92,8 @@ __all__ = [
     # tasks and training
     "Task", "DataBundle", "Callback", "TrainContext", "TrainState",
     # data
-    "ArrayDataset", "resolve_splits", "splits_to_read", "HOLDOUT", "holdout_indices", "split_indices", "subset", "load_hf_splits", "locate_splits", "present_splits",
-    "candidate_dirs", "DATA_ENV",
+    "ArrayDataset", "resolve_splits", "splits_to_read", "HOLDOUT", "holdout_indices", "split_indices", "subset",
+    "load_hf_splits", "locate_splits", "present_splits", "candidate_dirs", "DATA_ENV",
     # metrics
     "Metric", "MetricCollection", "MeanLoss", "Accuracy", "TopKAccuracy", "ConfusionMatrix", "scalars",
     # errors

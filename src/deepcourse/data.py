@@ -10,21 +10,20 @@ tail of train out as split 'holdout' (`holdout_indices`).
 from __future__ import annotations
 
 import glob
-import math
 import os
-import sys
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from deepcourse.errors import DataError, MissingSplitError, RecipeError
+from deepcourse.errors import DataError, MissingSplitError, RecipeError, RecipeWarning
 from deepcourse.recipe.schema import HOLDOUT
 
 DATA_ENV = "DEEPCOURSE_DATA"
-S = TypeVar("S")
+S = TypeVar("S", bound=Sized)  # a split: len() is its sample count
 
 
 def require_data_dir(data_dir: str | os.PathLike, key: str = "data.data_dir", hint: str = "") -> Path:
@@ -124,9 +123,10 @@ def load_hf_splits(
         files = {s: [str(p) for p in f] for s, f in found.items()}
         try:
             loaded = datasets.load_dataset(local_format, data_files=files)
-        except Exception as exc:  # noqa: BLE001 - surfaces as a user-facing data error naming the files
-            raise DataError(f"cannot read the local copy of '{dataset}' in {Path(next(iter(files.values()))[0]).parent}:"
-                            f" {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any reader failure: a user-facing data error naming the files
+            folder = Path(next(iter(files.values()))[0]).parent
+            raise DataError(f"cannot read the local copy of '{dataset}' in {folder}: {type(exc).__name__}: {exc}"
+                            ) from None
         return {s: loaded[s] for s in loaded}
     if hub_id and not revision:
         raise RecipeError(f"data.hub_revision: required to load '{hub_id}' from the Hugging Face Hub; pin the "
@@ -134,7 +134,7 @@ def load_hf_splits(
     if hub_id and hub_allowed():
         try:
             loaded = datasets.load_dataset(hub_id, revision=revision, **dict(hub_kwargs or {}))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - network, auth or format: each is one line of `tried`
             first = (str(exc).splitlines() or [""])[0][:200]
             tried.append(f"the Hugging Face Hub ({hub_id} at {revision}): {type(exc).__name__}: {first}")
         else:
@@ -215,14 +215,14 @@ def resolve_splits(available: Mapping[str, S], wanted: Sequence[str], *, dataset
     if holdout and "train" in splits:
         train = splits["train"]
         groups = train.groups() if hasattr(train, "groups") else None
-        keep, held = holdout_indices(len(train), float(holdout), groups)  # type: ignore[arg-type]
+        keep, held = holdout_indices(len(train), float(holdout), groups)
         splits["train"], splits[HOLDOUT] = subset(train, keep), subset(train, held)
     if "validation" in wanted and val_split:
         if "validation" in splits:
-            print(f"deepcourse: warning: data.val_split = {val_split} is not used: dataset '{dataset}' has its own "
-                  f"validation split", file=sys.stderr, flush=True)
+            warnings.warn(f"data.val_split = {val_split} is not used: dataset '{dataset}' has its own validation split",
+                          RecipeWarning, stacklevel=2)
         elif "train" in splits:
-            keep, held = split_indices(len(splits["train"]), float(val_split), seed)  # type: ignore[arg-type]
+            keep, held = split_indices(len(splits["train"]), float(val_split), seed)
             train = splits["train"]
             splits["train"], splits["validation"] = subset(train, keep), subset(train, held)
     where = f"{source}: " if source else ""
@@ -362,7 +362,3 @@ def sample_lengths(dataset: Any) -> torch.Tensor | None:
         return None
     lengths = torch.as_tensor(lengths)
     return lengths if lengths.ndim == 1 and len(lengths) == len(dataset) else None
-
-
-def num_batches(length: int, batch_size: int, drop_last: bool = False) -> int:
-    return length // batch_size if drop_last else math.ceil(length / batch_size)

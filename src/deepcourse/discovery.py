@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import inspect
+import logging
 import os
-import sys
 import traceback
 from dataclasses import dataclass
 
@@ -22,6 +22,7 @@ from deepcourse.errors import UserError, did_you_mean
 from deepcourse.registry import ALL
 
 GROUP = credits.GROUP
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,8 +85,8 @@ def _load_entry_points() -> None:
     found = sorted(md.entry_points(group=GROUP), key=lambda e: (e.name, e.value))
     core = [ep for ep in found if ep.dist is not None and ep.dist.metadata["Name"] == credits.CORE]
     if not core:  # an installation from before the entry point existed, or a source tree on sys.path
-        print(f"deepcourse: warning: deepcourse's own '{GROUP}' entry point is missing, so its optimizers, metrics "
-              f"and callbacks are not registered: reinstall it (pip install -e . in a checkout)", file=sys.stderr)
+        log.warning("deepcourse's own '%s' entry point is missing, so its optimizers, metrics and callbacks are not "
+                    "registered: reinstall it (pip install -e . in a checkout)", GROUP)
     for ep in core[:1]:  # the core's own components: not a plugin, and a failure here is a broken installation
         ep.load()
     for ep in found:
@@ -114,7 +115,7 @@ def _load_one(info: PluginInfo, ep: md.EntryPoint) -> None:
         if callable(target) and not inspect.ismodule(target):
             target()
         info.status = "ok"
-    except Exception as exc:  # noqa: BLE001 - any failure in third-party code is reported, not fatal
+    except Exception as exc:  # any failure in third-party code is reported, not fatal
         _rollback(info)
         info.status = "error"
         info.error = f"{type(exc).__name__}: {exc}"
@@ -150,8 +151,8 @@ def _incompatibility(dist: md.Distribution | None) -> str:
 
 
 def _warn(info: PluginInfo) -> None:
-    print(f"deepcourse: warning: plugin '{info.name}' ({info.dist} {info.version}) was skipped: {info.error} "
-          f"(see `deepcourse plugins`)", file=sys.stderr)
+    log.warning("plugin '%s' (%s %s) was skipped: %s (see `deepcourse plugins`)", info.name, info.dist, info.version,
+                info.error)
 
 
 def require(names: list[str], key: str = "requires_plugins") -> None:

@@ -1,4 +1,5 @@
-"""Errors that end a command with exit code 2 and a message instead of a traceback.
+"""Errors that end a command with exit code 2 and a message instead of a traceback, and the warning for a recipe that
+runs but not as written.
 
 A user error is anything the person at the keyboard can fix: a recipe key, a file, a name. Internal bugs stay
 ordinary exceptions (exit 1 with a traceback) so they are not mistaken for the user's fault.
@@ -64,6 +65,12 @@ class DamagedFileError(CheckpointError):
 
 class NonFiniteLoss(UserError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RecipeWarning(UserWarning):
+    """A recipe that runs, but not as written: a key that has no effect, a value the run has to change. Raised with
+    `warnings.warn`, so a notebook or an application filters it like any warning (`warnings.simplefilter("ignore",
+    RecipeWarning)`); the command line prints it as `deepcourse: warning: ...`."""
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:

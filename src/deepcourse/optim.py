@@ -9,7 +9,7 @@ phases do not fit is fitted to the run with a warning naming the key, never left
 from __future__ import annotations
 
 import math
-import sys
+import warnings
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
@@ -17,6 +17,7 @@ import torch
 from pydantic import Field
 from torch.optim import lr_scheduler
 
+from deepcourse.errors import RecipeWarning
 from deepcourse.registry import OPTIMIZERS, SCHEDULERS
 
 Params = Iterable[Any]
@@ -112,7 +113,7 @@ def _warmup_steps(warmup_steps: int, warmup_epochs: float, steps_per_epoch: int,
 
 
 def _warn(message: str) -> None:
-    print(f"deepcourse: warning: {message}", file=sys.stderr, flush=True)
+    warnings.warn(message, RecipeWarning, stacklevel=2)  # at the check that found it
 
 
 def _fitted_pct_start(pct_start: float, total_steps: int, three_phase: bool) -> float:

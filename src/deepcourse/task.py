@@ -178,8 +178,9 @@ class Task:
 
 # -- explanations ---------------------------------------------------------------------------------------------------
 # What `deepcourse explain` hands a task and what the task hands back: the command line's options and one
-# explanation (title, figures, Markdown notes, numbers). Kept apart from `deepcourse.results.explain`, which loads runs, so
-# that `deepcourse.task` can name these types without importing the run machinery (and closing an import circle).
+# explanation (title, figures, Markdown notes, numbers). Kept apart from `deepcourse.results.explain`, which loads
+# runs, so that `deepcourse.task` can name these types without importing the run machinery (and closing an import
+# circle).
 @dataclass(frozen=True)
 class ExplainOptions:
     """The command line's choices; None means the task's default, and a task refuses (UserError) an option that does

@@ -9,8 +9,14 @@ import pytest
 import torch
 from torchcrf import CRF
 
-from deepcourse_sequence.crf import (crf_decode, crf_log_likelihood, log_partition, nbest_paths, tag_marginals,
-                                     viterbi_decode)
+from deepcourse_sequence.crf import (
+    crf_decode,
+    crf_log_likelihood,
+    log_partition,
+    nbest_paths,
+    tag_marginals,
+    viterbi_decode,
+)
 
 
 def path_score(crf: CRF, emissions: torch.Tensor, path: tuple[int, ...]) -> torch.Tensor:

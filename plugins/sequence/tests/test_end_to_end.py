@@ -9,8 +9,8 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from deepcourse.testing import cli as main
 from deepcourse.api import latest_checkpoint, shipped_recipes
+from deepcourse.testing import cli as main
 from deepcourse.testing import results_table
 
 RECIPE = shipped_recipes()["conll_custom"]

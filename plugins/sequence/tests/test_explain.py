@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
-
-from deepcourse_sequence.report import MISSED, SPURIOUS, type_confusion
 from test_end_to_end import cli, train  # the tiny run on the toy corpus, through the real CLI
 from test_report import png_size, table
+
+from deepcourse_sequence.report import MISSED, SPURIOUS, type_confusion
 
 SENTENCES = ("Alice moved to Vienna .", "Acme Corp hired Carol in Berlin .")
 
@@ -55,7 +55,8 @@ def test_explain_shows_transitions_marginals_nbest_and_saliency(crf_run: Path, t
     assert 600 <= width <= 1200 and 350 <= height <= 700, (width, height)
     md = (out / "explain.md").read_text()
     assert "## The CRF's transitions" in md and "moves the scheme forbids" in md
-    assert md.count("**4 best tag sequences (ner)**") == 2 and "| rank | probability | entities (read as conlleval reads them) | differs from path 1 |" in md
+    assert md.count("**4 best tag sequences (ner)**") == 2
+    assert "| rank | probability | entities (read as conlleval reads them) | differs from path 1 |" in md
     assert "| 1 | " in md and "(the best path)" in md
 
 

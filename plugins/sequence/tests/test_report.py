@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_end_to_end import cli, train  # the tiny run on the toy corpus, through the real CLI
 
 from deepcourse.testing import cli as main
 from deepcourse_sequence.report import choose_examples, render_spans, render_token_tags
-from test_end_to_end import cli, train  # the tiny run on the toy corpus, through the real CLI
 
 REPO = Path(__file__).resolve().parents[3]  # the checkout: its docs/model-zoo.md
 
@@ -109,8 +109,8 @@ def test_rendering_escapes_markdown_and_bolds_mistakes() -> None:
 
 def test_model_zoo_lists_every_tagger_with_counted_flops() -> None:
     from deepcourse.api import MODELS, TASKS
-    from deepcourse.testing import zoo_section
     from deepcourse.testing import count_flops as _count_flops
+    from deepcourse.testing import zoo_section
 
     section = zoo_section("sequence-tagging")
     committed = (REPO / "docs" / "model-zoo.md").read_text(encoding="utf-8")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from vision_fixtures import make_imagefolder, make_parquet
 
 from deepcourse.api import load_plugins
-from vision_fixtures import make_imagefolder, make_parquet
 
 # The explicit discovery step the command line takes first: every installed plugin's components are registered.
 load_plugins()

@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from vision_fixtures import RECIPES, class_image, make_imagefolder, png_bytes
 
 from deepcourse.testing import cli as main
-
-from vision_fixtures import RECIPES, class_image, make_imagefolder, png_bytes
 
 VISION_RECIPES = sorted(p.name for pattern in ("quickstart.toml", "cifar_*.toml", "mnist_*.toml",
                                                "imagefolder_*.toml") for p in RECIPES.glob(pattern))

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from test_vision_models import CASES, build
+from vision_fixtures import RECIPES, class_image, png_bytes
 
 from deepcourse.api import UserError, grad_cam, module_outputs
 from deepcourse.testing import cli as main
 from deepcourse_vision.explain import cam_layer, find_stages
 from deepcourse_vision.report import class_scores
-from test_vision_models import CASES, build
-from vision_fixtures import RECIPES, class_image, png_bytes
 
 #: the largest nets: seconds each on a CPU, so with the slow tests
 BIG = {"resnet101", "resnet152", "vgg16", "vgg19", "densenet121"}

@@ -66,7 +66,8 @@ def test_random_crop_shifts_each_image_within_the_padding() -> None:
     out = make("random_crop", padding=2)(x, train=True)
     padded = F.pad(x, (2, 2, 2, 2))
     for i in range(8):  # every output is the padded image cropped at one of the 5x5 offsets
-        assert any(torch.equal(out[i], padded[i, :, t:t + 16, l:l + 16]) for t in range(5) for l in range(5))
+        assert any(torch.equal(out[i], padded[i, :, top:top + 16, left:left + 16])
+                   for top in range(5) for left in range(5))
     offsets = {(int((out[i] != 0).float().argmax())) for i in range(8)}
     assert len(offsets) > 1  # not all shifted the same way
     assert torch.equal(make("random_crop")(x, train=True), x)  # no padding, same size: nothing to choose
@@ -130,7 +131,8 @@ def test_pipeline_normalises_and_runs_in_order() -> None:
     pipe = ImagePipeline(build_transforms([{"name": "hflip", "p": 1.0}]), mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.1])
     out = pipe(images, train=True)
     expected = (images.float() / 255).flip(-1)
-    expected = (expected - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.2, 0.1]).view(1, 3, 1, 1)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.2, 0.1]).view(1, 3, 1, 1)
+    expected = (expected - mean) / std
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(pipe(images, train=False), (expected.flip(-1)))
 
@@ -181,7 +183,7 @@ def test_crop_and_flip_on_uint8_match_the_float_definition(mode: str) -> None:
     kwargs = {"value": 0.2} if mode == "constant" else {}
     padded = F.pad(images.float() / 255, (3, 3, 3, 3), mode=mode, **kwargs)
     for i in range(16):  # each image is the padded one (maybe mirrored) at one of the 7x7 offsets
-        views = [padded[i, :, t:t + 12, l:l + 12] for t in range(7) for l in range(7)]
+        views = [padded[i, :, top:top + 12, left:left + 12] for top in range(7) for left in range(7)]
         assert any(torch.allclose(x[i], v) or torch.allclose(x[i], v.flip(-1)) for v in views)
 
 

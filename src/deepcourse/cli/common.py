@@ -1,5 +1,12 @@
-"""What every command shares: discovering the installed plugins once, the error handling that turns a user error into
-exit 2 and one message, the `--set KEY=VALUE` option, and INPUTS read from the arguments or standard input."""
+"""What every command shares: what the library says shown on the terminal, discovering the installed plugins once, the
+error handling that turns a user error into exit 2 and one message, the `--set KEY=VALUE` option, and INPUTS read from
+the arguments or standard input.
+
+The library speaks through `logging` (the `deepcourse` logger and its children) and `warnings` (`RecipeWarning`), so
+that a notebook or an application can route or silence it; the command line shows both as it always printed them:
+info lines on stdout (those marked `extra={"stderr": True}` on stderr, where they stay out of `--json` output) and
+warnings on stderr as `deepcourse: warning: ...`. `logging` is imported only when a command runs: `--help` stays quick.
+"""
 from __future__ import annotations
 
 import os
@@ -7,11 +14,90 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from deepcourse.errors import UserError
+from deepcourse.errors import RecipeWarning, UserError
+
+if TYPE_CHECKING:
+    import logging
+
+#: the name of the handler that `configure_output` and `default_output` put on the `deepcourse` logger
+TERMINAL = "deepcourse-terminal"
+
+
+def configure_output() -> None:
+    """The command line's output: every record of the `deepcourse` logger from INFO up on the terminal, and each
+    RecipeWarning as `deepcourse: warning: ...` every time it is raised (unless -W or PYTHONWARNINGS says
+    otherwise). Idempotent: a second call (another command in the same process) replaces the first one's handler."""
+    import logging
+    import warnings
+
+    logger = logging.getLogger("deepcourse")
+    for old in [h for h in logger.handlers if h.get_name() == TERMINAL]:
+        logger.removeHandler(old)
+    logger.addHandler(_terminal_handler())
+    logger.setLevel(logging.INFO)
+    if not getattr(warnings.showwarning, TERMINAL, False):
+        warnings.showwarning = _show_recipe_warnings(warnings.showwarning)
+    if not sys.warnoptions:
+        warnings.simplefilter("always", RecipeWarning)
+
+
+def default_output() -> None:
+    """For `deepcourse.run`/`evaluate`/`predict` from Python: the command line's lines (the epochs of a run) in a
+    notebook or script that configured no logging; one that did (`logging.basicConfig`, a handler on `deepcourse`)
+    decides for itself. Remove it with `logging.getLogger("deepcourse").handlers.clear()`."""
+    import logging
+
+    logger = logging.getLogger("deepcourse")
+    if logger.hasHandlers():
+        return
+    logger.addHandler(_terminal_handler())
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
+def _terminal_handler() -> logging.Handler:
+    import logging
+
+    class Terminal(logging.Handler):
+        """Writes to the streams of the moment (a test runner or `CliRunner` swaps sys.stdout) and lets a broken
+        pipe through, as `print` did: `deepcourse run ... | head` ends quietly in `handle_errors`."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                message = self.format(record)
+                stream: TextIO = sys.stdout
+                if record.levelno >= logging.WARNING:
+                    stream, message = sys.stderr, f"deepcourse: {record.levelname.lower()}: {message}"
+                elif getattr(record, "stderr", False):
+                    stream = sys.stderr
+                stream.write(message + "\n")
+                stream.flush()
+            except BrokenPipeError:
+                raise
+            except Exception:  # noqa: BLE001 - logging's own policy for a failing handler: report, never raise
+                self.handleError(record)
+
+    handler = Terminal()
+    handler.set_name(TERMINAL)
+    return handler
+
+
+def _show_recipe_warnings(original: Callable[..., None]) -> Callable[..., None]:
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None,
+             line: str | None = None) -> None:
+        if not issubclass(category, RecipeWarning):
+            original(message, category, filename, lineno, file, line)
+            return
+        stream = file if file is not None else sys.stderr
+        stream.write(f"deepcourse: warning: {message}\n")
+        stream.flush()
+
+    setattr(show, TERMINAL, True)
+    return show
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -28,6 +114,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         from deepcourse.training.stopping import Interrupted
 
         try:
+            configure_output()
             load_plugins()  # once per process; a broken plugin is reported by name, never fatal
             return fn(*args, **kwargs)
         except UserError as exc:

@@ -46,7 +46,8 @@ def explain(run_dir: Path, inputs: Sequence[str], output: Path | None, target: s
                                "explanations": [{"title": e.title, **e.numbers} for e in explained]}, indent=1))
         return
     for e in explained:
-        click.echo(f"{e.title.replace(chr(92), '')}: " + (", ".join(f.file for f in e.figures) or "(tables in explain.md)"))
+        figures = ", ".join(f.file for f in e.figures) or "(tables in explain.md)"
+        click.echo(f"{e.title.replace(chr(92), '')}: {figures}")
     click.echo(f"written: {out / 'explain.md'}")
 
 

@@ -22,7 +22,7 @@ _CONFIG = ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True)
 _UNSET = object()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parameters(fn: Callable) -> tuple[dict[str, tuple[Any, Any]], bool]:
     """name -> (annotation, default) for the keyword parameters of `fn`; and whether it takes **kwargs."""
     sig = inspect.signature(fn)
@@ -56,10 +56,6 @@ def _no_duplicates(values: Any) -> Any:
 #: `Annotated[list[str], Unique]`: a builder parameter whose items must differ (column names, class names), refused
 #: at `deepcourse check` with the key path instead of quietly meaning something else later
 Unique = AfterValidator(_no_duplicates)
-
-
-def parameter_names(fn: Callable) -> list[str]:
-    return list(_parameters(fn)[0])
 
 
 def parameters(fn: Callable) -> dict[str, tuple[Any, Any]]:

@@ -1,14 +1,15 @@
 """Recipes: TOML files that bind a dataset to a model, validated before anything is loaded.
 
 Loading goes: find the file (a path, or the name of a shipped recipe) -> read TOML -> follow `extends` (tables
-deep-merge, lists replace) -> apply `--set` overrides -> check the core keys against `deepcourse.recipe.schema` -> check each
-plugin table against its builder's signature. Every problem is collected and reported at once with its key path, so
-a user fixes a recipe in one pass instead of one error per run.
+deep-merge, lists replace) -> apply `--set` overrides -> check the core keys against `deepcourse.recipe.schema` ->
+check each plugin table against its builder's signature. Every problem is collected and reported at once with its key
+path, so a user fixes a recipe in one pass instead of one error per run.
 """
 from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -83,10 +84,6 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
-def resolve_extends(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    return resolve_with_origins(path, _chain)[0]
-
-
 def resolve_with_origins(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Path]]:
     """The recipe with its `extends` chain merged in, and the file each key path comes from (so a mistake in a base
     recipe is reported against the base, not against the child that extends it)."""
@@ -111,7 +108,7 @@ def resolve_with_origins(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dic
     return deep_merge(base, data), {**origins, **own}
 
 
-def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = (),
+def load_recipe(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = (),
                 data: Mapping[str, Any] | None = None) -> Recipe:
     """Read, merge, override and validate a recipe; raise RecipeError listing every problem.
 
@@ -229,9 +226,8 @@ def check_builders(data: Mapping[str, Any]) -> list[str]:
         if eval_fn is not None:
             problems += validate_options(eval_fn, extras, loc="eval")[1]
         else:
-            valid = ", ".join(EvalSection.model_fields)
-            problems += [f"eval.{k}: unknown key.{did_you_mean(k, EvalSection.model_fields) or ' Valid keys: ' + valid + '.'}"
-                         for k in extras]
+            valid = f" Valid keys: {', '.join(EvalSection.model_fields)}."
+            problems += [f"eval.{k}: unknown key.{did_you_mean(k, EvalSection.model_fields) or valid}" for k in extras]
     train = data.get("train")
     callbacks = train.get("callbacks", []) if isinstance(train, Mapping) else []
     for i, cb in enumerate(callbacks if isinstance(callbacks, list) else []):
@@ -275,7 +271,7 @@ def _check_callback(cb: dict[str, Any], i: int) -> list[str]:
 
 def recipe_problems(exc: ValidationError, data: Mapping[str, Any]) -> list[str]:
     problems = []
-    for line, err in zip(format_errors(exc, "", None), exc.errors(include_url=False)):
+    for line, err in zip(format_errors(exc, "", None), exc.errors(include_url=False), strict=True):
         if err["type"] == "extra_forbidden":
             loc = [str(p) for p in err["loc"]]
             parent = ".".join(loc[:-1])
@@ -284,8 +280,8 @@ def recipe_problems(exc: ValidationError, data: Mapping[str, Any]) -> list[str]:
             hint = did_you_mean(loc[-1], valid) or (f" Valid keys: {', '.join(valid)}." if valid else "")
             line = f"{'.'.join(loc)}: unknown key.{hint}"
         elif err["type"] == "missing":
-            loc = ".".join(str(p) for p in err["loc"])
-            line = f"{loc}: required" + (" (every recipe names one)" if loc.endswith("name") else "")
+            key = ".".join(str(p) for p in err["loc"])
+            line = f"{key}: required" + (" (every recipe names one)" if key.endswith("name") else "")
         problems.append(line)
     return problems
 

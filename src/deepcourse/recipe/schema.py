@@ -57,11 +57,11 @@ class DataSection(_Open):
         None, "fraction of train carved off as the validation split, only when the dataset has none of its own (the "
               "same samples for the same seed); a dataset's own validation split is always used as it is")
     holdout: Annotated[float, Field(ge=0, lt=1)] | None = doc(
-        None, "fraction of train kept out as split 'holdout', the same samples for every seed and recipe (the last whole "
-              "documents where the dataset marks them, else a fixed random draw), never trained on and never selected "
-              "on; the best weights are scored on it once, at the end of the run (RUN/holdout.json): an estimate of "
-              "performance on unseen data when the test split is kept out. 0 turns it off (--set data.holdout=0 trains "
-              "the final model on all of train)")
+        None, "fraction of train kept out as split 'holdout', the same samples for every seed and recipe (the last "
+              "whole documents where the dataset marks them, else a fixed random draw), never trained on and never "
+              "selected on; the best weights are scored on it once, at the end of the run (RUN/holdout.json): an "
+              "estimate of performance on unseen data when the test split is kept out. 0 turns it off (--set "
+              "data.holdout=0 trains the final model on all of train)")
     num_workers: NonNegInt = doc(0, "DataLoader worker processes (0: load in the training process)")
     train_samples: PositiveInt | None = doc(
         None, "train on a random subset of this many samples (the same for the same seed): quick ablations")
@@ -146,8 +146,8 @@ class TrainSection(_Strict):
     threads: PositiveInt | None = doc(None, "torch CPU threads per process (the caller's setting is restored "
                                             "after the run)")
     stop_check_every: PositiveInt = doc(
-        10, "with several processes, agree on a Ctrl-C or SIGTERM every N optimizer steps (and evaluation batches): one "
-            "small all-reduce per N steps instead of a host sync on every step")
+        10, "with several processes, agree on a Ctrl-C or SIGTERM every N optimizer steps (and evaluation batches): "
+            "one small all-reduce per N steps instead of a host sync on every step")
     tf32: bool | None = doc(None, "TF32 matrix products and convolutions on NVIDIA GPUs (Ampere and newer): faster "
                                   "float32 with a 10-bit mantissa; unset: torch's defaults")
     cudnn_benchmark: bool = doc(False, "let cuDNN time its convolution algorithms for each input shape and keep the "

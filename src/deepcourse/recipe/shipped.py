@@ -5,6 +5,7 @@ plain `pip install deepcourse` runs them without a checkout; an editable install
 """
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def shipped() -> dict[str, Path]:
     return {p.relative_to(folder).with_suffix("").as_posix(): p for p in sorted(folder.rglob("*.toml"))}
 
 
-def resolve(recipe: str | Path) -> Path:
+def resolve(recipe: str | os.PathLike[str]) -> Path:
     """The file `recipe` names: an existing path as it is, else the shipped recipe of that name (also written as
     `recipes/NAME.toml` from another folder); otherwise the path unchanged, for the caller's not-found error."""
     path = Path(recipe)

@@ -43,7 +43,7 @@ def labels_for(runs: Sequence[RunData], ignore: Sequence[str] = (), distinct: bo
         flat = flatten(r.recipe)
         labels.append(", ".join(f"{k}={_short(flat.get(k))}" for k in keys))
     if distinct and len(set(labels)) < len(labels):  # same recipe run twice: tell them apart by folder
-        labels = [f"{label} ({r.path.name})" for label, r in zip(labels, runs)]
+        labels = [f"{label} ({r.path.name})" for label, r in zip(labels, runs, strict=True)]
     return labels
 
 
@@ -80,7 +80,7 @@ def plot_comparison(runs: Sequence[RunData], labels: Sequence[str], out: Path,
     for metric in metrics:
         fig, ax = plt.subplots(figsize=(7.2, 4.5))
         series: dict[str, list[tuple[list[int], list[float]]]] = {}
-        for run, label, group in zip(runs, labels, groups or labels):
+        for run, group in zip(runs, groups or labels, strict=True):
             series.setdefault(group, []).append(run.epoch_series(split, metric))
         for i, (group, curves) in enumerate(series.items()):
             colour = f"C{i % 10}"
@@ -96,7 +96,7 @@ def plot_comparison(runs: Sequence[RunData], labels: Sequence[str], out: Path,
             ax.plot(xs, mean, "o-", color=colour, ms=3, label=f"{group} (mean of {len(curves)})")
             ax.fill_between(xs, low, high, color=colour, alpha=0.2)
         if metric == "loss":
-            for i, (run, group) in enumerate(zip(runs, groups or labels)):
+            for run, group in zip(runs, groups or labels, strict=True):
                 e, v = run.epoch_series("train", "loss")
                 idx = list(series).index(group)
                 ax.plot(e, v, ":", color=f"C{idx % 10}", lw=1)
@@ -145,9 +145,9 @@ def compare_runs(run_dirs: Sequence[Path], out: Path) -> tuple[list[dict[str, An
     labels = labels_for(runs, ignore=("seed",), distinct=False)
     if len(set(labels)) < len(labels) and len(set(labels_for(runs, distinct=False))) == len(labels):  # over seeds
         md = write_grouped(runs, labels, out)
-        return [summary_row(r, label) for r, label in zip(runs, labels)], md
+        return [summary_row(r, label) for r, label in zip(runs, labels, strict=True)], md
     labels = labels_for(runs)
-    rows = [summary_row(r, label) for r, label in zip(runs, labels)]
+    rows = [summary_row(r, label) for r, label in zip(runs, labels, strict=True)]
     plot_comparison(runs, labels, out)
     md, _ = write_table(rows, out)
     return rows, md
@@ -156,9 +156,9 @@ def compare_runs(run_dirs: Sequence[Path], out: Path) -> tuple[list[dict[str, An
 def write_grouped(runs: Sequence[RunData], labels: Sequence[str], out: Path) -> Path:
     """The comparison of runs repeated over seeds: one row per label, numbers as mean ± std, and for the monitored
     metric its 95% interval and a Welch's t-test against the best row (compare.csv keeps means and sds)."""
-    rows = [summary_row(r, label) for r, label in zip(runs, labels)]
+    rows = [summary_row(r, label) for r, label in zip(runs, labels, strict=True)]
     groups: dict[str, list[dict[str, Any]]] = {}
-    for row, label in zip(rows, labels):
+    for row, label in zip(rows, labels, strict=True):
         groups.setdefault(label, []).append(row)
     monitor = f"best {runs[0].summary.get('monitor') or 'accuracy'}"
     higher = runs[0].recipe.get("train", {}).get("monitor_mode") != "min" and "loss" not in monitor
@@ -174,8 +174,9 @@ def write_grouped(runs: Sequence[RunData], labels: Sequence[str], out: Path) -> 
             column = [r.get(key) for r in group]
             if key in ("run", "dir"):
                 continue
-            if len(column) > 1 and all(isinstance(v, (int, float)) for v in column) and len(set(column)) > 1:
-                mean, sd = statistics.fmean(column), statistics.stdev(column)
+            numbers = [v for v in column if isinstance(v, (int, float))]
+            if len(column) > 1 and len(numbers) == len(column) and len(set(column)) > 1:
+                mean, sd = statistics.fmean(numbers), statistics.stdev(numbers)
                 shown[key] = mean_std(mean, sd, ".4f" if abs(mean) < 100 and "time" not in key else ",.1f")
                 flat[key], flat[f"{key} sd"] = mean, sd
             else:

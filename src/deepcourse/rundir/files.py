@@ -226,7 +226,7 @@ def safe_torch_load(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DamagedFileError(f"{path}: file missing") from None
-    except Exception as exc:  # UnpicklingError, zip and EOF errors: say which it is
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, zip and EOF errors: say which it is
         text = str(exc)
         first = _reason(text) or type(exc).__name__
         if "GLOBAL" in text or _bare_pickle_naming_code(path):  # torch's own refusal, or a pickle it cannot parse
@@ -258,7 +258,7 @@ def _bare_pickle_naming_code(path: Path) -> bool:
         if zipfile.is_zipfile(path):
             return False  # torch read the pickle inside and said GLOBAL if it met one
         return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST") for op, _, _ in pickletools.genops(path.read_bytes()))
-    except Exception:  # not a parsable pickle: damaged, not dangerous
+    except Exception:  # noqa: BLE001 - not a parsable pickle: damaged, not dangerous
         return False
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import shutil
@@ -29,6 +30,7 @@ from deepcourse._version import __version__
 from deepcourse.errors import CheckpointError, UserError
 from deepcourse.rundir.files import atomic_write_text, read_json, to_json
 
+log = logging.getLogger(__name__)
 RUN_FILES = ("recipe.toml", "run.json")
 
 
@@ -171,8 +173,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         else:
             problem = "" if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
         if problem:
-            print(f"deepcourse: warning: {path}:{number}: {problem}; skipped: {line.strip()[:60]!r}",
-                  file=sys.stderr, flush=True)
+            log.warning("%s:%d: %s; skipped: %r", path, number, problem, line.strip()[:60])
             continue
         rows.append(row)
     return rows

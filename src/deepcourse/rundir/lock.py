@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 from types import TracebackType
 
@@ -18,7 +19,7 @@ from deepcourse.errors import CheckpointError
 
 LOCK_FILE = ".lock"
 
-try:
+if sys.platform != "win32":
     import fcntl
 
     def _try_lock(fd: int) -> bool:
@@ -27,7 +28,7 @@ try:
         except BlockingIOError:
             return False
         return True
-except ImportError:  # pragma: no cover - Windows
+else:  # pragma: no cover - Windows
     import msvcrt
 
     def _try_lock(fd: int) -> bool:
@@ -42,7 +43,8 @@ class RunLock:
     """The held lock of one run directory; `release()` (or leaving the `with` block) gives it up."""
 
     def __init__(self, path: Path, fd: int) -> None:
-        self.path, self._fd = path, fd
+        self.path = path
+        self._fd: int | None = fd
 
     def release(self) -> None:
         if self._fd is None:

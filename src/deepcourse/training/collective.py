@@ -44,7 +44,7 @@ def on_main(fn: Callable[[], T]) -> T:
             payload = [("ok", fn())]
         except UserError as exc:
             payload = [("error", exc)]
-        except BaseException as exc:  # an internal error: the others stop with its name, the main process re-raises
+        except BaseException as exc:  # noqa: BLE001 - an internal error: the others stop with its name, the main process re-raises
             failure = exc
             payload = [("crash", f"{type(exc).__name__}: {exc}")]
     broadcast_object_list(payload, from_process=0)

@@ -114,7 +114,7 @@ def read_conll(path: str | os.PathLike, columns: Sequence[str], *, cache: bool =
             return datasets.Dataset.from_generator(
                 _generate, features=features,
                 gen_kwargs={"path": str(path), "columns": tuple(columns), "stamp": (stat.st_size, stat.st_mtime_ns)})
-        except Exception as exc:  # noqa: BLE001 - datasets wraps generator errors; surface ours unchanged
+        except Exception as exc:  # datasets wraps generator errors; surface ours unchanged
             cause: BaseException | None = exc
             while cause is not None and not isinstance(cause, DataError):
                 cause = cause.__cause__ or cause.__context__

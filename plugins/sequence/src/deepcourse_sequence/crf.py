@@ -91,11 +91,11 @@ class _LogPartition(torch.autograd.Function):
             step = _log_matmul(emissions[:, t + 1] + beta, exp_transitions_t) + shift
             beta = torch.where(mask[:, t + 1:t + 2], step, beta)
             betas.append(beta)
-        betas = torch.stack(betas[::-1], 1)
+        beta_all = torch.stack(betas[::-1], 1)
         norm = log_z.view(-1, 1, 1)
         scale = grad.view(-1, 1, 1)
-        unary = (alphas + betas - norm).exp() * mask.unsqueeze(2) * scale  # P(y_t = k), [B, T, K]
-        pairs = (alphas[:, :-1].unsqueeze(3) + transitions + (emissions[:, 1:] + betas[:, 1:]).unsqueeze(2)
+        unary = (alphas + beta_all - norm).exp() * mask.unsqueeze(2) * scale  # P(y_t = k), [B, T, K]
+        pairs = (alphas[:, :-1].unsqueeze(3) + transitions + (emissions[:, 1:] + beta_all[:, 1:]).unsqueeze(2)
                  - norm.unsqueeze(3)).exp() * (mask[:, 1:].view(*mask[:, 1:].shape, 1, 1) * scale.unsqueeze(3))
         lengths = mask.sum(1)
         last = (alphas.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, alphas.shape[2])).squeeze(1) + end

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -27,7 +27,6 @@ from deepcourse.api import (
     ExplainOptions,
     Explanation,
     Figure,
-    Task,
     UserError,
     heatmap,
     layer_integrated_gradients,
@@ -37,7 +36,12 @@ from deepcourse.api import (
 )
 
 from .crf import log_partition, nbest_paths, tag_marginals
+from .models.heads import CRFHead
+from .models.recurrent import SequenceTagger
 from .schemes import allowed_transition
+
+if TYPE_CHECKING:  # the task imports this module when it needs it
+    from .task import SequenceTagging
 
 #: sentences one call explains (a CoNLL file can hold thousands)
 MAX_SENTENCES = 20
@@ -46,15 +50,16 @@ DEFAULT_NBEST = 3
 MAX_SALIENT = 3
 
 
-def _unwrapped(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
+def _unwrapped(model: nn.Module) -> SequenceTagger:
+    """The tagger inside a model that Accelerate may have wrapped (DistributedDataParallel keeps it as `.module`)."""
+    return cast(SequenceTagger, getattr(model, "module", model))
 
 
 def _chain(model: nn.Module, name: str, scores: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    return _unwrapped(model).heads[name].chain(scores)
+    return _unwrapped(model).head(name).chain(scores)
 
 
-def best_paths(task: Task, model: nn.Module, name: str, scores: torch.Tensor,
+def best_paths(task: SequenceTagging, model: nn.Module, name: str, scores: torch.Tensor,
                k: int) -> list[tuple[float, list[str], list[str]]]:
     """The k most probable tag sequences of one sentence (`scores` [T, K] of head `name`), best first: each path's
     probability, its tags as the model predicts them (the training scheme: the paths all differ) and as the data
@@ -96,8 +101,8 @@ def explain_sentences(task: Any, model: nn.Module, inputs: Sequence[str], *, opt
 def transitions_explanation(task: Any, model: nn.Module, out: Path) -> Explanation:
     explanation = Explanation("The CRF's transitions")
     for name in task.labels:
-        head = _unwrapped(model).heads[name]
-        if not hasattr(head, "crf"):
+        head = _unwrapped(model).head(name)
+        if not isinstance(head, CRFHead):
             explanation.notes += [f"_{name}: a softmax head chooses each tag on its own, so it has no transition "
                                   f"scores; its n-best paths are products of per-token probabilities._", ""]
             continue

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,7 +20,6 @@ from torch import nn
 from deepcourse.api import (
     Figure,
     Recipe,
-    Task,
     UserError,
     evaluate_split,
     grouped_bars,
@@ -30,6 +29,9 @@ from deepcourse.api import (
 )
 
 from .schemes import Span, convert, spans
+
+if TYPE_CHECKING:  # the task imports this module when it needs it
+    from .task import SequenceTagging
 
 #: example sentences per label column: up to MAX_EXAMPLES - 1 with a mistake and one without
 MAX_EXAMPLES = 6
@@ -50,7 +52,7 @@ class TaggedSplit:
     metrics: dict[str, Any]
 
 
-def tag_split(task: Task, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any]) -> TaggedSplit:
+def tag_split(task: SequenceTagging, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any]) -> TaggedSplit:
     """Decode the evaluation split exactly as `deepcourse evaluate` does (`evaluate_split`: the same batches, device,
     precision and metric objects), keeping each sentence's gold and predicted tags."""
     gold: dict[str, list[list[str]]] = {name: [] for name in task.labels}
@@ -106,7 +108,8 @@ def render_spans(tokens: Sequence[str], found: Iterable[Span], marked: set[Span]
 
 def render_token_tags(tokens: Sequence[str], gold: Sequence[str], pred: Sequence[str]) -> str:
     """A sentence in Markdown, each wrongly tagged token in bold as `token/GOLD→PREDICTED`."""
-    return " ".join(markdown_escape(t) if g == p else f"**{markdown_escape(t)}/{markdown_escape(g)}→{markdown_escape(p)}**"
+    return " ".join(markdown_escape(t) if g == p else
+                    f"**{markdown_escape(t)}/{markdown_escape(g)}→{markdown_escape(p)}**"
                     for t, g, p in zip(tokens, gold, pred, strict=True))
 
 
@@ -117,7 +120,8 @@ def _plural(n: int, word: str) -> str:
 MISSED, SPURIOUS = "(missed)", "(spurious)"
 
 
-def type_confusion(gold: Sequence[set[Span]], pred: Sequence[set[Span]]) -> tuple[list[str], dict[tuple[str, str], int]]:
+def type_confusion(gold: Sequence[set[Span]], pred: Sequence[set[Span]]
+                   ) -> tuple[list[str], dict[tuple[str, str], int]]:
     """Gold type against predicted type for spans with the same boundaries, sentence by sentence: a gold span no
     predicted span has the boundaries of is `(missed)`, a predicted span no gold span has them is `(spurious)` (so a
     boundary error is one of each, as the scores count it). Returns the types seen and the counts by (gold, pred)."""
@@ -137,7 +141,7 @@ def type_confusion(gold: Sequence[set[Span]], pred: Sequence[set[Span]]) -> tupl
 class ColumnReport:
     """Figure, table and examples of one label column; `span_section` or `token_section` fill them."""
 
-    def __init__(self, task: Task, tagged: TaggedSplit, name: str, split: str, out: Path) -> None:
+    def __init__(self, task: SequenceTagging, tagged: TaggedSplit, name: str, split: str, out: Path) -> None:
         self.task, self.tagged, self.name, self.split, self.out = task, tagged, name, split, out
         self.prefix = f"{name}_" if len(task.labels) > 1 else ""
         self.figures: list[Any] = []
@@ -197,7 +201,7 @@ class ColumnReport:
         if not types:
             return
         rows, columns = [*types, SPURIOUS], [*types, MISSED]
-        matrix = [[counts.get((g, q), 0) for q in columns] for g in rows]
+        matrix: list[list[int | None]] = [[counts.get((g, q), 0) for q in columns] for g in rows]
         matrix[-1][-1] = None  # no span is both missed and spurious
         file = f"type_confusion_{self.name}.png"
         heatmap(self.out / file, [[float("nan") if v is None else v for v in row] for row in matrix], rows, columns,
@@ -288,7 +292,7 @@ class ColumnReport:
                        *markdown_table([f"{self.split} sentence", "tagged", "mistakes"], rows), ""]
 
 
-def write_figures(task: Task, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], out: Path
+def write_figures(task: SequenceTagging, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], out: Path
                   ) -> tuple[list[Figure], list[str]]:
     """Per label column: a score chart and table, and example sentences; notes instead when the split is not
     here (a report made on another machine still has its curves)."""

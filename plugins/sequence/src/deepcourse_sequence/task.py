@@ -7,7 +7,7 @@ its column (`ner_f1`, `pos_accuracy`); the first column (or `primary`) is the on
 """
 from __future__ import annotations
 
-import sys
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -46,6 +46,8 @@ from .schemes import Scheme, convert, first_violation, is_span_tag, spans
 from .vocab import VocabOptions, Vocabulary, char_counts, embedding_matrix, read_vectors
 
 ARTIFACTS_FORMAT = 1
+#: under deepcourse's logger, so what shows or silences the core's lines does the same with the plugin's
+log = logging.getLogger(f"deepcourse.{__name__}")
 #: a made-up sentence of typical length (CoNLL-2003's training sentences average 14.5 tokens), for the model zoo
 EXAMPLE_SENTENCE = "Alice Smith of Acme Corp flew from Paris to Berlin on Monday morning ."
 
@@ -120,7 +122,7 @@ class SequenceTagging(Task):
         missing = [s for s in wanted if s not in loaded]  # only then: which splits are there (for the message)
         loaded = resolve_splits(loaded, wanted, dataset=corpus.name, val_split=data.val_split, seed=seed,
                                 has=corpus.available() if missing else None, holdout=data.holdout)
-        facts = self._fit(corpus, loaded["train"], seed) if training else self._restore(artifacts)
+        facts = self._fit(corpus, loaded["train"], seed) if artifacts is None else self._restore(artifacts)
         bundle_splits = {s: self._tensorise(loaded[s], strict=corpus.strict) for s in splits if s in loaded}
         return DataBundle(bundle_splits, facts=facts, artifacts=self._artifacts())
 
@@ -160,9 +162,9 @@ class SequenceTagging(Task):
                 raise DataError(f"{path}: none of the training words has a vector in this file")
             embeddings, found = embedding_matrix(words, keyed, dim, seed=seed)
             covered = sum(c for k, c in key_counts.items() if k in keyed or k.lower() in keyed)
-            print(f"deepcourse: pretrained vectors for {found:,} of {len(words) - 2:,} vocabulary words "
-                  f"({found / max(len(words) - 2, 1):.1%}), covering {covered / max(len(tokens), 1):.1%} of "
-                  f"training tokens ({path.name}, {dim}d)", file=sys.stderr, flush=True)  # stdout: --json's
+            log.info(f"deepcourse: pretrained vectors for {found:,} of {len(words) - 2:,} vocabulary words "
+                     f"({found / max(len(words) - 2, 1):.1%}), covering {covered / max(len(tokens), 1):.1%} of "
+                     f"training tokens ({path.name}, {dim}d)", extra={"stderr": True})  # stdout is --json's
         self.words = words
         for name in self.labels:
             values = columns[name]
@@ -238,7 +240,7 @@ class SequenceTagging(Task):
                                chars=self.chars, tags=tag_ids)
 
     @property
-    def monitor(self) -> str:  # type: ignore[override]
+    def monitor(self) -> str:  # type: ignore[override]  # Task's plain attribute, computed here from the columns
         """The primary column's F1 (span labels) or accuracy (token labels), prefixed with it when there are more."""
         return self._metric_of(self.primary)
 
@@ -302,6 +304,7 @@ class SequenceTagging(Task):
 
     # -- hot path -------------------------------------------------------------------------------------------------
     def _weighted(self, out: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        # sum() starts from 0, an int to mypy; there is always a label, so the result is a tensor
         return sum(self.loss_weights[name] * out[f"loss_{name}"] for name in self.labels)  # type: ignore[return-value]
 
     def training_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -328,11 +331,11 @@ class SequenceTagging(Task):
         metrics: list[Metric] = [MeanLoss()]
         for name in self.labels:
             prefix = f"{name}_" if len(self.labels) > 1 else ""
-            keys = {"preds": f"preds_{name}", "targets": f"targets_{name}"}
+            preds, targets = f"preds_{name}", f"targets_{name}"
             if self.kinds.get(name) == "span":
                 metrics.append(SpanF1(self.tags[name], tag_scheme=self.tag_scheme, score_scheme=self.score_scheme,
-                                      prefix=prefix, **keys))
-            metrics.append(Accuracy(name=f"{prefix}accuracy", **keys))
+                                      prefix=prefix, preds=preds, targets=targets))
+            metrics.append(Accuracy(name=f"{prefix}accuracy", preds=preds, targets=targets))
         return MetricCollection(*metrics)
 
     def describe_metrics(self, metrics: Mapping[str, Any]) -> Iterable[str]:

@@ -11,6 +11,7 @@ Dataset builders return an `ImageData` with the splits they have; the task choos
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -90,7 +91,8 @@ def _decode_one(name: str, data: bytes | str | Path, mode: str | None, size: int
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
+            img: Image.Image = opened
             want = mode or ("L" if img.mode in GRAYSCALE_MODES else "RGB")
             if img.mode != want:
                 img = img.convert(want)
@@ -270,8 +272,8 @@ def load_parquet_images(dataset: str, *, data_dir: str | None, splits: Sequence[
     out: dict[str, ImageSplit] = {}
     names: list[str] = []
     for split, files in found.items():  # cache hits need nothing but the files' sizes and times
-        key = {"files": file_stamp(files), "mode": mode}
-        out[split], names = cached_split(dataset, split, key, lambda s=split, f=files: _build_local(s, f, mode))
+        key: dict[str, Any] = {"files": file_stamp(files), "mode": mode}
+        out[split], names = cached_split(dataset, split, key, functools.partial(_build_local, split, files, mode))
     if folder is not None:  # the local copy, even when it lacks a split that was asked for
         return ImageData(out, names, str(folder), available=present)
     revision = hub_revision or HUB_REVISIONS.get(hub_id or "")
@@ -280,9 +282,13 @@ def load_parquet_images(dataset: str, *, data_dir: str | None, splits: Sequence[
     for split, ds in loaded.items():
         source = f"{hub_id} ({split})"
         key = {"hub": hub_id, "revision": revision, "fingerprint": ds._fingerprint, "mode": mode}
-        out[split], names = cached_split(dataset, split, key, lambda d=ds, s=source: _decode_hf_split(
-            d, lambda i: f"{s} row {i}", mode, s))
+        out[split], names = cached_split(dataset, split, key, functools.partial(
+            _decode_hf_split, ds, functools.partial(_row_name, source), mode, source))
     return ImageData(out, names, f"the Hugging Face Hub ({hub_id})")
+
+
+def _row_name(source: str, row: int) -> str:
+    return f"{source} row {row}"
 
 
 def _build_local(split: str, files: list[Path], mode: Literal["L", "RGB"] | None) -> tuple[ImageSplit, list[str]]:

@@ -23,8 +23,7 @@ NonNegInt = Annotated[int, Field(ge=0)]
 Dropout = Annotated[float, Field(ge=0, lt=1)]
 
 __all__ = ["Norm", "Activation", "Pool", "SwitchableNorm2d", "make_norm", "norm_factory", "make_activation",
-           "make_pool", "conv_norm_act", "feature_shape", "replace_batchnorm", "ConvClassifier",
-           "init_weights", "mlp_head"]
+           "make_pool", "conv_norm_act", "feature_shape", "replace_batchnorm", "ConvClassifier", "mlp_head"]
 
 
 class SwitchableNorm2d(nn.Module):
@@ -36,6 +35,9 @@ class SwitchableNorm2d(nn.Module):
     so when a weight vector selects one normaliser the layer computes exactly that normaliser. Batch statistics
     are tracked as running averages (unbiased variance, as BatchNorm does) and used in eval mode.
     """
+
+    running_mean: torch.Tensor  # buffers (nn.Module types its attributes as tensor-or-module)
+    running_var: torch.Tensor
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
@@ -114,9 +116,11 @@ def norm_factory(kind: Norm, groups: int = 32) -> Callable[[int], nn.Module]:
 
 
 def make_activation(kind: Activation) -> nn.Module:
-    return {"relu": lambda: nn.ReLU(inplace=True), "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
-            "silu": lambda: nn.SiLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.1, inplace=True),
-            "elu": lambda: nn.ELU(inplace=True)}[kind]()
+    makers: dict[str, Callable[[], nn.Module]] = {
+        "relu": lambda: nn.ReLU(inplace=True), "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
+        "silu": lambda: nn.SiLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.1, inplace=True),
+        "elu": lambda: nn.ELU(inplace=True)}
+    return makers[kind]()
 
 
 def make_pool(kind: Pool, kernel_size: int, stride: int | None = None, padding: int = 0) -> nn.Module:
@@ -185,19 +189,6 @@ def mlp_head(in_features: int, hidden: Sequence[int], num_classes: int, *, activ
         width = h
     layers.append(nn.Linear(width, num_classes))
     return nn.Sequential(*layers)
-
-
-def init_weights(module: nn.Module, activation: Activation = "relu") -> None:
-    """Kaiming init for convolutions and linears before ReLU-like activations, Xavier before saturating ones."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            if activation in ("sigmoid", "tanh"):
-                nn.init.xavier_uniform_(m.weight)
-            else:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out" if isinstance(m, nn.Conv2d) else "fan_in",
-                                        nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 class ConvClassifier(nn.Module):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -16,7 +16,6 @@ from torch import nn
 from deepcourse.api import (
     Figure,
     Recipe,
-    Task,
     UserError,
     evaluate_split,
     grouped_bars,
@@ -25,6 +24,9 @@ from deepcourse.api import (
     markdown_table,
     pyplot,
 )
+
+if TYPE_CHECKING:  # the task imports this module when it needs it
+    from .task import ImageClassification
 
 MAX_MISTAKES = 16
 #: classes up to which the per-class scores are also drawn as bars (the table always lists them all)
@@ -77,7 +79,7 @@ def mistakes_figure(images: torch.Tensor, labels: torch.Tensor, probs: torch.Ten
     return len(order)
 
 
-def write_figures(task: Task, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], out: Path
+def write_figures(task: ImageClassification, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], out: Path
                   ) -> tuple[list[Figure], list[str]]:
     split = recipe.eval.split
     images: list[torch.Tensor] = []

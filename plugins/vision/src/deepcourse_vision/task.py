@@ -176,9 +176,11 @@ class ImageClassification(Task):
             self.class_names, self.source_size = list(class_names), h
             mean = std = None
             if self.normalize:
-                measured = channel_stats(out["train"].images) if self.mean is None or self.std is None else None
-                mean = self.mean if self.mean is not None else measured[0]
-                std = self.std if self.std is not None else measured[1]
+                mean, std = self.mean, self.std
+                if mean is None or std is None:
+                    measured = channel_stats(out["train"].images)
+                    mean = measured[0] if mean is None else mean
+                    std = measured[1] if std is None else std
         for key, values in (("mean", mean), ("std", std)):
             if values is not None and len(values) != self.in_channels:
                 raise RecipeError(f"task.{key}: has {len(values)} values but the images have {self.in_channels} "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import torch
 from pydantic import AfterValidator, Field
@@ -156,7 +156,7 @@ class RandomCrop(ImageTransform):
         padded = _pad(x, self.padding, self.padding_mode, self.fill)
         h, w = padded.shape[-2:]
         corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size), ((h - size) // 2, (w - size) // 2)]
-        crops = [padded[..., t:t + size, l:l + size] for t, l in corners]
+        crops = [padded[..., top:top + size, left:left + size] for top, left in corners]
         return crops + [c.flip(-1) for c in crops]
 
 
@@ -320,8 +320,9 @@ def _fuse(transforms: Sequence[ImageTransform]) -> list[ImageTransform]:
     for t in transforms:
         before = out[-1] if out else None
         if isinstance(t, RandomFlip) and t.dim == -1 and isinstance(before, RandomCrop) and not before.mirror_p:
-            out[-1] = copy.copy(before)
-            out[-1].mirror_p = t.p  # type: ignore[attr-defined]
+            fused = copy.copy(before)
+            fused.mirror_p = t.p
+            out[-1] = fused
         else:
             out.append(t)
     return out
@@ -393,7 +394,7 @@ class ImagePipeline:
         if tta == "ten_crop":
             i = self.ten_crop_index()
             x = self.run(images, self.transforms[:i], train=False)
-            crop: RandomCrop = self.transforms[i]  # type: ignore[assignment]
+            crop = cast(RandomCrop, self.transforms[i])  # ten_crop_index() found it
             rest = self.transforms[i + 1:]
             return [self.normalize(self.run(v, rest, train=False)) for v in crop.ten_crop(x)]
         raise ValueError(f"unknown tta {tta!r}")

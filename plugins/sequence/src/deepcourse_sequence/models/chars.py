@@ -30,7 +30,7 @@ class CharCNN(nn.Module):
         return h.masked_fill(outside.unsqueeze(1), float("-inf")).amax(dim=2)  # padding never wins the max
 
 
-def run_recurrent(rnn: nn.RNNBase, x: Any) -> Any:
+def run_recurrent(rnn: nn.Module, x: Any) -> Any:
     """`rnn(x)`, in float32 when CPU autocast is on (`train.mixed_precision = "bf16"` on a CPU).
 
     oneDNN has no bfloat16 LSTM on CPUs without native bf16 ("could not create a primitive descriptor"), so under

@@ -66,4 +66,5 @@ class CRFHead(nn.Module):
         return scores.float(), self.crf.start_transitions, self.crf.end_transitions, self.crf.transitions
 
 
-HEADS: dict[str, type[nn.Module]] = {"softmax": SoftmaxHead, "crf": CRFHead}
+Head = SoftmaxHead | CRFHead
+HEADS: dict[str, type[Head]] = {"softmax": SoftmaxHead, "crf": CRFHead}

@@ -8,8 +8,8 @@ directions, softmax) and `bilstm_crf` (both directions, CRF, character CNN: Ma &
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, cast
 
 import torch
 from pydantic import Field
@@ -19,7 +19,7 @@ from deepcourse.api import MODELS, RecipeError
 
 from ..batching import CASINGS
 from .chars import CharCNN, CharLSTM, run_recurrent
-from .heads import HEADS
+from .heads import HEADS, Head
 
 Cell = Literal["rnn", "lstm", "gru"]
 Decoder = Literal["softmax", "crf"]
@@ -27,7 +27,7 @@ CharFeatures = Literal["none", "cnn", "lstm"]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Rate = Annotated[float, Field(ge=0, lt=1)]
-_CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+_CELLS: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
 def reverse_index(lengths: torch.Tensor, width: int) -> torch.Tensor:
@@ -66,7 +66,7 @@ class RecurrentEncoder(nn.Module):
             if i:
                 x = self.dropout(x)
             states = run_recurrent(forward, x)[0]
-            if index is not None:
+            if index is not None and self.backward_layers is not None:  # both, or neither (one direction)
                 backward = self.backward_layers[i]
                 reversed_states = run_recurrent(backward, x.gather(1, index.expand(-1, -1, x.shape[2])))[0]
                 states = torch.cat([states, reversed_states.gather(1, index.expand(-1, -1, states.shape[2]))], 2)
@@ -78,7 +78,9 @@ class SequenceTagger(nn.Module):
     """Shared encoder and named heads. `forward(batch)` returns per-sentence losses `loss_<head>` for every head
     whose tags (`tags_<head>`) are in the batch and, with `decode=True`, tag ids `pred_<head>` [B, T]."""
 
-    def __init__(self, *, word_embedding: nn.Embedding, char_encoder: nn.Module | None, cell: Cell,
+    is_singleton: torch.Tensor  # a buffer (nn.Module types its attributes as tensor-or-module)
+
+    def __init__(self, *, word_embedding: nn.Embedding, char_encoder: CharCNN | CharLSTM | None, cell: Cell,
                  hidden_size: int, num_layers: int, bidirectional: bool, dropout: float, word_dropout: float,
                  unk_idx: int, heads: Mapping[str, tuple[Decoder, int]], casing_dim: int = 0,
                  singleton_dropout: float = 0.0, singletons: torch.Tensor | None = None) -> None:
@@ -97,6 +99,10 @@ class SequenceTagger(nn.Module):
         if singletons is not None and len(singletons):
             is_singleton[singletons.long()] = True
         self.register_buffer("is_singleton", is_singleton, persistent=False)  # a fact of the data, not a weight
+
+    def head(self, name: str) -> Head:
+        """The output layer of label `name`, as its type (a ModuleDict only knows that it holds modules)."""
+        return cast(Head, self.heads[name])
 
     def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Contextual states [B, T, H] of every position (zeros past each sentence's end)."""
@@ -123,7 +129,8 @@ class SequenceTagger(nn.Module):
         states = self.encode(batch)
         mask = torch.arange(states.shape[1], device=states.device) < batch["lengths"].unsqueeze(1)
         out: dict[str, torch.Tensor] = {}
-        for name, head in self.heads.items():
+        for name in self.heads:
+            head = self.head(name)
             tags = batch.get(f"tags_{name}")
             tag_scores = head.scores(states)
             if tags is not None:
@@ -189,7 +196,7 @@ def build_tagger(
                                                       padding_idx=padding_idx)
     else:
         word_embedding = nn.Embedding(vocab_size, word_dim or 100, padding_idx=padding_idx)
-    char_encoder: nn.Module | None = None
+    char_encoder: CharCNN | CharLSTM | None = None
     if char_features != "none":
         if not char_vocab_size:
             raise RecipeError(f"model.char_features: '{char_features}' needs character ids, which this task "
@@ -219,6 +226,7 @@ def register_variant(name: str, doc: str, *, fixed: Mapping[str, Any],
 
     builder.__name__ = builder.__qualname__ = name
     builder.__doc__ = doc
+    # inspect.signature reads __signature__, which function objects do not declare
     builder.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     builder.__annotations__ = {k: v for k, v in build_tagger.__annotations__.items() if k not in fixed}
     MODELS.register(name, builder)

@@ -42,7 +42,8 @@ def densenet121(num_classes: int, in_channels: int, image_size: int, stem: Stem 
                 ) -> nn.Module:
     """DenseNet-121 on torchvision's DenseNet (7.98M parameters with the ImageNet stem and 1000 classes).
 
-    Growth 32, blocks (6, 12, 24, 16), 64 initial features; stem 'cifar' for small images. memory_efficient: recompute concatenations in backward."""
+    Growth 32, blocks (6, 12, 24, 16), 64 initial features; stem 'cifar' for small images. memory_efficient:
+    recompute concatenations in backward."""
     return _densenet(num_classes, in_channels, image_size, 32, (6, 12, 24, 16), 64, stem, norm, norm_groups,
                      drop_rate, memory_efficient)
 

@@ -6,6 +6,7 @@ so the modules are written here; `width` scales every channel count to make it a
 """
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 import torch
@@ -32,13 +33,11 @@ class Inception(nn.Module):
     def __init__(self, in_channels: int, c1: int, c3_reduce: int, c3: int, c5_reduce: int, c5: int, pool_proj: int,
                  norm: Norm, activation: Activation, groups: int) -> None:
         super().__init__()
-        block = dict(norm=norm, activation=activation, groups=groups)
-        self.branch1 = conv_norm_act(in_channels, c1, 1, **block)
-        self.branch3 = nn.Sequential(conv_norm_act(in_channels, c3_reduce, 1, **block),
-                                     conv_norm_act(c3_reduce, c3, 3, **block))
-        self.branch5 = nn.Sequential(conv_norm_act(in_channels, c5_reduce, 1, **block),
-                                     conv_norm_act(c5_reduce, c5, 5, **block))
-        self.branch_pool = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv_norm_act(in_channels, pool_proj, 1, **block))
+        conv = functools.partial(conv_norm_act, norm=norm, activation=activation, groups=groups)
+        self.branch1 = conv(in_channels, c1, 1)
+        self.branch3 = nn.Sequential(conv(in_channels, c3_reduce, 1), conv(c3_reduce, c3, 3))
+        self.branch5 = nn.Sequential(conv(in_channels, c5_reduce, 1), conv(c5_reduce, c5, 5))
+        self.branch_pool = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv(in_channels, pool_proj, 1))
         self.out_channels = c1 + c3 + c5 + pool_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +50,8 @@ def googlenet(num_classes: int, in_channels: int, width: Annotated[float, Field(
               activation: Activation = "relu", dropout: Dropout = 0.4) -> nn.Module:
     """GoogLeNet's nine Inception modules behind a 3x3 stem, for 32 px images.
 
-    Stem, Inception 3a-3b, pool, 4a-4e, pool, 5a-5b, global average pool, dropout, linear (6.2M parameters at width 1). width: multiplies every channel count (0.25 trains ~10x faster)."""
+    Stem, Inception 3a-3b, pool, 4a-4e, pool, 5a-5b, global average pool, dropout, linear (6.2M parameters at
+    width 1). width: multiplies every channel count (0.25 trains ~10x faster)."""
     def w(c: int) -> int:
         return max(1, round(c * width))
 
@@ -59,10 +59,12 @@ def googlenet(num_classes: int, in_channels: int, width: Annotated[float, Field(
                                              groups=norm_groups)]
     channels = w(stem_channels)
     for spec in MODULES:
-        if spec == "M":
+        if isinstance(spec, str):  # "M"
             layers.append(nn.MaxPool2d(3, 2, 1))
             continue
-        module = Inception(channels, *(w(c) for c in spec), norm=norm, activation=activation, groups=norm_groups)
+        c1, c3_reduce, c3, c5_reduce, c5, pool_proj = (w(c) for c in spec)
+        module = Inception(channels, c1, c3_reduce, c3, c5_reduce, c5, pool_proj, norm=norm, activation=activation,
+                           groups=norm_groups)
         layers.append(module)
         channels = module.out_channels
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),

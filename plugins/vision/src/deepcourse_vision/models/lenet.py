@@ -67,7 +67,8 @@ def lenet5_lab(num_classes: int, in_channels: int, image_size: int,
                norm: Norm = "batch", norm_groups: PositiveInt = 32, dropout: Dropout = 0.0) -> nn.Module:
     """The first course lab's LeNet-5 variant for CIFAR-10 (260k parameters with batch norm).
 
-    3x3 convolutions 6-16-120 without padding, max-pool 2 after the first and 3/2 after the second, then fully connected 1920-120-84-classes (260k parameters with batch norm)."""
+    3x3 convolutions 6-16-120 without padding, max-pool 2 after the first and 3/2 after the second, then fully
+    connected 1920-120-84-classes (260k parameters with batch norm)."""
     stages = [_stage(in_channels, channels[0], 3, 0, norm, norm_groups, activation, nn.MaxPool2d(2)),
               _stage(channels[0], channels[1], 3, 0, norm, norm_groups, activation, nn.MaxPool2d(3, 2)),
               _stage(channels[1], channels[2], 3, 0, norm, norm_groups, activation, nn.Identity())]

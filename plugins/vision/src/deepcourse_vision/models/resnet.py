@@ -62,8 +62,9 @@ def _builder(name: str, block: str, layers: list[int], params: str) -> None:
     build.__name__ = build.__qualname__ = name
     build.__doc__ = (f"{name.replace('resnet', 'ResNet-')} on torchvision's ResNet ({params} parameters with the "
                      f"ImageNet stem and 1000 classes).\n\n{block.capitalize()} blocks {layers}; stem 'cifar' "
-                     f"(3x3, no max-pool) for small images, 'auto' picks it under 64 px. zero_init_residual (default, as "
-                     f"in timm): each block starts as the identity, which keeps deep nets trainable from step one.")
+                     f"(3x3, no max-pool) for small images, 'auto' picks it under 64 px. zero_init_residual "
+                     f"(default, as in timm): each block starts as the identity, which keeps deep nets trainable from "
+                     f"step one.")
     MODELS.register(name, build)
 
 

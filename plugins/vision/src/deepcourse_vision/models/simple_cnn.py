@@ -33,7 +33,8 @@ def simple_cnn(num_classes: int, in_channels: int, image_size: int,
                dropout: Dropout = 0.0) -> nn.Module:
     """The first seed lab's conv-pool-sigmoid stack, then a linear layer.
 
-    One stage per entry of `channels` ('same' padding, 2x2 pooling), then a linear layer (with a `hidden` layer first when > 0). `norm` goes between each convolution and its pooling."""
+    One stage per entry of `channels` ('same' padding, 2x2 pooling), then a linear layer (with a `hidden` layer
+    first when > 0). `norm` goes between each convolution and its pooling."""
     layers: list[nn.Module] = []
     width = in_channels
     for out in channels:
