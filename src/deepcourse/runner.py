@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepcourse.cli.common import default_output
 from deepcourse.discovery import load_plugins
 from deepcourse.recipe.load import load_recipe
 from deepcourse.results.inference import evaluate_run, predict_run
@@ -42,6 +43,7 @@ def run(recipe: PathLike | Mapping[str, Any], *overrides: str, runs_root: PathLi
     """Train a recipe (a file, the name of a shipped recipe such as 'quickstart', or a dict laid out as the TOML
     file) with `--set`-style overrides ('train.epochs=2'); the run goes to runs_root/<name>/<time>/ (default
     ./runs) or to `run_dir`. The torch thread count is left as it was."""
+    default_output()  # the command line's lines (each epoch's), unless the caller configured logging
     load_plugins()  # discovery, once per process: a recipe names the installed plugins' components
     if isinstance(recipe, Mapping):
         resolved = load_recipe(data=recipe, overrides=overrides)
@@ -60,13 +62,16 @@ def evaluate(run_dir: PathLike, split: str | None = None, *, data_dir: PathLike 
              checkpoint: str = "best", progress: bool = False) -> dict[str, Any]:
     """The metrics of a run's best (or latest) weights on a split (default: the recipe's eval.split), exactly as
     `deepcourse evaluate --json` prints them."""
+    default_output()
     load_plugins()
-    _, metrics = evaluate_run(Path(run_dir), split=split, data_dir=data_dir, which=checkpoint, progress=progress)
+    _, metrics = evaluate_run(Path(run_dir), split=split, data_dir=Path(data_dir) if data_dir else None,
+                              which=checkpoint, progress=progress)
     return metrics
 
 
 def predict(run_dir: PathLike, inputs: PathLike | Sequence[PathLike], *, batch_size: int = 64) -> list[Any]:
     """The run's predictions, one per input (an image file, a sentence, as the task reads them)."""
+    default_output()
     load_plugins()
     items = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(i) for i in inputs]
     _, results = predict_run(Path(run_dir), items, batch_size=batch_size)

@@ -37,6 +37,7 @@ def load_trained(run_dir: Path, *, which: str = "best") -> Trained:
             raise CheckpointError(f"{run_dir}: no complete checkpoint")
         weights = latest / "model.safetensors"
     load_weights(model, weights)
+    assert task is not None  # build_run with facts builds the task
     return Trained(recipe, task, facts, artifacts, model)
 
 

@@ -133,6 +133,7 @@ def replay_schedule(run: RunData, recipe: Recipe | None = None) -> list[float] |
     except UserError:
         return None
     optimizer, scheduler = replay.optimizer, replay.scheduler
+    assert optimizer is not None  # build_run with steps_per_epoch builds the optimizer and schedule
     if steps_per_evaluation(scheduler):
         return None
     used = []

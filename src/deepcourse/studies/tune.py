@@ -82,6 +82,7 @@ def final_seeds(spec: StudySpec, study: optuna.Study, seeds: int, echo: Callable
     best = best_trial(study)
     if best is None:
         return []
+    assert best.value is not None  # a best trial is a complete one
     found = [(best.user_attrs.get("run_dir", f"trial-{best.number:04d}"), float(best.value))]
     if seeds < 2:
         return found

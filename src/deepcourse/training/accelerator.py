@@ -9,10 +9,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import logging
 import os
 import platform
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,8 @@ from accelerate.utils import (
 from deepcourse.errors import RecipeError, UserError
 from deepcourse.recipe.schema import CompileOptions, Recipe
 
+log = logging.getLogger(__name__)
+
 
 def warn_single_cpu_launch() -> None:
     """`accelerate launch --cpu --num_processes N` starts ONE process unless mpirun is configured (accelerate
@@ -35,10 +38,10 @@ def warn_single_cpu_launch() -> None:
     env = os.environ
     if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_ADDR" in env and "WORLD_SIZE" not in env \
             and "PMI_SIZE" not in env and "OMPI_COMM_WORLD_SIZE" not in env:
-        print("deepcourse: warning: `accelerate launch --cpu --num_processes N` started a single process (accelerate "
-              "needs mpirun for several CPU processes). For N CPU processes use `accelerate launch --multi_gpu "
-              "--num_processes N -m deepcourse ...` on a machine without GPUs (or with CUDA_VISIBLE_DEVICES=), or "
-              "`torchrun --nproc_per_node N -m deepcourse ...`", file=sys.stderr, flush=True)
+        log.warning("`accelerate launch --cpu --num_processes N` started a single process (accelerate needs mpirun "
+                    "for several CPU processes). For N CPU processes use `accelerate launch --multi_gpu "
+                    "--num_processes N -m deepcourse ...` on a machine without GPUs (or with CUDA_VISIBLE_DEVICES=), "
+                    "or `torchrun --nproc_per_node N -m deepcourse ...`")
 
 
 def remember_lomo_probe() -> None:
@@ -87,7 +90,8 @@ class Settings:
 
 
 def effective_settings(recipe: Recipe, *, warn: bool = True) -> Settings:
-    env, train, source = os.environ, recipe.train, {}
+    env, train = os.environ, recipe.train
+    source: dict[str, str] = {}
     launcher_mp = env.get("ACCELERATE_MIXED_PRECISION", "").lower() or None
     launcher_accum = int(env["ACCELERATE_GRADIENT_ACCUMULATION_STEPS"]) \
         if env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "").strip().isdigit() else None
@@ -117,8 +121,8 @@ def _choose(key: str, recipe_value: Any, launcher_value: Any, default: Any, sour
     if explicit:
         source[name] = "recipe"
         if warn and launcher_value is not None and launcher_value != recipe_value:
-            print(f"deepcourse: warning: {key} = {_shown(recipe_value)} (the recipe's) is used; the launcher says "
-                  f"{_shown(launcher_value)}", file=sys.stderr, flush=True)
+            log.warning(f"{key} = {_shown(recipe_value)} (the recipe's) is used; the launcher says "
+                        f"{_shown(launcher_value)}")
         return recipe_value
     if launcher_value is not None:
         source[name] = "launcher"
@@ -182,7 +186,7 @@ def make_accelerator(recipe: Recipe, *, trackers: bool = True, warn: bool = True
                        dataloader_config=loaders, log_with=log_with or None, project_config=project, rng_types=[])
 
 
-def check_trackers(names: list[str]) -> None:
+def check_trackers(names: Sequence[str]) -> None:
     """Each tracker's package must be importable: say what to install, before a run directory exists."""
     import importlib.util
 

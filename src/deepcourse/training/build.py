@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,7 +20,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from deepcourse.data import (
-    HOLDOUT,
     ArrayDataset,
     EpochSampler,
     LengthGroupedSampler,
@@ -29,11 +28,11 @@ from deepcourse.data import (
     sample_lengths,
     sized_subset,
 )
-from deepcourse.errors import MissingSplitError, RecipeError, UserError, did_you_mean
+from deepcourse.errors import MissingSplitError, RecipeError, RecipeWarning, UserError, did_you_mean
 from deepcourse.metrics import scalars
 from deepcourse.recipe.builders import call_builder, validate_options
 from deepcourse.recipe.overrides import flatten
-from deepcourse.recipe.schema import ModelSection, Recipe
+from deepcourse.recipe.schema import HOLDOUT, ModelSection, Recipe
 from deepcourse.registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
 from deepcourse.task import DataBundle, Task
 from deepcourse.training.callbacks import Callback
@@ -168,8 +167,8 @@ def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] 
                                                   key="data.train_samples", what=f"training samples of '{name}'")
     if recipe.data.batch_size > len(train):  # it trains (one batch an epoch), but not as the recipe says
         subset = " (data.train_samples)" if recipe.data.train_samples else f" of '{name}'"
-        print(f"deepcourse: warning: data.batch_size = {recipe.data.batch_size} is more than the {len(train)} "
-              f"training samples{subset}: every epoch is one batch of {len(train)}", file=sys.stderr, flush=True)
+        warnings.warn(f"data.batch_size = {recipe.data.batch_size} is more than the {len(train)} training samples"
+                      f"{subset}: every epoch is one batch of {len(train)}", RecipeWarning, stacklevel=2)
     if split in bundle.splits:
         bundle.splits[split] = sized_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed,
                                             key="data.eval_samples", what=f"samples of '{name}' split '{split}'")

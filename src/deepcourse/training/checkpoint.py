@@ -15,9 +15,9 @@ scaler.pt are still read, with `weights_only=True`.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -32,6 +32,8 @@ from deepcourse.rundir import files
 from deepcourse.task import DataBundle
 from deepcourse.training.callbacks import TrainContext, TrainState
 from deepcourse.training.collective import gather_to_all, launched, on_main
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from deepcourse.training.meter import LossMeter, TrainMetrics
@@ -71,10 +73,10 @@ def load_latest_intact(ctx: TrainContext, folder: Path, names: Sequence[str]) ->
         except DamagedFileError as exc:
             damaged.append((candidate, exc))
             continue
-        for bad, exc in damaged if ctx.is_main else ():
+        for bad, problem in damaged if ctx.is_main else ():
             kept = folder / f"damaged-{bad.name}"
-            print(f"deepcourse: warning: checkpoint {bad.name} is damaged ({exc}); resuming from {candidate.name} "
-                  f"instead, and keeping the damaged one as {kept}", file=sys.stderr, flush=True)
+            log.warning(f"checkpoint {bad.name} is damaged ({problem}); resuming from {candidate.name} instead, and "
+                        f"keeping the damaged one as {kept}")
             bad.rename(kept)
         return candidate
     raise CheckpointError(f"{folder}: no checkpoint reads back whole; start a new run",

@@ -55,7 +55,7 @@ def on_main(fn: Callable[[], T]) -> T:
         raise value
     if kind == "crash":
         raise RuntimeError(f"the main process failed: {value}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def gather_to_all(value: T) -> list[T]:

@@ -7,6 +7,7 @@ and a task's report figures compute the same numbers from the same batches.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from deepcourse.training.callbacks import TrainContext
 from deepcourse.training.checkpoint import best_folder, load_best_weights
 from deepcourse.training.collective import on_main
 from deepcourse.training.stopping import StopRequest, agreed, check_due
+
+log = logging.getLogger(__name__)
 
 #: `on_batch(batch, outputs)`: called after each evaluation batch, both on the evaluation device
 BatchHook = Callable[[Any, dict[str, torch.Tensor]], None]
@@ -153,8 +156,7 @@ def score_holdout(ctx: TrainContext, loader: DataLoader) -> dict[str, Any] | Non
     if ctx.is_main:
         files.write_json(ctx.run_dir / FILE, record)
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        print(f"deepcourse: holdout ({metrics.get('num_samples')} samples, never trained or selected on): {shown}",
-              flush=True)
+        log.info(f"deepcourse: holdout ({metrics.get('num_samples')} samples, never trained or selected on): {shown}")
     return record
 
 

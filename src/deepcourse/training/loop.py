@@ -8,6 +8,7 @@ says "host sync".
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -52,6 +53,8 @@ from deepcourse.training.stopping import (
 )
 from deepcourse.training.tracking import RunLog, start_trackers
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Fitted:
@@ -86,12 +89,16 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | R
     # 2. the run directory: a new one (created once, by the main process) or the one being resumed
     if resume is None:
         made = on_main(lambda: [str(p) if p else None for p in new_run_dir(runs_root, recipe.name, run_dir)])
+        assert made[0] is not None  # new_run_dir always names the run's folder
         out_dir, created = Path(made[0]), Path(made[1]) if made[1] else None
     else:
         out_dir, created = resume.run_dir, None
     if acc.is_main_process:  # one writer per run directory, until fit returns
         held.enter_context(runlock.acquire(out_dir))
     task = run.task
+    # build_run with an accelerator builds every piece of a run
+    assert task is not None and run.optimizer is not None and run.bundle is not None
+    assert run.train_loader is not None and run.sampler is not None
     ctx = TrainContext(acc, recipe, task, run.model, run.optimizer, run.scheduler, TrainState(), out_dir, run.bundle,
                        RunLog(None), LossMeter(acc.device), run.steps_per_epoch, run.total_steps, run.callbacks,
                        train_metrics=TrainMetrics(task.create_train_metrics(), task.pad_index), started=started)
@@ -193,7 +200,7 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
     l1_params = [p for p in model.parameters() if p.requires_grad and p.ndim > 1] if cfg.l1 else []
     step_scheduler = not steps_per_evaluation(ctx.scheduler)
     model.train()
-    batches = train_loader
+    batches: Any = train_loader  # Accelerate's loader (set_epoch), or its skip loader on resume
     if state.step_in_epoch:
         batches = acc.skip_first_batches(train_loader, state.step_in_epoch * accum)
     # Accelerate's loaders re-set the sampler's epoch from their own iteration counter when iterated (a fresh skip
@@ -344,9 +351,9 @@ def evaluate_epoch(ctx: TrainContext, eval_loader: DataLoader, stop: StopRequest
     if patience_exhausted(state, recipe.train):
         state.done = True
         if ctx.is_main:
-            print(f"deepcourse: early stopping after epoch {state.epoch + 1}: {monitor} has not improved for "
-                  f"{state.bad_evals} evaluation(s) (best {state.best_value:.4f} at epoch "
-                  f"{(state.best_epoch or 0) + 1})", flush=True)
+            logger.info(f"deepcourse: early stopping after epoch {state.epoch + 1}: {monitor} has not improved for "
+                     f"{state.bad_evals} evaluation(s) (best {state.best_value:.4f} at epoch "
+                     f"{(state.best_epoch or 0) + 1})")
     return metrics
 
 
@@ -372,4 +379,4 @@ def print_epoch(ctx: TrainContext, epoch: int, loss: float | None, metrics: Mapp
     if shown:
         parts.append(f"{ctx.recipe.eval.split} " + " ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     parts.append(f"({seconds:.1f} s)")
-    print("  ".join(parts), flush=True)
+    logger.info("  ".join(parts))

@@ -49,7 +49,7 @@ class LRFindResult:
         return asdict(self)
 
     def summary(self) -> str:
-        if self.suggestion is None:
+        if self.suggestion is None or self.min_loss_lr is None:
             return (f"lr-find: no suggestion: {len(self.lrs)} steps ({self.stopped}) are too few to find where the "
                     f"loss falls fastest; widen --start-lr .. --end-lr or give more --steps")
         return (f"suggested learning rate: {self.suggestion:.3g} (steepest fall of the smoothed loss); lowest loss at "
@@ -161,6 +161,7 @@ def find_lr(recipe: Recipe, out: Path, *, start_lr: float, end_lr: float, num_st
         set_seed(recipe.seed, deterministic=recipe.train.deterministic)
         run = build_run(recipe, accelerator, lr_test=True)  # the training loader alone, in random order
         model, task = run.model, run.task
+        assert task is not None and run.optimizer is not None and run.train_loader is not None  # a run's pieces
 
         def loss_of(batch: Any) -> torch.Tensor:
             return split_step(task.training_step(model, batch))[0]

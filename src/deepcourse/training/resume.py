@@ -8,6 +8,7 @@ the others. `continue_run` then loads the newest of those checkpoints that reads
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from deepcourse.rundir.outputs import writable_folder
 from deepcourse.training.accelerator import effective_settings
 from deepcourse.training.callbacks import TrainContext
 from deepcourse.training.checkpoint import complete_checkpoints, load_latest_intact
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,8 +76,8 @@ def continue_run(ctx: TrainContext, resume: Resume) -> None:
     latest = load_latest_intact(ctx, ctx.run_dir / "checkpoints", resume.checkpoints)
     if ctx.is_main:
         truncate_metrics(ctx.run_dir / "metrics.jsonl", ctx.state.global_step, ctx.state.event)
-        print(f"deepcourse: resuming {ctx.run_dir} from {latest.name} (epoch {ctx.state.epoch + 1}, "
-              f"step {ctx.state.global_step})", flush=True)
+        log.info(f"deepcourse: resuming {ctx.run_dir} from {latest.name} (epoch {ctx.state.epoch + 1}, "
+                 f"step {ctx.state.global_step})")
 
 
 def check_same_settings(resume: Resume, recipe: Recipe) -> None:

@@ -8,9 +8,9 @@ is better and when patience runs out is decided here too, so the loop only asks.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,8 @@ from accelerate import Accelerator
 
 from deepcourse.recipe.schema import TrainSection
 from deepcourse.training.callbacks import TrainState
+
+log = logging.getLogger(__name__)
 
 #: a second Ctrl-C within this many seconds of the first is the same request (a launcher forwarding it, a key
 #: held down), not a wish to abort
@@ -70,8 +72,8 @@ class StopRequest:
             return
         self.requested, self.signum, self._since = True, int(signum), now
         what = "Ctrl-C again to abort" if signum == signal.SIGINT and not self._launched else "saving first"
-        print(f"\ndeepcourse: {signal.Signals(signum).name}: stopping at the next step and saving a checkpoint "
-              f"({what})", file=sys.stderr, flush=True)
+        log.info(f"\ndeepcourse: {signal.Signals(signum).name}: stopping at the next step and saving a checkpoint "
+                 f"({what})", extra={"stderr": True})
 
     def __exit__(self, *exc: Any) -> None:
         for signum, previous in self._previous.items():

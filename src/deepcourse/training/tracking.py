@@ -9,8 +9,8 @@ its MLflow run.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from deepcourse.recipe.overrides import flatten
 from deepcourse.recipe.schema import NON_COMPUTING_KEYS, Recipe
 from deepcourse.rundir import files
 from deepcourse.rundir.layout import MetricsLog
+
+log = logging.getLogger(__name__)
 
 TRACKERS_FILE = "trackers.json"
 NOT_LOGGED = ("event", "epoch", "step", "split", "scope")
@@ -67,8 +69,8 @@ def mlflow_run(run_dir: Path, runs_root: Path) -> dict[str, str]:
     try:
         mlflow.tracking.MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        print(f"deepcourse: warning: MLflow run {run_id} of {run_dir} is not in {mlflow.get_tracking_uri()}; the "
-              f"resumed run logs to a new MLflow run", file=sys.stderr, flush=True)
+        log.warning(f"MLflow run {run_id} of {run_dir} is not in {mlflow.get_tracking_uri()}; the resumed run logs "
+                    f"to a new MLflow run")
         return {}
     return {"run_id": run_id}
 
