@@ -1,7 +1,7 @@
 """Named components (models, datasets, tasks, ...) that recipes refer to by string.
 
 There is one `Registry` per kind. A registry stores and looks up, nothing more: plugins fill it when they are
-imported, and discovering the installed plugins is an explicit step (`deepcourse.plugins.load_plugins`) taken once
+imported, and discovering the installed plugins is an explicit step (`deepcourse.discovery.load_plugins`) taken once
 by the command line and the Python API, never a side effect of a lookup.
 """
 from __future__ import annotations
