@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -38,16 +38,32 @@ from deepcourse.api import (
 from .crf import log_partition, nbest_paths, tag_marginals
 from .models.heads import CRFHead
 from .models.recurrent import SequenceTagger
-from .schemes import allowed_transition
-
-if TYPE_CHECKING:  # the task imports this module when it needs it
-    from .task import SequenceTagging
+from .schemes import Scheme, allowed_transition
 
 #: sentences one call explains (a CoNLL file can hold thousands)
 MAX_SENTENCES = 20
 DEFAULT_NBEST = 3
 #: predicted entities per sentence that get a saliency figure when --target does not choose
 MAX_SALIENT = 3
+
+
+class ExplainedTagger(Protocol):
+    """What an explanation reads of the sequence-tagging task. Stated here, not imported from the task module, so
+    the task depends on this module and never the other way round."""
+
+    labels: list[str]
+    kinds: dict[str, str]
+    tags: dict[str, list[str]]
+    num_trained: dict[str, int]
+    tag_scheme: Scheme
+
+    def sentences(self, inputs: Sequence[str]) -> Iterator[tuple[str, list[str]]]: ...
+
+    def batch_of(self, sentences: Sequence[Sequence[str]], device: torch.device) -> dict[str, torch.Tensor]: ...
+
+    def to_file_scheme(self, name: str, ids: Sequence[int]) -> list[str]: ...
+
+    def entities(self, tokens: Sequence[str], tags: Sequence[str]) -> list[dict[str, Any]]: ...
 
 
 def _unwrapped(model: nn.Module) -> SequenceTagger:
@@ -59,7 +75,7 @@ def _chain(model: nn.Module, name: str, scores: torch.Tensor) -> tuple[torch.Ten
     return _unwrapped(model).head(name).chain(scores)
 
 
-def best_paths(task: SequenceTagging, model: nn.Module, name: str, scores: torch.Tensor,
+def best_paths(task: ExplainedTagger, model: nn.Module, name: str, scores: torch.Tensor,
                k: int) -> list[tuple[float, list[str], list[str]]]:
     """The k most probable tag sequences of one sentence (`scores` [T, K] of head `name`), best first: each path's
     probability, its tags as the model predicts them (the training scheme: the paths all differ) and as the data
@@ -83,7 +99,7 @@ def _check_options(options: ExplainOptions) -> None:
             raise UserError(f"{flag}: does not apply to a tagger ({why})")
 
 
-def explain_sentences(task: Any, model: nn.Module, inputs: Sequence[str], *, options: ExplainOptions,
+def explain_sentences(task: ExplainedTagger, model: nn.Module, inputs: Sequence[str], *, options: ExplainOptions,
                       device: torch.device, out: Path) -> Iterator[Explanation]:
     """The model's transitions, then one explanation per sentence (text, or each sentence of a CoNLL file)."""
     _check_options(options)
@@ -98,7 +114,7 @@ def explain_sentences(task: Any, model: nn.Module, inputs: Sequence[str], *, opt
 
 
 # -- the model: CRF transitions -------------------------------------------------------------------------------------
-def transitions_explanation(task: Any, model: nn.Module, out: Path) -> Explanation:
+def transitions_explanation(task: ExplainedTagger, model: nn.Module, out: Path) -> Explanation:
     explanation = Explanation("The CRF's transitions")
     for name in task.labels:
         head = _unwrapped(model).head(name)
@@ -144,7 +160,7 @@ def transitions_explanation(task: Any, model: nn.Module, out: Path) -> Explanati
 
 
 # -- one sentence -----------------------------------------------------------------------------------------------------
-def sentence_explanation(task: Any, model: nn.Module, index: int, source: str, tokens: list[str],
+def sentence_explanation(task: ExplainedTagger, model: nn.Module, index: int, source: str, tokens: list[str],
                          options: ExplainOptions, device: torch.device, out: Path) -> Explanation:
     batch = task.batch_of([tokens], device)
     with torch.no_grad():
@@ -165,8 +181,8 @@ def sentence_explanation(task: Any, model: nn.Module, index: int, source: str, t
     return explanation
 
 
-def _marginals(task: Any, model: nn.Module, name: str, scores: torch.Tensor, pred_ids: list[int], tokens: list[str],
-               index: int, out: Path, explanation: Explanation, column: dict[str, Any]) -> None:
+def _marginals(task: ExplainedTagger, model: nn.Module, name: str, scores: torch.Tensor, pred_ids: list[int],
+               tokens: list[str], index: int, out: Path, explanation: Explanation, column: dict[str, Any]) -> None:
     """The marginal of each token's tag on the Viterbi path, in the model's own tags (the training scheme: a
     marginal is over single tags, which only a whole sequence converts to another scheme)."""
     emissions, start, end, transitions = _chain(model, name, scores.unsqueeze(0))
@@ -206,7 +222,7 @@ def _marginals(task: Any, model: nn.Module, name: str, scores: torch.Tensor, pre
         f"{runner_up[least]['probability']:.3f})."))
 
 
-def _nbest(task: Any, model: nn.Module, name: str, scores: torch.Tensor, tokens: list[str], k: int,
+def _nbest(task: ExplainedTagger, model: nn.Module, name: str, scores: torch.Tensor, tokens: list[str], k: int,
            explanation: Explanation, column: dict[str, Any]) -> None:
     paths = best_paths(task, model, name, scores, k)
     column["nbest"] = [{"probability": round(p, 6), "tags": tags, "model_tags": own} for p, own, tags in paths]
@@ -231,14 +247,14 @@ def _nbest(task: Any, model: nn.Module, name: str, scores: torch.Tensor, tokens:
                           "", *markdown_table(["rank", "probability", what, "differs from path 1"], rows), ""]
 
 
-def _targets(tokens: list[str], tags: list[str], task: Any, target: str | None) -> list[dict[str, Any]]:
+def _targets(tokens: list[str], tags: list[str], task: ExplainedTagger, target: str | None) -> list[dict[str, Any]]:
     found = task.entities(tokens, tags)
     if target is None:
         return found[:MAX_SALIENT]
     return [e for e in found if target in (e["type"], e["text"])]
 
 
-def _saliency(task: Any, model: nn.Module, name: str, batch: dict[str, torch.Tensor], pred_ids: list[int],
+def _saliency(task: ExplainedTagger, model: nn.Module, name: str, batch: dict[str, torch.Tensor], pred_ids: list[int],
               tags: list[str], tokens: list[str], index: int, options: ExplainOptions, out: Path,
               explanation: Explanation, column: dict[str, Any]) -> None:
     chosen = _targets(tokens, tags, task, options.target)

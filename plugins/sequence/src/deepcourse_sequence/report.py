@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from torch import nn
 from deepcourse.api import (
     Figure,
     Recipe,
+    Task,
     UserError,
     evaluate_split,
     grouped_bars,
@@ -28,10 +29,7 @@ from deepcourse.api import (
     markdown_table,
 )
 
-from .schemes import Span, convert, spans
-
-if TYPE_CHECKING:  # the task imports this module when it needs it
-    from .task import SequenceTagging
+from .schemes import Scheme, Span, convert, spans
 
 #: example sentences per label column: up to MAX_EXAMPLES - 1 with a mistake and one without
 MAX_EXAMPLES = 6
@@ -39,6 +37,18 @@ MAX_EXAMPLES = 6
 READABLE_LENGTH = 40
 #: bars of a token column's per-tag accuracy chart (the most frequent tags; the table lists them all)
 MAX_TAG_BARS = 30
+
+
+class ReportedTagger(Protocol):
+    """What a report reads of the sequence-tagging task (besides its being a Task, which `evaluate_split` runs).
+    Stated here, not imported from the task module, so the task depends on this module and never the other way
+    round."""
+
+    labels: list[str]
+    kinds: dict[str, str]
+    tags: dict[str, list[str]]
+    tag_scheme: Scheme
+    score_scheme: Scheme
 
 
 @dataclass
@@ -52,7 +62,7 @@ class TaggedSplit:
     metrics: dict[str, Any]
 
 
-def tag_split(task: SequenceTagging, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any]) -> TaggedSplit:
+def tag_split(task: ReportedTagger, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any]) -> TaggedSplit:
     """Decode the evaluation split exactly as `deepcourse evaluate` does (`evaluate_split`: the same batches, device,
     precision and metric objects), keeping each sentence's gold and predicted tags."""
     gold: dict[str, list[list[str]]] = {name: [] for name in task.labels}
@@ -67,6 +77,7 @@ def tag_split(task: SequenceTagging, model: nn.Module, recipe: Recipe, artifacts
                 gold[name].append([names[i] for i in g[:n]])
                 pred[name].append([names[i] for i in p[:n]])
 
+    assert isinstance(task, Task)  # and a ReportedTagger: mypy reads the two together from here on
     result = evaluate_split(task, model, recipe, artifacts, on_batch=keep)
     return TaggedSplit(result.data.tokens, gold, pred, result.metrics)
 
@@ -141,7 +152,7 @@ def type_confusion(gold: Sequence[set[Span]], pred: Sequence[set[Span]]
 class ColumnReport:
     """Figure, table and examples of one label column; `span_section` or `token_section` fill them."""
 
-    def __init__(self, task: SequenceTagging, tagged: TaggedSplit, name: str, split: str, out: Path) -> None:
+    def __init__(self, task: ReportedTagger, tagged: TaggedSplit, name: str, split: str, out: Path) -> None:
         self.task, self.tagged, self.name, self.split, self.out = task, tagged, name, split, out
         self.prefix = f"{name}_" if len(task.labels) > 1 else ""
         self.figures: list[Any] = []
@@ -292,7 +303,7 @@ class ColumnReport:
                        *markdown_table([f"{self.split} sentence", "tagged", "mistakes"], rows), ""]
 
 
-def write_figures(task: SequenceTagging, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], out: Path
+def write_figures(task: ReportedTagger, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], out: Path
                   ) -> tuple[list[Figure], list[str]]:
     """Per label column: a score chart and table, and example sentences; notes instead when the split is not
     here (a report made on another machine still has its curves)."""

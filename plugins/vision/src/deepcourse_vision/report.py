@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from torch import nn
 from deepcourse.api import (
     Figure,
     Recipe,
+    Task,
     UserError,
     evaluate_split,
     grouped_bars,
@@ -25,12 +26,17 @@ from deepcourse.api import (
     pyplot,
 )
 
-if TYPE_CHECKING:  # the task imports this module when it needs it
-    from .task import ImageClassification
-
 MAX_MISTAKES = 16
 #: classes up to which the per-class scores are also drawn as bars (the table always lists them all)
 MAX_CLASS_BARS = 30
+
+
+class ReportedClassifier(Protocol):
+    """What a report reads of the image-classification task (besides its being a Task, which `evaluate_split`
+    runs). Stated here, not imported from the task module, so the task depends on this module and never the other
+    way round."""
+
+    class_names: list[str]
 
 
 def confusion_figure(matrix: torch.Tensor, names: Sequence[str], path: Path, *, title: str) -> None:
@@ -79,7 +85,7 @@ def mistakes_figure(images: torch.Tensor, labels: torch.Tensor, probs: torch.Ten
     return len(order)
 
 
-def write_figures(task: ImageClassification, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], out: Path
+def write_figures(task: ReportedClassifier, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], out: Path
                   ) -> tuple[list[Figure], list[str]]:
     split = recipe.eval.split
     images: list[torch.Tensor] = []
@@ -91,6 +97,7 @@ def write_figures(task: ImageClassification, model: nn.Module, recipe: Recipe, a
         labels.append(outputs["targets"].cpu())
         probs.append(outputs["logits"].float().exp().cpu())  # the evaluation's log-probabilities (after TTA)
 
+    assert isinstance(task, Task)  # and a ReportedClassifier: mypy reads the two together from here on
     try:
         evaluate_split(task, model, recipe, artifacts, on_batch=keep)
     except UserError as exc:
