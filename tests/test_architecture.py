@@ -140,6 +140,19 @@ def test_no_import_cycles_in_the_core() -> None:
     assert not cycles, "import cycles in src/deepcourse: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+@pytest.mark.parametrize("plugin", ["vision", "sequence"])
+def test_no_import_cycles_in_a_plugin(plugin: str) -> None:
+    """A plugin's own modules stack too (type-only imports count: a reader follows them the same way)."""
+    src = REPO / "plugins" / plugin / "src"
+    modules = {".".join(p.relative_to(src).with_suffix("").parts[:-1] if p.stem == "__init__" else
+                        p.relative_to(src).with_suffix("").parts): p for p in src.rglob("*.py")}
+    graph = {name: {t for t, _ in imported(parse(path), name, path.stem == "__init__", set(modules))
+                    if t in modules and t != name} for name, path in modules.items()}
+    assert len(graph) > 8
+    cycles = find_cycles(graph)
+    assert not cycles, f"import cycles in plugins/{plugin}: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
 def test_the_flat_contract_and_the_six_wings() -> None:
     flat = {p.stem for p in CORE.glob("*.py")}
     folders = {p.name for p in CORE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
