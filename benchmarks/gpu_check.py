@@ -76,7 +76,7 @@ def leg(name: str, data: Path, runs: Path, epochs: int, smoke: bool, *overrides:
             "train.progress=false", "train.log_every=10", "eval.every=1000",
             "train.callbacks=[{name = 'gpu_check_input_wait'}]"]
     if smoke:
-        base += ["data.train_samples=128", "data.eval_samples=64", "data.batch_size=16",
+        base += ["data.train_samples=48", "data.eval_samples=32", "data.batch_size=16",
                  "data.eval_batch_size=64"]
     start = time.perf_counter()
     result = deepcourse.run("cifar_resnet", *base, *overrides, runs_root=runs / name, report=False)

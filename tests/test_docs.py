@@ -102,7 +102,7 @@ def test_the_gpu_check_runs_every_leg_in_smoke_mode(tmp_path: Path) -> None:
                                                        "bf16 eager, data on the GPU", "bf16, accuracy run"]
     assert all(leg["images_per_s"] > 0 and leg["last_epoch_s"] > 0 for leg in report["legs"])
     assert report["smoke"] and 0 <= report["legs"][-1]["held_out_accuracy"] <= 1
-    assert report["legs"][-1]["held_out_images"] == 64  # of the 80 held out (20%), never trained on
+    assert report["legs"][-1]["held_out_images"] == 32  # of the 80 held out (20%), never trained on
     assert "| bf16 compiled |" in out.stdout
 
 
