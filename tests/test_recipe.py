@@ -149,7 +149,7 @@ def test_every_shipped_recipe_resumes_with_itself(name: str, tmp_path: Path) -> 
     recipe: the saved recipe.toml (lists) and the file with its builders' defaults (tuples such as adam's betas)
     are compared as TOML values. The run directory here is the recipe a run of it saves."""
     from deepcourse.api import shipped_recipes
-    from deepcourse.cli.main import _resume_recipe
+    from deepcourse.training.resume import read_resume
 
     path = shipped_recipes()[name]
     try:
@@ -159,10 +159,10 @@ def test_every_shipped_recipe_resumes_with_itself(name: str, tmp_path: Path) -> 
     run = tmp_path / "run"
     run.mkdir()
     (run / "recipe.toml").write_text(started.to_toml())
-    assert _resume_recipe(run, path, ["train.epochs=1"]).to_toml() == started.to_toml()  # same TOML values
-    assert _resume_recipe(run, None, ()).to_toml() == started.to_toml()
+    assert read_resume(run, path, ["train.epochs=1"]).recipe.to_toml() == started.to_toml()  # same TOML values
+    assert read_resume(run, None, ()).recipe.to_toml() == started.to_toml()
     with pytest.raises(UserError, match=r"train.epochs: run has 1, recipe has 2"):
-        _resume_recipe(run, path, ["train.epochs=2"])
+        read_resume(run, path, ["train.epochs=2"])
 
 
 @pytest.mark.slow

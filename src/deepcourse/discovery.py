@@ -16,12 +16,12 @@ import os
 import traceback
 from dataclasses import dataclass
 
-from deepcourse import registry as credits
+from deepcourse import registry
 from deepcourse._version import __version__
 from deepcourse.errors import UserError, did_you_mean
 from deepcourse.registry import ALL
 
-GROUP = credits.GROUP
+GROUP = registry.GROUP
 log = logging.getLogger(__name__)
 
 
@@ -74,7 +74,7 @@ def load_plugins() -> None:
 def refresh() -> None:
     """Load plugins installed since the last scan (tests create throwaway distributions on sys.path)."""
     importlib.invalidate_caches()
-    credits.forget()
+    registry.forget()
     _state["loaded"] = False
     load_plugins()
 
@@ -83,7 +83,7 @@ def _load_entry_points() -> None:
     seen: set[str] = set()
     # sorted, so which plugin wins a name conflict never depends on the file system's order
     found = sorted(md.entry_points(group=GROUP), key=lambda e: (e.name, e.value))
-    core = [ep for ep in found if ep.dist is not None and ep.dist.metadata["Name"] == credits.CORE]
+    core = [ep for ep in found if ep.dist is not None and ep.dist.metadata["Name"] == registry.CORE]
     if not core:  # an installation from before the entry point existed, or a source tree on sys.path
         log.warning("deepcourse's own '%s' entry point is missing, so its optimizers, metrics and callbacks are not "
                     "registered: reinstall it (pip install -e . in a checkout)", GROUP)
@@ -92,7 +92,7 @@ def _load_entry_points() -> None:
     for ep in found:
         dist = ep.dist
         dist_name = dist.metadata["Name"] if dist is not None else "?"
-        if dist_name == credits.CORE:
+        if dist_name == registry.CORE:
             continue
         version = dist.version if dist is not None else "?"
         key = f"{dist_name}:{ep.name}"

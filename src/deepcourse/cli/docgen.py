@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from deepcourse import discovery as plugins
+from deepcourse import discovery
 from deepcourse._version import __version__
 from deepcourse.recipe.builders import parameters, validate_options
 from deepcourse.recipe.schema import CONTEXT_KEYS, HOLDOUT, REGISTRY_PLACES, SECTION_MODELS
@@ -105,7 +105,7 @@ def builder_tables() -> list[str]:
 
 
 def reference() -> str:
-    found = [p for p in plugins.plugins() if p.status == "ok"]
+    found = [p for p in discovery.plugins() if p.status == "ok"]
     head = [
         "# Recipe reference",
         "",
@@ -294,7 +294,7 @@ def seed_results(sweep_dirs: list[str], split: str | None = None) -> str:
 if __name__ == "__main__":
     import sys
 
-    plugins.load_plugins()
+    discovery.load_plugins()
     if len(sys.argv) > 1 and sys.argv[1] == "zoo":
         print(model_zoo(), end="")
     elif len(sys.argv) > 1 and sys.argv[1] == "results":

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -86,14 +85,6 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
             click.echo(f"report: {summary['report']}")
 
 
-def _resume_recipe(resume: Path, recipe: Path | None, overrides: Sequence[str]) -> Any:
-    """The recipe `run --resume RESUME [RECIPE] [--set ...]` trains, as the resume read makes it (`read_resume`:
-    the run's own recipe, or RECIPE when it computes the same)."""
-    from deepcourse.training.resume import read_resume
-
-    return read_resume(resume, recipe, overrides).recipe
-
-
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @_override_option
@@ -115,12 +106,10 @@ def check(recipe: Path, overrides: Sequence[str], as_json: bool) -> None:
 def list_(kind: str, pattern: str, verbose: bool) -> None:
     """Registered components: KIND is models, datasets, tasks, optimizers, schedulers, transforms, metrics,
     callbacks or all; PATTERN is a shell-style pattern such as 'res*'."""
-    from deepcourse.discovery import load_plugins
     from deepcourse.errors import did_you_mean
     from deepcourse.recipe.builders import parameters
     from deepcourse.registry import ALL
 
-    load_plugins()
     if kind != "all" and kind not in ALL and kind + "s" in ALL:
         kind += "s"
     if kind != "all" and kind not in ALL:
@@ -148,9 +137,9 @@ def list_(kind: str, pattern: str, verbose: bool) -> None:
 @handle_errors
 def plugins(verbose: bool) -> None:
     """Installed plugins: distribution, version, status and errors."""
-    from deepcourse import discovery as plugin_mod
+    from deepcourse import discovery
 
-    found = plugin_mod.plugins()
+    found = discovery.plugins()
     if not found:
         click.echo("no plugins installed (pip install -e plugins/vision -e plugins/sequence)")
         return
@@ -175,19 +164,19 @@ def recipes(pattern: str) -> None:
     shell-style pattern such as 'ner*' or 'ablations/*'."""
     import fnmatch
 
-    from deepcourse.recipe import shipped as catalog
+    from deepcourse.recipe import shipped
 
-    found = {name: path for name, path in catalog.shipped().items() if fnmatch.fnmatchcase(name, pattern)}
+    found = {name: path for name, path in shipped.shipped().items() if fnmatch.fnmatchcase(name, pattern)}
     if not found:
-        click.echo(f"no shipped recipe matches '{pattern}'" if catalog.shipped() else
+        click.echo(f"no shipped recipe matches '{pattern}'" if shipped.shipped() else
                    "no recipes are shipped with this installation")
         return
     width = max(len(name) for name in found)
     for name, path in found.items():
-        needs, text = catalog.describe(path)
+        needs, text = shipped.describe(path)
         plugins_text = f"[{', '.join(needs)}]" if needs else "[core]"
         click.echo(f"  {name.ljust(width)}  {plugins_text:<10}  {text}")
-    click.echo(f"\n{len(found)} recipe(s) in {catalog.recipes_dir()}; run one with `deepcourse run NAME`, copy one "
+    click.echo(f"\n{len(found)} recipe(s) in {shipped.recipes_dir()}; run one with `deepcourse run NAME`, copy one "
                f"with `deepcourse check NAME > my.toml`")
 
 

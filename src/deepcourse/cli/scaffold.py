@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from string import Template
 
-from deepcourse import registry as credits
+from deepcourse import registry
 from deepcourse.errors import UserError
 
 KINDS = ("model", "dataset", "task")
@@ -46,7 +46,7 @@ def _taken(ident: str) -> str:
     dist = f"deepcourse-{ident.replace('_', '-')}"
     if ident in FIRST_PARTY:
         return f"'{dist}' is deepcourse's own {ident} plugin"
-    installed = {ep.name: ep for ep in md.entry_points(group=credits.GROUP)}
+    installed = {ep.name: ep for ep in md.entry_points(group=registry.GROUP)}
     if ident in installed:
         owner = installed[ident].dist
         return f"a plugin named '{ident}' is installed (from {owner.metadata['Name'] if owner else 'a package'})"

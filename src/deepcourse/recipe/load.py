@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from deepcourse import discovery
 from deepcourse.errors import RecipeError, UserError, did_you_mean
-from deepcourse.recipe import shipped as catalog
+from deepcourse.recipe import shipped
 from deepcourse.recipe.builders import format_errors, validate_options
 from deepcourse.recipe.overrides import apply_overrides, flatten, parse_override, toml_literal
 from deepcourse.recipe.schema import (
@@ -42,7 +42,7 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"{path}: recipe file not found.{catalog.not_found_hint(path)}") from None
+        raise UserError(f"{path}: recipe file not found.{shipped.not_found_hint(path)}") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a folder, not a recipe file") from None
     except OSError as exc:
@@ -119,7 +119,7 @@ def load_recipe(path: str | os.PathLike[str] | None = None, overrides: Sequence[
     if data is None:
         if path is None:
             raise ValueError("load_recipe needs a path or data")
-        path = catalog.resolve(path)
+        path = shipped.resolve(path)
         data, origins = resolve_with_origins(path)
     data = apply_overrides(dict(data), overrides)
     overridden = [".".join(parse_override(text)[0]) for text in overrides]

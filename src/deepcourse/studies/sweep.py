@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepcourse.errors import RecipeError, UserError
-from deepcourse.recipe import shipped as catalog
+from deepcourse.recipe import shipped
 from deepcourse.recipe.load import load_recipe
 from deepcourse.recipe.overrides import toml_literal
 from deepcourse.recipe.searchspace import Dimension
@@ -111,7 +111,7 @@ def sweep(recipe: Path, grids: Sequence[str], *, seeds: int | None = None, overr
     if resume is not None:
         spec = load_spec(resume, "sweep")
     else:
-        recipe = catalog.resolve(recipe)  # a shipped recipe's name: every run gets the file's path
+        recipe = shipped.resolve(recipe)  # a shipped recipe's name: every run gets the file's path
         _, points, seeds = plan(recipe, grids, seeds, overrides)
         base = load_recipe(recipe, overrides)
         folder = runs_root / base.name / f"sweep-{_dt.datetime.now():%Y%m%d-%H%M%S}"

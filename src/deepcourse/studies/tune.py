@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepcourse.errors import UserError
-from deepcourse.recipe import shipped as catalog
+from deepcourse.recipe import shipped
 from deepcourse.recipe.load import load_recipe
 from deepcourse.recipe.overrides import toml_literal
 from deepcourse.recipe.searchspace import parse_space
@@ -38,7 +38,7 @@ STUDY_FILE = SPEC_FILES["tune"]
 def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | None, storage: str | None,
            trials: int | None, runs_root: Path) -> StudySpec:
     """A new study for RECIPE (or the existing one of the same name and folder, which another worker made)."""
-    path = catalog.resolve(recipe)
+    path = shipped.resolve(recipe)
     base = load_recipe(path, overrides)
     space = dict(base.search.space)
     dims, _ = parse_space(space)  # the recipe's validation already reported every problem

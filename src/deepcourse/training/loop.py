@@ -26,8 +26,7 @@ from deepcourse.data import EpochSampler
 from deepcourse.errors import NonFiniteLoss, RecipeError
 from deepcourse.metrics import scalars
 from deepcourse.recipe.schema import HOLDOUT, Recipe
-from deepcourse.rundir import files
-from deepcourse.rundir import lock as runlock
+from deepcourse.rundir import files, lock
 from deepcourse.rundir.layout import new_run_dir, remove_unstarted, run_info
 from deepcourse.training.accelerator import effective_settings, make_accelerator, torch_threads
 from deepcourse.training.build import Trained, build_run, count_parameters, monitor_of, steps_per_evaluation
@@ -94,7 +93,7 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | R
     else:
         out_dir, created = resume.run_dir, None
     if acc.is_main_process:  # one writer per run directory, until fit returns
-        held.enter_context(runlock.acquire(out_dir))
+        held.enter_context(lock.acquire(out_dir))
     task = run.task
     # build_run with an accelerator builds every piece of a run
     assert task is not None and run.optimizer is not None and run.bundle is not None

@@ -18,8 +18,7 @@ from deepcourse.errors import CheckpointError, UserError
 from deepcourse.recipe.load import load_recipe, read_toml
 from deepcourse.recipe.overrides import differing_keys, value_at
 from deepcourse.recipe.schema import NON_COMPUTING_KEYS, Recipe
-from deepcourse.rundir import files
-from deepcourse.rundir import lock as runlock
+from deepcourse.rundir import files, lock
 from deepcourse.rundir.layout import require_run_dir, truncate_metrics
 from deepcourse.rundir.outputs import writable_folder
 from deepcourse.training.accelerator import effective_settings
@@ -48,9 +47,9 @@ def read_resume(run_dir: Path, recipe: Recipe | str | Path | None = None, overri
     no run, cannot be written, or is held by another training process."""
     require_run_dir(run_dir)
     writable_folder(run_dir, "--resume")
-    holder = runlock.holder(run_dir)  # the early check; fit takes the lock itself
+    holder = lock.holder(run_dir)  # the early check; fit takes the lock itself
     if holder:
-        raise CheckpointError(f"--resume {run_dir}: {runlock.in_use(holder)}")
+        raise CheckpointError(f"--resume {run_dir}: {lock.in_use(holder)}")
     saved = run_dir / "recipe.toml"
     new = recipe if isinstance(recipe, Recipe) else load_recipe(saved if recipe is None else recipe, overrides)
     if recipe is not None or overrides:  # the run's own recipe as it is computes what it computed
