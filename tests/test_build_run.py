@@ -6,25 +6,27 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from core_support import TOY_RECIPE
 
 from deepcourse.recipe.load import load_recipe
+from deepcourse.recipe.schema import Recipe
 
 FACTS = {"in_features": 8, "num_classes": 3}
 
 
 @pytest.fixture()
-def recipe(plugin_site, tmp_path: Path):  # type: ignore[no-untyped-def]
+def recipe(plugin_site: Path, tmp_path: Path) -> Recipe:
     path = tmp_path / "toy.toml"
     path.write_text(TOY_RECIPE)
     return load_recipe(path, ["train.max_steps=25"])
 
 
 def refuse(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> None:
-    def refused(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def refused(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"{cls.__name__}.{name} was called")
 
     monkeypatch.setattr(cls, name, refused)
@@ -37,7 +39,7 @@ def toy_task_class() -> type:
 
 
 # -- build_run ------------------------------------------------------------------------------------------------------
-def test_a_run_gets_every_piece_prepared(recipe) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_gets_every_piece_prepared(recipe: Recipe) -> None:
     from deepcourse.training.accelerator import make_accelerator
     from deepcourse.training.build import build_run
 
@@ -49,7 +51,8 @@ def test_a_run_gets_every_piece_prepared(recipe) -> None:  # type: ignore[no-unt
     assert run.optimizer.param_groups[0]["params"][0] is next(run.model.parameters())  # the optimizer steps it
 
 
-def test_inference_builds_the_task_and_model_and_reads_no_data(recipe, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_inference_builds_the_task_and_model_and_reads_no_data(recipe: Recipe,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from deepcourse.training.build import build_run
 
     refuse(monkeypatch, toy_task_class(), "setup_data")
@@ -59,7 +62,7 @@ def test_inference_builds_the_task_and_model_and_reads_no_data(recipe, monkeypat
     assert (run.bundle, run.optimizer, run.scheduler, run.train_loader, run.callbacks) == (None, None, None, None, [])
 
 
-def test_the_schedule_replay_builds_no_task(recipe, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_schedule_replay_builds_no_task(recipe: Recipe, monkeypatch: pytest.MonkeyPatch) -> None:
     from deepcourse.training.build import build_run
 
     refuse(monkeypatch, toy_task_class(), "__init__")
@@ -70,7 +73,7 @@ def test_the_schedule_replay_builds_no_task(recipe, monkeypatch) -> None:  # typ
     assert isinstance(run.scheduler, torch.optim.lr_scheduler.OneCycleLR) and run.scheduler.total_steps == 25
 
 
-def test_the_range_test_gets_random_batches_and_no_schedule(recipe) -> None:  # type: ignore[no-untyped-def]
+def test_the_range_test_gets_random_batches_and_no_schedule(recipe: Recipe) -> None:
     from deepcourse.data import EpochSampler, LengthGroupedSampler
     from deepcourse.errors import RecipeError
     from deepcourse.training.accelerator import make_accelerator
@@ -99,17 +102,17 @@ def test_the_report_of_a_run_reuses_its_task_and_model(plugin_site, tmp_path: Pa
     built = {"task": 0, "model": 0}
     init, build_model = task_cls.__init__, task_cls.build_model
 
-    def counted_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def counted_init(self: Any, *args: Any, **kwargs: Any) -> None:
         built["task"] += 1
         init(self, *args, **kwargs)
 
-    def counted_build(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def counted_build(self: Any, *args: Any, **kwargs: Any) -> Any:
         built["model"] += 1
         return build_model(self, *args, **kwargs)
 
     seen: dict[str, torch.Tensor] = {}
 
-    def task_report(self, model, recipe, artifacts, out):  # type: ignore[no-untyped-def]
+    def task_report(self: Any, model: Any, recipe: Any, artifacts: Any, out: Path) -> Any:
         seen.update({k: v.detach().clone() for k, v in model.state_dict().items()})
         metrics = evaluate_split(self, model, recipe, artifacts).metrics
         return [], [f"task figures here: loss {metrics['loss']!r} accuracy {metrics['accuracy']!r}", ""]
@@ -148,11 +151,11 @@ def test_a_resume_validates_the_recipe_and_lists_the_checkpoints_once(plugin_sit
     calls = {"validate": 0, "list": 0}
     validate, listing = loading.validate_recipe, checkpoint.complete_checkpoints
 
-    def counted_validate(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def counted_validate(*args: Any, **kwargs: Any) -> Any:
         calls["validate"] += 1
         return validate(*args, **kwargs)
 
-    def counted_listing(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def counted_listing(*args: Any, **kwargs: Any) -> Any:
         calls["list"] += 1
         return listing(*args, **kwargs)
 

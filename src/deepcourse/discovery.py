@@ -46,7 +46,7 @@ _state = {"loaded": False, "loading": False}
 
 
 def components_of(origin: str) -> list[tuple[str, str]]:
-    return [(kind, e.name) for kind, registry in ALL.items() for e in registry.entries() if e.origin == origin]
+    return [(kind, e.name) for kind, table in ALL.items() for e in table.entries() if e.origin == origin]
 
 
 def loaded() -> bool:
