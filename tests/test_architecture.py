@@ -24,6 +24,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("contract: the leaves", ("deepcourse._version", "deepcourse.errors", "deepcourse.registry", "deepcourse.figures",
                               "deepcourse.attribution", "deepcourse.metrics", "deepcourse.optim",
                               "deepcourse.discovery")),
+    ("lab", ("deepcourse.lab",)),
     ("recipe", ("deepcourse.recipe",)),
     ("contract: data and tasks", ("deepcourse.data", "deepcourse.task")),
     ("rundir", ("deepcourse.rundir",)),
@@ -36,7 +37,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
 ]
 #: the one arrow allowed to run up, for one release: api's lazy, deprecated re-exports of deepcourse.testing
 DEPRECATED_UPWARD = {("deepcourse.api", "deepcourse.testing")}
-WINGS = {"recipe", "rundir", "training", "results", "studies", "cli"}
+WINGS = {"lab", "recipe", "rundir", "training", "results", "studies", "cli"}
 FLAT_CONTRACT = {"__init__", "__main__", "_version", "api", "runner", "errors", "registry", "discovery", "task", "data",
                  "metrics", "optim", "figures", "attribution", "testing", "builtins"}
 

@@ -20,6 +20,9 @@ releases. Grouped as:
   `FIGSIZE`;
 - explanations (`deepcourse explain`): `Explanation`, `ExplainOptions`, and the attributions on Captum `grad_cam`,
   `integrated_gradients`, `layer_integrated_gradients`, `module_outputs`, `ModuleOutput`;
+- lab pieces (hand-written layers, losses and update rules; `deepcourse.lab` is the students' face): `PIECES`,
+  `lab_layer`, `lab_loss`, `lab_choice` (a builder option that takes a built-in name or 'lab:NAME'), `LabLayer`,
+  `PieceError`;
 - runs and recipes on disk: `latest_checkpoint`, `shipped_recipes` (name -> file of the recipes that ship with
   deepcourse).
 
@@ -56,6 +59,8 @@ from deepcourse.data import (
 from deepcourse.discovery import load_plugins
 from deepcourse.errors import CheckpointError, DataError, MissingSplitError, RecipeError, UserError, did_you_mean
 from deepcourse.figures import FIGSIZE, Figure, grouped_bars, heatmap, markdown_escape, markdown_table, pyplot
+from deepcourse.lab import LabLayer, PieceError, lab_layer, lab_loss
+from deepcourse.lab import choice as lab_choice
 from deepcourse.metrics import Accuracy, ConfusionMatrix, MeanLoss, Metric, MetricCollection, TopKAccuracy, scalars
 from deepcourse.recipe.builders import Unique, call_builder, parameters, validate_options
 from deepcourse.recipe.load import load_recipe as _load_recipe
@@ -68,6 +73,7 @@ from deepcourse.registry import (
     METRICS,
     MODELS,
     OPTIMIZERS,
+    PIECES,
     SCHEDULERS,
     TASKS,
     TRANSFORMS,
@@ -105,6 +111,8 @@ __all__ = [
     # explanations
     "Explanation", "ExplainOptions", "grad_cam", "integrated_gradients", "layer_integrated_gradients",
     "module_outputs", "ModuleOutput",
+    # lab pieces
+    "PIECES", "lab_layer", "lab_loss", "lab_choice", "LabLayer", "PieceError",
     # documentation and tests
     "latest_checkpoint", "shipped_recipes",
 ]

@@ -20,7 +20,8 @@ T = TypeVar("T")
 
 __all__ = [
     "Entry", "Registry", "RegistryError", "UnknownNameError",
-    "MODELS", "DATASETS", "TASKS", "OPTIMIZERS", "SCHEDULERS", "TRANSFORMS", "METRICS", "CALLBACKS", "ALL",
+    "MODELS", "DATASETS", "TASKS", "OPTIMIZERS", "SCHEDULERS", "TRANSFORMS", "METRICS", "CALLBACKS", "PIECES",
+    "ALL",
 ]
 
 
@@ -204,9 +205,11 @@ SCHEDULERS = Registry("schedulers")
 TRANSFORMS = Registry("transforms")
 METRICS = Registry("metrics")
 CALLBACKS = Registry("callbacks")
+#: hand-written lab pieces (layers, losses, update rules; see `deepcourse.lab`)
+PIECES = Registry("pieces")
 
 ALL: dict[str, Registry] = {r.kind: r for r in
-                            (MODELS, DATASETS, TASKS, OPTIMIZERS, SCHEDULERS, TRANSFORMS, METRICS, CALLBACKS)}
+                            (MODELS, DATASETS, TASKS, OPTIMIZERS, SCHEDULERS, TRANSFORMS, METRICS, CALLBACKS, PIECES)}
 
 
 # -- which plugin a component belongs to ----------------------------------------------------------------------------
