@@ -14,6 +14,7 @@ from deepcourse._version import __version__
 from deepcourse.cli.common import handle_errors, read_inputs
 from deepcourse.cli.common import override_option as _override_option
 from deepcourse.cli.inspect import explain, lr_find
+from deepcourse.cli.lab import gradcheck
 from deepcourse.cli.studies import sweep, tune
 from deepcourse.errors import UserError
 
@@ -296,3 +297,4 @@ main.add_command(lr_find)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+main.add_command(gradcheck)

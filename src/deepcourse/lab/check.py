@@ -339,7 +339,7 @@ def _step(p: Piece, w: Any, dw: Any, config: dict[str, Any], label: str) -> tupl
     if not (isinstance(returned, tuple) and len(returned) == 2 and isinstance(returned[1], dict)):
         raise PieceError(f"lab update rule '{p.name}' ({p.where('step')}) returned {type(returned).__name__}; "
                          f"expected (w, config) with config a dict")
-    return returned  # type: ignore[return-value]
+    return returned
 
 
 def _state_rows(p: Piece, ref: UpdateReference, config: dict[str, Any], torch_state: dict[str, Any], label: str,

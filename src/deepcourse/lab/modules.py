@@ -31,8 +31,8 @@ def split_backward(p: Piece, returned: Any, names: list[str]) -> tuple[Any, dict
     if not names and dparams in (None, {}):
         return dx, {}
     if not isinstance(dparams, dict) or set(dparams) != set(names):
-        got = sorted(dparams) if isinstance(dparams, dict) else type(dparams).__name__
-        raise PieceError(f"lab layer '{p.name}': backward ({p.where('backward')}) returned dparams {got}; expected a "
+        shown = sorted(dparams) if isinstance(dparams, dict) else type(dparams).__name__
+        raise PieceError(f"lab layer '{p.name}': backward ({p.where('backward')}) returned dparams {shown}; expected a "
                          f"dict with the keys {', '.join(names) or '(none)'}")
     return dx, dparams
 
@@ -46,7 +46,7 @@ def split_forward(p: Piece, returned: Any) -> tuple[Any, Any]:
 
 class _LayerFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, layer: LabLayer, config: dict[str, Any], x: torch.Tensor,  # type: ignore[override]
+    def forward(ctx: Any, layer: LabLayer, config: dict[str, Any], x: torch.Tensor,
                 *params: torch.Tensor) -> torch.Tensor:
         p, kind = layer.piece, layer.piece.array
         arrays = {name: to_array(t, kind) for name, t in zip(layer.names, params)}
@@ -56,7 +56,7 @@ class _LayerFunction(torch.autograd.Function):
         return from_array(out, like=x, what=f"lab layer '{p.name}': out")
 
     @staticmethod
-    def backward(ctx: Any, dout: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, dout: torch.Tensor) -> tuple[Any, ...]:
         layer: LabLayer = ctx.layer
         p, x, params = layer.piece, ctx.shapes[0], ctx.shapes[1:]
         dx, dparams = split_backward(p, p.functions["backward"](to_array(dout, p.array), ctx.cache), layer.names)
@@ -109,6 +109,7 @@ class LabLayer(nn.Module):
         if "seed" in config:  # dropout: a fresh mask each call, drawn from torch's generator (reproducible runs)
             config["seed"] = int(torch.randint(2**31 - 1, (1,)).item())  # host-side draw on the CPU generator
         if self.reference.state:
+            assert isinstance(self.running_mean, torch.Tensor) and isinstance(self.running_var, torch.Tensor)
             config["running_mean"] = to_array(self.running_mean, self.piece.array, copy=True)
             config["running_var"] = to_array(self.running_var, self.piece.array, copy=True)
         out = _LayerFunction.apply(self, config, x, *[getattr(self, n) for n in self.names])
@@ -117,7 +118,7 @@ class LabLayer(nn.Module):
                 for key in ("running_mean", "running_var"):
                     buffer = getattr(self, key)
                     buffer.copy_(from_array(config[key], like=buffer, what=f"lab layer '{name}': {key}"))
-        return out  # type: ignore[no-any-return]
+        return out
 
     def extra_repr(self) -> str:
         return f"lab:{self.piece.name} ({self.reference.name}, {self.piece.array})"
@@ -133,7 +134,7 @@ def lab_layer(name: str, *, key: str = "", **facts: Any) -> LabLayer:
 
 class _LossFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, p: Piece, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, p: Piece, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         returned = p.functions["loss"](to_array(scores, p.array), to_array(y, p.array))
         if not (isinstance(returned, tuple) and len(returned) == 2):
             raise PieceError(f"lab loss '{p.name}' ({p.where('loss')}) returned {type(returned).__name__}; expected "
@@ -143,7 +144,7 @@ class _LossFunction(torch.autograd.Function):
         return torch.as_tensor(float(value), dtype=scores.dtype, device=scores.device)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         return None, ctx.dscores * grad, None
 
 
@@ -153,7 +154,7 @@ def lab_loss(name: str, *, key: str = "") -> Any:
     p.require_valid()
 
     def loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return _LossFunction.apply(p, scores, y)  # type: ignore[no-any-return]
+        return _LossFunction.apply(p, scores, y)
 
     loss.__name__ = f"lab:{p.name}"
     return loss

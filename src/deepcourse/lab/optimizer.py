@@ -34,7 +34,7 @@ class LabOptimizer(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, **hyper})
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -67,17 +67,13 @@ class LabOptimizer(torch.optim.Optimizer):
         return loss
 
 
-def _build(piece: Piece, params: Iterable[Any], lr: float, **hyper: float) -> torch.optim.Optimizer:
-    return LabOptimizer(params, piece, lr, **hyper)
-
-
 # One builder per reference: its signature is the recipe's `[optimizer]` table (validated like any optimizer's).
-def _sgd(params: Iterable[Any], lr: Lr = 0.1) -> torch.optim.Optimizer: ...
-def _sgd_momentum(params: Iterable[Any], lr: Lr = 0.01, momentum: Rate = 0.9) -> torch.optim.Optimizer: ...
-def _rmsprop(params: Iterable[Any], lr: Lr = 0.01, decay_rate: Rate = 0.99,
-             epsilon: Eps = 1e-8) -> torch.optim.Optimizer: ...
+# (templates: only their signatures are read)
+def _sgd(params: Iterable[Any], lr: Lr = 0.1) -> None: ...
+def _sgd_momentum(params: Iterable[Any], lr: Lr = 0.01, momentum: Rate = 0.9) -> None: ...
+def _rmsprop(params: Iterable[Any], lr: Lr = 0.01, decay_rate: Rate = 0.99, epsilon: Eps = 1e-8) -> None: ...
 def _adam(params: Iterable[Any], lr: Lr = 1e-3, beta1: Rate = 0.9, beta2: Rate = 0.999,
-          epsilon: Eps = 1e-8) -> torch.optim.Optimizer: ...
+          epsilon: Eps = 1e-8) -> None: ...
 
 
 _SIGNATURES = {"sgd": _sgd, "sgd_momentum": _sgd_momentum, "rmsprop": _rmsprop, "adam": _adam}
@@ -87,10 +83,15 @@ def register_optimizer(piece: Piece) -> None:
     """Register `lab:NAME` among the optimizers, with the hyperparameters of the piece's reference as its keys."""
     template = _SIGNATURES[piece.reference_name]
 
-    def build(params: Iterable[Any], lr: float, **hyper: float) -> torch.optim.Optimizer:
-        return _build(piece, params, lr, **hyper)
+    signature = inspect.signature(template)
 
-    build.__signature__ = inspect.signature(template)  # type: ignore[attr-defined]
+    def build(*args: Any, **kwargs: Any) -> torch.optim.Optimizer:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()  # a call from Python gets the same defaults as a recipe
+        values = dict(bound.arguments)
+        return LabOptimizer(values.pop("params"), piece, values.pop("lr"), **values)
+
+    build.__signature__ = signature  # type: ignore[attr-defined]
     build.__annotations__ = dict(template.__annotations__)
     build.__doc__ = f"Lab update rule '{piece.name}' ({piece.reference_name}), hand-written."
     build.__module__ = piece.__module__  # credited to the student's plugin

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from deepcourse.errors import UserError
-from deepcourse.lab.references import LAYERS, LOSSES, UPDATES, LayerReference, LossReference, UpdateReference
+from deepcourse.lab.references import LayerReference, LossReference, UpdateReference, reference
 from deepcourse.registry import PIECES
 
 __all__ = ["Piece", "PieceError", "piece", "choice", "PREFIX"]
@@ -40,8 +40,7 @@ class Piece:
 
     @property
     def reference(self) -> LayerReference | LossReference | UpdateReference:
-        table: dict[str, Any] = {"layer": LAYERS, "loss": LOSSES, "update": UPDATES}[self.kind]
-        return table[self.reference_name]  # type: ignore[no-any-return]
+        return reference(self.kind, self.reference_name)
 
     @property
     def __doc__(self) -> str:  # type: ignore[override]  # what `deepcourse list pieces` shows

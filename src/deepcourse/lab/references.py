@@ -260,12 +260,13 @@ UPDATES: dict[str, UpdateReference] = {r.name: r for r in (
                      "t": ("step", lambda t, c: t)}),
 )}
 
-KINDS = {"layer": LAYERS, "loss": LOSSES, "update": UPDATES}
+KINDS: dict[str, Mapping[str, Any]] = {"layer": LAYERS, "loss": LOSSES, "update": UPDATES}
 
 
 def reference(kind: str, name: str) -> LayerReference | LossReference | UpdateReference:
     """The reference `name` of a kind ('layer', 'loss', 'update'); KeyError names the known ones."""
-    table: Mapping[str, Any] = KINDS[kind]
+    table = KINDS[kind]
     if name not in table:
         raise KeyError(f"no {kind} reference '{name}'; known: {', '.join(table)}")
-    return table[name]  # type: ignore[no-any-return]
+    found: LayerReference | LossReference | UpdateReference = table[name]
+    return found

@@ -9,7 +9,7 @@ from typing import Any
 
 from deepcourse.lab.optimizer import register_optimizer
 from deepcourse.lab.pieces import PREFIX, Kind, Piece
-from deepcourse.lab.references import LAYERS, LOSSES, UPDATES
+from deepcourse.lab.references import KINDS
 from deepcourse.registry import PIECES
 
 __all__ = ["layer", "loss", "update_rule"]
@@ -17,7 +17,7 @@ __all__ = ["layer", "loss", "update_rule"]
 
 def _register(name: str, kind: Kind, reference: str, functions: dict[str, Callable[..., Any]], array: str,
               module: str | None) -> Piece:
-    table: dict[str, Any] = {"layer": LAYERS, "loss": LOSSES, "update": UPDATES}[kind]
+    table = KINDS[kind]
     if reference not in table:
         from deepcourse.errors import did_you_mean
 
