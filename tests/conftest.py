@@ -24,6 +24,8 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     site = tmp_path_factory.mktemp("site")
     shutil.copy(FIXTURES / "toy_plugin.py", site / "toy_plugin.py")
     make_distribution(site, "deepcourse-toy", {"toy": "toy_plugin"}, {})
+    shutil.copy(FIXTURES / "toy_lab.py", site / "toy_lab.py")
+    make_distribution(site, "deepcourse-toylab", {"toylab": "toy_lab"}, {})
     make_distribution(site, "broken-import", {"broken": "broken_plugin"},
                       {"broken_plugin": "raise RuntimeError('this plugin is broken on purpose')\n"})
     make_distribution(site, "greedy-plugin", {"greedy": "greedy_plugin:setup"}, {"greedy_plugin": """

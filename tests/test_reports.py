@@ -68,6 +68,9 @@ def test_compare_labels_runs_by_their_differences(two_runs: list[Path], tmp_path
         summary = json.loads((run / "summary.json").read_text())
         assert float(row["best accuracy"]) == pytest.approx(summary["best"]["accuracy"])
         assert int(row["parameters"]) == summary["num_parameters"]
+        trained = sum(r["seconds"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                      if r.get("split") == "train" and r.get("scope") == "epoch")
+        assert float(row["train ms/step"]) == pytest.approx(1000 * trained / summary["steps"], abs=0.01)
     for name in ("compare_loss.png", "compare_accuracy.png"):
         width, height = png_size(out_dir / name)
         assert width > 600 and height > 350

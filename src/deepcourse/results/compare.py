@@ -66,8 +66,18 @@ def summary_row(run: RunData, label: str) -> dict[str, Any]:
             row[f"holdout {k}"] = v
     wall = run.summary.get("wall_time_s")
     row["wall time (s)"] = round(wall, 1) if isinstance(wall, (int, float)) else None
+    row["train ms/step"] = train_ms_per_step(run)
     row["parameters"] = run.summary.get("num_parameters", run.info.get("num_parameters"))
     return row
+
+
+def train_ms_per_step(run: RunData) -> float | None:
+    """Training time per optimizer step (the epochs' training seconds, evaluation left out): what a hand-written
+    layer or update rule costs against the built-in one."""
+    seconds = sum(r["seconds"] for r in run.rows if r.get("split") == "train" and r.get("scope") == "epoch"
+                  and isinstance(r.get("seconds"), int | float))
+    steps = run.summary.get("steps")
+    return round(1000 * seconds / steps, 2) if seconds and isinstance(steps, int) and steps > 0 else None
 
 
 def plot_comparison(runs: Sequence[RunData], labels: Sequence[str], out: Path,
