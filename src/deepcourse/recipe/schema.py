@@ -81,7 +81,7 @@ class ModelSection(_Open):
 
 
 class OptimizerSection(_Open):
-    name: str = doc("adamw", "registered optimizer")
+    name: str = doc("adamw", "registered optimizer, or `lab:NAME` for a hand-written update rule (docs/labs.md)")
 
 
 class SchedulerSection(_Open):
