@@ -274,20 +274,24 @@ def compare(run_dirs: Sequence[Path], output: Path) -> None:
 @click.argument("name")
 @click.option("--dir", "directory", type=click.Path(path_type=Path),
               help="Where to create the package (default: ./deepcourse-NAME).")
-@click.option("--kind", type=click.Choice(["model", "dataset", "task"]), default="model", show_default=True,
-              help="What the example plugin adds: a model, a dataset, or a whole task with its own data and model.")
+@click.option("--kind", type=click.Choice(["model", "dataset", "task", "lab"]), default="model", show_default=True,
+              help="What the example plugin adds: a model, a dataset, a whole task with its own data and model, or a "
+                   "from-scratch lab (stubs of layers, a loss and update rules to write by hand, and their checks).")
 @handle_errors
 def new_plugin(name: str, directory: Path | None, kind: str) -> None:
     """Generate a working plugin package (pyproject with the entry point, a registered component, a recipe and
-    a test) to start a model, dataset or task of your own."""
+    a test) to start a model, dataset or task of your own; or, with --kind lab, the stubs of a from-scratch lab,
+    whose tests fail as 'not written' until the stubs are written."""
     from deepcourse.cli.scaffold import new_plugin as scaffold
     from deepcourse.rundir.outputs import writable_folder
 
     if directory is not None:
         writable_folder(directory, "--dir")
     root = scaffold(name, directory, kind)
-    click.echo(f"created {root}\n\nnext:\n  pip install -e {root}\n  python -m pytest {root}/tests\n"
-               f"  deepcourse run {root}/recipes/{root.name.removeprefix('deepcourse-').replace('-', '_')}.toml")
+    (package,), (recipe,) = (root / "src").iterdir(), (root / "recipes").glob("*.toml")  # named after NAME, not --dir
+    write = f"  write the stubs in {package} (see {root / 'README.md'})\n" if kind == "lab" else ""
+    click.echo(f"created {root}\n\nnext:\n  pip install -e {root}\n{write}  python -m pytest {root}/tests\n"
+               f"  deepcourse run {recipe}")
 
 
 main.add_command(sweep)

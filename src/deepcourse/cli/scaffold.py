@@ -2,6 +2,8 @@
 
 The package is what a third party would publish: a pyproject with the `deepcourse.plugins` entry point, a
 registered component, a recipe that uses it and a pytest test; `pip install -e` it and both pass as generated.
+The `lab` kind is the exception by design: its layers, loss and update rules are stubs for a student to write, and
+its tests (the gradient checker on every piece) fail, reporting 'not written', until they are.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from string import Template
 from deepcourse import registry
 from deepcourse.errors import UserError
 
-KINDS = ("model", "dataset", "task")
+KINDS = ("model", "dataset", "task", "lab")
 #: the package a new plugin starts from; the Python sources are `*.py.tmpl` (string.Template text, not modules)
 TEMPLATES = Path(__file__).parent / "templates"
 #: deepcourse's own plugins: a generated package of that name would replace the real one when installed
@@ -69,16 +71,21 @@ def new_plugin(name: str, directory: Path | None = None, kind: str = "model") ->
         raise UserError(f"--dir {root}: already exists and is not empty; choose another folder")
     values = {"name": ident, "dist": f"deepcourse-{ident.replace('_', '-')}", "package": f"deepcourse_{ident}",
               "title": ident.replace("_", " ")}
-    files = {
-        "pyproject.toml": f"{kind}/pyproject.toml",
-        "README.md": f"{kind}/README.md",
-        f"src/{values['package']}/__init__.py": f"{kind}/__init__.py.tmpl",
-        f"recipes/{ident}.toml": f"{kind}/recipe.toml",
-        f"tests/test_{ident}.py": f"{kind}/test_plugin.py.tmpl",
-    }
-    for target, template in files.items():
+    for target, template in _files(kind, ident, values["package"]).items():
         text = Template((TEMPLATES / template).read_text(encoding="utf-8")).substitute(values)
         path = root / target
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return root
+
+
+def _files(kind: str, ident: str, package: str) -> dict[str, str]:
+    """Generated path -> template. Every kind has a pyproject, a README, a recipe and a test; the package's modules
+    are the kind's other `*.py.tmpl` files (`__init__`, and for a lab its `layers`, `losses` and `optim` stubs)."""
+    files = {"pyproject.toml": f"{kind}/pyproject.toml", "README.md": f"{kind}/README.md",
+             f"recipes/{ident}.toml": f"{kind}/recipe.toml", f"tests/test_{ident}.py": f"{kind}/test_plugin.py.tmpl"}
+    for source in sorted((TEMPLATES / kind).glob("*.py.tmpl")):
+        module = source.name.removesuffix(".py.tmpl")
+        if module != "test_plugin":
+            files[f"src/{package}/{module}.py"] = f"{kind}/{source.name}"
+    return files
