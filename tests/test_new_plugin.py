@@ -126,18 +126,20 @@ def test_lab_stubs_are_exercises_with_their_contract_not_answers(tmp_path: Path)
 
 
 @pytest.mark.slow
-def test_generated_lab_installs_and_checks_the_pieces_written(tmp_path: Path, cli_env: dict[str, str]) -> None:
+def test_generated_lab_installs_and_checks_the_pieces_written(tmp_path: Path) -> None:
     """A student's path: generate the lab, write two pieces (affine, Adam), install; the written pieces pass the
     checker, the others are reported as not written."""
     pytest.importorskip("deepcourse_vision")  # the recipe's MLP and CIFAR-10
+    # not cli_env: its toy lab's pieces break the contract on purpose, and `gradcheck --all` would report them
+    clean = {k: v for k, v in os.environ.items() if k != "DEEPCOURSE_PLUGIN_ERRORS"} | {"PYTHONUNBUFFERED": "1"}
     root = tmp_path / "deepcourse-genlab"
-    out = run_cli(["new-plugin", "genlab", "--dir", str(root), "--kind", "lab"], cli_env)
+    out = run_cli(["new-plugin", "genlab", "--dir", str(root), "--kind", "lab"], clean)
     assert out.returncode == 0, out.stderr
     package = root / "src" / "deepcourse_genlab"
     fill(package / "layers.py", "affine_forward", lab_solutions.affine_forward)
     fill(package / "layers.py", "affine_backward", lab_solutions.affine_backward)
     fill(package / "optim.py", "adam", lab_solutions.adam)
-    env = install(root, tmp_path / "site", cli_env)
+    env = install(root, tmp_path / "site", clean)
 
     listed = run_cli(["plugins"], env)
     assert any(line.startswith("genlab") and "ok" in line for line in listed.stdout.splitlines()), listed.stdout
@@ -151,6 +153,13 @@ def test_generated_lab_installs_and_checks_the_pieces_written(tmp_path: Path, cl
     assert written.returncode == 0 and "2 passed" in written.stdout, written.stdout + written.stderr
     unwritten = generated_tests(root, env, "-k", "batchnorm")
     assert unwritten.returncode == 1 and "genlab_batchnorm: not written" in unwritten.stdout, unwritten.stdout
+
+    checked = run_cli(["gradcheck", "genlab_affine", "genlab_adam"], env)
+    assert checked.returncode == 0 and "2 ok (2 pieces)" in checked.stdout, checked.stdout + checked.stderr
+    every = run_cli(["gradcheck", "--all"], env)
+    assert every.returncode == 1 and "2 ok, 5 not written (7 pieces)" in every.stdout, every.stdout + every.stderr
+    assert any(line.startswith("genlab_batchnorm") and line.endswith("not written")
+               for line in every.stdout.splitlines()), every.stdout
 
     # the recipe is valid as soon as its norm is the built-in one (the lab's norm needs the piece written)
     recipe = run_cli(["check", str(root / "recipes" / "genlab.toml"), "--set", "model.norm=batch"], env)
