@@ -73,7 +73,7 @@ class _LayerFunction(torch.autograd.Function):
 class LabLayer(nn.Module):
     """A registered lab layer with its parameters and state as a module: trains, saves and loads like any other."""
 
-    def __init__(self, p: Piece, **facts: Any) -> None:
+    def __init__(self, p: Piece, /, **facts: Any) -> None:  # positional: dropout's fact is `p` too
         super().__init__()
         p.require_valid()
         ref = p.reference

@@ -2,28 +2,41 @@
 and the dummy forward that sizes a classifier for the recipe's image size.
 
 Every model builder takes `norm` (one of `Norm`) and turns it into layers with `make_norm`, so a recipe can swap
-batch norm for group norm or Switchable Normalization in any CNN without touching the model code.
+batch norm for group norm or Switchable Normalization in any CNN without touching the model code. `norm` and
+`activation` also take a student's hand-written layer, `"lab:NAME"` (a batchnorm or groupnorm piece; a relu piece),
+checked when the recipe is read: the lab's piece trains where the built-in one would.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from deepcourse.api import RecipeError
+from deepcourse.api import RecipeError, lab_choice, lab_layer
 
-Norm = Literal["batch", "layer", "group", "instance", "switchable", "lrn", "none"]
-Activation = Literal["relu", "sigmoid", "tanh", "gelu", "silu", "leaky_relu", "elu"]
+NormName = Literal["batch", "layer", "group", "instance", "switchable", "lrn", "none"]
+ActivationName = Literal["relu", "sigmoid", "tanh", "gelu", "silu", "leaky_relu", "elu"]
+#: how a recipe names a student's piece where a built-in layer would go
+LAB = "lab:"
+if TYPE_CHECKING:  # a built-in name or "lab:NAME"; the checks below run when a recipe is validated
+    Norm = str
+    Activation = str
+else:
+    # feature maps take a piece normalising per channel: a batchnorm piece (every pixel an example) or a groupnorm
+    # piece; a layernorm piece normalises N x D features and belongs to the MLP's `norm`
+    Norm = lab_choice(NormName, "layer", "batchnorm", "groupnorm")
+    Activation = lab_choice(ActivationName, "layer", "relu")
 Pool = Literal["max", "avg"]
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Dropout = Annotated[float, Field(ge=0, lt=1)]
 
-__all__ = ["Norm", "Activation", "Pool", "SwitchableNorm2d", "make_norm", "norm_factory", "make_activation",
-           "make_pool", "conv_norm_act", "feature_shape", "replace_batchnorm", "ConvClassifier", "mlp_head"]
+__all__ = ["Norm", "NormName", "Activation", "ActivationName", "LAB", "Pool", "SwitchableNorm2d", "make_norm",
+           "norm_factory", "make_activation", "make_pool", "conv_norm_act", "feature_shape", "replace_batchnorm",
+           "ConvClassifier", "mlp_head"]
 
 
 class SwitchableNorm2d(nn.Module):
@@ -91,6 +104,8 @@ def _group_count(channels: int, groups: int) -> int:
 
 def make_norm(kind: Norm, channels: int, *, groups: int = 32) -> nn.Module:
     """A normalisation layer for [N, C, H, W] feature maps with `channels` channels."""
+    if kind.startswith(LAB):  # a batchnorm piece runs on every pixel as an example of C features
+        return lab_layer(kind, key="model.norm", features=channels, groups=groups)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "layer":  # normalise over (C, H, W) per sample, with a per-channel affine: GroupNorm with 1 group
@@ -116,6 +131,8 @@ def norm_factory(kind: Norm, groups: int = 32) -> Callable[[int], nn.Module]:
 
 
 def make_activation(kind: Activation) -> nn.Module:
+    if kind.startswith(LAB):
+        return lab_layer(kind, key="model.activation")
     makers: dict[str, Callable[[], nn.Module]] = {
         "relu": lambda: nn.ReLU(inplace=True), "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
         "silu": lambda: nn.SiLU(inplace=True), "leaky_relu": lambda: nn.LeakyReLU(0.1, inplace=True),

@@ -13,7 +13,7 @@ import csv
 import io
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -40,6 +40,8 @@ from deepcourse.api import (
     Task,
     TopKAccuracy,
     call_builder,
+    lab_choice,
+    lab_loss,
     resolve_splits,
     splits_to_read,
 )
@@ -48,6 +50,10 @@ from .data import ImageData, ImageSplit, load_image_files
 from .transforms import ImagePipeline, TransformSpec, build_transforms
 
 TTA = Literal["none", "flip", "ten_crop"]
+if TYPE_CHECKING:
+    Loss = str
+else:  # cross-entropy, or a student's softmax or SVM loss "lab:NAME", checked when the recipe is validated
+    Loss = lab_choice(Literal["cross_entropy"], "loss", "softmax", "svm")
 
 
 def csv_row(values: Sequence[Any]) -> str:
@@ -87,15 +93,22 @@ class ImageClassification(Task):
         std: list[Annotated[float, Field(gt=0)]] | None = None,
         channels_last: bool = False,
         topk: Annotated[int, Field(gt=1)] = 5,
+        loss: Loss = "cross_entropy",
     ) -> None:
         """label_smoothing: cross-entropy target smoothing (training loss only; evaluation reports plain CE).
         transforms: e.g. [{name = "random_crop", padding = 4}, {name = "hflip"}], run in order on the device;
             each also says what it does at evaluation (random_crop: centre crop, flips: nothing).
         normalize: subtract the training set's per-channel mean and divide by its std (or `mean`/`std`).
         channels_last: NHWC memory format, faster for convolutions on recent GPUs.
-        topk: also report top-k accuracy when there are more than k classes."""
+        topk: also report top-k accuracy when there are more than k classes.
+        loss: the training loss: 'cross_entropy', or a lab softmax or SVM loss 'lab:NAME' (the student's, on the
+            logits); evaluation reports plain cross-entropy either way."""
         super().__init__()
+        if loss != "cross_entropy" and label_smoothing:
+            raise RecipeError(f"task.label_smoothing: smooths cross-entropy's targets; the lab loss '{loss}' "
+                              f"computes its own (set label_smoothing = 0)")
         self.label_smoothing = label_smoothing
+        self.train_loss = None if loss == "cross_entropy" else lab_loss(loss, key="task.loss")
         self.transforms = build_transforms(transforms)
         self.normalize, self.mean, self.std = normalize, mean, std
         self.channels_last = channels_last
@@ -224,7 +237,10 @@ class ImageClassification(Task):
     def training_step(self, model: nn.Module, batch: Mapping[str, torch.Tensor]
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self._forward(model, self.pipeline(batch["image"], train=True))
-        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)
+        if self.train_loss is not None:
+            loss = self.train_loss(logits, batch["label"])
+        else:
+            loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)
         return loss, {"preds": logits.detach().argmax(-1), "targets": batch["label"]}  # for the training accuracy
 
     def log_probs(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:

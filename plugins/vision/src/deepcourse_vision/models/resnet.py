@@ -27,8 +27,11 @@ def _zero_init_last_norm(model: nn.Module) -> None:
 
     for m in model.modules():
         last = m.bn3 if isinstance(m, Bottleneck) else m.bn2 if isinstance(m, BasicBlock) else None
-        if last is not None and getattr(last, "weight", None) is not None:
-            nn.init.zeros_(last.weight)
+        scale = None if last is None else getattr(last, "weight", None)
+        if scale is None and last is not None:  # a lab norm piece calls its scale gamma
+            scale = getattr(last, "gamma", None)
+        if scale is not None:
+            nn.init.zeros_(scale)
 
 
 def _resnet(block: str, layers: list[int], num_classes: int, in_channels: int, image_size: int, stem: Stem,
