@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from deepcourse import discovery
 from deepcourse._version import __version__
+from deepcourse.lab.pieces import PREFIX, LabChoice
 from deepcourse.recipe.builders import parameters, validate_options
 from deepcourse.recipe.schema import CONTEXT_KEYS, HOLDOUT, REGISTRY_PLACES, SECTION_MODELS
 from deepcourse.registry import ALL, MODELS, TASKS
@@ -30,6 +31,10 @@ def type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         base, *extra = typing.get_args(annotation)
+        for meta in extra:
+            if isinstance(meta, LabChoice):  # a built-in name or a lab piece
+                return " \\| ".join([*(repr(n) for n in meta.names), f"'{PREFIX}NAME'"]) + \
+                    f" (a lab {' or '.join(meta.references)} {meta.kind})"
         constraints = []
         for meta in extra:
             for item in [meta, *(getattr(meta, "metadata", None) or [])]:

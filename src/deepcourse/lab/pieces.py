@@ -16,7 +16,7 @@ from deepcourse.errors import UserError
 from deepcourse.lab.references import LayerReference, LossReference, UpdateReference, reference
 from deepcourse.registry import PIECES
 
-__all__ = ["Piece", "PieceError", "piece", "choice", "PREFIX"]
+__all__ = ["Piece", "PieceError", "piece", "choice", "LabChoice", "PREFIX"]
 
 Kind = Literal["layer", "loss", "update"]
 Array = Literal["numpy", "torch"]
@@ -136,4 +136,13 @@ def choice(choices: Any, kind: str, *references: str) -> Any:
         shown = ", ".join(repr(n) for n in names)
         raise ValueError(f"choose one of {shown}, or a lab {kind} '{PREFIX}NAME' ({' or '.join(references)})")
 
-    return Annotated[str, AfterValidator(check)]
+    return Annotated[str, AfterValidator(check), LabChoice(names, kind, references)]
+
+
+@dataclass(frozen=True)
+class LabChoice:
+    """What a `choice` option takes, kept on its type for the recipe reference (pydantic ignores it)."""
+
+    names: tuple[str, ...]
+    kind: str
+    references: tuple[str, ...]
