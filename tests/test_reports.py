@@ -70,7 +70,7 @@ def test_compare_labels_runs_by_their_differences(two_runs: list[Path], tmp_path
         assert int(row["parameters"]) == summary["num_parameters"]
         trained = sum(r["seconds"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
                       if r.get("split") == "train" and r.get("scope") == "epoch")
-        assert float(row["train ms/step"]) == pytest.approx(1000 * trained / summary["steps"], abs=0.01)
+        assert float(row["train time per step (ms)"]) == pytest.approx(1000 * trained / summary["steps"], abs=0.01)
     for name in ("compare_loss.png", "compare_accuracy.png"):
         width, height = png_size(out_dir / name)
         assert width > 600 and height > 350

@@ -66,7 +66,7 @@ def summary_row(run: RunData, label: str) -> dict[str, Any]:
             row[f"holdout {k}"] = v
     wall = run.summary.get("wall_time_s")
     row["wall time (s)"] = round(wall, 1) if isinstance(wall, (int, float)) else None
-    row["train ms/step"] = train_ms_per_step(run)
+    row["train time per step (ms)"] = train_ms_per_step(run)
     row["parameters"] = run.summary.get("num_parameters", run.info.get("num_parameters"))
     return row
 
