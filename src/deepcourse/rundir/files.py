@@ -267,8 +267,9 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every RNG a training step may draw from: tensors for safetensors, the rest JSON."""
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda{i}"] = s
+        # this process's own GPU only: each process keeps its own file, and a requeue on a node with fewer (or other)
+        # GPUs must still find its state
+        tensors["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     np_state: Any = np.random.get_state()  # the legacy tuple (name, keys, pos, has_gauss, gauss)
     tensors["numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64).copy())
     py = random.getstate()
@@ -279,9 +280,12 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    if torch.cuda.is_available() and any(k.startswith("cuda") for k in tensors):
+        device = torch.cuda.current_device()
+        # "cuda": this process's GPU; older checkpoints kept every visible GPU as cuda0, cuda1, ...: take ours
+        own = tensors.get("cuda", tensors.get(f"cuda{device}"))
+        if own is not None:
+            torch.cuda.set_rng_state(own, device)
     name, pos, has_gauss, gauss = meta["numpy"]
     np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = meta["python"]
