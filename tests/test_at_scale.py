@@ -1,12 +1,19 @@
 """Correct past one process (issue 22): what a cluster does to a run, reproduced on one CPU machine."""
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from deepcourse.errors import UserError
 from deepcourse.rundir import files
+from deepcourse.training import cluster
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class FakeCuda:
@@ -61,3 +68,96 @@ def test_an_older_checkpoint_with_every_gpu_restores_this_process_s(monkeypatch:
     node.install(monkeypatch)
     files.set_rng_state(tensors, meta)
     assert torch.equal(node.states[1], old.states[1])
+
+
+# -- starting on Slurm ---------------------------------------------------------------------------------------------
+STAND_IN_SRUN = '''\
+#!{python}
+"""srun as a job step runs it: one task per node and task slot, each with its own SLURM_* variables."""
+import os, subprocess, sys
+nodes, per = int(os.environ["SLURM_NNODES"]), int(os.environ["SLURM_NTASKS_PER_NODE"])
+command = sys.argv[1:]
+if command[0] == "deepcourse":
+    command = [{python!r}, "-m", "deepcourse", *command[1:]]
+tasks = []
+for rank in range(nodes * per):
+    env = dict(os.environ, SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank % per), SLURM_NODEID=str(rank // per),
+               SLURM_NTASKS=str(nodes * per), SLURM_STEP_TASKS_PER_NODE=f"{{per}}(x{{nodes}})",
+               SLURM_STEP_NODELIST=os.environ["SLURM_JOB_NODELIST"])
+    tasks.append(subprocess.Popen(command, env=env))
+sys.exit(max(t.wait() for t in tasks))
+'''
+
+
+def stand_ins(folder: Path) -> Path:
+    """A bin folder with a stand-in srun and an scontrol that records what it is asked."""
+    import sys
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "srun").write_text(STAND_IN_SRUN.format(python=sys.executable))
+    (folder / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {folder / 'scontrol.log'}\n")
+    for tool in ("srun", "scontrol"):
+        (folder / tool).chmod(0o755)
+    return folder
+
+
+@pytest.mark.slow
+def test_the_documented_sbatch_script_trains_on_two_nodes(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    """docs/scripts/slurm_run.sbatch under a stand-in srun that starts one task per node (2 nodes, both this
+    machine): every task takes its own rank from Slurm's variables, the two form one gloo group, the run ends."""
+    import os
+    import subprocess
+
+    bin_dir = stand_ins(tmp_path / "bin")
+    run = tmp_path / "run"
+    env = {**cli_env, "PATH": f"{bin_dir}{os.pathsep}{cli_env['PATH']}", "CUDA_VISIBLE_DEVICES": "",
+           "SLURM_JOB_ID": "4321", "SLURM_JOB_NODELIST": "localhost", "SLURM_NNODES": "2",
+           "SLURM_NTASKS_PER_NODE": "1", "RECIPE": str(toy_recipe), "RUN": str(run)}
+    done = subprocess.run(["bash", str(REPO / "docs" / "scripts" / "slurm_run.sbatch")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    info = json.loads((run / "run.json").read_text())
+    assert info["num_processes"] == 2, info
+    assert (run / "summary.json").exists() and not (bin_dir / "scontrol.log").exists()  # finished: no requeue
+
+
+def test_the_scaling_page_shows_the_script_that_is_tested() -> None:
+    script = (REPO / "docs" / "scripts" / "slurm_run.sbatch").read_text()
+    page = (REPO / "docs" / "scaling.md").read_text()
+    assert f"```bash\n{script}```" in page
+
+
+@pytest.mark.parametrize("nodelist, first", [("gpu[07-09,12],cpu1", "gpu07"), ("node3", "node3"),
+                                             ("a-b[001-004]", "a-b001"), ("x1,x2", "x1")])
+def test_the_first_host_of_a_node_list(nodelist: str, first: str) -> None:
+    assert cluster.first_host(nodelist) == first
+
+
+def test_every_task_reads_its_own_variables() -> None:
+    task = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
+            "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_STEP_TASKS_PER_NODE": "4(x2)"}
+    env = dict(task)
+    assert cluster.adopt_slurm(env) == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
+                                        "MASTER_ADDR": "gpu07", "MASTER_PORT": str(cluster.PORT_BASE + 3456)}
+    assert env["RANK"] == "5" and env["MASTER_ADDR"] == "gpu07"
+
+
+@pytest.mark.parametrize("env, words", [
+    ({}, "not a task of a Slurm job step"),
+    ({"SLURM_PROCID": "0"}, "lacks SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_ID"),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1",
+      "RANK": "0"}, "RANK is already set (0) by another launcher"),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "1", "SLURM_JOB_NODELIST": "n1",
+      "SLURM_STEP_TASKS_PER_NODE": "4", "CUDA_VISIBLE_DEVICES": "2"}, "not --gpus-per-task"),
+])
+def test_what_slurm_cannot_start_is_refused(env: dict[str, str], words: str) -> None:
+    with pytest.raises(UserError, match=re.escape(words)):
+        cluster.adopt_slurm(env)
+
+
+def test_run_slurm_outside_slurm_exits_2(cli_env) -> None:
+    from core_support import run_cli
+
+    env = {k: v for k, v in cli_env.items() if not k.startswith("SLURM_")}
+    out = run_cli(["run", "--slurm", "toy"], env)
+    assert out.returncode == 2 and "not a task of a Slurm job step" in out.stderr

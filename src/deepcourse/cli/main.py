@@ -41,9 +41,11 @@ def main() -> None:
               help="Parent folder of new run directories.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 @click.option("--no-report", is_flag=True, help="Do not write RUN_DIR/report/ at the end.")
+@click.option("--slurm", is_flag=True, help="This process is one task of `srun` (one task per GPU): take the rank, "
+                                            "the world size and the master address from Slurm's variables.")
 @handle_errors
 def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_dir: Path | None,
-        runs_root: Path, as_json: bool, no_report: bool) -> None:
+        runs_root: Path, as_json: bool, no_report: bool, slurm: bool) -> None:
     """Train RECIPE, a recipe file or the name of a shipped recipe (or continue a run with --resume RUN_DIR)."""
     from deepcourse.recipe.load import load_recipe
     from deepcourse.rundir.layout import require_free
@@ -54,6 +56,10 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
     from deepcourse.training.resume import read_resume
 
     follow_parent()  # started by a study's worker: stop (and save) if it dies
+    if slurm:  # before anything asks Accelerate who this process is
+        from deepcourse.training.cluster import adopt_slurm
+
+        adopt_slurm()
     if recipe is None and resume is None:
         raise UserError("give a RECIPE to train, or --resume RUN_DIR to continue a run")
     if resume is not None and run_dir is not None:
