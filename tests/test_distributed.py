@@ -61,6 +61,14 @@ def test_two_process_interrupt_and_resume_is_exact(tmp_path: Path, toy_recipe: P
     a, b = final_weights(tmp_path / "whole"), final_weights(tmp_path / "cut")
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # and the record says so: every process's loss sums were saved and restored, not the main process's for all
+    assert logged_losses(tmp_path / "cut") == logged_losses(tmp_path / "whole")
+
+
+def logged_losses(run: Path) -> list[tuple]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r.get("scope"), r.get("epoch"), r.get("step"), round(r["loss"], 6)) for r in rows
+            if r.get("split") == "train" and "loss" in r]
 
 
 def test_one_failing_process_stops_the_others(tmp_path: Path, toy_recipe: Path, cli_env) -> None:

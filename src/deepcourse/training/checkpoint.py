@@ -104,10 +104,11 @@ def save_checkpoint(folder: Path, accelerator: Accelerator, *, model: torch.nn.M
     gathers the RNG states), the main process writes. It holds exactly: model.safetensors (the weights of the
     unwrapped model), optimizer.* and scheduler.* (their state dicts), scaler.* (the fp16 gradient scaler's, when
     Accelerate has one), rng-<rank>.* (the random-number states of every process) and, written last,
-    trainer_state.json (`state`, with the sums of the loss meter and of the training metrics, which must hold no
+    trainer_state.json (`state`, with every process's loss-meter sums and the training metrics' sums, which must hold no
     outputs left to fold). Changes none of what it saves; returns the folder."""
     final = folder / step_dir_name(state.global_step)
     generators = gather_to_all(files.rng_state())  # every process's random state, on the main process too
+    meters = gather_to_all(loss.state_dict())  # and every process's loss sums: each logs its own mean, then reduces
     if accelerator.is_main_process:
         with files.atomic_write(final, folder=True) as tmp:
             for rank, (tensors, meta) in enumerate(generators):
@@ -118,7 +119,7 @@ def save_checkpoint(folder: Path, accelerator: Accelerator, *, model: torch.nn.M
             files.save_state(scheduler.state_dict(), tmp / "scheduler")
             if accelerator.scaler is not None:
                 files.save_state(accelerator.scaler.state_dict(), tmp / "scaler")
-            files.write_json(tmp / STATE_FILE, {**asdict(state), "loss_meter": loss.state_dict(),
+            files.write_json(tmp / STATE_FILE, {**asdict(state), "loss_meter": meters[0], "loss_meters": meters,
                                                 "train_metrics": train_metrics.state_dict()})  # written last
         prune(folder, keep)
     accelerator.wait_for_everyone()
@@ -139,7 +140,9 @@ def load_checkpoint(ctx: TrainContext, folder: Path) -> None:
         acc.scaler.load_state_dict(saved["scaler"])
     files.set_rng_state(*saved["rng"][acc.process_index])
     state = saved["state"]
-    ctx.loss.load_state_dict(state.get("loss_meter") or _older_loss_sums(state))
+    per_process = state.get("loss_meters")  # one per process; older checkpoints kept the main process's alone
+    own = per_process[acc.process_index] if per_process else state.get("loss_meter")
+    ctx.loss.load_state_dict(own or _older_loss_sums(state))
     ctx.train_metrics.load_state_dict(state.get("train_metrics"))
     known = {f.name for f in dataclasses.fields(TrainState)}
     ctx.state = TrainState(**{k: v for k, v in state.items() if k in known})
