@@ -71,6 +71,17 @@ def logged_losses(run: Path) -> list[tuple]:
             if r.get("split") == "train" and "loss" in r]
 
 
+def test_a_nan_on_one_rank_is_skipped_by_every_rank(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    """train.skip_nonfinite decides together: a NaN loss on rank 1 alone makes both processes skip that step, so no
+    process leaves the gradients' all-reduce (gloo aborts "collective mismatch" otherwise; NCCL hangs)."""
+    run = tmp_path / "run"
+    out = launch(["run", str(toy_recipe), "--run-dir", str(run), "--set", "train.skip_nonfinite=true",
+                  "--set", "train.callbacks=[{name = 'nan_loss_at', step = 3, rank = 1}]"], cli_env, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    state = json.loads(sorted((run / "checkpoints").glob("step-*"))[-1].joinpath("trainer_state.json").read_text())
+    assert state["skipped_steps"] == 1
+
+
 def test_one_failing_process_stops_the_others(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
     import time
 

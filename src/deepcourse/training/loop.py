@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
@@ -220,7 +221,7 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
                 loss, outputs = split_step(task.training_step(model, batch))
                 if cfg.l1:
                     loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
-                finite = not cfg.skip_nonfinite or bool(torch.isfinite(loss).all())  # host sync (skip_nonfinite)
+                finite = not cfg.skip_nonfinite or all_finite(acc, loss)  # skip_nonfinite: all-reduce + host sync
                 if finite:
                     acc.backward(loss)  # several processes: the gradients' all-reduce, on the device
                     if acc.sync_gradients and (cfg.clip_grad_norm or log_due(ctx, state.global_step + 1)):
@@ -256,6 +257,15 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
         return False
     finally:
         bar.close()
+
+
+def all_finite(acc: Accelerator, loss: torch.Tensor) -> bool:
+    """Whether every process's loss is finite: the processes skip a step together, or none leaves the gradients'
+    all-reduce that the others wait in."""
+    bad = (~torch.isfinite(loss.detach()).all()).float()
+    if acc.num_processes > 1:
+        bad = acc.reduce(bad, reduction="sum")
+    return not bool(bad)  # host sync
 
 
 def split_step(result: Any) -> tuple[torch.Tensor, Mapping[str, torch.Tensor] | None]:
