@@ -161,3 +161,71 @@ def test_run_slurm_outside_slurm_exits_2(cli_env) -> None:
     env = {k: v for k, v in cli_env.items() if not k.startswith("SLURM_")}
     out = run_cli(["run", "--slurm", "toy"], env)
     assert out.returncode == 2 and "not a task of a Slurm job step" in out.stderr
+
+
+# -- the run lock on filesystems without flock ---------------------------------------------------------------------
+@pytest.fixture()
+def no_flock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flock as Lustre without -o flock answers it: ENOLCK (not 'someone holds it')."""
+    import errno
+
+    from deepcourse.rundir import lock
+
+    def refuse(fd: int) -> bool:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock, "_try_lock", refuse)
+
+
+def test_without_flock_a_lock_file_holds_the_run(tmp_path: Path, no_flock: None) -> None:
+    import os
+
+    from deepcourse.errors import CheckpointError, RecipeWarning
+    from deepcourse.rundir import lock
+
+    with pytest.warns(RecipeWarning, match="cannot flock"):
+        held = lock.acquire(tmp_path)
+    info = json.loads((tmp_path / lock.FALLBACK_FILE).read_text())
+    assert info["pid"] == os.getpid()
+    assert lock.holder(tmp_path).startswith(f"pid {os.getpid()} on host")
+    with pytest.warns(RecipeWarning), pytest.raises(CheckpointError, match="another deepcourse process is training"):
+        lock.acquire(tmp_path)
+    held.release()
+    assert not (tmp_path / lock.FALLBACK_FILE).exists() and lock.holder(tmp_path) is None
+    with pytest.warns(RecipeWarning):
+        lock.acquire(tmp_path).release()
+
+
+def test_a_lock_file_left_by_a_dead_process_here_is_taken_over_one_from_another_host_is_not(
+        tmp_path: Path, no_flock: None) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from deepcourse.errors import CheckpointError, RecipeWarning
+    from deepcourse.rundir import lock
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = {"pid": int(gone.stdout), "host": socket.gethostname(), "since": "2026-01-01T00:00:00"}
+    (tmp_path / lock.FALLBACK_FILE).write_text(json.dumps(stale))
+    assert lock.holder(tmp_path) is None
+    with pytest.warns(RecipeWarning):
+        lock.acquire(tmp_path).release()
+    elsewhere = {"pid": 1, "host": "another-node", "since": "2026-01-01T00:00:00"}
+    (tmp_path / lock.FALLBACK_FILE).write_text(json.dumps(elsewhere))
+    with pytest.warns(RecipeWarning), pytest.raises(CheckpointError, match=r"remove .*\.lockfile and try again"):
+        lock.acquire(tmp_path)
+
+
+def test_a_run_trains_on_a_filesystem_without_flock(tmp_path: Path, toy_recipe: Path, plugin_site: Path,
+                                                    no_flock: None) -> None:
+    from click.testing import CliRunner
+
+    from deepcourse.cli.main import main
+
+    run = tmp_path / "run"
+    out = CliRunner().invoke(main, ["run", str(toy_recipe), "--run-dir", str(run), "--no-report",
+                                    "--set", "train.epochs=1"])
+    assert out.exit_code == 0, out.output
+    assert "this filesystem cannot flock" in out.stderr
+    assert (run / "summary.json").exists() and not (run / ".lockfile").exists()
