@@ -229,3 +229,46 @@ def test_a_run_trains_on_a_filesystem_without_flock(tmp_path: Path, toy_recipe: 
     assert out.exit_code == 0, out.output
     assert "this filesystem cannot flock" in out.stderr
     assert (run / "summary.json").exists() and not (run / ".lockfile").exists()
+
+
+# -- data on the device: no host work per step ---------------------------------------------------------------------
+def test_on_device_batches_are_cut_there_with_no_list_per_step(tmp_path: Path, toy_recipe: Path, plugin_site: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """With data.on_device each batch's indices arrive as a tensor already on the data's device (the epoch's order
+    went there once), never as a Python list made into a tensor and copied per step (a host-device sync each step
+    on a GPU); and the batches are the same ones, so the run is the same."""
+    from click.testing import CliRunner
+    from core_support import final_weights
+
+    from deepcourse.cli.main import main
+    from deepcourse.data import ArrayDataset, DeviceBatchSampler
+
+    seen: list[Any] = []
+    orders: list[int] = []
+    original_items, original_iter = ArrayDataset.__getitems__, DeviceBatchSampler.__iter__
+
+    def recording_items(self: ArrayDataset, indices: Any) -> Any:
+        seen.append((len(self), indices))
+        return original_items(self, indices)
+
+    def recording_iter(self: DeviceBatchSampler) -> Any:
+        orders.append(1)
+        return original_iter(self)
+
+    monkeypatch.setattr(ArrayDataset, "__getitems__", recording_items)
+    monkeypatch.setattr(DeviceBatchSampler, "__iter__", recording_iter)
+    runs = {}
+    for on_device in (False, True):
+        seen.clear()
+        run = tmp_path / f"on_device_{on_device}"
+        out = CliRunner().invoke(main, ["run", str(toy_recipe), "--run-dir", str(run), "--no-report",
+                                        "--set", f"data.on_device={str(on_device).lower()}"])
+        assert out.exit_code == 0, out.output
+        runs[on_device] = final_weights(run)
+        largest = max(n for n, _ in seen)
+        training = [i for n, i in seen if n == largest]  # batches of the training split, the largest
+        assert len(training) == 3 * 10  # 3 epochs of 10 batches
+        assert all(isinstance(i, torch.Tensor) for i in training) == on_device, {type(i) for i in training}
+    assert len(orders) == 3  # one copy of the order per epoch, not one per step
+    for key in runs[False]:
+        assert torch.equal(runs[False][key], runs[True][key]), key

@@ -362,3 +362,27 @@ def sample_lengths(dataset: Any) -> torch.Tensor | None:
         return None
     lengths = torch.as_tensor(lengths)
     return lengths if lengths.ndim == 1 and len(lengths) == len(dataset) else None
+
+
+class DeviceBatchSampler(Sampler[torch.Tensor]):
+    """Batches of indices as tensors on the data's device (`data.on_device`), for one training process.
+
+    The epoch's order is the `sampler`'s (a function of seed and epoch, the same on every device, so a run on a GPU
+    sees the batches a run on a CPU does); it is copied to the device once per epoch, and each batch is a slice of
+    it there. A step then moves nothing from the host: no list of indices is made into a tensor and copied per batch,
+    which made the GPU wait for the host at every step."""
+
+    def __init__(self, sampler: EpochSampler, batch_size: int, device: torch.device) -> None:
+        self.sampler, self.batch_size, self.device = sampler, batch_size, device
+        self.drop_last = False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long)  # once per epoch, on the host
+        order = order.to(self.device, non_blocking=True)
+        return iter(order.split(self.batch_size))
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from deepcourse.data import (
     ArrayDataset,
+    DeviceBatchSampler,
     EpochSampler,
     LengthGroupedSampler,
     passthrough_collate,
@@ -107,7 +108,15 @@ def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifac
     sampler = EpochSampler(len(train), seed=recipe.seed) if lr_test else make_train_sampler(recipe, train)
     loader = partial(make_loader, collate_fn=bundle.collate_fn, num_workers=recipe.data.num_workers,
                      pin_memory=accelerator.device.type == "cuda" and not recipe.data.on_device)
-    train_loader = loader(train, recipe.data.batch_size, sampler=sampler, seed=recipe.seed)
+    if recipe.data.on_device and accelerator.num_processes == 1 and isinstance(train, ArrayDataset):
+        # batches cut on the device from a per-epoch order copied there once: no host work per step
+        # (a batch of indices is a tensor here, which ArrayDataset.__getitems__ takes; torch's hint says lists)
+        batches = DeviceBatchSampler(sampler, recipe.data.batch_size, train.device)
+        train_loader = DataLoader(train, batch_sampler=batches,  # type: ignore[arg-type]
+                                  collate_fn=bundle.collate_fn or passthrough_collate,
+                                  generator=torch.Generator().manual_seed(recipe.seed))  # as make_loader's
+    else:
+        train_loader = loader(train, recipe.data.batch_size, sampler=sampler, seed=recipe.seed)
     evaluated, holdout = (None, None) if lr_test else (bundle.splits.get(recipe.eval.split), bundle.splits.get(HOLDOUT))
     eval_loader = loader(evaluated, recipe.eval_batch_size) if evaluated is not None and len(evaluated) else None
     holdout_loader = loader(holdout, recipe.eval_batch_size) if holdout is not None else None
