@@ -73,9 +73,9 @@ class DataSection(_Open):
                "batches stay random in content and order")
     on_device: bool = doc(
         False, "keep the decoded dataset on the training device (a GPU), so a step moves no data from the host: for "
-               "data held as tensors (ArrayDataset) that fits beside the model, such as MNIST or CIFAR-10 (150 MB). One "
-               "training process cuts its batches there from an order copied once per epoch; several processes "
-               "still send each batch's indices from the host")
+               "data held as tensors (ArrayDataset) that fits beside the model, such as MNIST or CIFAR-10 (150 MB). "
+               "One training process cuts its batches there from an order copied once per epoch; several "
+               "processes still send each batch's indices from the host")
 
 
 class ModelSection(_Open):
