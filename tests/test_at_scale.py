@@ -272,3 +272,28 @@ def test_on_device_batches_are_cut_there_with_no_list_per_step(tmp_path: Path, t
     assert len(orders) == 3  # one copy of the order per epoch, not one per step
     for key in runs[False]:
         assert torch.equal(runs[False][key], runs[True][key]), key
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_drop_last_trains_on_whole_batches_only(tmp_path: Path, toy_recipe: Path, plugin_site: Path,
+                                                monkeypatch: pytest.MonkeyPatch, on_device: bool) -> None:
+    """data.drop_last: every training step has the batch's full shape (a compiled model compiles once); the short
+    batch is what is left out, a different one each epoch."""
+    from click.testing import CliRunner
+
+    from deepcourse.cli.main import main
+    from deepcourse.data import ArrayDataset
+
+    sizes: list[tuple[int, int]] = []
+    original = ArrayDataset.__getitems__
+    monkeypatch.setattr(ArrayDataset, "__getitems__",
+                        lambda self, indices: sizes.append((len(self), len(indices))) or original(self, indices))
+    run = tmp_path / "run"
+    out = CliRunner().invoke(main, ["run", str(toy_recipe), "--run-dir", str(run), "--no-report", "--set",
+                                    "data.drop_last=true", "--set", f"data.on_device={str(on_device).lower()}"])
+    assert out.exit_code == 0, out.output
+    largest = max(n for n, _ in sizes)
+    training = [b for n, b in sizes if n == largest]
+    assert training and set(training) == {16}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 * (largest // 16) == len(training)

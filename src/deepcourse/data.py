@@ -372,9 +372,8 @@ class DeviceBatchSampler(Sampler[torch.Tensor]):
     it there. A step then moves nothing from the host: no list of indices is made into a tensor and copied per batch,
     which made the GPU wait for the host at every step."""
 
-    def __init__(self, sampler: EpochSampler, batch_size: int, device: torch.device) -> None:
-        self.sampler, self.batch_size, self.device = sampler, batch_size, device
-        self.drop_last = False
+    def __init__(self, sampler: EpochSampler, batch_size: int, device: torch.device, drop_last: bool = False) -> None:
+        self.sampler, self.batch_size, self.device, self.drop_last = sampler, batch_size, device, drop_last
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -382,7 +381,10 @@ class DeviceBatchSampler(Sampler[torch.Tensor]):
     def __iter__(self) -> Iterator[torch.Tensor]:
         order = torch.as_tensor(list(self.sampler), dtype=torch.long)  # once per epoch, on the host
         order = order.to(self.device, non_blocking=True)
+        if self.drop_last:
+            order = order[:len(self) * self.batch_size]
         return iter(order.split(self.batch_size))
 
     def __len__(self) -> int:
-        return -(-len(self.sampler) // self.batch_size)
+        whole, rest = divmod(len(self.sampler), self.batch_size)
+        return whole + (1 if rest and not self.drop_last else 0)

@@ -53,6 +53,9 @@ class DataSection(_Open):
                                       "<dataset>/, else the Hub)")
     batch_size: PositiveInt = doc(32, "samples per batch and process")
     eval_batch_size: PositiveInt | None = doc(None, "batch size for evaluation (default: batch_size)")
+    drop_last: bool = doc(False, "leave out each epoch's last, smaller training batch: every step then has the same "
+                                 "shape, so a compiled model (train.compile) is compiled once, not again for the short "
+                                 "batch; the samples left out differ from epoch to epoch")
     val_split: Annotated[float, Field(ge=0, lt=1)] | None = doc(
         None, "fraction of train carved off as the validation split, only when the dataset has none of its own (the "
               "same samples for the same seed); a dataset's own validation split is always used as it is")

@@ -111,12 +111,13 @@ def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifac
     if recipe.data.on_device and accelerator.num_processes == 1 and isinstance(train, ArrayDataset):
         # batches cut on the device from a per-epoch order copied there once: no host work per step
         # (a batch of indices is a tensor here, which ArrayDataset.__getitems__ takes; torch's hint says lists)
-        batches = DeviceBatchSampler(sampler, recipe.data.batch_size, train.device)
+        batches = DeviceBatchSampler(sampler, recipe.data.batch_size, train.device, drop_last=recipe.data.drop_last)
         train_loader = DataLoader(train, batch_sampler=batches,  # type: ignore[arg-type]
                                   collate_fn=bundle.collate_fn or passthrough_collate,
                                   generator=torch.Generator().manual_seed(recipe.seed))  # as make_loader's
     else:
-        train_loader = loader(train, recipe.data.batch_size, sampler=sampler, seed=recipe.seed)
+        train_loader = loader(train, recipe.data.batch_size, sampler=sampler, seed=recipe.seed,
+                              drop_last=recipe.data.drop_last)
     evaluated, holdout = (None, None) if lr_test else (bundle.splits.get(recipe.eval.split), bundle.splits.get(HOLDOUT))
     eval_loader = loader(evaluated, recipe.eval_batch_size) if evaluated is not None and len(evaluated) else None
     holdout_loader = loader(holdout, recipe.eval_batch_size) if holdout is not None else None
@@ -229,7 +230,7 @@ def _asked_for(message: str) -> str:
 
 
 def make_loader(dataset: Any, batch_size: int, *, collate_fn: Any, num_workers: int, sampler: Any = None,
-                seed: int = 0, pin_memory: bool = False) -> DataLoader:
+                seed: int = 0, pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
     """`pin_memory` (training on a GPU): batches in page-locked memory, so the copy to the GPU can overlap the step
     (Accelerate copies with non_blocking=True then)."""
     # A private generator: each new iterator draws a base seed from it, never from the global RNG, so creating
@@ -237,7 +238,7 @@ def make_loader(dataset: Any, batch_size: int, *, collate_fn: Any, num_workers: 
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       collate_fn=collate_fn or passthrough_collate, num_workers=num_workers,
                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
-                      pin_memory=pin_memory)
+                      pin_memory=pin_memory, drop_last=drop_last)
 
 
 def place_data(recipe: Recipe, bundle: DataBundle, device: torch.device) -> None:
