@@ -142,4 +142,26 @@ def test_a_subset_of_sentences_batches_as_they_did() -> None:
     part = data.subset(torch.tensor([2, 0]))
     assert part.tokens == [["Bob"], ["Alice", "met", "Bob"]] and len(part) == 2
     whole, cut = data.__getitems__([2, 0]), part.__getitems__([0, 1])
-    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+    assert whole.keys() == cut.keys()
+    assert all(torch.equal(whole[k], cut[k]) if isinstance(whole[k], torch.Tensor) else whole[k] == cut[k]
+               for k in whole)
+
+
+def test_the_character_bilstm_packs_with_the_batchs_host_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch carries its characters' lengths as a host list too (a list stays on the host when Accelerate moves the
+    batch to the GPU), so the character BiLSTM packs without copying lengths back from the device each step."""
+    from accelerate.utils import send_to_device
+
+    batch, facts = tiny_batch()
+    assert batch["char_lengths_host"] == batch["char_lengths"].tolist()
+    assert send_to_device(batch, "cpu")["char_lengths_host"] == batch["char_lengths_host"]  # not made a tensor
+    model = call_builder(MODELS.get("bilstm_crf"), {"char_features": "lstm"}, loc="model", provided=facts)
+    copies: list[torch.Size] = []
+    real_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: copies.append(self.shape) or real_cpu(self, *a, **k))
+    out = model(batch)
+    (out["loss_ner"]).mean().backward()
+    assert copies == []
+    without = {k: v for k, v in batch.items() if k != "char_lengths_host"}  # a batch made elsewhere still works
+    model(without)
+    assert copies == [batch["char_lengths"].shape]

@@ -11,6 +11,7 @@ analysis (`deepcourse report`) can show the sentences it scored without reading 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -83,10 +84,10 @@ class TaggedSentences(Dataset):
         part.tags = {name: tags[indices] for name, tags in self.tags.items()}
         return part
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         return self.__getitems__([index])
 
-    def __getitems__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> dict[str, Any]:
         """One batch: words/forms/tags cut to the longest sentence, the batch's distinct forms as characters.
 
         char_index[b, t] points into `chars` (one row per distinct form); padding positions point one past the
@@ -101,12 +102,15 @@ class TaggedSentences(Dataset):
         char_index = torch.full_like(forms, len(distinct))
         char_index[real] = inverse
         char_lengths = self.form_lengths[distinct]
-        batch = {
+        batch: dict[str, Any] = {
             "words": self.words[idx, :width],
             "casing": self.casing[idx, :width],
             "lengths": lengths,
             "chars": self.form_chars[distinct, :int(char_lengths.max())],
             "char_lengths": char_lengths,
+            # the same lengths as a list, which stays on the host when the batch moves to the GPU: a character
+            # BiLSTM packs its input with them, without a device-to-host copy (a sync) per step
+            "char_lengths_host": char_lengths.tolist(),
             "char_index": char_index,
         }
         for name, tags in self.tags.items():

@@ -406,7 +406,8 @@ class SequenceTagging(Task):
         """Non-empty sentences batched as the model reads them (word ids, characters, lengths), on `device`."""
         assert self.words is not None and self.chars is not None
         data = TaggedSentences(sentences, words=self.words, word_options=self.word_options, chars=self.chars)
-        return {k: v.to(device) for k, v in data.__getitems__(range(len(sentences))).items()}
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v  # host lists stay on the host
+                for k, v in data.__getitems__(range(len(sentences))).items()}
 
     def to_file_scheme(self, name: str, ids: Sequence[int]) -> list[str]:
         """Tag ids of column `name` as the data files write them (span columns in the files' scheme)."""

@@ -23,7 +23,7 @@ class CharCNN(nn.Module):
         self.conv = nn.Conv1d(dim, filters, kernel, padding=kernel // 2)
         self.out_features = filters
 
-    def forward(self, chars: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, chars: torch.Tensor, lengths: torch.Tensor, host_lengths: Any = None) -> torch.Tensor:
         x = self.dropout(self.embedding(chars)).transpose(1, 2)  # [U, dim, L]
         h = self.conv(x)[:, :, :chars.shape[1]]
         outside = torch.arange(chars.shape[1], device=chars.device) >= lengths.unsqueeze(1)
@@ -53,8 +53,10 @@ class CharLSTM(nn.Module):
         self.lstm = nn.LSTM(dim, hidden, batch_first=True, bidirectional=True)
         self.out_features = 2 * hidden
 
-    def forward(self, chars: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = pack_padded_sequence(self.dropout(self.embedding(chars)), lengths.cpu(), batch_first=True,
+    def forward(self, chars: torch.Tensor, lengths: torch.Tensor, host_lengths: Any = None) -> torch.Tensor:
+        # packing needs the lengths on the host: the batch's own host copy when it has one (no device sync)
+        on_host = host_lengths if host_lengths is not None else lengths.cpu()
+        packed = pack_padded_sequence(self.dropout(self.embedding(chars)), on_host, batch_first=True,
                                       enforce_sorted=False)
         _, (h, _) = run_recurrent(self.lstm, packed)  # h: [2, U, hidden], already in the input order
         return torch.cat([h[0], h[1]], dim=1)

@@ -117,7 +117,7 @@ class SequenceTagger(nn.Module):
         if self.casing_embedding is not None:
             x = torch.cat([x, self.casing_embedding(batch["casing"])], dim=-1)
         if self.char_encoder is not None:
-            forms = self.char_encoder(batch["chars"], batch["char_lengths"])
+            forms = self.char_encoder(batch["chars"], batch["char_lengths"], batch.get("char_lengths_host"))
             forms = torch.cat([forms, forms.new_zeros(1, forms.shape[1])])  # the padding row char_index uses
             x = torch.cat([x, forms[batch["char_index"]]], dim=-1)
         return self.dropout(self.encoder(self.dropout(x), lengths))
