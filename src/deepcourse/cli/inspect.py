@@ -69,14 +69,11 @@ def lr_find(recipe: Path, overrides: Sequence[str], output: Path | None, start_l
     """The learning-rate range test (Smith 2017) of RECIPE: a short run whose rate grows exponentially from
     --start-lr to --end-lr, the loss plotted against the rate, and a suggested rate. Trains nothing that is kept:
     no run directory, the model and optimizer restored."""
-    from deepcourse.errors import UserError
     from deepcourse.recipe.load import load_recipe
     from deepcourse.rundir.outputs import writable_folder
-    from deepcourse.training.lrfind import find_lr
+    from deepcourse.training.lrfind import check_range, find_lr
 
-    if start_lr >= end_lr:
-        raise UserError(f"--start-lr {start_lr:g} must be below --end-lr {end_lr:g}: the test raises the rate from "
-                        f"one to the other")
+    check_range(start_lr, end_lr)  # before the recipe's data is read
     resolved = load_recipe(recipe, overrides)
     out = writable_folder(output if output is not None else Path("lr-find") / resolved.name, "-o")
     result = find_lr(resolved, out, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps)
