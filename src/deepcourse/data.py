@@ -128,13 +128,13 @@ def load_hf_splits(
             raise DataError(f"cannot read the local copy of '{dataset}' in {folder}: {type(exc).__name__}: {exc}"
                             ) from None
         return {s: loaded[s] for s in loaded}
+    if hub_id and not revision:
+        raise RecipeError(f"data.hub_revision: required to load '{hub_id}' from the Hugging Face Hub; pin the "
+                          f"commit (or tag) to load, so the data cannot change under the recipe")
     wanted = ", ".join(f"{s}: {' or '.join(patterns.get(s, ()))}" for s in splits if patterns.get(s))
     if data_dir:  # the folder the recipe (or --data-dir) names is the copy: no fall-back to the Hub
         raise DataError(f"data.data_dir: folder '{data_dir}' holds no files of dataset '{dataset}' ({wanted}); put "
                         f"them there, or remove data.data_dir to use ${DATA_ENV}/{dataset}/ or the Hugging Face Hub")
-    if hub_id and not revision:
-        raise RecipeError(f"data.hub_revision: required to load '{hub_id}' from the Hugging Face Hub; pin the "
-                          f"commit (or tag) to load, so the data cannot change under the recipe")
     if hub_id and hub_allowed():
         try:
             loaded = datasets.load_dataset(hub_id, revision=revision, **dict(hub_kwargs or {}))

@@ -26,10 +26,11 @@ RUN_OWNED = frozenset({"recipe.toml", "run.json", "metrics.jsonl", "summary.json
 RUN_MARKS = ("run.json", "metrics.jsonl", "checkpoints", "best")
 
 
-def writable_folder(path: Path, option: str) -> Path:
-    """`path` is a folder this process can create files in, or one it can create, and not a run's own; returns it
-    unchanged."""
-    inside_run(path, option, folder=True)
+def writable_folder(path: Path, option: str, *, resumed: bool = False) -> Path:
+    """`path` is a folder this process can create files in, or one it can create, and not a run's own (unless it is
+    the run a command continues: `resumed`); returns it unchanged."""
+    if not resumed:
+        inside_run(path, option, folder=True)
     existing = nearest_existing(path)
     if not existing.is_dir():
         where = "is a file" if existing == path.absolute() else f"is under '{_shown(existing, path)}', a file"
@@ -86,7 +87,10 @@ def _as_given(run: Path, given: Path, depth: int) -> Path:
     stem = given
     for _ in range(depth):
         stem = stem.parent
-    return stem if _real(stem.absolute()) == run else run
+    for shown in (Path(os.path.normpath(stem)), stem):  # 'runs/x/best/..' reads as 'runs/x' where that is the run
+        if _real(shown.absolute()) == run:
+            return shown
+    return run
 
 
 def is_run(folder: Path) -> bool:
