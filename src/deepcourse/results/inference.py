@@ -84,8 +84,9 @@ def as_option(exc: DataError, data_dir: str | Path | None) -> DataError:
     text = exc.render()
     if not data_dir or not text.startswith("data.data_dir: "):
         return exc
-    return DataError("--data-dir: " + text.removeprefix("data.data_dir: ").replace("remove data.data_dir",
-                                                                                   "leave --data-dir out"))
+    head, advice, _ = text.removeprefix("data.data_dir: ").partition("; put them there")
+    return DataError(f"--data-dir: {head}" + ("; give the folder that holds the split's files, or leave --data-dir out "
+                                              "to read the split where the run was trained from" if advice else ""))
 
 
 def evaluate_run(run_dir: Path, *, split: str | None = None, data_dir: str | Path | None = None, which: str = "best",
