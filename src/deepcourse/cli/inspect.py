@@ -20,7 +20,8 @@ from deepcourse.cli.common import handle_errors, override_option, read_inputs
 @click.option("--target", help="Also explain this answer: a class (name or index) of a CNN; an entity type (PER) or "
                                "an entity's words of a tagger.")
 @click.option("--topk", type=click.IntRange(min=1), help="CNN: the K most probable classes shown (default 5).")
-@click.option("--nbest", type=click.IntRange(min=1), help="Tagger: the K best tag sequences shown (default 3).")
+@click.option("--nbest", type=click.IntRange(min=1),
+              help="Tagger: the K best tag sequences shown (default 3, at most 100).")
 @click.option("--layer", help="CNN: the module Grad-CAM weighs, a name of model.named_modules() (default: the last "
                               "convolutional stage).")
 @click.option("--channels", type=click.IntRange(min=1, max=64),
