@@ -122,7 +122,7 @@ def _refuse_bomb(name: str, pixels: int | None) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     if limit is None or (pixels is not None and pixels <= limit):
         return
-    shown = f"{pixels:,} pixels" if pixels is not None else "more pixels"
+    shown = f"{pixels:,} pixels" if pixels is not None else f"more than {2 * limit:,} pixels"
     raise DataError(f"{name}: image of {shown}, above the limit of {limit:,} (PIL's Image.MAX_IMAGE_PIXELS, a guard "
                     f"against decompression bombs); refused without decoding it. Resize the image, or leave it out")
 
