@@ -155,3 +155,26 @@ def test_shipped_recipes_are_listed_and_found_by_name(tmp_path: Path, cli_env, m
     assert f"{len(shipped)} recipe(s)" in listed.stdout
     wrong = run_cli(["check", "quikstart"], cli_env, cwd=tmp_path)
     assert wrong.returncode == 2 and "quikstart: recipe file not found. Did you mean 'quickstart'?" in wrong.stderr
+
+
+def test_a_local_file_that_shadows_a_shipped_recipe_is_named_with_both_paths(tmp_path: Path, monkeypatch) -> None:
+    import warnings
+
+    from deepcourse.api import shipped_recipes
+    from deepcourse.recipe import shipped
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(shipped, "_WARNED", set())
+    original = shipped_recipes()["quickstart"]
+    Path("quickstart.toml").write_text(original.read_text().replace("epochs = ", "epochs = 1 + "))
+    with pytest.warns(RecipeWarning, match=rf"quickstart.toml: a local file with the name of the shipped recipe "
+                                           rf"'quickstart' \({original}\), and different from it; using the local "
+                                           rf"file {tmp_path / 'quickstart.toml'}"):
+        assert shipped.resolve("quickstart.toml") == Path("quickstart.toml")  # your own file wins, said once
+    Path("recipes").mkdir()
+    Path("recipes/quickstart.toml").write_bytes(original.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecipeWarning)
+        assert shipped.resolve("quickstart.toml") == Path("quickstart.toml")  # already said in this process
+        assert shipped.resolve("recipes/quickstart.toml") == Path("recipes/quickstart.toml")  # the same text
+        assert shipped.resolve("quickstart") == original  # the name alone is the shipped one

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from core_support import TOY_RECIPE
 import deepcourse
 from deepcourse.api import ArrayDataset, DataError, holdout_indices, resolve_splits, splits_to_read
 from deepcourse.cli.main import main
+from deepcourse.errors import RecipeWarning
 
 
 class Documents(ArrayDataset):
@@ -32,8 +34,10 @@ def test_the_holdout_is_the_last_whole_documents_and_never_depends_on_the_seed()
     docs = [0] * 4 + [1] * 3 + [2] * 2 + [3] * 1  # 10 samples; 20% is 2, but document 2 starts at 7
     keep, held = holdout_indices(10, 0.2, docs)
     assert held.tolist() == [7, 8, 9] and keep.tolist() == list(range(7))
-    assert holdout_indices(10, 0.1, docs)[1].tolist() == [9]  # the last document alone
-    assert holdout_indices(10, 0.5, [0] * 10)[1].tolist() == [5, 6, 7, 8, 9]  # one document: cut inside it
+    with pytest.warns(RecipeWarning, match="holds out a single document"):
+        assert holdout_indices(10, 0.1, docs)[1].tolist() == [9]  # the last document alone
+    with pytest.warns(RecipeWarning, match="cut inside it"):
+        assert holdout_indices(10, 0.5, [0] * 10)[1].tolist() == [5, 6, 7, 8, 9]  # one document: cut inside it
     # without documents: a fixed draw, not the tail (image folders are sorted by class) and not the recipe's seed
     keep, held = holdout_indices(100, 0.1)
     assert len(held) == 10 and held.tolist() != list(range(90, 100))
@@ -106,3 +110,26 @@ def test_evaluating_on_the_holdout_is_never_selecting_on_it(plugin_site, toy_rec
     result = CliRunner().invoke(main, ["check", str(toy_recipe), "--set", "eval.split=\"holdout\""])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "eval.split: 'holdout' is never selected on" in result.output
+
+
+def test_a_holdout_that_cannot_mean_what_it_says_is_refused_or_named() -> None:
+    with pytest.raises(DataError, match=r"data.holdout=0.001 of 48 training samples rounds to none \(0.048\)"):
+        holdout_indices(48, 0.001)  # not one sample held out, silently made into one
+    assert len(holdout_indices(48, 0.011)[1]) == 1  # 0.53 rounds to one: held out as asked
+    with pytest.warns(RecipeWarning, match=r"data.holdout=0.5: train's first document runs past the cut \(sample 5 "
+                                           r"of 10\), so the holdout is cut inside it"):
+        holdout_indices(10, 0.5, [0] * 10)
+    with pytest.warns(RecipeWarning, match=r"data.holdout=0.1 holds out a single document \(5 of 10 samples, 50%\)"):
+        assert holdout_indices(10, 0.1, [0] * 5 + [1] * 5)[1].tolist() == [5, 6, 7, 8, 9]  # 10% asked, 50% kept out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RecipeWarning)
+        holdout_indices(100, 0.1, [d for d in range(20) for _ in range(5)])  # two whole documents: nothing to say
+
+
+def test_holdout_and_val_split_together_must_leave_training_data() -> None:
+    train = Documents(list(range(10)))
+    with pytest.raises(DataError, match=r"data.holdout=0.5 and data.val_split=0.95 leave no training samples: the "
+                                        r"holdout keeps 5 out, and validation would take all 5 that remain"):
+        resolve_splits({"train": train}, ["train", "validation"], dataset="d", val_split=0.95, seed=0, holdout=0.5)
+    out = resolve_splits({"train": train}, ["train", "validation"], dataset="d", val_split=0.5, seed=0, holdout=0.5)
+    assert len(out["train"]) == 3 and len(out["validation"]) == 2  # round(2.5) of the 5 that remain

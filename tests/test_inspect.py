@@ -70,6 +70,26 @@ def test_the_range_test_restores_the_model_after_an_error() -> None:
     assert torch.equal(model.weight, before) and optimizer.param_groups[0]["lr"] == 0.1
 
 
+@pytest.mark.parametrize(("start", "end", "message"), [
+    (1e-7, float("nan"), "--end-lr nan: a learning rate is a finite number above 0"),
+    (1e-7, float("inf"), "--end-lr inf: a learning rate is a finite number above 0"),
+    (float("nan"), 1.0, "--start-lr nan: a learning rate is a finite number above 0"),
+    (0.0, 1.0, "--start-lr 0: a learning rate is a finite number above 0"),
+    (1.0, 1.0, "--start-lr 1 must be below --end-lr 1"),
+    (5e-324, 1e308, "the range is wider than a float holds")])
+def test_the_range_test_refuses_rates_it_cannot_step_through(start: float, end: float, message: str) -> None:
+    """Called from Python as from the command line: nan passes `0 < rate` and `start < end` (every comparison with
+    it is false), and the test then ran two steps at rate nan and wrote their figure."""
+    from deepcourse.errors import UserError
+
+    model, batches = least_squares()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        lr_range_test(model, optimizer, batches, lambda b: (model(b[0]) - b[1]).pow(2).mean(), start_lr=start,
+                      end_lr=end, num_steps=20)
+    assert optimizer.param_groups[0]["lr"] == 0.1 and model.weight.grad is None
+
+
 def test_the_suggestion_is_the_steepest_fall_before_the_minimum() -> None:
     lrs = [10 ** (-6 + i * 0.1) for i in range(60)]
     loss = [2.0] * 20 + [2.0 - 0.05 * i for i in range(1, 21)] + [1.0 + 0.2 * i for i in range(20)]

@@ -1,7 +1,9 @@
 """Data plumbing every task shares: finding a local copy or the Hub, choosing and carving splits, batched tensors.
 
-Local copies win over the Hub: `data.data_dir`, then `$DEEPCOURSE_DATA/<dataset>/`, then the Hub id. With none
-available the error lists every place that was tried, so offline machines get an answer instead of a timeout.
+Local copies win over the Hub: `data.data_dir`, else `$DEEPCOURSE_DATA/<dataset>/`, then the Hub id. A folder the
+recipe names is the copy to use: one that lacks the files is an error naming it, never a fall-back to another copy.
+With none available the error lists every place that was tried, so offline machines get an answer instead of a
+timeout.
 The recipe's split keys mean the same for every task because they are implemented here, once: `data.val_split`
 carves validation from train only when the dataset has none (`resolve_splits`), and `data.train_samples` /
 `data.eval_samples` draw the same random subset for the same seed (`random_subset`), and `data.holdout` keeps the
@@ -39,14 +41,12 @@ def require_data_dir(data_dir: str | os.PathLike, key: str = "data.data_dir", hi
 
 
 def candidate_dirs(dataset: str, data_dir: str | os.PathLike | None) -> list[Path]:
-    """Where a local copy of `dataset` may live, in the order they are tried. An explicit `data_dir` must exist."""
-    dirs = []
+    """Where a local copy of `dataset` may live: an explicit `data_dir` alone (it must exist, and a copy is never
+    looked for elsewhere when it holds none), else $DEEPCOURSE_DATA/<dataset>/."""
     if data_dir:
-        dirs.append(require_data_dir(data_dir))
+        return [require_data_dir(data_dir)]
     root = os.environ.get(DATA_ENV)
-    if root:
-        dirs.append(Path(root).expanduser() / dataset)
-    return dirs
+    return [Path(root).expanduser() / dataset] if root else []
 
 
 def find_split_files(folder: Path, patterns: Sequence[str]) -> list[Path]:
@@ -131,6 +131,10 @@ def load_hf_splits(
     if hub_id and not revision:
         raise RecipeError(f"data.hub_revision: required to load '{hub_id}' from the Hugging Face Hub; pin the "
                           f"commit (or tag) to load, so the data cannot change under the recipe")
+    wanted = ", ".join(f"{s}: {' or '.join(patterns.get(s, ()))}" for s in splits if patterns.get(s))
+    if data_dir:  # the folder the recipe (or --data-dir) names is the copy: no fall-back to the Hub
+        raise DataError(f"data.data_dir: folder '{data_dir}' holds no files of dataset '{dataset}' ({wanted}); put "
+                        f"them there, or remove data.data_dir to use ${DATA_ENV}/{dataset}/ or the Hugging Face Hub")
     if hub_id and hub_allowed():
         try:
             loaded = datasets.load_dataset(hub_id, revision=revision, **dict(hub_kwargs or {}))
@@ -141,7 +145,6 @@ def load_hf_splits(
             return {s: loaded[s] for s in loaded if s in splits}
     elif hub_id:
         tried.append(f"the Hugging Face Hub ({hub_id}): skipped, offline mode is set")
-    wanted = ", ".join(f"{s}: {' or '.join(patterns.get(s, ()))}" for s in splits if patterns.get(s))
     env_hint = "" if os.environ.get(DATA_ENV) else f" ${DATA_ENV} is not set."
     raise DataError(
         f"no copy of dataset '{dataset}' found. Tried: " + ("; ".join(tried) if tried else "nothing") +
@@ -163,8 +166,12 @@ def holdout_indices(n: int, fraction: float, groups: Sequence[Any] | None = None
     unseen samples. With `groups` (a document id per sample, in corpus order): the last `fraction` of the samples,
     the cut moved back to where a document starts, so no document is split between training and holdout (the
     sentences of one news story share its entities). Without: a random draw with a fixed seed (0), since a
-    corpus's tail can be one class (image folders are sorted by class)."""
-    size = max(1, int(round(n * fraction)))
+    corpus's tail can be one class (image folders are sorted by class). A fraction that rounds to no sample is
+    refused; a holdout of one document (or cut inside the only one) is said in a warning: its score says little."""
+    size = int(round(n * fraction))
+    if size == 0:
+        raise DataError(f"data.holdout={fraction} of {n} training samples rounds to none ({n * fraction:.2g}); hold "
+                        f"out at least one (data.holdout >= {1 / n:.2g}), or remove data.holdout")
     if size >= n:
         raise DataError(f"data.holdout={fraction} leaves no training samples out of {n}")
     if groups is None:
@@ -173,7 +180,15 @@ def holdout_indices(n: int, fraction: float, groups: Sequence[Any] | None = None
     cut = start = n - size
     while start > 0 and groups[start - 1] == groups[start]:
         start -= 1
-    cut = start if start > 0 else cut  # one document only: cut inside it rather than hold out everything
+    if start == 0:  # the first document reaches past the cut: cut inside it rather than hold out everything
+        warnings.warn(f"data.holdout={fraction}: train's first document runs past the cut (sample {cut} of {n}), so "
+                      f"the holdout is cut inside it and shares that document with training: its score is optimistic. "
+                      f"A corpus of several documents keeps whole ones out", RecipeWarning, stacklevel=3)
+    elif len(set(groups[start:])) == 1:
+        warnings.warn(f"data.holdout={fraction} holds out a single document ({n - start} of {n} samples, "
+                      f"{(n - start) / n:.0%}): a score on one document says little about unseen data; raise "
+                      f"data.holdout to keep several out", RecipeWarning, stacklevel=3)
+    cut = start if start > 0 else cut
     return torch.arange(cut), torch.arange(cut, n)
 
 
@@ -222,7 +237,12 @@ def resolve_splits(available: Mapping[str, S], wanted: Sequence[str], *, dataset
             warnings.warn(f"data.val_split = {val_split} is not used: dataset '{dataset}' has its own validation split",
                           RecipeWarning, stacklevel=2)
         elif "train" in splits:
-            keep, held = split_indices(len(splits["train"]), float(val_split), seed)
+            left = len(splits["train"])
+            if holdout and HOLDOUT in splits and max(1, round(left * float(val_split))) >= left:
+                raise DataError(f"data.holdout={holdout} and data.val_split={val_split} leave no training samples: "
+                                f"the holdout keeps {len(splits[HOLDOUT])} out, and validation would take all {left} "
+                                f"that remain; lower one of them")
+            keep, held = split_indices(left, float(val_split), seed)
             train = splits["train"]
             splits["train"], splits["validation"] = subset(train, keep), subset(train, held)
     where = f"{source}: " if source else ""

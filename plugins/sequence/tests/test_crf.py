@@ -135,3 +135,13 @@ def test_nbest_paths_are_the_k_best_of_every_path(tiny, k: int) -> None:
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-9
         if len(found) == len(paths):
             assert sum(probs) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_nbest_asks_no_more_memory_than_there_are_paths(tiny) -> None:
+    """k is cut to the number of paths a sentence has (K^T) before anything is allocated: `predict --nbest` with a
+    huge K would otherwise ask for K x K floats per word."""
+    crf, emissions, _, mask = tiny
+    n = int(mask[0].sum())
+    every = enumerate_paths(crf, emissions[0, :n])[0]
+    found = nbest_paths(emissions[0, :n], crf.start_transitions, crf.end_transitions, crf.transitions, 10**15)
+    assert len(found) == len(every) and len({tuple(p) for _, p in found}) == len(every)

@@ -28,11 +28,16 @@ def test_conll2003_offline_without_a_copy_lists_what_was_tried(tmp_path: Path,
     with pytest.raises(DataError, match="data.data_dir: folder '.*mine' does not exist"):
         conll2003(data_dir=str(tmp_path / "mine")).load(["train"])  # an explicit folder must be there
     (tmp_path / "mine").mkdir()
-    with pytest.raises(DataError) as error:
+    (tmp_path / "conll2003").mkdir()
+    (tmp_path / "conll2003" / "train.txt").write_text("EU NNP B-NP B-ORG\n")
+    with pytest.raises(DataError, match=r"data.data_dir: folder '.*mine' holds no files of dataset 'conll2003' "
+                                        r"\(train: train.txt or "):  # never a fall-back to $DEEPCOURSE_DATA's copy
         conll2003(data_dir=str(tmp_path / "mine")).load(["train"])
+    (tmp_path / "conll2003" / "train.txt").unlink()
+    with pytest.raises(DataError) as error:
+        conll2003().load(["train"])
     message = str(error.value)
-    assert "no copy of dataset 'conll2003' found" in message
-    assert str(tmp_path / "mine") in message and str(tmp_path / "conll2003") in message
+    assert "no copy of dataset 'conll2003' found" in message and str(tmp_path / "conll2003") in message
     assert "eriktks/conll2003" in message and "offline" in message
 
 

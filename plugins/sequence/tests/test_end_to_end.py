@@ -63,17 +63,21 @@ def test_evaluate_with_a_folder_holding_only_the_test_file(run_dir: Path, mini: 
 
 def test_evaluate_reports_missing_split_files(run_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--split", "test", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and f"--data-dir {tmp_path}: the folder is empty" in result.stderr
+    (tmp_path / "notes.txt").write_text("not a split")
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--split", "test", "--data-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "no CoNLL file found for test" in result.stderr and str(tmp_path) in result.stderr
 
 
 def test_predict_text_and_conll_file(run_dir: Path, mini: Path, tmp_path: Path) -> None:
-    result = cli("predict", run_dir, "Alice visited Paris", "", "--json")
+    result = cli("predict", run_dir, "Alice visited Paris", "--json")
     assert result.exit_code == 0, result.output
-    first, empty = [json.loads(line) for line in result.stdout.splitlines()]
+    (first,) = [json.loads(line) for line in result.stdout.splitlines()]
     assert first["tokens"] == ["Alice", "visited", "Paris"] and len(first["tags"]["ner"]) == 3
     assert all(t == "O" or t[:2] in ("B-", "I-") for t in first["tags"]["ner"])  # written in the files' scheme
-    assert empty["tokens"] == [] and empty["tags"]["ner"] == []
+    result = CliRunner().invoke(main, ["predict", str(run_dir), "Alice visited Paris", "", "--json"])
+    assert result.exit_code == 2 and "predict: INPUTS[2] is empty text ('')" in result.stderr  # not an empty answer
     out = tmp_path / "tagged.conll"
     result = cli("predict", run_dir, mini / "dev.txt", "-o", out, "--batch-size", "3")
     assert result.exit_code == 0, result.output

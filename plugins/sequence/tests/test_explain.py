@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,65 @@ def test_predict_nbest_lists_the_best_paths(crf_run: Path, tmp_path: Path, mini:
     lines = out.read_text().splitlines()
     assert lines[0].startswith("# nbest ner: ") and len(lines[0].split()[3:]) == 2  # NCRF++'s layout
     assert [line.split()[0] for line in lines[1:6]] == SENTENCES[0].split() and len(lines[1].split()) == 3
+
+
+@pytest.fixture()
+def undecided_run(crf_run: Path, tmp_path: Path) -> Path:
+    """crf_run with its NER head rewired: every emission 0, a start on B-PER, E-PER or S-PER, and O after any tag.
+    Three BIOES paths tie (S-PER O..., B-PER O..., E-PER O...), two of them through moves BIOES forbids, and all
+    three read B-PER O... in BIO: what `predict --nbest 3` printed as three identical columns at 0.33 each."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(crf_run, run)
+    weights = run / "best" / "model.safetensors"
+    state = load_file(str(weights))
+    tags = json.loads((run / "best" / "artifacts.json").read_text())["tags"]["ner"]
+    for key in [k for k in state if k.startswith("heads.ner.") and ".crf." not in k]:
+        state[key] = torch.zeros_like(state[key])
+    start = torch.full((len(tags),), -10.0)
+    start[[tags.index(t) for t in ("B-PER", "E-PER", "S-PER")]] = 10.0
+    transitions = torch.full((len(tags), len(tags)), -5.0)
+    transitions[:, tags.index("O")] = 5.0
+    state["heads.ner.crf.start_transitions"], state["heads.ner.crf.transitions"] = start, transitions
+    save_file(state, str(weights))
+    return run
+
+
+def test_predict_nbest_merges_paths_that_read_alike_in_the_output_scheme(undecided_run: Path, tmp_path: Path) -> None:
+    result = cli("predict", undecided_run, SENTENCES[0], "--nbest", "3", "--json")
+    assert result.exit_code == 0, result.output
+    paths = json.loads(result.stdout)["nbest"]["ner"]
+    columns = [tuple(p["tags"]) for p in paths]
+    assert len(set(columns)) == 3, columns  # three different answers, as the output writes them
+    first = paths[0]
+    assert first["tags"] == ["B-PER", "O", "O", "O", "O"] and first["paths"] == 3  # the three tied BIOES paths
+    assert first["probability"] == pytest.approx(0.998, abs=1e-3)  # their sum, not one third of it
+    assert [p["probability"] for p in paths] == sorted((p["probability"] for p in paths), reverse=True)
+    assert sum(p["probability"] for p in paths) <= 1 + 1e-6
+    result = cli("predict", undecided_run, SENTENCES[0], "--nbest", "3", "-o", tmp_path / "nbest.conll")
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "nbest.conll").read_text().splitlines()
+    assert lines[0].startswith("# nbest ner: 0.99")
+    assert lines[1].startswith("# merged ner: answer 1 sums 3 BIOES paths") and lines[1].endswith(
+        "that read alike in BIO")
+    assert lines[2].split() == ["Alice", "B-PER", *lines[2].split()[2:]] and len(lines[2].split()) == 4
+
+
+def test_predict_refuses_empty_text_and_an_nbest_beyond_its_bound(crf_run: Path) -> None:
+    import deepcourse
+    from deepcourse.api import UserError
+
+    for text in ("", "  \t "):
+        result = cli("predict", crf_run, SENTENCES[0], text)
+        assert result.exit_code == 2 and f"predict: INPUTS[2] is empty text ({text!r})" in result.stderr
+        with pytest.raises(UserError, match=re.escape(f"input {text!r} is empty text: a tagger tags at least one")):
+            deepcourse.predict(crf_run, [SENTENCES[0], text])  # from Python too: never an empty answer
+    result = cli("predict", crf_run, SENTENCES[0], "--nbest", "100000000")
+    assert result.exit_code == 2 and "--nbest 100000000: at most 100 answers per input" in result.stderr
+    result = cli("explain", crf_run, SENTENCES[0], "--nbest", "101", "-o", crf_run.parent / "x")
+    assert result.exit_code == 2 and "--nbest 101: at most 100" in result.stderr
 
 
 def test_evaluate_writes_what_conlleval_reads_and_scores_the_same(crf_run: Path, tmp_path: Path) -> None:

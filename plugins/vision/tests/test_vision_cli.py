@@ -76,7 +76,8 @@ def test_quickstart_train_evaluate_predict(tmp_path: Path) -> None:
     code, out = cli("evaluate", str(run), "--split", "tset")  # the split named, with the ones there are
     assert code == 2 and "--split tset: digits has no split 'tset' (it has: train, test). Did you mean 'test'?" in out
     code, out = cli("evaluate", str(run), "--split", "validation", "--data-dir", str(tmp_path))
-    assert code == 2 and "no copy of dataset 'digits' found" in out  # a folder without the files: said so
+    assert code == 2 and f"--data-dir: folder '{tmp_path}' holds no files of dataset 'digits'" in out  # said so,
+    assert "leave --data-dir out" in out  # never a fall-back to another copy
 
 
 @pytest.mark.slow

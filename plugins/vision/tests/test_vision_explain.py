@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 from test_vision_models import CASES, build
-from vision_fixtures import RECIPES, class_image, png_bytes
+from vision_fixtures import RECIPES, bomb_png, class_image, png_bytes
 
 from deepcourse.api import UserError, grad_cam, module_outputs
 from deepcourse.testing import cli as main
@@ -146,6 +146,22 @@ def test_explain_defaults_to_a_folder_in_the_run_and_refuses_what_does_not_apply
         result = cli("explain", quick_run, digits[0], "-o", quick_run / "other", *args)
         assert result.exit_code == 2 and message in result.stderr, result.output
         assert not (quick_run / "other").exists()
+
+
+@pytest.mark.parametrize(("width", "pixels"), [(30_000, "900,000,000"), (10_000, "100,000,000")])
+def test_a_decompression_bomb_is_refused_by_explain_and_predict(quick_run: Path, digits: list[Path], tmp_path: Path,
+                                                                width: int, pixels: str) -> None:
+    """Above twice PIL's pixel limit PIL raises an exception of its own (a traceback, exit 1); between the limit and
+    twice it, a warning, then gigabytes decoded. Both are refused from the header, naming the file and the limit."""
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png(width, width))
+    message = f"{bomb}: image of {pixels} pixels, above the limit of 89,478,485 (PIL's Image.MAX_IMAGE_PIXELS"
+    for args in (["explain", quick_run, digits[0], bomb, "-o", tmp_path / "explained"],
+                 ["predict", quick_run, digits[0], bomb, "-o", tmp_path / "predicted.txt"]):
+        result = cli(*args)
+        assert result.exit_code == 2 and message in result.stderr, result.output
+        assert "Traceback" not in result.output and "DecompressionBombWarning" not in result.output
+    assert {p.name for p in tmp_path.iterdir()} == {"bomb.png", "digit3.png", "digit7.png"}  # nothing half written
 
 
 def test_evaluate_writes_one_csv_row_per_image(quick_run: Path, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ name no other test folder uses)."""
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +29,17 @@ def png_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A decompression bomb: a PNG of a few dozen bytes whose header says width x height grayscale pixels (the data
+    is the start of the first row only: nothing reads this far, the size is refused from the header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
 
 
 def make_imagefolder(root: Path, classes: Sequence[str] = ("a", "b", "c"), per_class: int = 6, size: int = 12,

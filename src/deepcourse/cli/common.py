@@ -145,8 +145,13 @@ def override_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def read_inputs(inputs: Sequence[str], command: str) -> list[str]:
-    """INPUTS of `predict` and `explain`: the arguments, or with '-' alone one input per line of standard input."""
+    """INPUTS of `predict` and `explain`: the arguments, or with '-' alone one input per line of standard input. An
+    argument that is empty text (`predict RUN ""`, an unset shell variable) is refused: there is nothing to answer."""
     if list(inputs) != ["-"]:
+        for number, item in enumerate(inputs, 1):
+            if not item.strip():
+                raise UserError(f"{command}: INPUTS[{number}] is empty text ({item!r}); give a file, or text to "
+                                f"{command} on (one sentence per argument for a tagger)")
         return list(inputs)
     items = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not items:

@@ -20,7 +20,8 @@ from deepcourse.cli.common import handle_errors, override_option, read_inputs
 @click.option("--target", help="Also explain this answer: a class (name or index) of a CNN; an entity type (PER) or "
                                "an entity's words of a tagger.")
 @click.option("--topk", type=click.IntRange(min=1), help="CNN: the K most probable classes shown (default 5).")
-@click.option("--nbest", type=click.IntRange(min=1), help="Tagger: the K best tag sequences shown (default 3).")
+@click.option("--nbest", type=click.IntRange(min=1),
+              help="Tagger: the K best tag sequences shown (default 3, at most 100).")
 @click.option("--layer", help="CNN: the module Grad-CAM weighs, a name of model.named_modules() (default: the last "
                               "convolutional stage).")
 @click.option("--channels", type=click.IntRange(min=1, max=64),
@@ -69,14 +70,11 @@ def lr_find(recipe: Path, overrides: Sequence[str], output: Path | None, start_l
     """The learning-rate range test (Smith 2017) of RECIPE: a short run whose rate grows exponentially from
     --start-lr to --end-lr, the loss plotted against the rate, and a suggested rate. Trains nothing that is kept:
     no run directory, the model and optimizer restored."""
-    from deepcourse.errors import UserError
     from deepcourse.recipe.load import load_recipe
     from deepcourse.rundir.outputs import writable_folder
-    from deepcourse.training.lrfind import find_lr
+    from deepcourse.training.lrfind import check_range, find_lr
 
-    if start_lr >= end_lr:
-        raise UserError(f"--start-lr {start_lr:g} must be below --end-lr {end_lr:g}: the test raises the rate from "
-                        f"one to the other")
+    check_range(start_lr, end_lr)  # before the recipe's data is read
     resolved = load_recipe(recipe, overrides)
     out = writable_folder(output if output is not None else Path("lr-find") / resolved.name, "-o")
     result = find_lr(resolved, out, start_lr=start_lr, end_lr=end_lr, num_steps=num_steps)

@@ -228,7 +228,8 @@ def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint:
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write results to this file.")
 @click.option("--nbest", default=1, show_default=True, type=click.IntRange(min=1),
-              help="The K best answers per input with their probabilities (a tagger's K best tag sequences).")
+              help="The K best answers per input with their probabilities, K <= 100 (a tagger's K best tag sequences "
+                   "as the output writes them: paths that read alike there are merged, their probabilities summed).")
 @handle_errors
 def predict(run_dir: Path, inputs: Sequence[str], as_json: bool, batch_size: int, output: Path | None,
             nbest: int) -> None:

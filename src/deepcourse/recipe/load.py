@@ -147,7 +147,7 @@ def validate_recipe(data: Mapping[str, Any], source: Path | None = None,
         recipe = Recipe.model_validate(dict(data))
     except ValidationError as exc:
         problems += recipe_problems(exc, data)
-    problems += check_builders(data)
+    problems += check_builders(data) + repeated_trackers(data)
     reported = tuple(f"{line.split(':', 1)[0]}:" for line in unusable)
     problems = unusable + [p for p in problems if not p.startswith(reported)]  # one message per key
     problems = [_in_file(p, origins or {}, source) for p in problems]
@@ -233,6 +233,21 @@ def check_builders(data: Mapping[str, Any]) -> list[str]:
     for i, cb in enumerate(callbacks if isinstance(callbacks, list) else []):
         if isinstance(cb, Mapping):
             problems += _check_callback(dict(cb), i)
+    return problems
+
+
+def repeated_trackers(data: Mapping[str, Any]) -> list[str]:
+    """A tracker listed twice would be started twice and log every value twice (or fail on its own run name)."""
+    train = data.get("train")
+    trackers = train.get("trackers") if isinstance(train, Mapping) else None
+    first: dict[str, int] = {}
+    problems = []
+    for i, name in enumerate(trackers if isinstance(trackers, list) else []):
+        if isinstance(name, str) and name in first:
+            problems.append(f"train.trackers[{i}]: '{name}' is listed twice (also train.trackers[{first[name]}]); "
+                            f"list each tracker once")
+        elif isinstance(name, str):
+            first[name] = i
     return problems
 
 

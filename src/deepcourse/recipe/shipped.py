@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+import warnings
 from pathlib import Path
 
-from deepcourse.errors import did_you_mean
+from deepcourse.errors import RecipeWarning, did_you_mean
 
 
 def recipes_dir() -> Path | None:
@@ -32,12 +33,37 @@ def shipped() -> dict[str, Path]:
 
 def resolve(recipe: str | os.PathLike[str]) -> Path:
     """The file `recipe` names: an existing path as it is, else the shipped recipe of that name (also written as
-    `recipes/NAME.toml` from another folder); otherwise the path unchanged, for the caller's not-found error."""
+    `recipes/NAME.toml` from another folder); otherwise the path unchanged, for the caller's not-found error. A local
+    file that shadows a different shipped recipe of the same name is used, with a warning naming both."""
     path = Path(recipe)
-    if path.exists():
-        return path
     name = path.as_posix().removesuffix(".toml").removeprefix("recipes/")
-    return shipped().get(name, path)
+    found = None if path.is_absolute() else shipped().get(name)
+    if path.exists():
+        if found is not None and path.is_file():
+            _warn_shadowing(path, found, name)
+        return path
+    return found or path
+
+
+#: local files already warned about in this process (a sweep or a study resolves its recipe once per trial)
+_WARNED: set[Path] = set()
+
+
+def _warn_shadowing(local: Path, shipped_file: Path, name: str) -> None:
+    """Warn once per file that `local` is used in place of the shipped recipe `name`, unless they are one file or
+    hold the same text (then nothing depends on which is read)."""
+    real = local.resolve()
+    if real in _WARNED or real == shipped_file.resolve():
+        return
+    try:
+        if local.read_bytes() == shipped_file.read_bytes():
+            return
+    except OSError:
+        return  # an unreadable local file is reported when it is read
+    _WARNED.add(real)
+    warnings.warn(f"{local}: a local file with the name of the shipped recipe '{name}' ({shipped_file}), and "
+                  f"different from it; using the local file {real}. Rename it to run both, or give the shipped one "
+                  f"by its path", RecipeWarning, stacklevel=3)
 
 
 def not_found_hint(recipe: str | Path) -> str:

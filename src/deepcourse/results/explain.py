@@ -27,7 +27,7 @@ def explain_run(run_dir: Path, inputs: Sequence[str], out: Path, options: Explai
     import torch
 
     from deepcourse.errors import UserError
-    from deepcourse.results.inference import load_trained
+    from deepcourse.results.inference import load_trained, require_nbest
     from deepcourse.rundir.files import atomic_write
     from deepcourse.task import Task
     from deepcourse.training.accelerator import make_accelerator, torch_threads
@@ -35,6 +35,7 @@ def explain_run(run_dir: Path, inputs: Sequence[str], out: Path, options: Explai
     if len(inputs) > MAX_INPUTS:
         raise UserError(f"explain: {len(inputs)} inputs; explain takes at most {MAX_INPUTS} at a time (each gives "
                         f"several figures): choose the few a report needs, or use `deepcourse predict` for many")
+    require_nbest(options.nbest)
     recipe, task, _, artifacts, model = load_trained(run_dir)
     if type(task).explain is Task.explain:
         raise UserError(f"explain: task '{recipe.task.name}' has no explanations (its plugin does not implement "

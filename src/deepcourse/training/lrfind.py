@@ -65,6 +65,7 @@ def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
     batches in turn (from the start again if there are too few); `loss_of(batch)` is the training loss. With an
     `accelerator` (model, optimizer and batches prepared by it) the steps use its backward, accumulation and
     clipping. Everything the steps change is restored at the end, also after an error."""
+    check_range(start_lr, end_lr)
     saved = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), torch.get_rng_state(),
              torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None, model.training)
     scaler = getattr(accelerator, "scaler", None)
@@ -119,6 +120,21 @@ def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
         model.train(saved[4])
     result.suggestion, result.min_loss_lr = suggest(result.lrs, result.smoothed)
     return result
+
+
+def check_range(start_lr: float, end_lr: float) -> None:
+    """Rates the test can step through: finite, above 0, rising, and a ratio a float holds (nan passes `> 0`: every
+    comparison with it is false, so it is checked first)."""
+    for value, option in ((start_lr, "--start-lr"), (end_lr, "--end-lr")):
+        if not math.isfinite(value) or value <= 0:
+            raise UserError(f"{option} {value:g}: a learning rate is a finite number above 0 (e.g. --start-lr 1e-7 "
+                            f"--end-lr 10)")
+    if start_lr >= end_lr:
+        raise UserError(f"--start-lr {start_lr:g} must be below --end-lr {end_lr:g}: the test raises the rate from "
+                        f"one to the other")
+    if not math.isfinite(end_lr / start_lr):
+        raise UserError(f"--start-lr {start_lr:g} and --end-lr {end_lr:g}: the range is wider than a float holds; "
+                        f"a range test spans a few decades (e.g. --start-lr 1e-7 --end-lr 10)")
 
 
 def _again_and_again(batches: Iterable[Any]) -> Iterator[Any]:

@@ -46,7 +46,7 @@ def read_resume(run_dir: Path, recipe: Recipe | str | Path | None = None, overri
     what the run computed (only NON_COMPUTING_KEYS may differ). Refused before any data is loaded: a folder that is
     no run, cannot be written, or is held by another training process."""
     require_run_dir(run_dir)
-    writable_folder(run_dir, "--resume")
+    writable_folder(run_dir, "--resume", resumed=True)  # the run's own files are the ones a resume writes
     holder = lock.holder(run_dir)  # the early check; fit takes the lock itself
     if holder:
         raise CheckpointError(f"--resume {run_dir}: {lock.in_use(holder)}")

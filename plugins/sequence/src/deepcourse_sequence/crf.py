@@ -144,9 +144,11 @@ def nbest_paths(emissions: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
                 k: int) -> list[tuple[float, list[int]]]:
     """The k best tag paths of one sentence (emissions [T, K]) with their scores, best first: list Viterbi, keeping
     the k best partial paths ending in each tag at each position (NCRF++'s n-best decoding). Fewer than k when the
-    sentence has fewer paths. Path 1 is the Viterbi path; exp(score - log Z) is a path's probability."""
+    sentence has fewer paths. Path 1 is the Viterbi path; exp(score - log Z) is a path's probability. Memory grows
+    with k, so k is first cut to the number of paths there are (tags ** length)."""
     emissions, start, end, transitions = (x.detach().double().cpu() for x in (emissions, start, end, transitions))
     length, tags = emissions.shape
+    k = min(k, tags ** min(length, 64))  # 2 ** 64 paths: more than any k that fits in memory
     neg = float("-inf")
     best = torch.full((tags, k), neg, dtype=torch.float64)  # [tag, rank]: score of the rank-th best path ending here
     best[:, 0] = start + emissions[0]

@@ -2,7 +2,7 @@
 
 A dataset builder only describes the corpus (where the files are, their columns and tag scheme, how to build the
 vocabulary); the task calls `Corpus.load` for the splits it needs. Local copies win over the Hub, as everywhere in
-deepcourse: `data.data_dir`, then `$DEEPCOURSE_DATA/<name>/`, then the Hub id.
+deepcourse: `data.data_dir` when it is set (and only it), else `$DEEPCOURSE_DATA/<name>/`, then the Hub id.
 """
 from __future__ import annotations
 

@@ -45,6 +45,8 @@ MAX_SENTENCES = 20
 DEFAULT_NBEST = 3
 #: predicted entities per sentence that get a saliency figure when --target does not choose
 MAX_SALIENT = 3
+#: `predict --nbest K` lists up to this many times K of the model's paths to find K that differ in the output
+MERGE_REACH = 8
 
 
 class ExplainedTagger(Protocol):
@@ -89,6 +91,27 @@ def best_paths(task: ExplainedTagger, model: nn.Module, name: str, scores: torch
     names = task.tags[name]
     return [(math.exp(score - log_z), [names[i] for i in path], task.to_file_scheme(name, path))
             for score, path in found]
+
+
+def output_paths(task: ExplainedTagger, model: nn.Module, name: str, scores: torch.Tensor,
+                 k: int) -> list[dict[str, Any]]:
+    """The k most probable tag sequences of one sentence as the output writes them (the data files' scheme), for
+    `predict --nbest`: the model's paths that read alike there (a BIOES path with a move the scheme forbids reads
+    as another one in BIO) are one answer, whose probability is the sum of theirs (`paths`: how many), and more of
+    the model's paths are listed (up to MERGE_REACH times k) until k different answers are found. Ranked by that
+    sum, so answer 1 is the Viterbi path's reading unless several weaker paths together outweigh it."""
+    fetch = k
+    while True:
+        found = best_paths(task, model, name, scores, fetch)
+        merged: dict[tuple[str, ...], dict[str, Any]] = {}
+        for p, own, tags in found:
+            entry = merged.setdefault(tuple(tags), {"probability": 0.0, "tags": tags, "model_tags": own, "paths": 0})
+            entry["probability"] += p
+            entry["paths"] += 1
+        if len(merged) >= k or len(found) < fetch or fetch >= MERGE_REACH * k:
+            break
+        fetch = min(2 * fetch, MERGE_REACH * k)
+    return sorted(merged.values(), key=lambda e: -e["probability"])[:k]
 
 
 def _check_options(options: ExplainOptions) -> None:

@@ -33,6 +33,7 @@ from deepcourse.api import (
     Recipe,
     RecipeError,
     Task,
+    UserError,
     call_builder,
     resolve_splits,
     splits_to_read,
@@ -399,8 +400,11 @@ class SequenceTagging(Task):
             if "\n" not in item and path.is_file():
                 for line, columns in iter_sentences(path, None):
                     yield f"{path}:{line}", columns["token"]
-            else:
+            elif item.split():
                 yield "text", item.split()
+            else:
+                raise UserError(f"input {item!r} is empty text: a tagger tags at least one word; give a sentence, "
+                                f"or a CoNLL file")
 
     def batch_of(self, sentences: Sequence[Sequence[str]], device: torch.device) -> dict[str, torch.Tensor]:
         """Non-empty sentences batched as the model reads them (word ids, characters, lengths), on `device`."""
@@ -430,7 +434,7 @@ class SequenceTagging(Task):
 
     def _predict_chunk(self, model: nn.Module, chunk: list[tuple[str, list[str]]],
                        device: torch.device) -> Iterator[dict[str, Any]]:
-        from .explain import best_paths
+        from .explain import output_paths
 
         nbest = int(getattr(self, "predict_options", {}).get("nbest", 1))
         nonempty = [tokens for _, tokens in chunk if tokens]
@@ -451,12 +455,12 @@ class SequenceTagging(Task):
                     result["entities"][name] = self.entities(tokens, tags)
                 result["tags"][name] = tags
                 if nbest > 1:
-                    paths = best_paths(self, model, name, out[f"scores_{name}"][row, :len(tokens)], nbest) \
+                    paths = output_paths(self, model, name, out[f"scores_{name}"][row, :len(tokens)], nbest) \
                         if tokens else []
                     result.setdefault("nbest", {})[name] = [
-                        {"probability": round(p, 6), "tags": tags_k, "model_tags": own,
-                         **({"entities": self.entities(tokens, tags_k)} if self.kinds[name] == "span" else {})}
-                        for p, own, tags_k in paths]
+                        {**path, "probability": round(path["probability"], 6),
+                         **({"entities": self.entities(tokens, path["tags"])} if self.kinds[name] == "span" else {})}
+                        for path in paths]
             if not result["entities"]:
                 del result["entities"]
             row += bool(tokens)
@@ -474,5 +478,12 @@ class SequenceTagging(Task):
             return format_sentence(columns) + "\n"
         lines = [f"# nbest {name}: " + " ".join(f"{path['probability']:.4f}" for path in result["nbest"][name])
                  for name in self.labels]
+        lines += [line for name in self.labels if (line := self.merged_note(name, result["nbest"][name]))]
         columns = [result["tokens"], *(path["tags"] for name in self.labels for path in result["nbest"][name])]
         return "\n".join(lines) + "\n" + (format_sentence(columns) + "\n" if result["tokens"] else "")
+
+    def merged_note(self, name: str, paths: Sequence[Mapping[str, Any]]) -> str:
+        """'# merged ner: answer 1 sums 2 BIOES paths that read alike in BIO', or '' when no answer merges paths."""
+        sums = [f"answer {i} sums {path['paths']} {self.tag_scheme} paths" for i, path in enumerate(paths, 1)
+                if path.get("paths", 1) > 1]
+        return f"# merged {name}: {', '.join(sums)} that read alike in {self.file_scheme}" if sums else ""

@@ -16,6 +16,8 @@ import hashlib
 import io
 import json
 import os
+import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -93,6 +95,7 @@ def _decode_one(name: str, data: bytes | str | Path, mode: str | None, size: int
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as opened:
             img: Image.Image = opened
+            _refuse_bomb(name, img.width * img.height)
             want = mode or ("L" if img.mode in GRAYSCALE_MODES else "RGB")
             if img.mode != want:
                 img = img.convert(want)
@@ -101,9 +104,27 @@ def _decode_one(name: str, data: bytes | str | Path, mode: str | None, size: int
             array = np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{name}: image file not found") from None
+    except Image.DecompressionBombError as exc:  # twice PIL's limit: refused by PIL itself, before we see the size
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        _refuse_bomb(name, int(pixels.group(1)) if pixels else None)
+        raise  # pragma: no cover - _refuse_bomb always raises
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from None
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _refuse_bomb(name: str, pixels: int | None) -> None:
+    """Refuse an image above PIL's pixel limit (`Image.MAX_IMAGE_PIXELS`, its guard against decompression bombs: a
+    small file that decodes to gigabytes), naming the file and the limit; PIL alone only warns up to twice the limit
+    and raises an exception of its own above it, which would end the process in a traceback."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is None or (pixels is not None and pixels <= limit):
+        return
+    shown = f"{pixels:,} pixels" if pixels is not None else f"more than {2 * limit:,} pixels"
+    raise DataError(f"{name}: image of {shown}, above the limit of {limit:,} (PIL's Image.MAX_IMAGE_PIXELS, a guard "
+                    f"against decompression bombs); refused without decoding it. Resize the image, or leave it out")
 
 
 def decode_images(items: Sequence[tuple[str, bytes | str | Path]], *, mode: Literal["L", "RGB"] | None = None,
@@ -115,6 +136,15 @@ def decode_images(items: Sequence[tuple[str, bytes | str | Path]], *, mode: Lite
     """
     if not items:
         return torch.zeros(0, 1 if mode == "L" else 3, size or 1, size or 1, dtype=torch.uint8)
+    with warnings.catch_warnings():  # PIL's own DecompressionBombWarning: `_refuse_bomb` says it, as an error
+        from PIL import Image
+
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _decode_all(items, mode, size, threads)
+
+
+def _decode_all(items: Sequence[tuple[str, bytes | str | Path]], mode: Literal["L", "RGB"] | None, size: int | None,
+                threads: int | None) -> torch.Tensor:
     first = _decode_one(*items[0], mode, size)
     mode = mode or ("L" if first.shape[0] == 1 else "RGB")
     out = np.empty((len(items), *first.shape), dtype=np.uint8)
