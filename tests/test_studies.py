@@ -119,10 +119,11 @@ def test_a_bad_space_exits_2_naming_the_key(tmp_path: Path, cli_env) -> None:
 
 
 def test_a_pruned_search_keeps_the_callbacks_the_recipe_declares(tmp_path: Path, cli_env) -> None:
-    """The pruning callback joins the recipe's own callbacks: a trial still runs the ones the recipe declares."""
+    """The pruning callback joins the recipe's own callbacks: a trial still runs the ones the recipe declares. (Two
+    epochs: a pruner chosen for trials that evaluate once is refused, it has nothing to prune.)"""
     import tomllib
 
-    recipe = search_recipe(tmp_path, trials=1, pruner="median", epochs=1)
+    recipe = search_recipe(tmp_path, trials=1, pruner="median", epochs=2)
     recipe.write_text(recipe.read_text().replace(
         "progress = false\n", "progress = false\ncallbacks = [{name = 'pause_at', step = 2, seconds = 0.0}]\n", 1))
     out = run_cli(["tune", str(recipe), "--runs-root", str(tmp_path / "runs"), "--study", "cb"], cli_env)
@@ -445,3 +446,21 @@ def test_the_documented_spaces_and_grids_still_work(plugin_site, toy_recipe: Pat
                                             "optimizer={name=adam}, optimizer.lr=0.01"]
     _, points, seeds = plan(toy_recipe, ["seed=1,2"], None, [])
     assert seeds == 1 and [p["overrides"] for p in points] == [["seed=1"], ["seed=2"]]
+
+
+def test_trials_that_evaluate_once_are_not_pruned(plugin_site, toy_recipe: Path) -> None:
+    """One evaluation per trial: the default pruner is left out (it would only mark finished trials below the median
+    as pruned, and leave them out of the best); one the recipe chooses is refused, naming search.pruner."""
+    from deepcourse.recipe.load import load_recipe
+    from deepcourse.recipe.searchspace import parse_space, pruner_for, study_problems
+
+    space = 'search.space={"optimizer.lr" = {low = 0.01, high = 0.1}}'
+    for sets, pruner, refused in ((["train.epochs=1"], "none", False), (["train.epochs=2"], "median", False),
+                                  (["train.epochs=4", "eval.every=4"], "none", False),
+                                  (["train.epochs=1", "search.pruner='median'"], "median", True),
+                                  (["train.epochs=1", "search.pruner='none'"], "none", False)):
+        recipe = load_recipe(toy_recipe, [space, *sets])
+        dims, _ = parse_space(recipe.search.space)
+        problems = study_problems(recipe, dims)
+        assert pruner_for(recipe, dims) == pruner and bool(problems) is refused, (sets, problems)
+        assert not problems or problems[0].startswith('search.pruner: "median" has nothing to prune')

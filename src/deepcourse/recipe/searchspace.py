@@ -74,10 +74,16 @@ class Dimension:
         return int(math.floor((self.high - self.low) / (self.step or 1) + 1e-9))
 
     def examples(self) -> list[Any]:
-        """The values a check of the recipe tries: both ends of a range, every choice."""
+        """The values a check of the recipe tries: both ends of a range and its first step, every choice. A float
+        step between whole ends (`{low = 4, high = 8, step = 0.5}`) tries the ends as written and then 4.5, so an
+        integer key is refused at the value the step makes, not at an end the user wrote as a whole number."""
         if self.kind == "categorical":
             return list(self.choices)
-        return [int(self.low), int(self.high)] if self.kind == "int" else [self.low, self.high]
+        if self.kind == "int":
+            return [int(self.low), int(self.high)]
+        ends = [int(self.low), int(self.high)] if self.low.is_integer() and self.high.is_integer() and self.step \
+            else [self.low, self.high]
+        return ends + ([round(self.low + self.step, 12)] if self.step else [])
 
 
 def key_place(key: str) -> str:
@@ -210,14 +216,19 @@ def evaluations(epochs: int, every: int) -> int:
     return epochs // every + (1 if epochs % every else 0)
 
 
+def evaluates_once(recipe: Recipe, dims: Sequence[Dimension]) -> bool:
+    """Whether every trial evaluates once (unless the space varies how often): a pruner decides between two
+    evaluations of a trial, so with one it can only mark a finished trial as pruned."""
+    varied = {d.key for d in dims} & {"train.epochs", "eval.every"}
+    return not varied and evaluations(recipe.train.epochs, recipe.eval.every) < 2
+
+
 def study_problems(recipe: Recipe, dims: Sequence[Dimension]) -> list[str]:
     """What the study's sampler and pruner cannot do with this space and recipe (key path first): a pruner chosen
     for trials that evaluate once (it stops a trial between two evaluations: there is none), a sampler of ranges
     over a space of choices only (it would draw every choice at random: nothing of its own)."""
     search, problems = recipe.search, []
-    varied = {d.key for d in dims}
-    once = evaluations(recipe.train.epochs, recipe.eval.every) < 2 and not varied & {"train.epochs", "eval.every"}
-    if "pruner" in search.model_fields_set and search.pruner != "none" and once:
+    if "pruner" in search.model_fields_set and search.pruner != "none" and evaluates_once(recipe, dims):
         problems.append(f'search.pruner: "{search.pruner}" has nothing to prune: each trial evaluates once '
                         f"(train.epochs = {recipe.train.epochs}, eval.every = {recipe.eval.every}) and a pruner "
                         f'stops a trial between evaluations; set search.pruner = "none", or train more epochs')
@@ -226,6 +237,13 @@ def study_problems(recipe: Recipe, dims: Sequence[Dimension]) -> list[str]:
                         f"key of this space is a list of choices, which it would draw at random; use \"tpe\" or "
                         f'"random" (or "grid" to try every combination)')
     return problems
+
+
+def pruner_for(recipe: Recipe, dims: Sequence[Dimension]) -> str:
+    """The pruner a study uses: the recipe's, except the default one for trials that evaluate once, where it would
+    only mark finished trials below the median as pruned (and leave them out of the best): none."""
+    chosen = "pruner" in recipe.search.model_fields_set
+    return "none" if not chosen and evaluates_once(recipe, dims) else recipe.search.pruner
 
 
 def study_warnings(recipe: Recipe, dims: Sequence[Dimension], trials: int | None = None) -> list[str]:

@@ -24,7 +24,7 @@ from deepcourse.errors import UserError
 from deepcourse.recipe import shipped
 from deepcourse.recipe.load import load_recipe
 from deepcourse.recipe.overrides import toml_literal
-from deepcourse.recipe.searchspace import check_study, parse_space
+from deepcourse.recipe.searchspace import check_study, parse_space, pruner_for
 from deepcourse.rundir.files import atomic_write_text, read_json, to_json
 from deepcourse.studies.processes import visible_gpus
 from deepcourse.studies.spec import SPEC_FILES, StudySpec, load_spec
@@ -54,7 +54,7 @@ def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | No
     record: dict[str, Any] = {
         "kind": "tune", "recipe": str(path.resolve()), "overrides": list(overrides), "study": name,
         "storage": storage or str((folder / "study.log").resolve()), "space": space,
-        "trials": trials or base.search.trials, "sampler": base.search.sampler, "pruner": base.search.pruner,
+        "trials": trials or base.search.trials, "sampler": base.search.sampler, "pruner": pruner_for(base, dims),
         "seeds": base.search.seeds, "points": []}
     if base.search.sampler == "grid":
         combos = list(itertools.product(*[d.grid() for d in dims]))
