@@ -149,7 +149,7 @@ def _fmt(value: Any, column: str = "") -> str:
 
 def distinct_runs(run_dirs: Sequence[Path]) -> list[RunData]:
     """The runs to compare, each once and each with metrics: a run named twice (`run`, `./run/`, a link to it)
-    would count as two seeds of one configuration, and a run without metrics adds an empty row and empty curves."""
+    would show twice, as if it were two runs, and a run without metrics adds an empty row and empty curves."""
     seen: dict[Path, Path] = {}
     for path in run_dirs:
         same = seen.setdefault(path.resolve(), path)
