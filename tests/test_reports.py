@@ -155,3 +155,61 @@ def test_a_garbage_line_in_metrics_jsonl_is_skipped_with_a_warning_naming_it(
     assert said[1].startswith(f"{path}:4: a JSON list, not an object; skipped")
     assert said[2].startswith(f"{path}:6: not valid JSON (Unterminated string")
     assert len(said) == 3
+
+
+# -- issue 25: the seeds table counts seeds, and only seeds ----------------------------------------------------------
+def fake_run(folder: Path, seed: int, dropout: float, accuracy: float) -> Path:
+    """A finished run as the seeds table reads it: its recipe and summary (nothing trained)."""
+    folder.mkdir(parents=True)
+    (folder / "recipe.toml").write_text(f'name = "toy"\nseed = {seed}\n[task]\nname = "toy-classification"\n[data]\n'
+                                        f'name = "toy_blobs"\n[model]\nname = "toy_mlp"\ndropout = {dropout}\n')
+    (folder / "summary.json").write_text(json.dumps({"best": {"accuracy": accuracy}, "monitor": "accuracy",
+                                                     "epochs": 2, "wall_time_s": 1.0}))
+    return folder
+
+
+def test_the_seeds_table_of_a_grid_sweep_has_a_row_per_configuration(tmp_path: Path) -> None:
+    """A grid sweep over dropout with two seeds each: two rows of n=2 (not one of n=4), each named by its
+    configuration, and a line that says so."""
+    from deepcourse.cli.docgen import seed_results
+
+    for i, (dropout, seed, accuracy) in enumerate([(0.0, 1, 0.90), (0.0, 2, 0.92), (0.5, 1, 0.80), (0.5, 2, 0.84)]):
+        fake_run(tmp_path / "sweep" / f"{i:03d}", seed, dropout, accuracy)
+    table = seed_results([str(tmp_path / "sweep")])
+    rows = [line for line in table.splitlines() if line.startswith("| toy")]
+    assert len(rows) == 2, table
+    assert rows[0].startswith("| toy (model.dropout=0.0) |") and "| 91.00 ± 1.41 (n=2) |" in rows[0]
+    assert rows[1].startswith("| toy (model.dropout=0.5) |") and "| 82.00 ± 2.83 (n=2) |" in rows[1]
+    assert "One row per configuration (2: model.dropout=0.0; model.dropout=0.5)" in table
+
+
+def test_an_accuracy_interval_never_passes_100_percent(tmp_path: Path) -> None:
+    from deepcourse.cli.docgen import seed_results
+
+    for i, accuracy in enumerate([0.99, 1.0, 0.995]):
+        fake_run(tmp_path / "sweep" / f"{i:03d}", i + 1, 0.0, accuracy)
+    row = seed_results([str(tmp_path / "sweep")]).splitlines()[2]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    low, high = (float(x) for x in cells[6].strip("[]").split(", "))
+    assert high == 100.0 and 0 < low < 99.5, cells  # Student's t alone reaches 100.74
+
+
+def test_the_seeds_table_refuses_to_count_a_run_or_a_folder_twice(tmp_path: Path, capsys) -> None:
+    from deepcourse.cli.docgen import main
+
+    fake_run(tmp_path / "sweep" / "000", 1, 0.0, 0.9)
+    fake_run(tmp_path / "sweep" / "000-copy", 1, 0.0, 0.9)
+    assert main(["seeds", str(tmp_path / "sweep")]) == 2
+    err = capsys.readouterr().err
+    assert f"deepcourse: error: docgen seeds: {tmp_path / 'sweep' / '000'} and {tmp_path / 'sweep' / '000-copy'} " \
+           "are the same configuration with the same seed (1)" in err and "Traceback" not in err
+    (tmp_path / "sweep" / "000-copy" / "summary.json").unlink()
+    fake_run(tmp_path / "sweep" / "001", 2, 0.0, 0.92)
+    assert main(["seeds", str(tmp_path / "sweep"), f"{tmp_path}/./sweep/"]) == 2
+    assert "are the same folder; give each once (its runs would count twice)" in capsys.readouterr().err
+    for args, said in ((["seeds", str(tmp_path / "nowhere")], "nowhere: no such folder"),
+                       (["seeds", str(tmp_path / "sweep" / "001")], "001 is one run; give the sweep folder"),
+                       (["seeds", "--split"], "docgen seeds --split: give a split name"),
+                       (["seeds"], "docgen seeds: give one or more sweep folders")):
+        assert main(args) == 2 and said in capsys.readouterr().err, args
+    assert main(["seeds", str(tmp_path / "sweep")]) == 0 and "(n=2)" in capsys.readouterr().out

@@ -119,10 +119,11 @@ def test_a_bad_space_exits_2_naming_the_key(tmp_path: Path, cli_env) -> None:
 
 
 def test_a_pruned_search_keeps_the_callbacks_the_recipe_declares(tmp_path: Path, cli_env) -> None:
-    """The pruning callback joins the recipe's own callbacks: a trial still runs the ones the recipe declares."""
+    """The pruning callback joins the recipe's own callbacks: a trial still runs the ones the recipe declares. (Two
+    epochs: a pruner chosen for trials that evaluate once is refused, it has nothing to prune.)"""
     import tomllib
 
-    recipe = search_recipe(tmp_path, trials=1, pruner="median", epochs=1)
+    recipe = search_recipe(tmp_path, trials=1, pruner="median", epochs=2)
     recipe.write_text(recipe.read_text().replace(
         "progress = false\n", "progress = false\ncallbacks = [{name = 'pause_at', step = 2, seconds = 0.0}]\n", 1))
     out = run_cli(["tune", str(recipe), "--runs-root", str(tmp_path / "runs"), "--study", "cb"], cli_env)
@@ -377,3 +378,89 @@ def test_a_sweep_of_seeds_alone_repeats_the_recipe(plugin_site, toy_recipe: Path
 
     with pytest.raises(UserError, match="or --seeds N to repeat the recipe over N seeds"):
         plan(toy_recipe, [], 1, [])
+
+
+# -- issue 25: what a space, a grid and an interval cannot mean -----------------------------------------------------
+def test_an_interval_stays_within_the_metrics_range() -> None:
+    """Student's t interval, cut to [0, 1] for a fraction and to [0, inf) for a loss; other values untouched."""
+    from deepcourse.results.stats import metric_range, summarize
+
+    s = summarize([0.99, 1.0, 0.995], "accuracy")
+    # by hand: mean 0.995, std 0.005, half width 4.302653 * 0.005 / sqrt(3) = 0.012421: [0.982579, 1.007421]
+    assert s.ci_low == pytest.approx(0.982579, abs=1e-6) and s.ci_high == 1.0
+    assert summarize([99.0, 100.0, 99.5], "ner_f1", scale=100).ci_high == 100.0
+    assert summarize([0.01, 0.02, 0.0], "loss").ci_low == 0.0
+    assert summarize([0.99, 1.0, 0.995]).ci_high == pytest.approx(1.007421, abs=1e-6)  # no metric: no range
+    assert metric_range("top5_accuracy") == (0.0, 1.0) and metric_range("perplexity") == (-float("inf"), float("inf"))
+
+
+def test_a_study_warns_of_what_runs_but_not_as_written(plugin_site, toy_recipe: Path) -> None:
+    import warnings
+
+    from deepcourse.errors import RecipeWarning
+    from deepcourse.recipe.load import load_recipe
+    from deepcourse.recipe.searchspace import check_study, parse_space
+
+    space = ('search.space={"model.hidden" = {low = 4, high = 9, step = 2}, "model.dropout" = [0.1], '
+             '"train.log_every" = [1, 2], "optimizer.lr" = {low = 0.01, high = 0.1}}')
+    recipe = load_recipe(toy_recipe, [space, "search.sampler='cmaes'"])
+    dims, problems = parse_space(recipe.search.space)
+    assert problems == []
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        check_study(recipe, dims)
+    messages = [str(w.message) for w in said if w.category is RecipeWarning]
+    assert messages == [
+        'search.space["model.hidden"]: high (9) is not reached in steps of 2 from 4; the highest value tried is 8',
+        'search.space["model.dropout"]: one choice (0.1): every trial uses it; set it in the recipe instead, or give '
+        'more choices',
+        'search.space["train.log_every"]: train.log_every does not change what a run computes, so every trial of it '
+        'scores alike',
+        'search.sampler: "cmaes" samples the ranges; the choices (model.dropout, train.log_every) it draws at random, '
+        'each on its own']
+    grid = load_recipe(toy_recipe, ['search.space={"model.hidden" = [4, 8], "model.dropout" = [0.0, 0.5]}',
+                                    "search.sampler='grid'", "search.trials=3"])
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        check_study(grid, parse_space(grid.search.space)[0])
+        check_study(grid, parse_space(grid.search.space)[0], trials=4)  # --trials 4: the grid's size, nothing lost
+    assert [str(w.message) for w in said] == ["search.trials = 3 is not used: the grid sampler runs each of the "
+                                              "space's 4 points once"]
+
+
+def test_the_documented_spaces_and_grids_still_work(plugin_site, toy_recipe: Path) -> None:
+    """A table choice with a key searched inside it (the shipped optimizers search), a pruner left at its default
+    on one epoch, and a grid over the seed without --seeds are what they look like: accepted."""
+    from deepcourse.recipe.load import load_recipe
+    from deepcourse.recipe.searchspace import parse_space, study_problems
+    from deepcourse.studies.sweep import plan
+
+    recipe = load_recipe(toy_recipe, ['search.space={"optimizer" = [{name = "sgd"}, {name = "adam"}], '
+                                      '"optimizer.lr" = {low = 0.001, high = 0.1, log = true}}', "train.epochs=1"])
+    dims, problems = parse_space(recipe.search.space)
+    assert problems == [] and study_problems(recipe, dims) == []
+    _, points, _ = plan(toy_recipe, ['optimizer={name = "sgd"},{name = "adam"}', "optimizer.lr=0.1,0.01"], None, [])
+    assert [p["label"] for p in points] == ["optimizer={name=sgd}, optimizer.lr=0.1",
+                                            "optimizer={name=sgd}, optimizer.lr=0.01",
+                                            "optimizer={name=adam}, optimizer.lr=0.1",
+                                            "optimizer={name=adam}, optimizer.lr=0.01"]
+    _, points, seeds = plan(toy_recipe, ["seed=1,2"], None, [])
+    assert seeds == 1 and [p["overrides"] for p in points] == [["seed=1"], ["seed=2"]]
+
+
+def test_trials_that_evaluate_once_are_not_pruned(plugin_site, toy_recipe: Path) -> None:
+    """One evaluation per trial: the default pruner is left out (it would only mark finished trials below the median
+    as pruned, and leave them out of the best); one the recipe chooses is refused, naming search.pruner."""
+    from deepcourse.recipe.load import load_recipe
+    from deepcourse.recipe.searchspace import parse_space, pruner_for, study_problems
+
+    space = 'search.space={"optimizer.lr" = {low = 0.01, high = 0.1}}'
+    for sets, pruner, refused in ((["train.epochs=1"], "none", False), (["train.epochs=2"], "median", False),
+                                  (["train.epochs=4", "eval.every=4"], "none", False),
+                                  (["train.epochs=1", "search.pruner='median'"], "median", True),
+                                  (["train.epochs=1", "search.pruner='none'"], "none", False)):
+        recipe = load_recipe(toy_recipe, [space, *sets])
+        dims, _ = parse_space(recipe.search.space)
+        problems = study_problems(recipe, dims)
+        assert pruner_for(recipe, dims) == pruner and bool(problems) is refused, (sets, problems)
+        assert not problems or problems[0].startswith('search.pruner: "median" has nothing to prune')

@@ -8,6 +8,7 @@ meaning of each core key is its `description` in `deepcourse.recipe.schema`; bui
 from __future__ import annotations
 
 import inspect
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from pydantic import BaseModel
 
 from deepcourse import discovery
 from deepcourse._version import __version__
+from deepcourse.errors import UserError
 from deepcourse.lab.pieces import PREFIX, LabChoice
 from deepcourse.recipe.builders import parameters, validate_options
 from deepcourse.recipe.schema import CONTEXT_KEYS, HOLDOUT, REGISTRY_PLACES, SECTION_MODELS
@@ -256,7 +258,11 @@ def seed_results(sweep_dirs: list[str], split: str | None = None) -> str:
     """A results table of recipes repeated over seeds (sweep folders of `deepcourse sweep RECIPE --seeds N`): each
     headline metric as mean ± std with its 95% interval, read from the runs' files; beside it a split the runs
     were not selected on: `split` (each run's best weights evaluated on it, such as test), or by default the
-    holdout the runs scored themselves (`data.holdout`)."""
+    holdout the runs scored themselves (`data.holdout`).
+
+    Only seeds are pooled: the runs of a folder are grouped by their configuration (the recipe keys other than the
+    seed that differ between them, as `compare` labels runs), one row per configuration, named in its recipe cell
+    and said below the table; a grid sweep's points are never counted as seeds of one another."""
     from deepcourse.results.inference import evaluate_run
     from deepcourse.results.stats import summarize
 
@@ -265,15 +271,12 @@ def seed_results(sweep_dirs: list[str], split: str | None = None) -> str:
             return float(run.summary[HOLDOUT][metric])
         return float(evaluate_run(run.path, split=split or HOLDOUT, progress=False)[1][metric])
 
-    folders = [(f, [read_run(d) for d in sorted(f.iterdir()) if (d / "summary.json").exists()])
-               for f in map(Path, sweep_dirs)]
-    shown = split or (HOLDOUT if any(HOLDOUT in r.summary for _, runs in folders for r in runs) else None)
+    groups = [group for folder in sweep_folders(sweep_dirs) for group in seed_groups(folder)]
+    shown = split or (HOLDOUT if any(HOLDOUT in r.summary for _, runs in groups for r in runs) else None)
     extra = f" | {shown} (mean ± std) | {shown} 95% CI" if shown else ""
     lines = [f"| recipe | dataset | model | selected on | metric | mean ± std | 95% CI{extra} | epochs | hardware | "
              f"wall time per run |", "|---|---|---|---|---|---|---|" + ("---|---|" if shown else "") + "---|---|---|"]
-    for _, runs in folders:
-        if not runs:
-            continue
+    for label, runs in groups:
         first = runs[0]
         hardware = f"{first.info.get('device', '?')} x{first.info.get('num_processes', 1)}"
         wall = summarize([r.summary.get("wall_time_s", 0.0) for r in runs])
@@ -283,29 +286,89 @@ def seed_results(sweep_dirs: list[str], split: str | None = None) -> str:
             values = [v for v in values if isinstance(v, (int, float))]
             if not values:
                 continue
-            held = summarize([100 * v for v in values])
-            cells = [first.name, first.recipe["data"]["name"], first.recipe["model"]["name"], first.eval_split,
+            held = summarize([100 * v for v in values], metric, scale=100)
+            name = first.name if label == first.name else f"{first.name} ({label})"
+            cells = [name, first.recipe["data"]["name"], first.recipe["model"]["name"], first.eval_split,
                      metric, held.shown(2), held.interval(2)]
             if shown and (split or all(HOLDOUT in r.summary for r in runs)):
-                tested = summarize([100 * other(r, metric) for r in runs])
+                tested = summarize([100 * other(r, metric) for r in runs], metric, scale=100)
                 cells += [tested.shown(2), tested.interval(2)]
             elif shown:
                 cells += ["-", "-"]
             cells += [f"{epochs.mean:.3g}", hardware, f"{wall.mean:,.0f} s"]
             lines.append("| " + " | ".join(cells) + " |")
+    grouped = [label for label, runs in groups if label != runs[0].name]
+    if grouped:
+        lines += ["", f"One row per configuration ({len(grouped)}: {'; '.join(grouped)}), each the mean over its "
+                      f"own seeds: the runs of a grid are not seeds of one another."]
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    import sys
+def sweep_folders(sweep_dirs: list[str]) -> list[Path]:
+    """The folders to read, each once: a folder named twice (`sweep`, `./sweep/`) would count its runs twice."""
+    if not sweep_dirs:
+        raise UserError("docgen seeds: give one or more sweep folders (runs/<recipe>/sweep-<time>)")
+    seen: dict[Path, str] = {}
+    for text in sweep_dirs:
+        folder = Path(text)
+        if not folder.is_dir():
+            raise UserError(f"docgen seeds: {text}: " + ("is a file, not a sweep folder" if folder.exists() else
+                                                         "no such folder") + "; give a sweep folder "
+                            "(runs/<recipe>/sweep-<time>)")
+        if folder.resolve() in seen:
+            raise UserError(f"docgen seeds: {seen[folder.resolve()]} and {text} are the same folder; give each "
+                            f"once (its runs would count twice)")
+        seen[folder.resolve()] = text
+    return [Path(t) for t in seen.values()]
 
+
+def seed_groups(folder: Path) -> list[tuple[str, list[RunData]]]:
+    """A sweep folder's finished runs by configuration (label, runs in folder order); refused: a folder without
+    finished runs, and a seed that appears twice in one configuration (a copy of a run is not another seed)."""
+    from deepcourse.results.compare import labels_for
+
+    if (folder / "summary.json").exists():
+        raise UserError(f"docgen seeds: {folder} is one run; give the sweep folder that holds its seeds "
+                        f"(deepcourse sweep RECIPE --seeds N makes one)")
+    runs = [read_run(d) for d in sorted(folder.iterdir()) if (d / "summary.json").exists()]
+    if not runs:
+        raise UserError(f"docgen seeds: {folder} holds no finished runs (no <run>/summary.json); give a sweep folder "
+                        f"whose runs have finished")
+    groups: dict[str, list[RunData]] = {}
+    for run, label in zip(runs, labels_for(runs, ignore=("seed",), distinct=False), strict=True):
+        groups.setdefault(label, []).append(run)
+    for members in groups.values():
+        by_seed: dict[Any, RunData] = {}
+        for run in members:
+            same = by_seed.setdefault(run.recipe.get("seed", 0), run)
+            if same is not run:
+                raise UserError(f"docgen seeds: {same.path} and {run.path} are the same configuration with the "
+                                f"same seed ({run.recipe.get('seed', 0)}): one run counted twice would fake its "
+                                f"spread; keep one of them")
+    return list(groups.items())
+
+
+def main(argv: list[str]) -> int:
+    """`python -m deepcourse.cli.docgen [zoo | results RUN... | seeds [--split SPLIT] SWEEP_DIR...]`; a user error
+    exits 2 with one message, as the command line does."""
     discovery.load_plugins()
-    if len(sys.argv) > 1 and sys.argv[1] == "zoo":
-        print(model_zoo(), end="")
-    elif len(sys.argv) > 1 and sys.argv[1] == "results":
-        print(results(sys.argv[2:]), end="")
-    elif len(sys.argv) > 1 and sys.argv[1] == "seeds":  # seeds [--split test] SWEEP_DIR...
-        split = sys.argv[3] if sys.argv[2:3] == ["--split"] else None
-        print(seed_results(sys.argv[4:] if split else sys.argv[2:], split), end="")
-    else:
-        print(reference(), end="")
+    try:
+        if argv[:1] == ["zoo"]:
+            print(model_zoo(), end="")
+        elif argv[:1] == ["results"]:
+            print(results(argv[1:]), end="")
+        elif argv[:1] == ["seeds"]:
+            split = argv[2] if argv[1:2] == ["--split"] and len(argv) > 2 else None
+            if argv[1:2] == ["--split"] and split is None:
+                raise UserError("docgen seeds --split: give a split name (e.g. --split test)")
+            print(seed_results(argv[3:] if split else argv[1:], split), end="")
+        else:
+            print(reference(), end="")
+    except UserError as exc:
+        print(f"deepcourse: error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

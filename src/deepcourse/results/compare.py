@@ -147,10 +147,36 @@ def _fmt(value: Any, column: str = "") -> str:
     return str(value)
 
 
+def distinct_runs(run_dirs: Sequence[Path]) -> list[RunData]:
+    """The runs to compare, each once and each with metrics: a run named twice (`run`, `./run/`, a link to it)
+    would show twice, as if it were two runs, and a run without metrics adds an empty row and empty curves."""
+    seen: dict[Path, Path] = {}
+    for path in run_dirs:
+        same = seen.setdefault(path.resolve(), path)
+        if same is not path:
+            shown = f"'{same}' and '{path}' are the same run" if str(same) != str(path) else f"'{path}' is given twice"
+            raise UserError(f"compare: {shown}; give each run once")
+    runs = [read_run(p) for p in run_dirs]
+    for run in runs:
+        if not has_metrics(run):
+            raise UserError(f"compare: {run.path} has no metrics to compare ({run.path / 'metrics.jsonl'} holds no "
+                            f"{run.eval_split} evaluation and there is no summary.json): compare runs that have "
+                            f"evaluated at least once")
+    if len(runs) < 2:
+        raise UserError(f"compare: {run_dirs[0]} is one run; give two or more (for one run's curves: "
+                        f"deepcourse report {run_dirs[0]})")
+    return runs
+
+
+def has_metrics(run: RunData) -> bool:
+    """Whether a run has evaluated: a row of its evaluation split, or a summary's best metrics."""
+    return bool(run.summary.get("best")) or any(r.get("split") == run.eval_split for r in run.rows)
+
+
 def compare_runs(run_dirs: Sequence[Path], out: Path) -> tuple[list[dict[str, Any]], Path]:
     """compare.md/.csv and overlaid curves of several runs. Runs that differ only in their seed are one group:
     mean ± std, the 95% interval, and whether each group differs significantly from the best one."""
-    runs = [read_run(p) for p in run_dirs]
+    runs = distinct_runs(run_dirs)
     check_comparable(runs)
     labels = labels_for(runs, ignore=("seed",), distinct=False)
     if len(set(labels)) < len(labels) and len(set(labels_for(runs, distinct=False))) == len(labels):  # over seeds
@@ -170,7 +196,8 @@ def write_grouped(runs: Sequence[RunData], labels: Sequence[str], out: Path) -> 
     groups: dict[str, list[dict[str, Any]]] = {}
     for row, label in zip(rows, labels, strict=True):
         groups.setdefault(label, []).append(row)
-    monitor = f"best {runs[0].summary.get('monitor') or 'accuracy'}"
+    metric = runs[0].summary.get('monitor') or 'accuracy'
+    monitor = f"best {metric}"
     higher = runs[0].recipe.get("train", {}).get("monitor_mode") != "min" and "loss" not in monitor
     values = {label: [r[monitor] for r in group if isinstance(r.get(monitor), (int, float))]
               for label, group in groups.items()}
@@ -192,7 +219,7 @@ def write_grouped(runs: Sequence[RunData], labels: Sequence[str], out: Path) -> 
             else:
                 shown[key] = flat[key] = column[0]
         if values.get(label):
-            summary = summarize(values[label])
+            summary = summarize(values[label], metric)
             shown[f"{monitor} 95% CI"] = summary.interval()
             significant = None if best_label in (None, label) else differs(values[label], values[best_label])
             shown["vs best"] = "best" if label == best_label else {True: "differs", False: "≈", None: ""}[significant]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import tomli_w
 
+from deepcourse.errors import UserError
 from deepcourse.figures import FIGSIZE, Figure, nice, pyplot, save_figure
 from deepcourse.recipe.schema import Recipe
 from deepcourse.results.inference import load_trained
@@ -118,7 +119,6 @@ def replay_schedule(run: RunData, recipe: Recipe | None = None) -> list[float] |
     on a stand-in parameter: the log holds the rate only every `train.log_every` steps, which can hide a warm-up.
     None when the schedule cannot be replayed (a plateau schedule follows the metrics) or the replay misses any
     logged rate (an fp16 step skipped on overflow does not step the schedule)."""
-    from deepcourse.errors import UserError
     from deepcourse.recipe.load import load_recipe
 
     steps, logged = run.step_series("lr")
@@ -183,6 +183,7 @@ def write_report(run_dir: Path, *, with_task: bool = True, trained: Trained | No
     """Write RUN_DIR/report/ (PNGs and report.md); returns the Markdown file. `trained`: the recipe, task and model
     of the run as `fit` returned them, used instead of reading and building them again from the run's files."""
     run = read_run(run_dir)
+    require_metrics(run)
     out = run_dir / "report"
     figures = plot_curves(run, out, trained.recipe if trained is not None else None)
     notes: list[str] = []
@@ -192,6 +193,18 @@ def write_report(run_dir: Path, *, with_task: bool = True, trained: Trained | No
     md = out / "report.md"
     md.write_text(render_markdown(run, figures, notes), encoding="utf-8")
     return md
+
+
+def require_metrics(run: RunData) -> None:
+    """A report is drawn from the run's metrics.jsonl: without a logged event every figure would be empty, so say
+    which file is missing or empty instead (before the report folder is made)."""
+    path = run.path / "metrics.jsonl"
+    if not path.exists():
+        raise UserError(f"report: {path} is missing: the run has no logged metrics to draw (it stopped before its "
+                        f"first logged step, or the file was removed); report a run that has trained")
+    if not run.rows:
+        raise UserError(f"report: {path} holds no logged events (it is empty, or no line of it is a JSON object): "
+                        f"nothing to draw")
 
 
 def render_markdown(run: RunData, figures: Iterable[Figure], notes: Sequence[str] = ()) -> str:

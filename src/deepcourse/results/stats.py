@@ -2,11 +2,18 @@
 whether two configurations differ by more than their seed-to-seed noise.
 
     mean ± std (n=K)      std is the sample standard deviation (ddof 1) of the K runs
-    95% CI                mean ± t(0.975, K-1) · std / sqrt(K), Student's t for the mean of K runs
+    95% CI                mean ± t(0.975, K-1) · std / sqrt(K), Student's t for the mean of K runs, clipped to the
+                          metric's range
     significant           Welch's t-test (unequal variances) at the 5% level, two-sided
 
 With one run there is no spread to report: std and the interval are left out, and no difference is called
 significant. The formulas are SciPy's (`scipy.stats.t`, `scipy.stats.ttest_ind(equal_var=False)`).
+
+The interval is clipped, not transformed: the mean of K runs' accuracies cannot lie above 1, so the part of Student's
+interval beyond the metric's range (`metric_range`: [0, 1] for accuracy, F1, precision and recall, [0, inf) for a
+loss) holds no possible mean; cutting it off leaves the part inside the range as Student's t gives it. A Wilson
+interval needs counts of right and wrong answers, which a run's summary does not keep, and a logit interval breaks
+down at a run that scored exactly 1 (common on small validation sets); clipping needs neither.
 """
 from __future__ import annotations
 
@@ -17,7 +24,9 @@ from dataclasses import dataclass
 
 ALPHA = 0.05
 SPREAD = ("mean ± std over n seeds (sample standard deviation); 95% CI: mean ± t(0.975, n-1)·std/√n, "
-          "Student's t for the mean of n runs")
+          "Student's t for the mean of n runs, clipped to the metric's range (an accuracy's to [0, 1])")
+#: metrics that are fractions, by the end of their name (`accuracy`, `top5_accuracy`, `ner_f1`): within [0, 1]
+FRACTIONS = ("accuracy", "f1", "precision", "recall")
 LEGEND = SPREAD + ("; ≈ marks a row whose difference from the best row is not significant at the 5% level "
                    "(Welch's t-test)")
 
@@ -43,7 +52,20 @@ def mean_std(mean: float, std: float | None, spec: str = ".4f") -> str:
     return f"{mean:{spec}}" if std is None else f"{mean:{spec}} ± {std:{spec}}"
 
 
-def summarize(values: Sequence[float]) -> Summary:
+def metric_range(metric: str | None, scale: float = 1.0) -> tuple[float, float]:
+    """The values a metric can take, by its name: fractions (accuracy, F1, precision, recall) within [0, scale]
+    (`scale` 100 for percentages), a loss at least 0, anything else unbounded."""
+    name = (metric or "").lower()
+    if name.endswith(FRACTIONS):
+        return 0.0, scale
+    if name.endswith("loss"):
+        return 0.0, math.inf
+    return -math.inf, math.inf
+
+
+def summarize(values: Sequence[float], metric: str | None = None, scale: float = 1.0) -> Summary:
+    """Mean, spread and 95% interval of K runs' values of `metric` (its name bounds the interval, see
+    `metric_range`; `scale` 100 when the values are percentages)."""
     if not values:
         raise ValueError("summarize: no values")
     n, mean = len(values), statistics.fmean(values)
@@ -53,7 +75,8 @@ def summarize(values: Sequence[float]) -> Summary:
 
     std = statistics.stdev(values)
     half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * std / math.sqrt(n)
-    return Summary(n, mean, std, mean - half, mean + half)
+    low, high = metric_range(metric, scale)
+    return Summary(n, mean, std, max(mean - half, low), min(mean + half, high))
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:

@@ -115,7 +115,7 @@ def write_plots(spec: StudySpec, study: optuna.Study) -> list[str]:
 
 def seeds_section(monitor: str, values: Sequence[float], runs: Sequence[str]) -> list[str]:
     """The best configuration over several seeds: mean ± std, the 95% interval, every run."""
-    summary = summarize(values)
+    summary = summarize(values, monitor)
     return ["## The best configuration over seeds", "", SPREAD + ".", "",
             *markdown_table([monitor, "95% CI", "runs"], [[summary.shown(), summary.interval(),
                                                           ", ".join(f"`{r}`" for r in runs)]]), ""]

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from deepcourse.errors import RecipeError, UserError
 from deepcourse.recipe import shipped
 from deepcourse.recipe.load import load_recipe
-from deepcourse.recipe.overrides import toml_literal
-from deepcourse.recipe.searchspace import Dimension
+from deepcourse.recipe.overrides import parse_override, toml_literal
+from deepcourse.recipe.searchspace import Dimension, repeated, varied_key_problems
 from deepcourse.rundir.files import atomic_write_text, to_json
 from deepcourse.studies.processes import visible_gpus
 from deepcourse.studies.spec import SPEC_FILES, load_spec
@@ -37,10 +37,43 @@ def parse_grid(text: str) -> tuple[str, list[Any]]:
     try:
         values = tomllib.loads(f"v = [{raw}]")["v"]
     except tomllib.TOMLDecodeError:
-        values = [tomllib.loads(f"v = {v}")["v"] if _is_literal(v) else v.strip() for v in _split_top(raw)]
+        parts = _split_top(raw)
+        if any(not p.strip() for p in parts[:-1]):
+            raise RecipeError(f"--grid {text}: an empty value between two commas; give each value once, e.g. "
+                              f"--grid {key or 'KEY'}=V1,V2") from None
+        values = [tomllib.loads(f"v = {v}")["v"] if _is_literal(v) else v.strip() for v in parts if v.strip()]
     if not key or not values:
         raise RecipeError(f"--grid {text}: give a key and at least one value")
+    try:
+        parse_override(f"{key}=0")
+    except RecipeError:
+        raise RecipeError(f"--grid {text}: '{key}' is not a dotted key path such as model.dropout") from None
     return key, values
+
+
+def grid_axes(recipe: Path, own: dict[str, list[Any]], grids: Sequence[str], repeat: str | None = None
+              ) -> dict[str, list[Any]]:
+    """The sweep's axes: the recipe's [sweep] grid, then --grid on top (a --grid key replaces the recipe's values),
+    each key once and each value once; keys checked as a search space's are (`varied_key_problems`). `repeat`: how
+    the seeds were asked for (--seeds N) when each point runs over several: then the grid may not vary the seed too
+    (each run's seed would be set twice, the last winning: the runs would repeat one another)."""
+    axes, places = dict(own), {k: f'{recipe}: sweep.grid["{k}"]' for k in own}
+    given: dict[str, str] = {}
+    for text in grids:
+        key, values = parse_grid(text)
+        if key in given:
+            raise RecipeError(f"--grid {key}: given twice ({given[key]} and {text}); give each key once with all "
+                              f"its values, e.g. --grid {key}=V1,V2,V3")
+        given[key], axes[key], places[key] = text, values, f"--grid {key}"
+    problems = varied_key_problems(list(axes.items()), places.__getitem__, seed=True)
+    problems += [p for key, values in axes.items() for p in repeated(places[key], values)]
+    if repeat and "seed" in axes:
+        problems.append(f"{places['seed']}: varies the seed, and {repeat} repeats every point over seeds too, so "
+                        f"the runs would repeat one another; vary the seed one way: --grid seed=V1,V2,... or "
+                        f"--seeds N")
+    if problems:
+        raise RecipeError(None, problems)
+    return axes
 
 
 def _is_literal(text: str) -> bool:
@@ -61,20 +94,25 @@ def _split_top(raw: str) -> list[str]:
             current = ""
         else:
             current += ch
-    return [p for p in (*parts, current) if p.strip()]
+    return [*parts, current]
 
 
 def plan(recipe_path: Path, grids: Sequence[str], seeds: int | None, overrides: Sequence[str]
          ) -> tuple[list[Dimension], list[dict[str, Any]], int]:
     """The grid as study dimensions (each axis a list of choices, the seeds one more) and every point to queue."""
     base = load_recipe(recipe_path, overrides)  # fail early, once, on the base recipe
-    axes = dict(base.sweep.grid)  # the recipe's own ablation, then --grid on top
-    axes.update(parse_grid(g) for g in grids)
-    axes_list = list(axes.items())
+    repeat = f"--seeds {seeds}" if seeds else f"sweep.seeds = {base.sweep.seeds}"
     seeds = seeds or base.sweep.seeds
+    axes = grid_axes(recipe_path, base.sweep.grid, grids, repeat if seeds > 1 else None)
+    axes_list = list(axes.items())
     if not axes_list and seeds < 2:
         raise UserError("nothing to sweep: give --grid KEY=V1,V2 (e.g. --grid model.dropout=0,0.5), a [sweep] grid "
                         "in the recipe, or --seeds N to repeat the recipe over N seeds")
+    if axes_list and seeds < 2 and all(len(values) == 1 for _, values in axes_list):
+        only = ", ".join(f"{key}={_label(values[0])}" for key, values in axes_list)
+        run = " ".join(f"--set {key}={toml_literal(values[0])}" for key, values in axes_list)
+        raise UserError(f"nothing to sweep: the grid has one point ({only}) and one seed, which is one run: give "
+                        f"more values or --seeds N, or run it with deepcourse run {recipe_path} {run}")
     dims = [Dimension(key, "categorical", choices=tuple(values)) for key, values in axes_list]
     if seeds > 1:
         dims.append(Dimension("seed", "categorical", choices=tuple(range(base.seed, base.seed + seeds))))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import itertools
 import os
+import re
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from deepcourse.errors import UserError
 from deepcourse.recipe import shipped
 from deepcourse.recipe.load import load_recipe
 from deepcourse.recipe.overrides import toml_literal
-from deepcourse.recipe.searchspace import parse_space
+from deepcourse.recipe.searchspace import check_study, parse_space, pruner_for
 from deepcourse.rundir.files import atomic_write_text, read_json, to_json
 from deepcourse.studies.processes import visible_gpus
 from deepcourse.studies.spec import SPEC_FILES, StudySpec, load_spec
@@ -33,11 +34,13 @@ if TYPE_CHECKING:
     import optuna
 
 STUDY_FILE = SPEC_FILES["tune"]
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | None, storage: str | None,
            trials: int | None, runs_root: Path) -> StudySpec:
     """A new study for RECIPE (or the existing one of the same name and folder, which another worker made)."""
+    check_names(study_name, storage)
     path = shipped.resolve(recipe)
     base = load_recipe(path, overrides)
     space = dict(base.search.space)
@@ -45,12 +48,13 @@ def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | No
     if not dims:
         raise UserError(f"{path}: nothing to search: add a [search.space] table, e.g. "
                         f'"optimizer.lr" = {{low = 1e-4, high = 0.1, log = true}} (see docs/studies.md)')
+    check_study(base, dims, trials)
     name = study_name or f"{base.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     folder = runs_root / base.name / f"study-{name}"
     record: dict[str, Any] = {
         "kind": "tune", "recipe": str(path.resolve()), "overrides": list(overrides), "study": name,
         "storage": storage or str((folder / "study.log").resolve()), "space": space,
-        "trials": trials or base.search.trials, "sampler": base.search.sampler, "pruner": base.search.pruner,
+        "trials": trials or base.search.trials, "sampler": base.search.sampler, "pruner": pruner_for(base, dims),
         "seeds": base.search.seeds, "points": []}
     if base.search.sampler == "grid":
         combos = list(itertools.product(*[d.grid() for d in dims]))
@@ -72,6 +76,20 @@ def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | No
     spec = load_spec(folder, "tune")
     open_study(spec, create=True)
     return spec
+
+
+def check_names(study_name: str | None, storage: str | None) -> None:
+    """--study names one folder under runs/<recipe>/ (never a path out of it) and --storage, when given, a place:
+    an empty one would silently mean the default."""
+    if study_name is not None and not study_name.strip():
+        raise UserError("--study: an empty name; give one such as lab3, or leave --study out for a dated name")
+    if study_name is not None and not STUDY_NAME.fullmatch(study_name):
+        raise UserError(f"--study {study_name!r}: a study's name is the folder runs/<recipe>/study-NAME, so it is "
+                        f"letters, digits, '_', '.' and '-', starting with a letter or digit (at most 100; e.g. "
+                        f"lab3), never a path; leave --study out for a dated name")
+    if storage is not None and not storage.strip():
+        raise UserError("--storage: empty; give a database URL (postgresql://user@host/db, sqlite:///study.db) or a "
+                        "journal file's path, or leave --storage out for a journal file in the study folder")
 
 
 def final_seeds(spec: StudySpec, study: optuna.Study, seeds: int, echo: Callable[[str], None]
