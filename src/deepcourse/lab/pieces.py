@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from deepcourse.errors import UserError
+from deepcourse.errors import UserError, did_you_mean
 from deepcourse.lab.references import LayerReference, LossReference, UpdateReference, reference
 from deepcourse.registry import PIECES
 
@@ -134,7 +134,9 @@ def choice(choices: Any, kind: str, *references: str) -> Any:
                 raise ValueError(str(exc)) from None
             return value
         shown = ", ".join(repr(n) for n in names)
-        raise ValueError(f"choose one of {shown}, or a lab {kind} '{PREFIX}NAME' ({' or '.join(references)})")
+        hint = did_you_mean(value, list(names)) if isinstance(value, str) else ""
+        raise ValueError(f"choose one of {shown}, or a lab {kind} '{PREFIX}NAME' ({' or '.join(references)})"
+                         f"{'.' + hint if hint else ''}")
 
     return Annotated[str, AfterValidator(check), LabChoice(names, kind, references)]
 
