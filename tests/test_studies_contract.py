@@ -171,7 +171,7 @@ def test_ctrl_c_on_tune_saves_exits_130_and_resume_continues_with_more_trials(tm
                              start_new_session=True)  # its own process group: the Ctrl-C reaches nothing else
     folder = tmp_path / "runs" / "toysearch" / "study-c"
     assert stopped.returncode == 130, stopped.stderr
-    assert f"deepcourse: tune stopped by SIGINT" in stopped.stderr
+    assert "deepcourse: tune stopped by SIGINT" in stopped.stderr
     assert f"Continue with: deepcourse tune --resume {folder}" in stopped.stderr
     (trial,) = load(folder).get_trials()
     assert trial.state.name == "FAIL" and trial.user_attrs["stopped"] is True
