@@ -17,6 +17,7 @@ from deepcourse.errors import UserError
 from deepcourse.recipe.load import resolve_with_origins
 from deepcourse.recipe.overrides import apply_overrides, differing_keys, flatten
 from deepcourse.recipe.schema import NON_COMPUTING_KEYS
+from deepcourse.studies.store import absolute, shown, storage_of
 
 #: keys a resumed study may see changed in its recipe, by kind: the ones that change how a run saves or shows
 #: itself, and the other kind's table; a search's budget and final seeds are its own (changed with --trials)
@@ -75,8 +76,9 @@ def refuse_recipe_changes(record: Mapping[str, Any], kind: str, spec_file: Path)
         return
     changes = recipe_changes(record["written"], written(Path(record["recipe"]), record.get("overrides", [])), kind)
     if changes:
-        raise UserError(f"{spec_file}: the recipe {record['recipe']} changed since the study began; its trials "
-                        f"would not be one study. Undo the change, or {FRESH[kind]}", problems=changes)
+        what = "study" if kind == "tune" else "sweep"
+        raise UserError(f"{spec_file}: the recipe {record['recipe']} changed since the {what} began; its runs would "
+                        f"not be one {what}. Undo the change, or {FRESH[kind]}", problems=changes)
 
 
 def refuse_other_options(record: Mapping[str, Any], spec_file: Path, *, recipe: Path | None,
@@ -84,11 +86,12 @@ def refuse_other_options(record: Mapping[str, Any], spec_file: Path, *, recipe: 
     """Options given with --resume must say what the study already is (or be left out): RECIPE, --set, and by kind
     --study and --storage (a search), --grid and --seeds (a sweep)."""
     kind = "tune" if spec_file.name == "study.json" else "sweep"
+    what = "study" if kind == "tune" else "sweep"
     problems = []
     if recipe is not None and recipe.resolve() != Path(record["recipe"]).resolve():
-        problems.append(f"RECIPE {recipe}: the study runs {record['recipe']}")
+        problems.append(f"RECIPE {recipe}: the {what} runs {record['recipe']}")
     if overrides and list(overrides) != list(record.get("overrides", [])):
-        problems.append(f"--set {' '.join(overrides)}: the study's runs have "
+        problems.append(f"--set {' '.join(overrides)}: the {what}'s runs have "
                         f"{' '.join(record.get('overrides', [])) or 'no --set'}")
     for option, value in given.items():
         if value is None or value == () or value == []:
@@ -97,7 +100,7 @@ def refuse_other_options(record: Mapping[str, Any], spec_file: Path, *, recipe: 
         if problem:
             problems.append(problem)
     if problems:
-        raise UserError(f"--resume {spec_file.parent}: a study keeps what it began with; leave these out, or "
+        raise UserError(f"--resume {spec_file.parent}: a {what} keeps what it began with; leave these out, or "
                         f"{FRESH[kind]}", problems=problems)
 
 
@@ -105,14 +108,10 @@ def _option_problem(option: str, value: Any, record: Mapping[str, Any], folder: 
     if option == "study":
         return None if value == record.get("study") else f"--study {value}: the study is {record.get('study')}"
     if option == "storage":
-        from deepcourse.studies.store import absolute, shown, storage_of
-
         ours = storage_of(record, folder)
         return None if absolute(value) == ours else f"--storage {shown(value)}: the study is stored in {shown(ours)}"
-    if option == "grids":
-        from deepcourse.studies.sweep import parse_grid
-
-        before, after = _axes(record.get("grids", []), parse_grid), _axes(value, parse_grid)
+    if option == "grid":  # (the sweep's axes, the axes given), each {key: values}
+        before, after = value
         if before == after:
             return None
         changed = [f"{k}: {before.get(k, '(not in the grid)')} -> {after.get(k, '(not in the grid)')}"
@@ -122,6 +121,3 @@ def _option_problem(option: str, value: Any, record: Mapping[str, Any], folder: 
         return None if value == record.get("seeds") else f"--seeds {value}: the sweep has {record.get('seeds')}"
     raise AssertionError(option)
 
-
-def _axes(grids: Sequence[str], parse: Any) -> dict[str, list[Any]]:
-    return dict(parse(g) for g in grids)

@@ -44,8 +44,8 @@ EXAMPLES = ("a storage is postgresql://user@host/db, mysql+pymysql://user@host/d
 def open_storage(url: str, where: str = "--storage", *, new: bool = True) -> optuna.storages.BaseStorage:
     """A journal file (a path, the embedded default) or a database URL (postgresql://, mysql://, sqlite:///).
     `where` names what gave the URL in messages (the option, the study.json that records it, or nothing for a study
-    folder's own journal: its path says enough); without `new`
-    the storage holds a study already, so a journal file that is missing is an error, not a new file."""
+    folder's own journal: its path says enough). Without `new` the storage holds a study already, so a journal file
+    that is missing is an error, not a new file."""
     if "://" not in url:
         return _open_journal(Path(url), where, new)
     return _open_database(url, where)

@@ -113,8 +113,9 @@ def sweep(recipe: Path | None, grids: Sequence[str], *, seeds: int | None = None
 
     if resume is not None:
         record = read_record(resume, "sweep")
+        axes = [dict(parse_grid(g) for g in given) for given in (record.get("grids", []), grids)] if grids else None
         refuse_other_options(record, resume / SPEC_FILES["sweep"], recipe=shipped.resolve(recipe) if recipe else None,
-                             overrides=overrides, grids=list(grids), seeds=seeds)
+                             overrides=overrides, grid=axes, seeds=seeds)
         spec = load_spec(resume, "sweep")
     elif recipe is None:
         raise UserError("give a RECIPE and --grid values, or --resume SWEEP_DIR")

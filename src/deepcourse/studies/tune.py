@@ -65,7 +65,7 @@ def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | No
                              "label": ", ".join(f"{d.key}={toml_literal(v)}" for d, v in zip(dims, combo, strict=True)),
                              "dir": f"grid-{i:03d}"} for i, combo in enumerate(combos)]
         record["trials"] = len(combos)
-    with new_folder(folder, also=[] if "://" in record["storage"] else [Path(record["storage"])]):
+    with new_folder(folder, also=[Path(storage)] if storage and "://" not in storage else []):
         if storage:
             open_storage(storage)  # every problem with it named (as the user wrote it) before the study is recorded
         existing = folder / STUDY_FILE
@@ -151,14 +151,14 @@ def prepare(recipe: str | Path | None, overrides: Sequence[str] = (), *, study_n
             raise UserError(f"--trials {trials}: a grid search runs each of its {len(spec.points)} points once; "
                             f"leave out --trials, or change the space and start a new study")
         open_study(spec, create=False)  # the study is there, before anything is changed
-        if trials is not None and trials != spec.trials:
-            return _new_budget(spec, record, trials)
         for change in kept_changes(record.get("written", {}), written(spec.recipe, spec.overrides), "tune"):
+            if change.startswith("search.trials") and trials is not None:
+                continue  # --trials says the budget
             kept = f"its budget of {spec.trials} trials (give --trials N with --resume to change it)" \
                 if change.startswith("search.trials") else "the number of final seeds it began with"
             warnings.warn(f"{spec.recipe}: {change} since the study began; the study keeps {kept}", RecipeWarning,
                           stacklevel=2)
-        return spec
+        return _new_budget(spec, record, trials) if trials is not None and trials != spec.trials else spec
     if recipe is None:
         raise UserError("give a RECIPE with a [search] table, or --resume STUDY_DIR")
     return create(recipe, overrides, study_name=study_name, storage=storage, trials=trials, runs_root=runs_root)
