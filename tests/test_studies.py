@@ -41,10 +41,10 @@ def search_recipe(folder: Path, trials: int = 6, sampler: str = "tpe", pruner: s
 def trials_of(folder: Path, storage: str | None = None) -> list:
     import optuna
 
-    from deepcourse.studies.store import open_storage
+    from deepcourse.studies.store import open_storage, storage_of
 
     record = json.loads((folder / "study.json").read_text())
-    study = optuna.load_study(study_name=record["study"], storage=open_storage(storage or record["storage"]))
+    study = optuna.load_study(study_name=record["study"], storage=open_storage(storage or storage_of(record, folder)))
     return [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("skipped")]
 
 

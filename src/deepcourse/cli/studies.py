@@ -2,10 +2,13 @@
 search). `deepcourse.cli.main` adds them to the command group."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from deepcourse.cli.common import handle_errors, override_option
 from deepcourse.errors import UserError
@@ -28,14 +31,14 @@ def sweep(recipe: Path | None, grids: Sequence[str], seeds: int | None, override
     """Run RECIPE for every combination of --grid values (and seeds), then compare the runs.
 
     Without --grid, the recipe's own [sweep] table says what to vary (grid = {"model.dropout" = [0, 0.5]})."""
-    from deepcourse.rundir.outputs import writable_folder
     from deepcourse.studies.sweep import sweep as run_sweep
 
     if recipe is None and resume is None:
         raise UserError("give a RECIPE and --grid values, or --resume SWEEP_DIR")
-    writable_folder(resume if resume is not None else runs_root, "--resume" if resume is not None else "--runs-root")
-    folder = run_sweep(recipe or Path("."), grids, seeds=seeds, overrides=overrides, jobs=jobs,
-                       runs_root=runs_root, resume=resume, echo=click.echo)
+    _check_folders(runs_root, resume)
+    with _stopped("sweep"):
+        folder = run_sweep(recipe, grids, seeds=seeds, overrides=overrides, jobs=jobs, runs_root=runs_root,
+                           resume=resume, echo=click.echo)
     click.echo((folder / "compare.md").read_text(encoding="utf-8").rstrip())
     click.echo(f"\nsweep folder: {folder}")
 
@@ -69,6 +72,7 @@ def tune(recipe: str | None, overrides: Sequence[str], study_name: str | None, s
     the best configuration over search.seeds seeds, and a report (study.md, best.toml, plots)."""
     from deepcourse.studies import tune as tuning
 
+    _check_folders(runs_root, resume)
     spec = tuning.prepare(recipe, overrides, study_name=study_name, storage=storage, trials=trials,
                           runs_root=runs_root, resume=resume)
     if launcher == "slurm":
@@ -78,5 +82,36 @@ def tune(recipe: str | None, overrides: Sequence[str], study_name: str | None, s
                      mem=mem)
         click.echo(f"tune: {jobs} worker(s) submitted to Slurm as {', '.join(ids)}; the study: {spec.folder}")
         return
-    folder = tuning.tune(spec, jobs=jobs, echo=click.echo)
+    with _stopped("tune"):
+        folder = tuning.tune(spec, jobs=jobs, echo=click.echo)
     click.echo((folder / "study.md").read_text(encoding="utf-8").split("![", 1)[0].rstrip())
+
+
+def _check_folders(runs_root: Path, resume: Path | None) -> None:
+    """Where the study will write, checked before anything runs: --runs-root for a new one (a file, or read-only,
+    is named), the study's own folder with --resume (where --runs-root has no say: refused if given)."""
+    from deepcourse.rundir.outputs import writable_folder
+
+    if resume is None:
+        writable_folder(runs_root, "--runs-root")
+        return
+    if click.get_current_context().get_parameter_source("runs_root") == ParameterSource.COMMANDLINE:
+        raise UserError(f"--runs-root {runs_root}: has no effect with --resume (the study stays in {resume}); "
+                        f"leave it out")
+    if resume.is_dir():
+        writable_folder(resume, "--resume")
+
+
+@contextlib.contextmanager
+def _stopped(command: str) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) on a study: its running trials saved, it exits 130 (143) as `deepcourse run` does,
+    saying how to continue."""
+    from deepcourse.studies.processes import Stopped
+
+    try:
+        yield
+    except Stopped as stop:
+        saved = "".join(f"\n  {run}" for run in stop.saved)
+        click.echo(f"deepcourse: {command} {stop}" + (f"; the runs it stopped:{saved}" if saved else "") +
+                   f"\nContinue with: deepcourse {command} --resume {stop.folder}", err=True)
+        sys.exit(stop.exit_code)

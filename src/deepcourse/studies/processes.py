@@ -1,13 +1,21 @@
-"""Which GPU each of several jobs on one machine runs on (sweep and study workers, `-j N`)."""
+"""Which GPU each of several jobs on one machine runs on (sweep and study workers, `-j N`), a run that stops when
+its worker dies, and a worker that stops on Ctrl-C once its runs have saved."""
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import queue
 import signal
+import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def visible_gpus() -> list[str]:
@@ -57,3 +65,84 @@ def follow_parent() -> None:
         return
     if os.getppid() != int(parent):  # the worker died before the request was in place
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+# -- a worker stops on Ctrl-C -----------------------------------------------------------------------------------------
+#: the exit status of a run stopped by Ctrl-C or SIGTERM after saving (128 + the signal's number)
+STOP_CODES = {128 + int(signal.SIGINT): int(signal.SIGINT), 128 + int(signal.SIGTERM): int(signal.SIGTERM)}
+
+
+class Stopped(Exception):
+    """A study's worker stopped by Ctrl-C or SIGTERM once its running trials had saved: the command exits 128 + the
+    signal's number (130 for Ctrl-C), as `deepcourse run` does, and `--resume` continues the study."""
+
+    def __init__(self, signum: int, folder: Path, saved: Sequence[Path]) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.folder, self.saved = signum, folder, list(saved)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class WorkerStop:
+    """Ctrl-C (SIGINT) or SIGTERM to a worker: it takes no new trial and waits for its running trials to save and
+    exit. From a terminal they get the Ctrl-C with it; a signal sent to the worker alone is passed on to them as
+    SIGTERM, which a run that is already saving ignores. A trial's run that exits 130 or 143 on its own (stopped,
+    state saved) stops the worker too: whoever stopped it wanted the study to stop, not its next trial to start."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.saved: list[Path] = []  # runs that stopped with their state saved
+        self._children: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.RLock()  # also taken by the signal handler, on the main thread
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> WorkerStop:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, lambda s, frame: self.request(s))
+            except ValueError:  # not the main thread (embedded use): the default behaviour stays
+                pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int) -> None:
+        """Stop taking trials; ask the running ones to save and stop."""
+        with self._lock:
+            first = self.signum is None
+            self.signum = self.signum if self.signum is not None else int(signum)
+            children = [proc for proc in self._children if proc.poll() is None]
+        if first:
+            log.info(f"\ndeepcourse: {signal.Signals(signum).name}: the study takes no new trial; waiting for "
+                     f"{len(children)} running trial(s) to save", extra={"stderr": True})
+        for proc in children:
+            proc.send_signal(signal.SIGTERM)
+
+    def started(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._children.add(proc)
+        if self.requested and proc.poll() is None:  # the stop came while it was starting
+            proc.send_signal(signal.SIGTERM)
+
+    def ended(self, proc: subprocess.Popen[bytes], run: Path, code: int) -> bool:
+        """Whether `proc` (the run in `run`) was stopped rather than failed; a run stopped on its own stops the
+        worker too."""
+        with self._lock:
+            self._children.discard(proc)
+        stopped = code in STOP_CODES or (code < 0 and self.requested)  # < 0: killed while it started
+        if stopped:
+            self.request(STOP_CODES.get(code, self.signum or int(signal.SIGINT)))
+            self.saved.append(run)
+        return stopped
+
+    def raise_if_stopped(self, folder: Path) -> None:
+        if self.signum is not None:
+            raise Stopped(self.signum, folder, self.saved)

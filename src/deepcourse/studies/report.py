@@ -30,7 +30,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         attrs = trial.user_attrs
         if attrs.get("skipped"):
             continue
-        rows.append({"trial": trial.number, "state": trial.state.name.lower(), "value": trial.value,
+        state = "stopped" if attrs.get("stopped") else trial.state.name.lower()  # Ctrl-C: resumed, not failed
+        rows.append({"trial": trial.number, "state": state, "value": trial.value,
                      **{k: v for k, v in trial.params.items()}, "wall time (s)": attrs.get("wall_time_s"),
                      "retry of": attrs.get("retry_of"), "run": attrs.get("run_dir", "")})
     return rows

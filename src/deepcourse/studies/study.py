@@ -27,12 +27,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deepcourse.errors import UserError
 from deepcourse.recipe.load import load_recipe
 from deepcourse.recipe.overrides import toml_literal
 from deepcourse.rundir.files import read_json
-from deepcourse.studies.processes import PARENT_ENV
+from deepcourse.studies.processes import PARENT_ENV, STOP_CODES, WorkerStop
 from deepcourse.studies.spec import StudySpec
-from deepcourse.studies.store import HEARTBEAT_S, PRUNED_FILE, open_storage
+from deepcourse.studies.store import HEARTBEAT_S, PRUNED_FILE, open_storage, shown
 from deepcourse.training.checkpoint import latest_checkpoint
 
 if TYPE_CHECKING:
@@ -78,15 +79,20 @@ def open_study(spec: StudySpec, *, create: bool) -> optuna.Study:
     """The study in its storage; `create`: make it (and queue a sweep's points) unless it exists."""
     import optuna
 
-    storage = open_storage(spec.storage)
+    storage = open_storage(spec.storage, spec.origin, new=create)
     try:
         if not create:
             raise KeyError
         study = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction,
                                     sampler=sampler_of(spec), pruner=pruner_of(spec))
     except (KeyError, optuna.exceptions.DuplicatedStudyError):
-        return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler_of(spec),
-                                 pruner=pruner_of(spec))
+        try:
+            return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler_of(spec),
+                                     pruner=pruner_of(spec))
+        except KeyError:
+            where = " ".join(filter(None, (spec.origin, shown(spec.storage))))
+            raise UserError(f"{where}: holds no study '{spec.name}' (emptied or replaced since the study began); "
+                            f"restore it from a copy, or start a new study") from None
     for point in spec.points:  # created here and only here: each point is queued once
         study.enqueue_trial(point["params"], user_attrs={"run_dir": point["dir"], "label": point["label"]})
     return study
@@ -110,7 +116,9 @@ def budget_left(study: optuna.Study, spec: StudySpec) -> int:
 
 def recover(study: optuna.Study, spec: StudySpec) -> list[int]:
     """Fail the trials of workers that died (on this machine: their process is gone; elsewhere: a stale heartbeat),
-    then queue one retry of every failed trial that left a checkpoint to resume. Returns the retried trial numbers."""
+    then queue one retry of every failed trial that left a checkpoint to resume (a stopped one however often it
+    was stopped), and of every failed queued point (from its checkpoint, or from the start: a sweep told to
+    continue runs its failed points again). Returns the retried trial numbers."""
     import optuna
     from optuna.trial import TrialState
 
@@ -133,11 +141,14 @@ def recover(study: optuna.Study, spec: StudySpec) -> list[int]:
         if trial.state != TrialState.FAIL or trial.number in taken or attrs.get("skipped"):
             continue
         run = spec.folder / str(attrs.get("run_dir", ""))
-        if attrs.get("run_dir") and attrs.get("retries", 0) < MAX_RETRIES and latest_checkpoint(run / "checkpoints"):
+        saved = bool(attrs.get("run_dir")) and latest_checkpoint(run / "checkpoints") is not None
+        stopped = bool(attrs.get("stopped"))  # Ctrl-C, SIGTERM: not a failure
+        point = "label" in attrs  # a queued point (sweep, grid search) must run: each --resume takes it again
+        if (saved and (stopped or attrs.get("retries", 0) < MAX_RETRIES)) or point:
             study.enqueue_trial(trial.params, user_attrs={**{k: v for k, v in attrs.items() if k in ("run_dir",
                                                                                                       "label")},
                                                           "retry_of": trial.number,
-                                                          "retries": attrs.get("retries", 0) + 1})
+                                                          "retries": attrs.get("retries", 0) + (not stopped)})
             retried.append(trial.number)
     return retried
 
@@ -209,8 +220,10 @@ def pruning_callback(spec: StudySpec, trial: optuna.Trial) -> list[dict[str, Any
 
 def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Mapping[str, str],
               echo: Callable[[str], None],
-              on_child: Callable[[subprocess.Popen[bytes] | None], None] = lambda proc: None) -> None:
-    """Run one trial as `deepcourse run` in a subprocess and record its outcome in the study."""
+              on_child: Callable[[subprocess.Popen[bytes] | None], None] = lambda proc: None,
+              stop: WorkerStop | None = None) -> None:
+    """Run one trial as `deepcourse run` in a subprocess and record its outcome in the study (a run stopped by
+    Ctrl-C or SIGTERM as stopped, to be resumed, not failed)."""
     import optuna
 
     sets = params_to_overrides(spec, trial)
@@ -219,6 +232,10 @@ def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Ma
                        ("worker", worker_id())):
         trial.set_user_attr(key, value)
     run = spec.folder / name
+    if stop is not None and stop.requested:  # the stop came after the trial was taken: it never ran
+        trial.set_user_attr("stopped", True)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return
     cmd = run_command(spec, run, sets, pruning_callback(spec, trial))
     started = time.perf_counter()
     with open(spec.folder / f"{name}.log", "a", encoding="utf-8") as log:
@@ -226,6 +243,8 @@ def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Ma
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), **env})
         trial.set_user_attr("run_pid", proc.pid)
         on_child(proc)
+        if stop is not None:
+            stop.started(proc)
         storage = study._storage  # heartbeats for database storages, while the run runs
         while True:
             try:
@@ -238,6 +257,12 @@ def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Ma
     trial.set_user_attr("wall_time_s", round(time.perf_counter() - started, 1))
     trial.set_user_attr("exit_code", code)
     label = trial.user_attrs.get("label") or ", ".join(sets) or "base"
+    if stop.ended(proc, run, code) if stop is not None else code in STOP_CODES:
+        trial.set_user_attr("stopped", True)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        saved = "its state saved" if latest_checkpoint(run / "checkpoints") else "before its first checkpoint"
+        echo(f"  stopped: trial {trial.number} ({label}), {saved} in {run}")
+        return
     if code == 0 and (run / PRUNED_FILE).exists():
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         echo(f"  pruned: trial {trial.number} ({label}) at epoch {read_json(run / PRUNED_FILE)['epoch']}")
@@ -254,8 +279,10 @@ def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Ma
 
 
 def work(spec: StudySpec, *, jobs: int = 1, gpus: Sequence[str] = (), echo: Callable[[str], None] = print,
-         on_child: Callable[[subprocess.Popen[bytes] | None], None] = lambda proc: None) -> optuna.Study:
-    """A worker: `jobs` threads take trials until the budget is done; returns the study."""
+         on_child: Callable[[subprocess.Popen[bytes] | None], None] = lambda proc: None,
+         stop: WorkerStop | None = None) -> optuna.Study:
+    """A worker: `jobs` threads take trials until the budget is done; returns the study. With `stop`, Ctrl-C ends
+    it once the running trials have saved (`Stopped`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from deepcourse.studies.processes import DeviceSlots
@@ -263,13 +290,13 @@ def work(spec: StudySpec, *, jobs: int = 1, gpus: Sequence[str] = (), echo: Call
     study = open_study(spec, create=False)
     retried = recover(study, spec)
     if retried:
-        echo(f"  retrying trial(s) {', '.join(map(str, retried))}, from their checkpoints")
+        echo(f"  retrying trial(s) {', '.join(map(str, retried))} (from their checkpoints, where they have one)")
     slots = DeviceSlots(jobs, list(gpus))
 
     def loop() -> None:
         import optuna
 
-        while True:
+        while stop is None or not stop.requested:
             if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
                 if spec.points or budget_left(study, spec) <= 0:
                     return  # a grid runs its queued points only; a search stops at its budget
@@ -282,11 +309,13 @@ def work(spec: StudySpec, *, jobs: int = 1, gpus: Sequence[str] = (), echo: Call
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 return
             with slots.take() as env:
-                run_trial(study, spec, trial, env, echo, on_child)
+                run_trial(study, spec, trial, env, echo, on_child, stop)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for future in [pool.submit(loop) for _ in range(max(1, jobs))]:
             future.result()
+    if stop is not None:
+        stop.raise_if_stopped(spec.folder)
     return study
 
 
@@ -294,7 +323,7 @@ def failures(study: optuna.Study) -> int:
     from optuna.trial import TrialState
 
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    return sum(1 for t in failed if not t.user_attrs.get("skipped"))
+    return sum(1 for t in failed if not t.user_attrs.get("skipped") and not t.user_attrs.get("stopped"))
 
 
 def _over_budget(study: optuna.Study, spec: StudySpec, number: int) -> bool:

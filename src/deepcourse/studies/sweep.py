@@ -22,8 +22,10 @@ from deepcourse.recipe.load import load_recipe
 from deepcourse.recipe.overrides import parse_override, toml_literal
 from deepcourse.recipe.searchspace import Dimension, repeated, varied_key_problems
 from deepcourse.rundir.files import atomic_write_text, to_json
-from deepcourse.studies.processes import visible_gpus
-from deepcourse.studies.spec import SPEC_FILES, load_spec
+from deepcourse.studies.processes import WorkerStop, visible_gpus
+from deepcourse.studies.resume import refuse_other_options, written
+from deepcourse.studies.spec import SPEC_FILES, StudySpec, load_spec, new_folder, read_record
+from deepcourse.studies.store import JOURNAL
 
 if TYPE_CHECKING:
     import optuna
@@ -140,30 +142,28 @@ def _label(value: Any) -> str:
     return toml_literal(value).strip('"') if isinstance(value, (bool, str)) else str(value)
 
 
-def sweep(recipe: Path, grids: Sequence[str], *, seeds: int | None = None, overrides: Sequence[str] = (),
+def sweep(recipe: Path | None, grids: Sequence[str], *, seeds: int | None = None, overrides: Sequence[str] = (),
           jobs: int = 1, runs_root: Path = Path("runs"), resume: Path | None = None,
           echo: Callable[[str], None] = print) -> Path:
-    """Run the grid (or continue it) as a study of queued points, then compare the runs."""
-    from deepcourse.studies.study import open_study, work
+    """Run the grid (or continue it: the recipe, --grid, --seeds and --set given with --resume must be the sweep's)
+    as a study of queued points, then compare the runs. Ctrl-C: the running points save, then `Stopped`."""
+    from deepcourse.studies.study import work
 
     if resume is not None:
+        record = read_record(resume, "sweep")
+        axes = [dict(parse_grid(g) for g in given) for given in (record.get("grids", []), grids)] if grids else None
+        refuse_other_options(record, resume / SPEC_FILES["sweep"], recipe=shipped.resolve(recipe) if recipe else None,
+                             overrides=overrides, grid=axes, seeds=seeds)
         spec = load_spec(resume, "sweep")
+    elif recipe is None:
+        raise UserError("give a RECIPE and --grid values, or --resume SWEEP_DIR")
     else:
-        recipe = shipped.resolve(recipe)  # a shipped recipe's name: every run gets the file's path
-        _, points, seeds = plan(recipe, grids, seeds, overrides)
-        base = load_recipe(recipe, overrides)
-        folder = runs_root / base.name / f"sweep-{_dt.datetime.now():%Y%m%d-%H%M%S}"
-        folder.mkdir(parents=True)
-        record = {"recipe": str(recipe.resolve()), "grids": list(grids), "seeds": seeds,
-                  "overrides": list(overrides), "points": points, "study": "sweep",
-                  "storage": str((folder / "study.log").resolve())}
-        atomic_write_text(folder / SPEC_FILES["sweep"], to_json(record))
-        spec = load_spec(folder, "sweep")
-        open_study(spec, create=True)
+        spec = _create(shipped.resolve(recipe), grids, seeds, overrides, runs_root)
     gpus = visible_gpus()
     echo(f"sweep: {len(spec.points)} runs in {spec.folder} ({jobs} at a time" +
          (f", each on its own GPU of {', '.join(gpus)})" if gpus else ")"))
-    study = work(spec, jobs=jobs, gpus=gpus, echo=echo)
+    with WorkerStop() as stop:
+        study = work(spec, jobs=jobs, gpus=gpus, echo=echo, stop=stop)
     from deepcourse.studies.report import write_trials_table
 
     write_trials_table(spec, study)
@@ -176,6 +176,25 @@ def sweep(recipe: Path, grids: Sequence[str], *, seeds: int | None = None, overr
         raise UserError(f"{failed} of {len(spec.points)} sweep runs failed (logs in {spec.folder}); fix and continue "
                         f"with --resume {spec.folder}")
     return spec.folder
+
+
+def _create(recipe: Path, grids: Sequence[str], seeds: int | None, overrides: Sequence[str], runs_root: Path
+            ) -> StudySpec:
+    """A new sweep's folder, its plan and its queued points (nothing left behind when it cannot start)."""
+    from deepcourse.studies.study import open_study
+
+    _, points, seeds = plan(recipe, grids, seeds, overrides)  # a shipped recipe's name: every run gets the path
+    base = load_recipe(recipe, overrides)
+    folder = runs_root / base.name / f"sweep-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    if folder.exists():
+        raise UserError(f"--runs-root {runs_root}: {folder} exists (a sweep started this second); start again")
+    with new_folder(folder):
+        record = {"recipe": str(recipe.resolve()), "grids": list(grids), "seeds": seeds, "overrides": list(overrides),
+                  "points": points, "study": "sweep", "storage": JOURNAL, "written": written(recipe, overrides)}
+        atomic_write_text(folder / SPEC_FILES["sweep"], to_json(record))
+        spec = load_spec(folder, "sweep")
+        open_study(spec, create=True)
+    return spec
 
 
 def latest_trials_by_dir(study: optuna.Study) -> dict[str, str]:

@@ -13,21 +13,26 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
+import json
+import logging
 import os
 import re
 import subprocess
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepcourse.errors import UserError
+from deepcourse.errors import RecipeWarning, UserError
 from deepcourse.recipe import shipped
 from deepcourse.recipe.load import load_recipe
 from deepcourse.recipe.overrides import toml_literal
 from deepcourse.recipe.searchspace import check_study, parse_space, pruner_for
 from deepcourse.rundir.files import atomic_write_text, read_json, to_json
-from deepcourse.studies.processes import visible_gpus
-from deepcourse.studies.spec import SPEC_FILES, StudySpec, load_spec
+from deepcourse.studies.processes import WorkerStop, visible_gpus
+from deepcourse.studies.resume import kept_changes, recipe_changes, refuse_other_options, written
+from deepcourse.studies.spec import SPEC_FILES, StudySpec, load_spec, new_folder, read_record
+from deepcourse.studies.store import JOURNAL, absolute, open_storage, shown, storage_of
 from deepcourse.studies.study import best_trial, open_study, run_command, trial_overrides, work
 
 if TYPE_CHECKING:
@@ -39,7 +44,8 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | None, storage: str | None,
            trials: int | None, runs_root: Path) -> StudySpec:
-    """A new study for RECIPE (or the existing one of the same name and folder, which another worker made)."""
+    """A new study for RECIPE (or the existing one of the same name and folder, which another worker made). The
+    storage is opened first, so a wrong one is named before any folder is made."""
     check_names(study_name, storage)
     path = shipped.resolve(recipe)
     base = load_recipe(path, overrides)
@@ -53,9 +59,9 @@ def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | No
     folder = runs_root / base.name / f"study-{name}"
     record: dict[str, Any] = {
         "kind": "tune", "recipe": str(path.resolve()), "overrides": list(overrides), "study": name,
-        "storage": storage or str((folder / "study.log").resolve()), "space": space,
+        "storage": absolute(storage) if storage else JOURNAL, "space": space,
         "trials": trials or base.search.trials, "sampler": base.search.sampler, "pruner": pruner_for(base, dims),
-        "seeds": base.search.seeds, "points": []}
+        "seeds": base.search.seeds, "points": [], "written": written(path, overrides)}
     if base.search.sampler == "grid":
         combos = list(itertools.product(*[d.grid() for d in dims]))
         record["points"] = [{"params": {d.key: d.labels[d.choices.index(v)] if d.kind == "categorical" else v
@@ -63,18 +69,16 @@ def create(recipe: str | Path, overrides: Sequence[str], *, study_name: str | No
                              "label": ", ".join(f"{d.key}={toml_literal(v)}" for d, v in zip(dims, combo, strict=True)),
                              "dir": f"grid-{i:03d}"} for i, combo in enumerate(combos)]
         record["trials"] = len(combos)
-    folder.mkdir(parents=True, exist_ok=True)
-    existing = folder / STUDY_FILE
-    if existing.exists():
-        joined = read_json(existing)
-        if {k: v for k, v in joined.items() if k != "storage"} != {k: v for k, v in record.items() if k != "storage"}:
-            raise UserError(f"--study {name}: {folder} holds a study of another recipe, space or budget; choose "
-                            f"another name, or join it with the same recipe and options")
-        record = joined
-    else:
-        atomic_write_text(existing, to_json(record))
-    spec = load_spec(folder, "tune")
-    open_study(spec, create=True)
+    with new_folder(folder, also=[Path(storage)] if storage and "://" not in storage else []):
+        if storage:
+            open_storage(storage)  # every problem with it named (as the user wrote it) before the study is recorded
+        existing = folder / STUDY_FILE
+        if existing.exists():
+            record = _join(folder, record, storage)
+        else:
+            atomic_write_text(existing, to_json(record))
+        spec = load_spec(folder, "tune")
+        open_study(spec, create=True)
     return spec
 
 
@@ -92,9 +96,27 @@ def check_names(study_name: str | None, storage: str | None) -> None:
                         "journal file's path, or leave --storage out for a journal file in the study folder")
 
 
-def final_seeds(spec: StudySpec, study: optuna.Study, seeds: int, echo: Callable[[str], None]
-                ) -> list[tuple[str, float]]:
-    """The best trial's configuration with seeds seed+1 .. seed+K-1 (the trial itself is seed): (run, value) each."""
+def _join(folder: Path, record: dict[str, Any], storage: str | None) -> dict[str, Any]:
+    """The study another worker made in `folder`: joined when it is the same study, else refused, naming how it
+    differs."""
+    joined = read_record(folder, "tune")
+    problems = [f"{key}: {json.dumps(joined.get(key))} in the study, {json.dumps(record[key])} given"
+                for key in ("recipe", "overrides", "trials", "sampler", "pruner", "seeds", "space")
+                if json.dumps(joined.get(key), sort_keys=True) != json.dumps(record[key], sort_keys=True)]
+    if "written" in joined:
+        problems += recipe_changes(joined["written"], record["written"], "tune")
+    if storage and absolute(storage) != storage_of(joined, folder):
+        problems.append(f"--storage {shown(storage)}: the study is stored in {shown(storage_of(joined, folder))}")
+    if problems:
+        raise UserError(f"--study {record['study']}: {folder} holds a study of another recipe, space or budget; "
+                        f"choose another name, or join it with the same recipe and options", problems=problems)
+    return joined
+
+
+def final_seeds(spec: StudySpec, study: optuna.Study, seeds: int, echo: Callable[[str], None],
+                stop: WorkerStop | None = None) -> list[tuple[str, float]]:
+    """The best trial's configuration with seeds seed+1 .. seed+K-1 (the trial itself is seed): (run, value) each;
+    with `stop`, Ctrl-C lets the running one save, then ends the command (`Stopped`)."""
     from filelock import FileLock
 
     best = best_trial(study)
@@ -110,9 +132,9 @@ def final_seeds(spec: StudySpec, study: optuna.Study, seeds: int, echo: Callable
             if not (run / "summary.json").exists():
                 echo(f"  the best configuration, seed {spec.seed + offset}")
                 cmd = run_command(spec, run, [*trial_overrides(spec, best.params), f"seed={spec.seed + offset}"])
-                with open(spec.folder / f"{run.name}.log", "a", encoding="utf-8") as log:
-                    code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                          env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+                code = _run_logged(cmd, spec.folder / f"{run.name}.log", run, stop)
+                if stop is not None:
+                    stop.raise_if_stopped(spec.folder)
                 if code != 0:
                     echo(f"  FAILED (exit {code}, see {spec.folder / f'{run.name}.log'})")
                     continue
@@ -122,32 +144,69 @@ def final_seeds(spec: StudySpec, study: optuna.Study, seeds: int, echo: Callable
     return found
 
 
+def _run_logged(cmd: Sequence[str], log_file: Path, run: Path, stop: WorkerStop | None) -> int:
+    with open(log_file, "a", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if stop is not None:
+            stop.started(proc)
+        code = proc.wait()
+    if stop is not None:
+        stop.ended(proc, run, code)
+    return code
+
+
 def prepare(recipe: str | Path | None, overrides: Sequence[str] = (), *, study_name: str | None = None,
             storage: str | None = None, trials: int | None = None, runs_root: Path = Path("runs"),
             resume: Path | None = None) -> StudySpec:
-    """The study to work on: a new one, the one of the same name another worker made, or a folder's (--resume)."""
+    """The study to work on: a new one, the one of the same name another worker made, or a folder's (--resume:
+    the options given must agree with the study, except --trials, its budget, which is applied)."""
     if resume is not None:
-        return load_spec(resume, "tune")
+        record = read_record(resume, "tune")
+        refuse_other_options(record, resume / STUDY_FILE, recipe=shipped.resolve(recipe) if recipe else None,
+                             overrides=overrides, study=study_name, storage=storage)
+        spec = load_spec(resume, "tune")
+        if trials is not None and spec.points and trials != spec.trials:
+            raise UserError(f"--trials {trials}: a grid search runs each of its {len(spec.points)} points once; "
+                            f"leave out --trials, or change the space and start a new study")
+        open_study(spec, create=False)  # the study is there, before anything is changed
+        for change in kept_changes(record.get("written", {}), written(spec.recipe, spec.overrides), "tune"):
+            if change.startswith("search.trials") and trials is not None:
+                continue  # --trials says the budget
+            kept = f"its budget of {spec.trials} trials (give --trials N with --resume to change it)" \
+                if change.startswith("search.trials") else "the number of final seeds it began with"
+            warnings.warn(f"{spec.recipe}: {change} since the study began; the study keeps {kept}", RecipeWarning,
+                          stacklevel=2)
+        return _new_budget(spec, record, trials) if trials is not None and trials != spec.trials else spec
     if recipe is None:
         raise UserError("give a RECIPE with a [search] table, or --resume STUDY_DIR")
     return create(recipe, overrides, study_name=study_name, storage=storage, trials=trials, runs_root=runs_root)
 
 
+def _new_budget(spec: StudySpec, record: dict[str, Any], trials: int) -> StudySpec:
+    """--trials with --resume: the study's budget from now on (more trials, or fewer: it stops when it has them)."""
+    atomic_write_text(spec.folder / STUDY_FILE, to_json({**record, "trials": trials}))
+    logging.getLogger(__name__).info(f"tune: the study's budget is now {trials} trials (it was {spec.trials})")
+    return load_spec(spec.folder, "tune")
+
+
 def tune(spec: StudySpec, *, jobs: int = 1, echo: Callable[[str], None] = print) -> Path:
-    """Work on the study here with `jobs` workers (one GPU each when there are GPUs), then report it."""
+    """Work on the study here with `jobs` workers (one GPU each when there are GPUs), then report it. Ctrl-C: no
+    new trial starts, the running ones save, and `Stopped` ends the command (exit 130: `--resume` continues)."""
     gpus = visible_gpus()
     echo(f"tune: study {spec.name}, {spec.trials} trials of {spec.monitor} ({spec.direction}), in {spec.folder}"
          f" ({jobs} worker(s)" + (f", each on its own GPU of {', '.join(gpus)})" if gpus else ")"))
-    study = work(spec, jobs=jobs, gpus=gpus, echo=echo)
-    return finish(spec, study, echo)
+    with WorkerStop() as stop:
+        study = work(spec, jobs=jobs, gpus=gpus, echo=echo, stop=stop)
+        return finish(spec, study, echo, stop)
 
 
-def finish(spec: StudySpec, study: optuna.Study, echo: Callable[[str], None]) -> Path:
+def finish(spec: StudySpec, study: optuna.Study, echo: Callable[[str], None], stop: WorkerStop | None = None
+           ) -> Path:
     """The best configuration over seeds, then the report (also what each Slurm worker does when it ends)."""
     from deepcourse.studies.report import finish_report
 
     seeds = int(read_json(spec.folder / STUDY_FILE).get("seeds", 1))
-    runs = final_seeds(spec, study, seeds, echo)
+    runs = final_seeds(spec, study, seeds, echo, stop)
     md = finish_report(spec, study, runs if seeds > 1 else ())
     echo(f"study report: {md}")
     return spec.folder
