@@ -67,9 +67,12 @@ def test_the_python_example_in_getting_started_runs(tmp_path: Path) -> None:
 
 
 def test_the_gpu_check_runs_every_leg_in_smoke_mode(tmp_path: Path) -> None:
-    """benchmarks/gpu_check.py on a CPU with a tiny CIFAR-like shard: every leg runs and reports its figures."""
+    """benchmarks/gpu_check.py on a CPU with a tiny CIFAR-like shard: every leg a CPU can run runs in both loops (the
+    hand-written one and `deepcourse run`), the others are skipped with their reason, and the report is rewritten
+    after every leg."""
     pytest.importorskip("deepcourse_vision")
     import io
+    import json
 
     import numpy as np
     from datasets import ClassLabel, Dataset, Features, Image
@@ -90,20 +93,66 @@ def test_the_gpu_check_runs_every_leg_in_smoke_mode(tmp_path: Path) -> None:
     features = Features({"img": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
     Dataset.from_dict({"img": [{"bytes": png(y), "path": None} for y in labels], "label": labels},
                       features=features).to_parquet(str(folder / "train-00000-of-00002.parquet"))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # this checkout's code, no test plugins
+    env.update(PYTHONPATH=os.pathsep.join(str(REPO / p) for p in ("src", "plugins/vision/src")),
+               DEEPCOURSE_CACHE=str(tmp_path / "cache"))
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--data", str(tmp_path / "data"),
-                          "--smoke", "--out", str(tmp_path / "check.json")], capture_output=True, text=True, env=env,
+                          "--smoke", "--out", str(tmp_path / "report")], capture_output=True, text=True, env=env,
                          cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    import json
 
-    report = json.loads((tmp_path / "check.json").read_text())
-    assert [leg["leg"] for leg in report["legs"]] == ["fp32 eager", "bf16 eager", "bf16 compiled",
-                                                       "bf16 eager, data on the GPU", "bf16, accuracy run"]
-    assert all(leg["images_per_s"] > 0 and leg["last_epoch_s"] > 0 for leg in report["legs"])
-    assert report["smoke"] and 0 <= report["legs"][-1]["held_out_accuracy"] <= 1
-    assert report["legs"][-1]["held_out_images"] == 32  # of the 80 held out (20%), never trained on
-    assert "| bf16 compiled |" in out.stdout
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    legs = {leg["id"]: leg for leg in report["legs"]}
+    assert list(legs) == ["base", "fp32", "fp32-no-tf32", "fp16", "no-channels-last", "no-fused", "no-cudnn-benchmark",
+                          "host-data", "compiled", "accuracy", "cifar-fast"]
+    gpu_only = {"fp32-no-tf32": "TF32", "fp16": "CUDA GPU", "no-cudnn-benchmark": "cuDNN"}
+    for leg in (leg for leg in report["legs"] if leg["kind"] == "speed"):
+        if leg["id"] in gpu_only:
+            assert leg["status"] == "skipped" and gpu_only[leg["id"]] in leg["reason"]
+            continue
+        assert leg["status"] == "ok" and leg["ratio"] > 0, leg
+        for side in ("hand_written", "deepcourse"):
+            figures = leg[side]
+            assert figures["timed_steps"] == 3 and figures["s_per_step"] > 0 and figures["images_per_s"] > 0
+            assert figures["images_per_s"] == pytest.approx(3 * 16 / (3 * figures["s_per_step"]), rel=0.01)
+            assert "CUDA" in figures["host_syncs"]["skipped"]  # the sync probe needs a GPU
+        assert leg["deepcourse"]["steps"] == 7  # 2 warm-up + 2 probed + 3 timed
+    for side in ("hand_written", "deepcourse"):  # compiled (the eager backend) once, no recompilation after
+        compiled = legs["compiled"][side]["compile"]
+        assert compiled["graphs"] > 0 and compiled["recompiles_after_warmup"] == 0, compiled
+    accuracy = legs["accuracy"]
+    assert accuracy["status"] == "ok" and accuracy["epochs"] == 2 and set(accuracy["time_to"]) == {"90%", "94%"}
+    assert [e["epoch"] for e in accuracy["evaluations"]] == [1, 2]
+    assert all(e["train_s"] > 0 and e["wall_s"] > 0 and 0 <= e["accuracy"] <= 1 for e in accuracy["evaluations"])
+    if not (REPO / "recipes" / "cifar_fast.toml").exists():
+        assert legs["cifar-fast"]["status"] == "skipped" and "does not exist" in legs["cifar-fast"]["reason"]
+    else:
+        assert legs["cifar-fast"]["status"] == "ok"
+    assert report["smoke"] and report["install"]["how"] == "the installed packages"
+    assert out.stdout.count("report written to") == len(legs)  # after every leg
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "SMOKE RUN" in text and "| torch.compile on |" in text and "## Time to validation accuracy" in text
+
+
+def test_the_gpu_check_credits_each_host_sync_to_its_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync probe counts torch's sync-debug warnings by the line of our code they came through (here a
+    function of another file stands for torch, which warns so on a GPU); other warnings are shown, not counted."""
+    import warnings
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from gpu_check_loop import SyncLog
+
+    library: dict = {}
+    exec(compile("import warnings\ndef item():\n    warnings.warn('called a synchronizing CUDA operation')\n",
+                 "/elsewhere/torch_op.py", "exec"), library)
+    log = SyncLog(cuda=False, roots=[str(Path(__file__).parent)])
+    with log.capturing():
+        for _ in range(3):
+            line = sys._getframe().f_lineno + 1
+            library["item"]()
+        warnings.warn("something else", UserWarning, stacklevel=1)
+    [(site, count)] = log.sites.items()
+    assert count == 3 and re.fullmatch(rf"(tests/)?test_docs\.py:{line} \(in torch_op\.py:3\)", site), site
 
 
 def test_every_test_and_case_the_reliability_page_cites_exists() -> None:

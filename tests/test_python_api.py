@@ -75,3 +75,21 @@ def test_the_package_exports_only_the_python_api() -> None:
     assert set(deepcourse.__all__) == {"__version__", "run", "evaluate", "predict", "RunResult"}
     with pytest.raises(AttributeError):
         deepcourse.fit  # noqa: B018 - internals stay internal
+
+
+def test_runs_one_after_another_each_compile_as_their_recipe_says(plugin_site, tmp_path: Path) -> None:
+    """Accelerate keeps its first Accelerator's torch.compile choice process-wide: an eager run and then a compiled
+    one of the same precision (a notebook, a sweep, the GPU check) trained eager twice."""
+    from torch._dynamo.utils import counters
+
+    recipe = tmp_path / "toy.toml"
+    recipe.write_text(TOY_RECIPE)
+    graphs = []
+    for compiled in ("false", "{backend = 'eager'}", "false"):
+        counters.clear()
+        result = deepcourse.run(str(recipe), "train.max_steps=3", f"train.compile={compiled}", report=False,
+                                runs_root=tmp_path / "runs")
+        graphs.append(counters["stats"]["unique_graphs"])
+        assert json.loads((result.run_dir / "run.json").read_text())["compile"] == \
+            (None if compiled == "false" else {"backend": "eager", "mode": None, "fullgraph": False, "dynamic": None})
+    assert graphs[0] == 0 and graphs[1] > 0 and graphs[2] == 0

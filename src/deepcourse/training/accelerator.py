@@ -56,15 +56,18 @@ def remember_lomo_probe() -> None:
         accelerate_optimizer.is_lomo_available = functools.cache(probe)
 
 
-def forget_other_precision(mixed_precision: str) -> None:
-    """Accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision. Runs
-    made one after another in one process (a notebook, a sweep, the tests) each choose their own, so let go of the
-    old precision; the process group (PartialState) is kept. Accelerate has no public way to do this: it uses
-    `AcceleratorState._shared_state` and `_reset_state`, checked against accelerate 1.15."""
+def forget_other_settings(mixed_precision: str, dynamo: TorchDynamoPlugin) -> None:
+    """Accelerate keeps one process-wide state: it refuses a second Accelerator with another mixed precision, and
+    silently keeps the first one's torch.compile choice (its dynamo plugin), so a compiled run after an eager one
+    trained eager. Runs made one after another in one process (a notebook, a sweep, the tests, the GPU check) each
+    choose their own, so let go of the old state when either differs; the process group (PartialState) is kept.
+    Accelerate has no public way to do this: it uses `AcceleratorState._shared_state` and `_reset_state`, checked
+    against accelerate 1.15."""
     from accelerate.state import AcceleratorState
 
     shared = getattr(AcceleratorState, "_shared_state", None)
-    if shared and str(shared.get("_mixed_precision", mixed_precision)) != mixed_precision:
+    if shared and (str(shared.get("_mixed_precision", mixed_precision)) != mixed_precision
+                   or shared.get("dynamo_plugin", dynamo) != dynamo):
         AcceleratorState._reset_state(reset_partial_state=False)
 
 
@@ -174,9 +177,9 @@ def make_accelerator(recipe: Recipe, *, trackers: bool = True, warn: bool = True
     log_with = list(recipe.train.trackers) if trackers else []
     check_trackers(log_with)
     apply_gpu_flags(recipe)
-    forget_other_precision(settings.mixed_precision)
     compiled = settings.compile or {"backend": "no"}
     dynamo = TorchDynamoPlugin(**{k: v for k, v in compiled.items() if v is not None})
+    forget_other_settings(settings.mixed_precision, dynamo)
     loaders = DataLoaderConfiguration(non_blocking=not cpu)  # with pinned memory: copies overlap the step
     # trackers start once the run directory exists (deepcourse.training.tracking sets logging_dir to it); until then, a
     # placeholder, since Accelerate checks at construction that file-writing trackers have one
