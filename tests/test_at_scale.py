@@ -241,7 +241,8 @@ def test_on_device_batches_are_cut_there_with_no_list_per_step(tmp_path: Path, t
     from core_support import final_weights
 
     from deepcourse.cli.main import main
-    from deepcourse.data import ArrayDataset, DeviceBatchSampler
+    from deepcourse.data import ArrayDataset
+    from deepcourse.training.sampling import DeviceBatchSampler
 
     seen: list[Any] = []
     orders: list[int] = []

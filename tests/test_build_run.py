@@ -74,10 +74,10 @@ def test_the_schedule_replay_builds_no_task(recipe: Recipe, monkeypatch: pytest.
 
 
 def test_the_range_test_gets_random_batches_and_no_schedule(recipe: Recipe) -> None:
-    from deepcourse.data import EpochSampler, LengthGroupedSampler
     from deepcourse.errors import RecipeError
     from deepcourse.training.accelerator import make_accelerator
     from deepcourse.training.build import build_run
+    from deepcourse.training.sampling import EpochSampler, LengthGroupedSampler
 
     grouped = recipe.model_copy(update={"data": recipe.data.model_copy(update={"group_by_length": True})})
     accelerator = make_accelerator(grouped, trackers=False, warn=False)

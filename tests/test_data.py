@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Subset
 
-from deepcourse.data import EpochSampler, LengthGroupedSampler, sample_lengths
+from deepcourse.data import sample_lengths
+from deepcourse.training.sampling import EpochSampler, LengthGroupedSampler
 
 
 def zipf_lengths(n: int = 1000, seed: int = 0) -> torch.Tensor:

@@ -9,5 +9,7 @@
 - `stopping`: Ctrl-C and SIGTERM agreed across processes, early stopping;
 - `meter`, `tracking`, `callbacks`, `collective`: the loss meter and training metrics, metrics.jsonl and trackers,
   the callback protocol, and "run on the main process, share the answer";
-- `lrfind`: the learning-rate range test, on the same pieces as a run.
+- `lrfind`: the learning-rate range test, on the same pieces as a run;
+- `sampling`: the order of training batches (seed-and-epoch shuffles, length groups, batches cut on the device);
+- `cluster`: `run --slurm`, each srun task one process, from Slurm's own variables.
 """

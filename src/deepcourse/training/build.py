@@ -21,9 +21,6 @@ from torch.utils.data import DataLoader
 
 from deepcourse.data import (
     ArrayDataset,
-    DeviceBatchSampler,
-    EpochSampler,
-    LengthGroupedSampler,
     passthrough_collate,
     require_data_dir,
     sample_lengths,
@@ -37,6 +34,7 @@ from deepcourse.recipe.schema import HOLDOUT, ModelSection, Recipe
 from deepcourse.registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
 from deepcourse.task import DataBundle, Task
 from deepcourse.training.callbacks import Callback
+from deepcourse.training.sampling import DeviceBatchSampler, EpochSampler, LengthGroupedSampler
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

@@ -23,7 +23,6 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from deepcourse import discovery
-from deepcourse.data import EpochSampler
 from deepcourse.errors import NonFiniteLoss, RecipeError
 from deepcourse.metrics import scalars
 from deepcourse.recipe.schema import HOLDOUT, Recipe
@@ -43,6 +42,7 @@ from deepcourse.training.collective import on_main
 from deepcourse.training.evaluation import evaluation_loop, score_holdout
 from deepcourse.training.meter import LossMeter, TrainMetrics
 from deepcourse.training.resume import Resume, continue_run, read_resume
+from deepcourse.training.sampling import EpochSampler
 from deepcourse.training.stopping import (
     Interrupted,
     StopRequest,
