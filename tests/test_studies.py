@@ -285,6 +285,23 @@ def test_workers_started_together_on_an_empty_database_all_open_it(postgresql: s
     assert opened[0].get_all_studies() == []
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask/tell by hand, not optimize
+def test_a_bare_postgresql_url_opens_with_psycopg_3_alone(postgresql: str, monkeypatch) -> None:
+    """SQLAlchemy 2.0 reads a bare postgresql:// as psycopg2, which `deepcourse[postgresql]` does not install (Optuna:
+    "Failed to import DB access module"). Here SQLAlchemy's default goes back to 2.0's, with psycopg 3 alone
+    installed: the study opens on the real server all the same."""
+    import optuna
+    from sqlalchemy.dialects.postgresql import base, psycopg2
+
+    from deepcourse.studies.store import open_storage
+
+    monkeypatch.setattr(base, "dialect", psycopg2.dialect)  # what a bare postgresql:// means to SQLAlchemy 2.0
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # not installed, as with the extra alone
+    study = optuna.create_study(study_name="bare-url", storage=open_storage(postgresql))
+    study.tell(study.ask(), 1.5)
+    assert optuna.load_study(study_name="bare-url", storage=open_storage(postgresql)).best_value == 1.5
+
+
 def test_two_workers_share_a_postgresql_study(tmp_path: Path, cli_env, postgresql: str) -> None:
     recipe = search_recipe(tmp_path, trials=6, epochs=2)
     results = two_workers(recipe, tmp_path / "runs", cli_env, "--storage", postgresql)

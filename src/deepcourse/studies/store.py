@@ -31,8 +31,8 @@ CONNECT_TIMEOUT_S = 10  # a server that does not answer is an error after this l
 SCHEMES = ("postgresql", "mysql", "sqlite")
 #: how to install the driver of each database, by the module SQLAlchemy failed to import
 DRIVERS = {"psycopg": "pip install 'deepcourse[postgresql]'",
-           "psycopg2": "pip install psycopg2-binary, or write postgresql+psycopg:// and pip install "
-                       "'deepcourse[postgresql]'",
+           "psycopg2": "pip install 'deepcourse[postgresql]' (psycopg 3, which a bare postgresql:// then uses), "
+                       "or pip install psycopg2-binary",
            "MySQLdb": "pip install mysqlclient, or write mysql+pymysql:// and pip install pymysql",
            "pymysql": "pip install pymysql"}
 JOURNAL = "study.log"  # a study folder's own storage, unless --storage names another
@@ -189,6 +189,9 @@ def _open_database(url: str, where: str) -> optuna.storages.BaseStorage:
 
     parsed = _parse(url, where)
     name = parsed.render_as_string(hide_password=True)
+    driven = _installed_driver(parsed)
+    if driven is not parsed:
+        parsed, url = driven, driven.render_as_string(hide_password=False)
     try:
         parsed.get_dialect()
     except NoSuchModuleError:
@@ -217,6 +220,26 @@ def _open_database(url: str, where: str) -> optuna.storages.BaseStorage:
         except DBAPIError as exc:
             raise _unusable(exc, name, where, backend) from None
     raise AssertionError("unreachable")
+
+
+def _installed_driver(parsed: URL) -> URL:
+    """A bare postgresql:// is psycopg2 to SQLAlchemy 2.0 and psycopg 3 from 2.1 on. Where psycopg 3 is installed
+    (what `deepcourse[postgresql]` installs) and psycopg2 is not, the URL names psycopg 3, so it opens whichever
+    SQLAlchemy the environment holds (2.0: "Failed to import DB access module"). Only how this process opens the
+    storage changes: the study records the URL as the user wrote it, for workers whose drivers may differ."""
+    if parsed.drivername != "postgresql" or _installed("psycopg2") or not _installed("psycopg"):
+        return parsed
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (a driver is heavy)."""
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(module) is not None
+    except ValueError:  # imported by hand without a spec: it is there
+        return True
 
 
 def _rdb_storage(url: str, parsed: URL, backend: str) -> optuna.storages.RDBStorage:
