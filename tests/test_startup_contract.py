@@ -234,6 +234,24 @@ def test_an_mlflow_sqlite_store_in_a_new_folder_is_used(tmp_path: Path, toy_reci
     assert json.loads((tmp_path / "run" / "trackers.json").read_text())["mlflow_tracking_uri"] == f"sqlite:///{store}"
 
 
+@pytest.mark.slow
+def test_an_mlflow_store_that_answers_but_refuses_the_run_exits_2_and_leaves_nothing(tmp_path: Path,
+                                                                                    toy_recipe: Path,
+                                                                                    cli_env) -> None:
+    """The store is there, and will not start the run: an experiment of the recipe's name deleted in MLflow."""
+    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    client.delete_experiment(client.create_experiment("toy"))
+    env = {**{k: v for k, v in cli_env.items() if not k.startswith("MLFLOW_")}, "MLFLOW_TRACKING_URI": uri}
+    runs = tmp_path / "runs"
+    out = run_cli(["run", str(toy_recipe), "--runs-root", str(runs), "--set", "train.trackers=['mlflow']"], env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert f"train.trackers: MLflow at '{uri}' did not start the run: " in out.stderr, out.stderr
+    assert not runs.exists()
+
+
 # -- compile backends ---------------------------------------------------------------------------------------------
 def test_a_launcher_backend_that_cannot_work_here_is_named_as_the_launchers(here: Path) -> None:
     out = CliRunner().invoke(main, ["run", "toy.toml", "--set", "train.device='cpu'"],

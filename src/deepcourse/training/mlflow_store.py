@@ -15,6 +15,7 @@ requests later keep MLflow's settings.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import socket
@@ -70,10 +71,14 @@ def store_problem(uri: str) -> str | None:
     except ValueError as exc:
         return f"not a valid URI ({exc})"
     scheme = parsed.scheme.split("+")[0]
+    if scheme == "sqlite" or scheme in DRIVERS:
+        missing = [m for m in ("sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"a database store needs the {' and '.join(missing)} package(s) (pip install 'deepcourse[mlflow]')"
     if scheme == "sqlite":
         return _sqlite_problem(uri)
-    if scheme in DRIVERS:
-        return _reachable(parsed, scheme) or _database_problem(uri, scheme)
+    if scheme in DRIVERS:  # no host: the database's local socket
+        return (_reachable(parsed, scheme) if parsed.hostname else None) or _database_problem(uri, scheme)
     if scheme in ("http", "https"):
         return _reachable(parsed, scheme) or _mlflow_problem(uri, parsed)
     return _mlflow_problem(uri, parsed)
@@ -147,10 +152,8 @@ def _said(text: str, parsed: ParseResult) -> str:
 
 def _database_problem(uri: str, scheme: str) -> str | None:
     """The driver is there and the database lets us in, in one try within the timeout."""
-    try:
-        import sqlalchemy
-    except ImportError:
-        return "a database store needs the sqlalchemy package (pip install 'deepcourse[mlflow]')"
+    import sqlalchemy
+
     timeout = {"mssql": "timeout"}.get(scheme, "connect_timeout")
     try:
         engine = sqlalchemy.create_engine(uri, connect_args={timeout: max(1, int(timeout_s()))})

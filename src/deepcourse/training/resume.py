@@ -73,8 +73,9 @@ def read_resume(run_dir: Path, recipe: Recipe | str | Path | None = None, overri
 def continue_run(ctx: TrainContext, resume: Resume) -> None:
     """Load the newest checkpoint that reads back whole into the built run (a damaged newest one: the one before it),
     with the settings the run was launched with, and cut metrics.jsonl back to it."""
-    if not resume.checkpoints:
-        raise nothing_to_resume(ctx.run_dir)
+    if not resume.checkpoints:  # only damaged ones (a run stopped before its first is refused by read_resume)
+        raise CheckpointError(f"--resume {ctx.run_dir}: no complete checkpoint in {ctx.run_dir / 'checkpoints'}; "
+                              f"start a new run instead")
     check_same_settings(resume, ctx.recipe)
     latest = load_latest_intact(ctx, ctx.run_dir / "checkpoints", resume.checkpoints)
     if ctx.is_main:
