@@ -119,9 +119,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except UserError as exc:
             _fail(exc.render(), exc.exit_code)
-        except Interrupted as exc:
-            click.echo(f"deepcourse: {exc}. Continue with: deepcourse run --resume "
-                       f"{exc.checkpoint.parent.parent if exc.checkpoint else '<run dir>'}", err=True)
+        except Interrupted as exc:  # without a checkpoint, the message says what became of the run
+            resume = f". Continue with: deepcourse run --resume {exc.checkpoint.parent.parent}" \
+                if exc.checkpoint else ""
+            click.echo(f"deepcourse: {exc}{resume}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("deepcourse: aborted", err=True)

@@ -28,7 +28,9 @@ from typing import Any, TextIO
 
 from deepcourse._version import __version__
 from deepcourse.errors import CheckpointError, UserError
+from deepcourse.rundir import lock
 from deepcourse.rundir.files import atomic_write_text, read_json, to_json
+from deepcourse.rundir.lock import LOCK_FILE
 
 log = logging.getLogger(__name__)
 RUN_FILES = ("recipe.toml", "run.json")
@@ -40,7 +42,10 @@ def new_run_dir(root: Path, name: str, explicit: Path | None = None) -> tuple[Pa
     and the topmost folder this created (None when `explicit` existed, empty), which is what removing the run
     removes if it fails before its first checkpoint."""
     if explicit is not None:
-        require_free(explicit)
+        if unstarted(require_free(explicit)):
+            log.warning(f"--run-dir {explicit}: holds a run that was stopped before its first checkpoint (nothing in "
+                        f"it can be resumed); starting anew there")
+            _empty(explicit)
         created = _first_missing(explicit)
         explicit.mkdir(parents=True, exist_ok=True)
         return explicit, created
@@ -68,13 +73,48 @@ def _first_missing(path: Path) -> Path | None:
 
 
 def require_free(explicit: Path) -> Path:
-    """An explicit --run-dir is a folder that does not exist yet or is empty: a run never writes over another's."""
+    """An explicit --run-dir is a folder that does not exist yet, is empty, or holds only what a run stopped before
+    its first checkpoint left (`unstarted`): a run never writes over another's, and a stop while a run was starting
+    is never a dead end (nothing to resume there, so the same --run-dir starts it again)."""
     if explicit.exists() and not explicit.is_dir():
         raise UserError(f"--run-dir {explicit}: is a file, not a folder; choose a folder for the run")
-    if explicit.is_dir() and any(explicit.iterdir()):
-        raise UserError(f"--run-dir {explicit}: already exists and is not empty; choose another folder, or "
-                        f"continue that run with --resume {explicit}")
-    return explicit
+    if not explicit.is_dir() or not any(explicit.iterdir()):
+        return explicit
+    if unstarted(explicit):
+        holder = lock.holder(explicit)
+        if holder:
+            raise CheckpointError(f"--run-dir {explicit}: {lock.in_use(holder)}")
+        return explicit
+    if is_run_dir(explicit):
+        raise UserError(f"--run-dir {explicit}: already exists and is not empty: it holds a run; continue that run "
+                        f"with --resume {explicit}, or choose another folder")
+    raise UserError(f"--run-dir {explicit}: already exists and is not empty; choose another folder")
+
+
+#: what a run writes before its first checkpoint (besides temporary files, `.NAME.tmp-PID`)
+STARTUP_FILES = frozenset({"recipe.toml", "run.json", "artifacts.json", "metrics.jsonl", "trackers.json", "trackers",
+                           "checkpoints", LOCK_FILE})
+
+
+def unstarted(path: Path) -> bool:
+    """Whether `path` holds a run stopped before its first checkpoint (a SIGKILL, a power cut, a version that left
+    its folder on a stop while starting): only what a run writes before then, no complete checkpoint (a checkpoint
+    folder cut mid-write is `.tmp-*`), no best weights. Nothing in it can be resumed or evaluated."""
+    names = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    if not names or any(name not in STARTUP_FILES and not _temporary(name) for name in names):
+        return False
+    checkpoints = path / "checkpoints"
+    return not checkpoints.exists() or (checkpoints.is_dir() and all(p.name.startswith(".tmp-")
+                                                                       for p in checkpoints.iterdir()))
+
+
+def _temporary(name: str) -> bool:
+    return name.startswith(".") and ".tmp-" in name  # an atomic write cut short (rundir.files.atomic_write)
+
+
+def _empty(folder: Path) -> None:
+    for child in folder.iterdir():
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def is_run_dir(path: Path) -> bool:
@@ -125,8 +165,7 @@ def remove_unstarted(path: Path, created: Path | None) -> None:
     if not path.exists() or any((path / "checkpoints").glob("step-*")) or (path / "best").exists():
         return
     if created is None:
-        for child in path.iterdir():
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() and not child.is_symlink() else child.unlink()
+        _empty(path)
         return
     shutil.rmtree(path, ignore_errors=True)
     for parent in path.parents:  # the folders created above it, while nothing else lives in them

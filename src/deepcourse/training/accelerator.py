@@ -28,6 +28,7 @@ from accelerate.utils import (
 
 from deepcourse.errors import RecipeError, UserError
 from deepcourse.recipe.schema import CompileOptions, Recipe
+from deepcourse.training.compiling import check_compile
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def make_accelerator(recipe: Recipe, *, trackers: bool = True, warn: bool = True
     # (cpu=False silently gives each process a private, non-distributed run).
     cpu = recipe.train.device == "cpu" or not has_accelerator()
     refuse_unsupported_launch(settings, cpu)
+    check_compile(settings.compile, from_recipe=settings.source.get("compile") == "recipe", cpu=cpu, warn=warn)
     log_with = list(recipe.train.trackers) if trackers else []
     check_trackers(log_with)
     apply_gpu_flags(recipe)

@@ -41,6 +41,7 @@ from deepcourse.training.checkpoint import (
 from deepcourse.training.collective import on_main
 from deepcourse.training.evaluation import evaluation_loop, score_holdout
 from deepcourse.training.meter import LossMeter, TrainMetrics
+from deepcourse.training.mlflow_store import check_mlflow_store
 from deepcourse.training.resume import Resume, continue_run, read_resume
 from deepcourse.training.sampling import EpochSampler
 from deepcourse.training.stopping import (
@@ -50,6 +51,7 @@ from deepcourse.training.stopping import (
     check_due,
     patience_exhausted,
     record_evaluation,
+    stop_while_starting,
 )
 from deepcourse.training.tracking import RunLog, start_trackers
 
@@ -81,46 +83,51 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | R
         folder = Path(resume)
         resume = on_main(lambda: read_resume(folder, recipe))
     acc = make_accelerator(recipe)
+    on_main(lambda: check_mlflow_store(recipe, resume.run_dir if isinstance(resume, Resume) else None))
     set_seed(recipe.seed, deterministic=recipe.train.deterministic)
 
     # 1. task, data, model, optimizer, loaders, schedule: every user error surfaces here, before a run directory
     run = build_run(recipe, acc, artifacts=resume.artifacts if resume is not None else None)
 
-    # 2. the run directory: a new one (created once, by the main process) or the one being resumed
-    if resume is None:
-        made = on_main(lambda: [str(p) if p else None for p in new_run_dir(runs_root, recipe.name, run_dir)])
-        assert made[0] is not None  # new_run_dir always names the run's folder
-        out_dir, created = Path(made[0]), Path(made[1]) if made[1] else None
-    else:
-        out_dir, created = resume.run_dir, None
-    if acc.is_main_process:  # one writer per run directory, until fit returns
-        held.enter_context(lock.acquire(out_dir))
-    task = run.task
-    # build_run with an accelerator builds every piece of a run
-    assert task is not None and run.optimizer is not None and run.bundle is not None
-    assert run.train_loader is not None and run.sampler is not None
-    ctx = TrainContext(acc, recipe, task, run.model, run.optimizer, run.scheduler, TrainState(), out_dir, run.bundle,
-                       RunLog(None), LossMeter(acc.device), run.steps_per_epoch, run.total_steps, run.callbacks,
-                       train_metrics=TrainMetrics(task.create_train_metrics(), task.pad_index), started=started)
-    if resume is not None:
-        continue_run(ctx, resume)
-        ctx.started = started - ctx.state.elapsed_s  # the wall time counts the segments before this one
-    else:
-        on_main(lambda: start_run_dir(ctx))
-    start_trackers(acc, recipe, out_dir, runs_root)
-    if acc.is_main_process:
-        ctx.log = RunLog(out_dir / "metrics.jsonl", acc)
+    # 2. the run directory: a new one (created once, by the main process) or the one being resumed. From here until
+    # training ends a stop request (Ctrl-C, SIGTERM) is a flag the run answers (`stop_while_starting`, `train`)
+    with StopRequest() as stop:
+        if resume is None:
+            made = on_main(lambda: [str(p) if p else None for p in new_run_dir(runs_root, recipe.name, run_dir)])
+            assert made[0] is not None  # new_run_dir always names the run's folder
+            out_dir, created = Path(made[0]), Path(made[1]) if made[1] else None
+        else:
+            out_dir, created = resume.run_dir, None
+        if acc.is_main_process:  # one writer per run directory, until fit returns
+            held.enter_context(lock.acquire(out_dir))
+        task = run.task
+        # build_run with an accelerator builds every piece of a run
+        assert task is not None and run.optimizer is not None and run.bundle is not None
+        assert run.train_loader is not None and run.sampler is not None
+        ctx = TrainContext(acc, recipe, task, run.model, run.optimizer, run.scheduler, TrainState(), out_dir,
+                           run.bundle, RunLog(None), LossMeter(acc.device), run.steps_per_epoch, run.total_steps,
+                           run.callbacks, train_metrics=TrainMetrics(task.create_train_metrics(), task.pad_index),
+                           started=started)
+        try:
+            if resume is not None:
+                continue_run(ctx, resume)
+                ctx.started = started - ctx.state.elapsed_s  # the wall time counts the segments before this one
+            else:
+                on_main(lambda: start_run_dir(ctx))
+            start_trackers(acc, recipe, out_dir, runs_root)
+            if acc.is_main_process:
+                ctx.log = RunLog(out_dir / "metrics.jsonl", acc)
+            stop_while_starting(acc, stop, out_dir, resumed=resume is not None, removed=created is not None)
 
-    # 3. training
-    try:
-        with StopRequest() as stop:
+            # 3. training
+            stop.starting = False
             train(ctx, run.train_loader, run.sampler, run.eval_loader, stop)
-    except BaseException:
-        if resume is None and acc.is_main_process:  # kept only once it has a checkpoint (or best weights)
-            remove_unstarted(out_dir, created)
-        raise
-    finally:
-        ctx.log.close()
+        except BaseException:
+            if resume is None and acc.is_main_process:  # kept only once it has a checkpoint (or best weights)
+                remove_unstarted(out_dir, created)
+            raise
+        finally:
+            ctx.log.close()
     scored = score_holdout(ctx, run.holdout_loader) if run.holdout_loader is not None else None
 
     # 4. the summary, and the trained model for a report (unwrapped: no distributed or compiled wrapper; it still

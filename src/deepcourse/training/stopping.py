@@ -1,10 +1,13 @@
 """When training stops early: Ctrl-C or SIGTERM agreed between processes, and early stopping on the monitor.
 
 A stop request (SIGINT from Ctrl-C, SIGTERM from Slurm or Kubernetes preempting the job) sets a flag; the loop looks
-at it at fixed points and saves a checkpoint before it exits. Every process must stop at the same point, or the next
-collective operation waits forever, so with several processes `agreed` makes one process's request everyone's, at
-the same optimizer steps (every `train.stop_check_every`) and evaluation batches in every process. Which evaluation
-is better and when patience runs out is decided here too, so the loop only asks.
+at it at fixed points and saves a checkpoint before it exits. It listens from the moment a run's folder is made: a
+stop while the run is still starting is honoured before its first step (a new run then keeps nothing, a resumed one
+stays as its last checkpoint left it), never by the signal's default of ending the process mid-write. Every process
+must stop at the same point, or the next collective operation waits forever, so with several processes `agreed`
+makes one process's request everyone's, at the same optimizer steps (every `train.stop_check_every`) and evaluation
+batches in every process. Which evaluation is better and when patience runs out is decided here too, so the loop
+only asks.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from accelerate import Accelerator
 
 from deepcourse.recipe.schema import TrainSection
 from deepcourse.training.callbacks import TrainState
+from deepcourse.training.checkpoint import latest_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +34,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Interrupted(Exception):
-    """A stop request was honoured: a checkpoint was written; the command exits 128 + the signal's number (130 for
+    """A stop request was honoured: a checkpoint was written (`checkpoint`), or a run stopped while it was starting
+    kept nothing (`detail` says what became of its folder); the command exits 128 + the signal's number (130 for
     Ctrl-C, 143 for SIGTERM), as a shell reports a process ended by that signal."""
 
-    def __init__(self, checkpoint: Path | None, signum: int = signal.SIGINT) -> None:
+    def __init__(self, checkpoint: Path | None, signum: int = signal.SIGINT, detail: str = "") -> None:
         name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name}; state saved in {checkpoint}" if checkpoint else f"stopped by {name}")
+        said = f"stopped by {name}; state saved in {checkpoint}" if checkpoint else f"stopped by {name}"
+        super().__init__(said + detail)
         self.checkpoint, self.signum = checkpoint, int(signum)
 
     @property
@@ -50,6 +56,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.starting = True  # until the loop's first step: a stop then saves nothing (there is nothing to save)
         self.signum = int(signal.SIGINT)
         self._since = 0.0
         self._previous: dict[int, Any] = {}
@@ -72,12 +79,26 @@ class StopRequest:
             return
         self.requested, self.signum, self._since = True, int(signum), now
         what = "Ctrl-C again to abort" if signum == signal.SIGINT and not self._launched else "saving first"
-        log.info(f"\ndeepcourse: {signal.Signals(signum).name}: stopping at the next step and saving a checkpoint "
-                 f"({what})", extra={"stderr": True})
+        how = "before training starts" if self.starting else f"at the next step and saving a checkpoint ({what})"
+        log.info(f"\ndeepcourse: {signal.Signals(signum).name}: stopping {how}", extra={"stderr": True})
 
     def __exit__(self, *exc: Any) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
+
+
+def stop_while_starting(accelerator: Accelerator, stop: StopRequest, run_dir: Path, *, resumed: bool,
+                        removed: bool) -> None:
+    """Honour a stop asked for while the run was starting (a Ctrl-C, a SIGTERM as soon as its folder existed), before
+    its first step. A new run has nothing to keep: `fit`'s clean-up removes its folder (`removed`), or empties a
+    --run-dir that existed before; a resumed run is as its last checkpoint left it."""
+    if not agreed(accelerator, stop.requested):  # all-reduce + host sync, once
+        return
+    if resumed:
+        raise Interrupted(latest_checkpoint(run_dir / "checkpoints"), stop.signum)
+    raise Interrupted(None, stop.signum, f" while the run was starting, before its first checkpoint: nothing was "
+                                         f"trained, and {run_dir} is {'removed' if removed else 'emptied'}; start the "
+                                         f"run again with the same command")
 
 
 def agreed(accelerator: Accelerator, flag: bool) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from deepcourse.errors import UserError
 from deepcourse.recipe.overrides import flatten
 from deepcourse.recipe.schema import NON_COMPUTING_KEYS, Recipe
 from deepcourse.rundir import files
@@ -45,7 +46,16 @@ def start_trackers(accelerator: Accelerator, recipe: Recipe, run_dir: Path, runs
         init["mlflow"] = {"run_name": run_dir.name, "logging_dir": str((runs_root / "mlflow-artifacts").resolve())}
         if accelerator.is_main_process:
             init["mlflow"].update(mlflow_run(run_dir, runs_root))
-    accelerator.init_trackers(recipe.name, config=hyperparameters(recipe), init_kwargs=init)
+    try:
+        accelerator.init_trackers(recipe.name, config=hyperparameters(recipe), init_kwargs=init)
+    except Exception as exc:
+        if not type(exc).__module__.startswith("mlflow."):
+            raise
+        import mlflow  # its store answered (training.mlflow_store) and refused the run: the user's to settle there
+
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"train.trackers: MLflow at {mlflow.get_tracking_uri()!r} did not start the run: "
+                        f"{said}") from None
     if "mlflow" in recipe.train.trackers and accelerator.is_main_process:
         import mlflow
 
