@@ -65,7 +65,10 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
     if resume is not None and run_dir is not None:
         raise UserError("--run-dir and --resume cannot be combined: a resumed run stays in its own directory")
     if run_dir is not None:  # where the run will write, before any data or model is built
-        writable_folder(require_free(run_dir), "--run-dir")
+        from deepcourse.rundir.layout import unstarted
+
+        again = run_dir.is_dir() and unstarted(run_dir)  # a run stopped before its first checkpoint starts again there
+        writable_folder(require_free(run_dir), "--run-dir", resumed=again)
     elif resume is None:
         writable_folder(runs_root, "--runs-root")
     if resume is not None:  # the run directory may be on the main process's machine only: it reads the run
