@@ -59,7 +59,9 @@ def test_a_new_file_inside_a_run_is_written_once_and_never_replaced(run: Path) -
     assert code == 2 and f"-o {run / 'mine.txt'}: already exists inside run {run}, and a file in a run is never " \
         "replaced" in out
     assert (run / "mine.txt").read_text() == first and (run / "recipe.toml").read_bytes() == recipe
-    code, out = cli("compare", run, "-o", run / "comparison")  # a new folder inside the run: allowed
+    other = run.parent / "other"  # compare needs two runs: a copy of this one (before it holds mine.txt's kin)
+    shutil.copytree(run, other)
+    code, out = cli("compare", run, other, "-o", run / "comparison")  # a new folder inside the run: allowed
     assert code == 0, out
     assert (run / "comparison" / "compare.md").is_file()
 
