@@ -298,3 +298,24 @@ def test_drop_last_trains_on_whole_batches_only(tmp_path: Path, toy_recipe: Path
     assert training and set(training) == {16}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 * (largest // 16) == len(training)
+
+
+# -- costs that scale down: checkpoints -----------------------------------------------------------------------------
+@pytest.mark.parametrize("settings, steps", [
+    (["train.checkpoint_epochs=2"], [20, 30]),  # every other epoch, and the end
+    (["train.checkpoint_epochs=0"], [30]),  # none but the last
+    (["train.checkpoint_epochs=0", "train.checkpoint_minutes=1e-7"], list(range(1, 31))),  # time is always up
+    ([], [10, 20, 30]),  # as before: every epoch
+])
+def test_checkpoints_every_n_epochs_or_minutes(tmp_path: Path, toy_recipe: Path, plugin_site: Path,
+                                               settings: list[str], steps: list[int]) -> None:
+    from click.testing import CliRunner
+
+    from deepcourse.cli.main import main
+
+    run = tmp_path / "run"
+    args = ["run", str(toy_recipe), "--run-dir", str(run), "--no-report", "--set", "train.keep_checkpoints=100"]
+    out = CliRunner().invoke(main, args + [x for s in settings for x in ("--set", s)])
+    assert out.exit_code == 0, out.output
+    saved = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*"))
+    assert saved == steps

@@ -139,6 +139,12 @@ class TrainSection(_Strict):
     early_stopping: EarlyStopping | None = doc(
         None, "{patience = N, min_delta = 0.0}: stop after N evaluations without improvement")
     checkpoint_every: NonNegInt = doc(0, "also checkpoint every N optimizer steps (0: at the end of each epoch only)")
+    checkpoint_epochs: NonNegInt = doc(
+        1, "checkpoint at the end of every N epochs (0: of none but the last); the end of training and a stop "
+           "always checkpoint. Raise it where a checkpoint costs much of an epoch (a large model on a fast GPU)")
+    checkpoint_minutes: Annotated[float, Field(gt=0)] | None = doc(
+        None, "also checkpoint when this many minutes have passed since the last checkpoint (looked at after each "
+              "step; with several processes every train.stop_check_every steps, agreed by all)")
     keep_checkpoints: PositiveInt = doc(2, "how many checkpoints to keep")
     log_every: PositiveInt = doc(50, "log the training loss every N optimizer steps")
     deterministic: bool = doc(False, "ask torch for deterministic algorithms (slower)")
@@ -258,7 +264,8 @@ CONTEXT_KEYS = {"optimizer": ("params",),
 #: Recipe keys (prefixes) that change how visibly or how often a run saves, not what it computes: a resumed run may
 #: change them, and `compare` does not label runs by them. (Not epochs: schedules such as one-cycle are laid out
 #: over the original length.)
-NON_COMPUTING_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+NON_COMPUTING_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every", "train.checkpoint_epochs",
+                      "train.checkpoint_minutes", "train.keep_checkpoints",
                       "train.threads", "train.keep_freed_memory", "train.trackers", "train.callbacks",
                       "train.stop_check_every", "data.on_device", "sweep", "search")
 

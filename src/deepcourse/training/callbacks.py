@@ -59,6 +59,7 @@ class TrainContext:
     callbacks: list[Callback] = field(default_factory=list)
     train_metrics: TrainMetrics = field(default_factory=lambda: _no_train_metrics())
     started: float = field(default_factory=time.perf_counter)  # perf_counter origin of the run, resumes included
+    checkpointed: float = field(default_factory=time.perf_counter)  # when the last checkpoint was written
 
     def elapsed(self) -> float:
         """Seconds the run has spent so far, earlier segments of a resumed run included."""

@@ -162,6 +162,7 @@ def checkpoint(ctx: TrainContext) -> Path:
     """Save the run's state (`save_checkpoint`), after folding the kept training outputs into the metrics' sums and
     bringing the loop state's process count and wall time up to date."""
     ctx.train_metrics.fold(ctx.accelerator)  # gathers across processes
+    ctx.checkpointed = time.perf_counter()
     ctx.state.num_processes, ctx.state.elapsed_s = ctx.accelerator.num_processes, round(ctx.elapsed(), 3)
     return save_checkpoint(ctx.run_dir / "checkpoints", ctx.accelerator, model=ctx.model, optimizer=ctx.optimizer,
                            scheduler=ctx.scheduler, state=ctx.state, loss=ctx.loss, train_metrics=ctx.train_metrics,
@@ -193,7 +194,9 @@ def train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, ev
         state.epoch += 1
         state.step_in_epoch = 0
         state.done = state.done or hit_max_steps
-        checkpoint(ctx)  # host sync (see `checkpoint`)
+        if state.done or state.epoch >= cfg.epochs or (cfg.checkpoint_epochs and state.epoch % cfg.checkpoint_epochs
+                                                       == 0):
+            checkpoint(ctx)  # host sync (see `checkpoint`)
     for cb in ctx.callbacks:
         cb.on_train_end(ctx)
 
@@ -254,8 +257,11 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
             for cb in ctx.callbacks:
                 cb.on_step_end(ctx, mean_loss)
             # every train.stop_check_every steps (with several processes): an all-reduce and a host sync
-            stopping = check_due(acc, state.global_step, cfg.stop_check_every) and agreed(acc, stop.requested)
-            if stopping or (cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0):
+            due = check_due(acc, state.global_step, cfg.stop_check_every)
+            stopping = due and agreed(acc, stop.requested)
+            timed = bool(cfg.checkpoint_minutes) and due and agreed(  # (another all-reduce, when asked for)
+                acc, time.perf_counter() - ctx.checkpointed >= 60 * (cfg.checkpoint_minutes or 0))
+            if stopping or timed or (cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0):
                 saved = checkpoint(ctx)
                 if stopping:
                     raise Interrupted(saved, stop.signum)
