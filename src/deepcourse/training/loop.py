@@ -254,7 +254,7 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
             for cb in ctx.callbacks:
                 cb.on_step_end(ctx, mean_loss)
             # every train.stop_check_every steps (with several processes): an all-reduce and a host sync
-            stopping = check_due(acc, state.global_step, cfg.stop_check_every) and agreed(acc, stop.requested)
+            stopping = check_due(acc, state.global_step, cfg.stop_check_every) and agreed(acc, stop)
             if stopping or (cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0):
                 saved = checkpoint(ctx)
                 if stopping:
@@ -349,7 +349,7 @@ def evaluate_epoch(ctx: TrainContext, eval_loader: DataLoader, stop: StopRequest
     metrics = evaluation_loop(ctx.accelerator, ctx.task, ctx.model, eval_loader, sharded=True, stop=stop,
                               stop_check_every=recipe.train.stop_check_every, desc=f"eval {recipe.eval.split}",
                               progress=recipe.train.progress)
-    if agreed(ctx.accelerator, stop.requested):  # all-reduce + host sync
+    if agreed(ctx.accelerator, stop):  # all-reduce + host sync
         raise Interrupted(checkpoint(ctx), stop.signum)
     state.evaluated_epoch = state.epoch
     log(ctx, {"split": recipe.eval.split, "scope": "epoch", **scalars(metrics)})
