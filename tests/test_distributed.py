@@ -102,8 +102,8 @@ def test_a_sigterm_to_one_rank_makes_every_rank_report_sigterm(tmp_path: Path, t
                   "train.callbacks=[{name = 'interrupt_at', step = 7, rank = 1, signal_name = 'SIGTERM'}]"], cli_env)
     assert out.returncode != 0
     said = [line for line in out.stderr.splitlines() if line.startswith("deepcourse: stopped by")]
-    assert len(said) == 2 and all(line.startswith("deepcourse: stopped by SIGTERM; state saved in ") for line in said), \
-        out.stderr[-3000:]
+    assert len(said) == 2, out.stderr[-3000:]
+    assert all(line.startswith("deepcourse: stopped by SIGTERM; state saved in ") for line in said), said
     assert (run / "checkpoints" / "step-000000010").is_dir()
     codes = re.findall(r"^\s*exitcode\s*:\s*(-?\d+)", out.stderr, re.M)  # the launcher's summary, rank by rank
     assert codes == ["143", "143"], out.stderr[-3000:]
