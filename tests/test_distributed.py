@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,18 @@ def test_one_failing_process_stops_the_others(tmp_path: Path, toy_recipe: Path, 
     assert out.returncode != 0
     assert "rank 1 fails on purpose" in out.stderr
     assert time.monotonic() - start < 120  # nobody waits forever in a collective
+
+
+def test_a_sigterm_to_one_rank_makes_every_rank_report_sigterm(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    """A preemption that reaches rank 1 alone: the agreed stop carries its signal, so rank 0 too says SIGTERM and
+    exits 143 (before, it said SIGINT and exited 130: it had no signal of its own)."""
+    run = tmp_path / "run"
+    out = launch(["run", str(toy_recipe), "--run-dir", str(run), "--set",
+                  "train.callbacks=[{name = 'interrupt_at', step = 7, rank = 1, signal_name = 'SIGTERM'}]"], cli_env)
+    assert out.returncode != 0
+    said = [line for line in out.stderr.splitlines() if line.startswith("deepcourse: stopped by")]
+    assert len(said) == 2, out.stderr[-3000:]
+    assert all(line.startswith("deepcourse: stopped by SIGTERM; state saved in ") for line in said), said
+    assert (run / "checkpoints" / "step-000000010").is_dir()
+    codes = re.findall(r"^\s*exitcode\s*:\s*(-?\d+)", out.stderr, re.M)  # the launcher's summary, rank by rank
+    assert codes == ["143", "143"], out.stderr[-3000:]

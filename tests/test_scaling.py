@@ -321,3 +321,88 @@ def test_the_tracker_list_is_accelerates() -> None:
 
     assert set(typing.get_args(Tracker)) == {t.value for t in LoggerType} - {"all"}
     assert set(typing.get_args(CompileBackend)) == {b.value.lower() for b in DynamoBackend} - {"no"}
+
+
+class BlockingTracker:
+    """A tracker whose `log` waits until the test releases it (a slow MLflow store), and fails at step `fail_at`."""
+
+    name, requires_logging_directory = "blocking", False
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        import threading
+
+        self.release, self.called, self.fail_at = threading.Event(), threading.Event(), fail_at
+        self.logged: list[tuple[int, dict]] = []
+        self.finished = False
+
+    @property
+    def tracker(self) -> BlockingTracker:
+        return self
+
+    def start(self) -> None: ...
+
+    def store_init_configuration(self, values: dict) -> None: ...
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        self.called.set()
+        assert self.release.wait(timeout=60), "never released: the training loop waited for the tracker"
+        if step == self.fail_at:
+            raise RuntimeError("tracker down")
+        self.logged.append((step, values))
+
+    def finish(self) -> None:
+        self.finished = True
+
+
+def tracked_log(tmp_path: Path, tracker: BlockingTracker):
+    from accelerate import Accelerator
+    from accelerate.tracking import GeneralTracker
+
+    from deepcourse.training.tracking import RunLog
+
+    wrapped = type("Blocking", (BlockingTracker, GeneralTracker), {})  # Accelerate takes GeneralTracker instances
+    tracker.__class__ = wrapped
+    accelerator = Accelerator(cpu=True, log_with=[tracker])
+    accelerator.init_trackers("toy")
+    return RunLog(tmp_path / "metrics.jsonl", accelerator)
+
+
+def test_a_slow_tracker_does_not_hold_up_the_training_loop(tmp_path: Path) -> None:
+    tracker = BlockingTracker()
+    log = tracked_log(tmp_path, tracker)
+    for step in (2, 4, 6):
+        log.write({"split": "train", "scope": "step", "step": step, "loss": 1.0 / step})
+    assert tracker.called.wait(timeout=60) and tracker.logged == []  # the tracker is still busy with step 2 ...
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # ... and the record is written
+    tracker.release.set()
+    log.close()
+    assert tracker.logged == [(s, {"train/loss": 1.0 / s}) for s in (2, 4, 6)] and tracker.finished
+
+
+def test_a_tracker_error_is_raised_in_the_training_loop(tmp_path: Path, caplog) -> None:
+    import logging
+
+    tracker = BlockingTracker(fail_at=2)
+    tracker.release.set()
+    log = tracked_log(tmp_path, tracker)
+    log.write({"split": "train", "step": 2, "loss": 0.5})
+    log.sender.wait()
+    with pytest.raises(RuntimeError, match="tracker down") as raised:
+        log.write({"split": "train", "step": 4, "loss": 0.4})  # the next log call
+    assert "failed to log step 2" in "".join(raised.value.__notes__)
+    log.close()
+    # at the end: raised by close(), unless another exception (a stop) is already ending the run: then logged
+    log = tracked_log(tmp_path, BlockingTracker(fail_at=6))
+    log.accelerator.trackers[0].release.set()
+    log.write({"split": "train", "step": 6, "loss": 0.3})
+    with pytest.raises(RuntimeError, match="tracker down"):
+        log.close()
+    log = tracked_log(tmp_path, BlockingTracker(fail_at=8))
+    log.accelerator.trackers[0].release.set()
+    log.write({"split": "train", "step": 8, "loss": 0.2})
+    with caplog.at_level(logging.ERROR), pytest.raises(KeyboardInterrupt):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            log.close()
+    assert "the trackers failed" in caplog.text and "tracker down" in caplog.text

@@ -65,7 +65,7 @@ def evaluation_loop(accelerator: Accelerator, task: Task, model: torch.nn.Module
             if on_batch is not None:
                 on_batch(batch, outputs)
             if stop is not None and check_due(accelerator, index + 1, stop_check_every) and \
-                    agreed(accelerator, stop.requested):
+                    agreed(accelerator, stop):
                 break
     return {**metrics.compute(), "num_samples": seen}
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
@@ -48,6 +47,8 @@ from deepcourse.training.stopping import (
     Interrupted,
     StopRequest,
     agreed,
+    all_finite,
+    any_process,
     check_due,
     patience_exhausted,
     record_evaluation,
@@ -258,8 +259,8 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
                 cb.on_step_end(ctx, mean_loss)
             # every train.stop_check_every steps (with several processes): an all-reduce and a host sync
             due = check_due(acc, state.global_step, cfg.stop_check_every)
-            stopping = due and agreed(acc, stop.requested)
-            timed = bool(cfg.checkpoint_minutes) and due and agreed(  # (another all-reduce, when asked for)
+            stopping = due and agreed(acc, stop)
+            timed = bool(cfg.checkpoint_minutes) and due and any_process(  # (another all-reduce, when asked for)
                 acc, time.perf_counter() - ctx.checkpointed >= 60 * (cfg.checkpoint_minutes or 0))
             if stopping or timed or (cfg.checkpoint_every and state.global_step % cfg.checkpoint_every == 0):
                 saved = checkpoint(ctx)
@@ -270,15 +271,6 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
         return False
     finally:
         bar.close()
-
-
-def all_finite(acc: Accelerator, loss: torch.Tensor) -> bool:
-    """Whether every process's loss is finite: the processes skip a step together, or none leaves the gradients'
-    all-reduce that the others wait in."""
-    bad = (~torch.isfinite(loss.detach()).all()).float()
-    if acc.num_processes > 1:
-        bad = acc.reduce(bad, reduction="sum")
-    return not bool(bad)  # host sync
 
 
 def split_step(result: Any) -> tuple[torch.Tensor, Mapping[str, torch.Tensor] | None]:
@@ -355,7 +347,7 @@ def evaluate_epoch(ctx: TrainContext, eval_loader: DataLoader, stop: StopRequest
     metrics = evaluation_loop(ctx.accelerator, ctx.task, ctx.model, eval_loader, sharded=True, stop=stop,
                               stop_check_every=recipe.train.stop_check_every, desc=f"eval {recipe.eval.split}",
                               progress=recipe.train.progress)
-    if agreed(ctx.accelerator, stop.requested):  # all-reduce + host sync
+    if agreed(ctx.accelerator, stop):  # all-reduce + host sync
         raise Interrupted(checkpoint(ctx), stop.signum)
     state.evaluated_epoch = state.epoch
     log(ctx, {"split": recipe.eval.split, "scope": "epoch", **scalars(metrics)})

@@ -82,9 +82,13 @@ class StopRequest:
         how = "before training starts" if self.starting else f"at the next step and saving a checkpoint ({what})"
         log.info(f"\ndeepcourse: {signal.Signals(signum).name}: stopping {how}", extra={"stderr": True})
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: Any) -> None:
+        """Put the earlier handlers back; but a launched process that honoured a stop is on its way out with that
+        stop's code, so it ignores the SIGTERM that its launcher sends the ranks still running when the first one
+        exits (else a rank slower to exit reports -15, killed, instead of 143)."""
+        honoured = self._launched and kind is not None and issubclass(kind, Interrupted)
         for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+            signal.signal(signum, signal.SIG_IGN if honoured else previous)
 
 
 def stop_while_starting(accelerator: Accelerator, stop: StopRequest, run_dir: Path, *, resumed: bool,
@@ -92,7 +96,7 @@ def stop_while_starting(accelerator: Accelerator, stop: StopRequest, run_dir: Pa
     """Honour a stop asked for while the run was starting (a Ctrl-C, a SIGTERM as soon as its folder existed), before
     its first step. A new run has nothing to keep: `fit`'s clean-up removes its folder (`removed`), or empties a
     --run-dir that existed before; a resumed run is as its last checkpoint left it."""
-    if not agreed(accelerator, stop.requested):  # all-reduce + host sync, once
+    if not agreed(accelerator, stop):  # all-reduce + host sync, once
         return
     if resumed:
         raise Interrupted(latest_checkpoint(run_dir / "checkpoints"), stop.signum)
@@ -101,13 +105,36 @@ def stop_while_starting(accelerator: Accelerator, stop: StopRequest, run_dir: Pa
                                          f"run again with the same command")
 
 
-def agreed(accelerator: Accelerator, flag: bool) -> bool:
-    """True if any process says so: all processes must stop at the same point or collectives hang. Call it at the
-    same points in every process; with one process it costs nothing."""
+def agreed(accelerator: Accelerator, stop: StopRequest) -> bool:
+    """True if any process was asked to stop: all processes must stop at the same point or collectives hang. The
+    same all-reduce agrees on the signal too (the largest number asked: SIGTERM over SIGINT), so that every process
+    reports it and exits with its code, not only the one that a preemption reached. Call it at the same points in
+    every process; with one process it costs nothing."""
+    if accelerator.num_processes == 1:
+        return stop.requested
+    t = torch.tensor([float(stop.signum) if stop.requested else 0.0], device=accelerator.device)
+    signum = int(accelerator.reduce(t, reduction="max").item())  # 0: nobody was asked
+    if signum:
+        stop.signum = signum
+    return signum > 0
+
+
+def any_process(accelerator: Accelerator, flag: bool) -> bool:
+    """True if any process says so (one all-reduce; with one process it costs nothing): a decision every process
+    takes together, such as a checkpoint when time is up on the main process's clock."""
     if accelerator.num_processes == 1:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(t, reduction="sum").item() > 0)
+
+
+def all_finite(acc: Accelerator, loss: torch.Tensor) -> bool:
+    """Whether every process's loss is finite: the processes skip a step together, or none leaves the gradients'
+    all-reduce that the others wait in."""
+    bad = (~torch.isfinite(loss.detach()).all()).float()
+    if acc.num_processes > 1:
+        bad = acc.reduce(bad, reduction="sum")
+    return not bool(bad)  # host sync
 
 
 def check_due(accelerator: Accelerator, count: int, every: int) -> bool:
