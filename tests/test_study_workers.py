@@ -268,7 +268,7 @@ def test_jobs_at_a_time_share_the_cores(tmp_path: Path, fake_runs, monkeypatch: 
         assert probe.communicate()[0].strip() == "1"
 
 
-# -- 9. --gpus-per-worker -----------------------------------------------------------------------------------------------
+# -- 9. --gpus-per-worker ----------------------------------------------------------------------------------------------
 def test_a_slurm_worker_uses_every_gpu_it_asked_for(tmp_path: Path, plugin_site, monkeypatch) -> None:
     pytest.importorskip("submitit")
     from deepcourse.studies import slurm, tune
@@ -283,7 +283,7 @@ def test_a_slurm_worker_uses_every_gpu_it_asked_for(tmp_path: Path, plugin_site,
     assert slurm.parameters(4, partition=None, time=9, gpus=2, cpus=8, mem=None, name="x")["gpus_per_node"] == 2
 
 
-# -- 3. a Slurm worker asked to requeue ---------------------------------------------------------------------------------
+# -- 3. a Slurm worker asked to requeue --------------------------------------------------------------------------------
 PREEMPT = '''
 import os
 import signal

@@ -22,7 +22,7 @@ from deepcourse.errors import UserError
               help="Runs per grid point with seeds seed, seed+1, ... (default: the recipe's sweep.seeds, or 1).")
 @override_option
 @click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Runs at a time, one process each.")
+              help="Runs at a time, one process each, sharing the cores (OMP_NUM_THREADS = cores // N).")
 @click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue an interrupted sweep folder.")
 @handle_errors
@@ -51,8 +51,8 @@ def sweep(recipe: Path | None, grids: Sequence[str], seeds: int | None, override
 @click.option("--storage", help="Optuna storage URL shared by every worker (postgresql://user@host/db, mysql://..., "
                                 "sqlite:///file.db); default: a journal file in the study folder.")
 @click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Workers (trials at a time) here, each on its own GPU when there are GPUs; with --launcher slurm, "
-                   "the Slurm array's size.")
+              help="Workers (trials at a time) here, each on its own GPU when there are GPUs and with its share of "
+                   "the cores; with --launcher slurm, the Slurm array's size.")
 @click.option("--trials", type=click.IntRange(min=1), help="Trials to finish (default: the recipe's search.trials).")
 @click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the study in this folder.")
