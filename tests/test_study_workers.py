@@ -283,6 +283,50 @@ def test_a_slurm_worker_uses_every_gpu_it_asked_for(tmp_path: Path, plugin_site,
     assert slurm.parameters(4, partition=None, time=9, gpus=2, cpus=8, mem=None, name="x")["gpus_per_node"] == 2
 
 
+# -- 3. the checkpoint path, called as submitit calls it --------------------------------------------------------------
+def test_checkpoint_stops_the_trial_takes_no_other_and_hands_back_a_clean_worker(tmp_path: Path, plugin_site,
+                                                                                 monkeypatch) -> None:
+    """submitit calls `checkpoint` on SIGUSR2. The trial's run here has no signal handler of its own yet (a run
+    stopped while it starts): SIGTERM kills it, and it is recorded as stopped, not failed; the worker starts no
+    other trial, and what it hands submitit to requeue holds no state of this incarnation."""
+    pytest.importorskip("submitit")
+    import pickle
+
+    from deepcourse.studies import processes, slurm, study, tune
+    from deepcourse.studies.study import failures
+
+    spec = tune.prepare(str(search_recipe(tmp_path, trials=3)), study_name="ckpt", runs_root=tmp_path / "runs")
+    commands: list[list[str]] = []
+    a_run_started = threading.Event()
+
+    def run_command(spec: Any, run: Path, sets: Any, callbacks: Any = ()) -> list[str]:
+        commands.append([str(run), *sets])
+        return [sys.executable, "-c", "import signal; signal.pause()"]  # a run that waits for a signal, no handler
+
+    real_started = processes.WorkerStop.started
+
+    def started(self: processes.WorkerStop, proc: subprocess.Popen[bytes]) -> None:
+        real_started(self, proc)
+        a_run_started.set()
+
+    monkeypatch.setattr(study, "run_command", run_command)
+    monkeypatch.setattr(processes.WorkerStop, "started", started)
+    worker, ended = slurm.Worker(str(spec.folder), gpus=0), []
+    thread = threading.Thread(target=lambda: ended.append(worker(0)))
+    thread.start()
+    assert a_run_started.wait(60)
+    delayed = worker.checkpoint(0)
+    thread.join(60)
+    assert not thread.is_alive()
+    assert ended == [f"stopped by SIGUSR2; continue with: deepcourse tune --resume {spec.folder}"]
+    assert len(commands) == 1  # no trial after the stop
+    (trial,) = _study(spec).get_trials()
+    assert trial.state.name == "FAIL" and trial.user_attrs["stopped"] is True and trial.user_attrs["exit_code"] < 0
+    assert failures(_study(spec)) == 0
+    again = pickle.loads(pickle.dumps(delayed.function))
+    assert (again.folder, again.gpus, again.stop) == (str(spec.folder), 0, None)
+
+
 # -- 3. a Slurm worker asked to requeue --------------------------------------------------------------------------------
 PREEMPT = '''
 import os
