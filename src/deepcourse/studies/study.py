@@ -9,10 +9,10 @@ trials are normal run directories, run by any number of workers on any number of
 
 A worker takes a trial from the storage (a sweep's points are queued there when it is created, so no point is run
 twice, however many workers), runs `deepcourse run` for it in a subprocess (a failing run does not take the worker
-down) and records the result. A worker that dies leaves its trial RUNNING: the next worker to start marks it failed
-(a dead process on this machine, or a stale heartbeat of a database storage) and queues a retry that resumes the
-same run directory from its checkpoint. A trial that stopped with a checkpoint (Ctrl-C, preemption) is retried the
-same way; budgets count finished (completed or pruned) trials.
+down) and records the result. A worker that dies leaves its trial RUNNING: the next worker to start marks it
+stopped (a dead process on this machine, or a stale heartbeat of a database storage) and queues a retry that resumes
+the same run directory from its checkpoint. A trial that stopped (Ctrl-C, preemption) is retried the same way;
+budgets count finished (completed or pruned) trials, and only runs that failed count as failures.
 """
 from __future__ import annotations
 
@@ -201,9 +201,7 @@ def pruning_callback(spec: StudySpec, trial: optuna.Trial) -> list[dict[str, Any
 
 
 def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Mapping[str, str],
-              echo: Callable[[str], None],
-              on_child: Callable[[subprocess.Popen[bytes] | None], None] = lambda proc: None,
-              stop: WorkerStop | None = None) -> None:
+              echo: Callable[[str], None], stop: WorkerStop | None = None) -> None:
     """Run one trial as `deepcourse run` in a subprocess and record its outcome in the study (a run stopped by
     Ctrl-C or SIGTERM as stopped, to be resumed, not failed)."""
     import optuna
@@ -224,7 +222,6 @@ def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Ma
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), **env})
         trial.set_user_attr("run_pid", proc.pid)
-        on_child(proc)
         if stop is not None:
             stop.started(proc)
         storage = study._storage  # heartbeats for database storages, while the run runs
@@ -235,7 +232,6 @@ def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Ma
             except subprocess.TimeoutExpired:
                 if isinstance(storage, optuna.storages.RDBStorage):
                     storage.record_heartbeat(trial._trial_id)
-        on_child(None)
     trial.set_user_attr("wall_time_s", round(time.perf_counter() - started, 1))
     trial.set_user_attr("exit_code", code)
     label = trial.user_attrs.get("label") or ", ".join(sets) or "base"
@@ -261,7 +257,6 @@ def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Ma
 
 
 def work(spec: StudySpec, *, jobs: int = 1, gpus: Sequence[str] = (), echo: Callable[[str], None] = print,
-         on_child: Callable[[subprocess.Popen[bytes] | None], None] = lambda proc: None,
          stop: WorkerStop | None = None) -> optuna.Study:
     """A worker: `jobs` threads take trials until the budget is done (each run with its GPU, and its share of the
     CPU cores); returns the study. With `stop`, Ctrl-C (or a preemption) ends it once the running trials have saved:
@@ -296,7 +291,7 @@ def work(spec: StudySpec, *, jobs: int = 1, gpus: Sequence[str] = (), echo: Call
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 return
             with slots.take() as env:
-                run_trial(study, spec, trial, env, echo, on_child, stop)
+                run_trial(study, spec, trial, env, echo, stop)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for future in [pool.submit(loop) for _ in range(max(1, jobs))]:
