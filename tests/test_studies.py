@@ -70,9 +70,9 @@ def test_a_search_reports_its_trials_writes_a_runnable_best_recipe_and_repeats_i
     assert all((folder / name).stat().st_size > 1000 for name in ("history.png", "importances.png", "parallel.png"))
     best = max(trials, key=lambda t: t.value)
     assert f"Best: trial {best.number}, accuracy {best.value:.4f}" in md
-    # the best configuration again with seeds 4 and 5 (the trial was seed 3), and its error bars
-    values = [best.value] + [json.loads((folder / f"best-seed{s}" / "summary.json").read_text())["best"]["accuracy"]
-                             for s in (4, 5)]
+    # the best configuration again with seeds 4 and 5 (the trial was seed 3), named by it, and its error bars
+    values = [best.value] + [json.loads((folder / f"{best.user_attrs['run_dir']}-seed{s}" / "summary.json")
+                                        .read_text())["best"]["accuracy"] for s in (4, 5)]
     from deepcourse.results.stats import summarize
 
     assert summarize(values).shown() in md and "(n=3)" in md

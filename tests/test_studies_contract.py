@@ -149,6 +149,7 @@ def test_every_resume_runs_a_failed_or_stopped_point_again(tmp_path: Path) -> No
                      dims=[Dimension("model.hidden", "categorical", choices=(4, 8))], sampler="grid", points=points)
     study = open_study(spec, create=True)
     failed, stopped = study.ask(), study.ask()
+    failed.set_user_attr("exit_code", 1)  # its run failed
     stopped.set_user_attr("stopped", True)
     stopped.set_user_attr("retries", MAX_RETRIES)
     for trial in (failed, stopped):

@@ -22,7 +22,7 @@ from deepcourse.errors import UserError
               help="Runs per grid point with seeds seed, seed+1, ... (default: the recipe's sweep.seeds, or 1).")
 @override_option
 @click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Runs at a time, one process each.")
+              help="Runs at a time, one process each, sharing the cores (OMP_NUM_THREADS = cores // N).")
 @click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue an interrupted sweep folder.")
 @handle_errors
@@ -51,40 +51,63 @@ def sweep(recipe: Path | None, grids: Sequence[str], seeds: int | None, override
 @click.option("--storage", help="Optuna storage URL shared by every worker (postgresql://user@host/db, mysql://..., "
                                 "sqlite:///file.db); default: a journal file in the study folder.")
 @click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Workers (trials at a time) here, each on its own GPU when there are GPUs; with --launcher slurm, "
-                   "the Slurm array's size.")
+              help="Workers (trials at a time) here, each on its own GPU when there are GPUs and with its share of "
+                   "the cores; with --launcher slurm, the Slurm array's size.")
 @click.option("--trials", type=click.IntRange(min=1), help="Trials to finish (default: the recipe's search.trials).")
 @click.option("--runs-root", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the study in this folder.")
 @click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="Run the workers here, or submit them to Slurm as a job array (submitit).")
+              help="Run the workers here, or submit them to Slurm as a job array (submitit; needs sbatch).")
+@click.option("--cluster", type=click.Choice(["slurm", "local"]),
+              help="With --launcher slurm: 'local' runs the array's workers as local processes through submitit's "
+                   "local executor (to try the Slurm path without Slurm); default: Slurm, refused without sbatch.")
 @click.option("--partition", help="Slurm partition.")
 @click.option("--time", "time_min", default=60, show_default=True, type=click.IntRange(min=1),
               help="Slurm time limit per worker, minutes (a worker that runs out is requeued and resumes).")
-@click.option("--gpus-per-worker", default=1, show_default=True, type=click.IntRange(min=0))
-@click.option("--cpus-per-worker", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--gpus-per-worker", default=1, show_default=True, type=click.IntRange(min=0),
+              help="GPUs per Slurm worker; the worker runs that many trials at a time, one GPU each (a trial is one "
+                   "process on one GPU).")
+@click.option("--cpus-per-worker", default=8, show_default=True, type=click.IntRange(min=1),
+              help="CPU cores per Slurm worker, shared among its trials.")
 @click.option("--mem", help="Slurm memory per worker, e.g. 32G.")
 @handle_errors
 def tune(recipe: str | None, overrides: Sequence[str], study_name: str | None, storage: str | None, jobs: int,
-         trials: int | None, runs_root: Path, resume: Path | None, launcher: str, partition: str | None,
-         time_min: int, gpus_per_worker: int, cpus_per_worker: int, mem: str | None) -> None:
+         trials: int | None, runs_root: Path, resume: Path | None, launcher: str, cluster: str | None,
+         partition: str | None, time_min: int, gpus_per_worker: int, cpus_per_worker: int, mem: str | None) -> None:
     """Search RECIPE's [search] space with Optuna: every trial a run directory, pruned on its evaluations; then
     the best configuration over search.seeds seeds, and a report (study.md, best.toml, plots)."""
     from deepcourse.studies import tune as tuning
 
+    if launcher == "slurm":
+        _check_slurm(cluster or "slurm")  # before the study is made: a refusal leaves nothing behind
+    elif cluster is not None:
+        raise UserError(f"--cluster {cluster}: chooses where --launcher slurm sends its workers; add --launcher "
+                        f"slurm, or leave --cluster out to run the workers here")
     _check_folders(runs_root, resume)
     spec = tuning.prepare(recipe, overrides, study_name=study_name, storage=storage, trials=trials,
                           runs_root=runs_root, resume=resume)
     if launcher == "slurm":
         from deepcourse.studies.slurm import submit
 
-        ids = submit(spec, jobs, partition=partition, time=time_min, gpus=gpus_per_worker, cpus=cpus_per_worker,
-                     mem=mem)
-        click.echo(f"tune: {jobs} worker(s) submitted to Slurm as {', '.join(ids)}; the study: {spec.folder}")
+        ids = [job.job_id for job in submit(spec, jobs, partition=partition, time=time_min, gpus=gpus_per_worker,
+                                            cpus=cpus_per_worker, mem=mem, cluster=cluster or "slurm")]
+        where = "started as local processes (submitit's local executor)" if cluster == "local" else \
+            "submitted to Slurm"
+        click.echo(f"tune: {jobs} worker(s) {where} as {', '.join(ids)}; the study: {spec.folder}")
         return
     with _stopped("tune"):
         folder = tuning.tune(spec, jobs=jobs, echo=click.echo)
     click.echo((folder / "study.md").read_text(encoding="utf-8").split("![", 1)[0].rstrip())
+
+
+def _check_slurm(cluster: str) -> None:
+    """--launcher slurm needs submitit, and Slurm unless --cluster local is asked for."""
+    try:
+        from deepcourse.studies.slurm import check_cluster
+    except ModuleNotFoundError as missing:
+        raise UserError(f"--launcher slurm: needs the {missing.name} package (pip install 'deepcourse[slurm]')"
+                        ) from None
+    check_cluster(cluster)
 
 
 def _check_folders(runs_root: Path, resume: Path | None) -> None:

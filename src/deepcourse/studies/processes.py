@@ -1,5 +1,6 @@
-"""Which GPU each of several jobs on one machine runs on (sweep and study workers, `-j N`), a run that stops when
-its worker dies, and a worker that stops on Ctrl-C once its runs have saved."""
+"""Which GPU and how many CPU threads each of several jobs on one machine gets (sweep and study workers, `-j N`), a
+run that stops when its worker dies, and a worker that stops on Ctrl-C (or a Slurm preemption) once its runs have
+saved."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,20 +33,32 @@ def visible_gpus() -> list[str]:
 
 class DeviceSlots:
     """Hands each running job a GPU of its own (round robin when there are more jobs than GPUs): without it every
-    job would start on the default GPU, 0. Without GPUs, jobs keep the environment they have."""
+    job would start on the default GPU, 0. Several jobs at a time also share the CPU cores (`cpu_share`)."""
 
     def __init__(self, jobs: int, gpus: Sequence[str]) -> None:
         self.free: queue.Queue[str | None] = queue.Queue()
         for i in range(max(1, jobs)):
             self.free.put(gpus[i % len(gpus)] if gpus else None)
+        self.threads = cpu_share(jobs)
 
     @contextlib.contextmanager
     def take(self) -> Iterator[dict[str, str]]:
         gpu = self.free.get()
         try:
-            yield {} if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu}
+            yield {**self.threads, **({} if gpu is None else {"CUDA_VISIBLE_DEVICES": gpu})}
         finally:
             self.free.put(gpu)
+
+
+def cpu_share(jobs: int) -> dict[str, str]:
+    """The environment that divides this process's cores among `jobs` runs at a time (OMP_NUM_THREADS: each run's
+    torch threads): N runs of torch's default, one thread per core each, would run N threads on every core, and
+    spinning OpenMP threads that wait on one another make every step slower. One job, or an OMP_NUM_THREADS the user
+    set, is left as it is; a recipe's `train.threads` still wins inside its run."""
+    if jobs < 2 or os.environ.get("OMP_NUM_THREADS"):
+        return {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return {"OMP_NUM_THREADS": str(max(1, cores // jobs))}
 
 
 # -- a run stops with its worker ------------------------------------------------------------------------------------
@@ -96,6 +110,8 @@ class WorkerStop:
         self.saved: list[Path] = []  # runs that stopped with their state saved
         self._children: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.RLock()  # also taken by the signal handler, on the main thread
+        self._idle = threading.Condition(self._lock)
+        self._loops = 0  # loops taking trials (`working`)
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> WorkerStop:
@@ -142,6 +158,34 @@ class WorkerStop:
             self.request(STOP_CODES.get(code, self.signum or int(signal.SIGINT)))
             self.saved.append(run)
         return stopped
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """A loop that takes trials, for `wait_stopped` to wait on."""
+        with self._idle:
+            self._loops += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._loops -= 1
+                self._idle.notify_all()
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """After `request`: wait until every loop has recorded its stopped trial and left (it takes no other) and
+        every run started has exited, as a worker must before it is requeued: its successor resumes those runs.
+        False when `timeout` ran out first (the runs still going are killed: their last checkpoint stands)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            done = self._idle.wait_for(lambda: self._loops == 0, timeout)
+            children = list(self._children)
+        for proc in children:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                done = False
+        return done
 
     def raise_if_stopped(self, folder: Path) -> None:
         if self.signum is not None:

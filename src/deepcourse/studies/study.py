@@ -9,16 +9,16 @@ trials are normal run directories, run by any number of workers on any number of
 
 A worker takes a trial from the storage (a sweep's points are queued there when it is created, so no point is run
 twice, however many workers), runs `deepcourse run` for it in a subprocess (a failing run does not take the worker
-down) and records the result. A worker that dies leaves its trial RUNNING: the next worker to start marks it failed
-(a dead process on this machine, or a stale heartbeat of a database storage) and queues a retry that resumes the
-same run directory from its checkpoint. A trial that stopped with a checkpoint (Ctrl-C, preemption) is retried the
-same way; budgets count finished (completed or pruned) trials.
+down) and records the result. A worker that dies leaves its trial RUNNING: the next worker to start marks it
+stopped (a dead process on this machine, or a stale heartbeat of a database storage) and queues a retry that resumes
+the same run directory from its checkpoint. A trial that stopped (Ctrl-C, preemption) is retried the same way;
+budgets count finished (completed or pruned) trials, and only runs that failed count as failures.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -53,31 +53,11 @@ def worker_id() -> str:
 
 
 # -- storage and study -----------------------------------------------------------------------------------------
-def sampler_of(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    import optuna
-
-    samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=spec.seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=spec.seed),
-        "grid": lambda: optuna.samplers.RandomSampler(seed=spec.seed),  # every point is queued: nothing to draw
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=spec.seed),
-        "qmc": lambda: optuna.samplers.QMCSampler(seed=spec.seed),
-    }
-    return samplers[spec.sampler]()
-
-
-def pruner_of(spec: StudySpec) -> optuna.pruners.BasePruner:
-    import optuna
-
-    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1),
-            "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
-            "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(spec.epochs, 1)),
-            "none": lambda: optuna.pruners.NopPruner()}[spec.pruner]()
-
-
 def open_study(spec: StudySpec, *, create: bool) -> optuna.Study:
     """The study in its storage; `create`: make it (and queue a sweep's points) unless it exists."""
     import optuna
+
+    from deepcourse.studies.samplers import pruner_of, sampler_of
 
     storage = open_storage(spec.storage, spec.origin, new=create)
     try:
@@ -115,10 +95,11 @@ def budget_left(study: optuna.Study, spec: StudySpec) -> int:
 
 
 def recover(study: optuna.Study, spec: StudySpec) -> list[int]:
-    """Fail the trials of workers that died (on this machine: their process is gone; elsewhere: a stale heartbeat),
-    then queue one retry of every failed trial that left a checkpoint to resume (a stopped one however often it
-    was stopped), and of every failed queued point (from its checkpoint, or from the start: a sweep told to
-    continue runs its failed points again). Returns the retried trial numbers."""
+    """Fail the trials of workers that died (on this machine: their process is gone; elsewhere: a stale heartbeat)
+    as stopped, not failed (a preempted or killed worker is no fault of its trial's), then queue one retry of every
+    stopped trial (from its checkpoint, or from the start when it stopped before its first one: its parameters are
+    not lost), of every failed trial that left a checkpoint to resume, and of every failed queued point (a sweep
+    told to continue runs its failed points again). Returns the retried trial numbers."""
     import optuna
     from optuna.trial import TrialState
 
@@ -130,6 +111,7 @@ def recover(study: optuna.Study, spec: StudySpec) -> list[int]:
         if dead_here or (attrs.get("worker") == me and attrs.get("pid") != os.getpid()):  # or my requeued self's
             if attrs.get("host") == host and isinstance(attrs.get("run_pid"), int):
                 _wait_gone(attrs["run_pid"])  # its run got SIGTERM with its worker: let it save and stop first
+            storage.set_trial_user_attr(trial._trial_id, "stopped", True)
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     if isinstance(storage, optuna.storages.RDBStorage):
         optuna.storages.fail_stale_trials(study)
@@ -142,9 +124,9 @@ def recover(study: optuna.Study, spec: StudySpec) -> list[int]:
             continue
         run = spec.folder / str(attrs.get("run_dir", ""))
         saved = bool(attrs.get("run_dir")) and latest_checkpoint(run / "checkpoints") is not None
-        stopped = bool(attrs.get("stopped"))  # Ctrl-C, SIGTERM: not a failure
+        stopped = interrupted(trial)
         point = "label" in attrs  # a queued point (sweep, grid search) must run: each --resume takes it again
-        if (saved and (stopped or attrs.get("retries", 0) < MAX_RETRIES)) or point:
+        if stopped or (saved and attrs.get("retries", 0) < MAX_RETRIES) or point:
             study.enqueue_trial(trial.params, user_attrs={**{k: v for k, v in attrs.items() if k in ("run_dir",
                                                                                                       "label")},
                                                           "retry_of": trial.number,
@@ -219,9 +201,7 @@ def pruning_callback(spec: StudySpec, trial: optuna.Trial) -> list[dict[str, Any
 
 
 def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Mapping[str, str],
-              echo: Callable[[str], None],
-              on_child: Callable[[subprocess.Popen[bytes] | None], None] = lambda proc: None,
-              stop: WorkerStop | None = None) -> None:
+              echo: Callable[[str], None], stop: WorkerStop | None = None) -> None:
     """Run one trial as `deepcourse run` in a subprocess and record its outcome in the study (a run stopped by
     Ctrl-C or SIGTERM as stopped, to be resumed, not failed)."""
     import optuna
@@ -242,7 +222,6 @@ def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Ma
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), **env})
         trial.set_user_attr("run_pid", proc.pid)
-        on_child(proc)
         if stop is not None:
             stop.started(proc)
         storage = study._storage  # heartbeats for database storages, while the run runs
@@ -253,7 +232,6 @@ def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Ma
             except subprocess.TimeoutExpired:
                 if isinstance(storage, optuna.storages.RDBStorage):
                     storage.record_heartbeat(trial._trial_id)
-        on_child(None)
     trial.set_user_attr("wall_time_s", round(time.perf_counter() - started, 1))
     trial.set_user_attr("exit_code", code)
     label = trial.user_attrs.get("label") or ", ".join(sets) or "base"
@@ -279,10 +257,10 @@ def run_trial(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, env: Ma
 
 
 def work(spec: StudySpec, *, jobs: int = 1, gpus: Sequence[str] = (), echo: Callable[[str], None] = print,
-         on_child: Callable[[subprocess.Popen[bytes] | None], None] = lambda proc: None,
          stop: WorkerStop | None = None) -> optuna.Study:
-    """A worker: `jobs` threads take trials until the budget is done; returns the study. With `stop`, Ctrl-C ends
-    it once the running trials have saved (`Stopped`)."""
+    """A worker: `jobs` threads take trials until the budget is done (each run with its GPU, and its share of the
+    CPU cores); returns the study. With `stop`, Ctrl-C (or a preemption) ends it once the running trials have saved:
+    no thread takes another trial (`Stopped`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from deepcourse.studies.processes import DeviceSlots
@@ -294,6 +272,10 @@ def work(spec: StudySpec, *, jobs: int = 1, gpus: Sequence[str] = (), echo: Call
     slots = DeviceSlots(jobs, list(gpus))
 
     def loop() -> None:
+        with stop.working() if stop is not None else contextlib.nullcontext():
+            take_trials()
+
+    def take_trials() -> None:
         import optuna
 
         while stop is None or not stop.requested:
@@ -309,7 +291,7 @@ def work(spec: StudySpec, *, jobs: int = 1, gpus: Sequence[str] = (), echo: Call
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 return
             with slots.take() as env:
-                run_trial(study, spec, trial, env, echo, on_child, stop)
+                run_trial(study, spec, trial, env, echo, stop)
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for future in [pool.submit(loop) for _ in range(max(1, jobs))]:
@@ -320,10 +302,17 @@ def work(spec: StudySpec, *, jobs: int = 1, gpus: Sequence[str] = (), echo: Call
 
 
 def failures(study: optuna.Study) -> int:
+    """The trials whose run failed: not those stopped, preempted or lost with their worker (`interrupted`)."""
     from optuna.trial import TrialState
 
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    return sum(1 for t in failed if not t.user_attrs.get("skipped") and not t.user_attrs.get("stopped"))
+    return sum(1 for t in failed if not t.user_attrs.get("skipped") and not interrupted(t))
+
+
+def interrupted(trial: FrozenTrial) -> bool:
+    """A trial that ended without failing: stopped (Ctrl-C, SIGTERM, a Slurm preemption or time limit), or whose
+    worker died before its run's exit was recorded (killed, preempted, a lost node, a stale database heartbeat)."""
+    return bool(trial.user_attrs.get("stopped")) or "exit_code" not in trial.user_attrs
 
 
 def _over_budget(study: optuna.Study, spec: StudySpec, number: int) -> bool:
@@ -333,13 +322,3 @@ def _over_budget(study: optuna.Study, spec: StudySpec, number: int) -> bool:
     ahead = [t for t in study.get_trials(deepcopy=False) if t.number < number and
              t.state != TrialState.FAIL]
     return len(ahead) >= spec.trials
-
-
-def stop_child(proc: subprocess.Popen[bytes] | None, timeout: float = 120) -> None:
-    """Ask a running trial to save and stop (SIGTERM), as a preempted worker must before it goes."""
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()

@@ -116,21 +116,33 @@ def _join(folder: Path, record: dict[str, Any], storage: str | None) -> dict[str
 def final_seeds(spec: StudySpec, study: optuna.Study, seeds: int, echo: Callable[[str], None],
                 stop: WorkerStop | None = None) -> list[tuple[str, float]]:
     """The best trial's configuration with seeds seed+1 .. seed+K-1 (the trial itself is seed): (run, value) each;
-    with `stop`, Ctrl-C lets the running one save, then ends the command (`Stopped`)."""
+    with `stop`, Ctrl-C lets the running one save, then ends the command (`Stopped`).
+
+    With several workers, the one that finishes last runs them: while trials of the study still run (or wait), the
+    best is not known yet. Each run is named by the configuration it repeats (`trial-0007-seed4/`), so two workers
+    that see different best trials never share a run, and a worker that finds the seeds of its best made (by
+    another, or before a requeue) reads them instead of running them again."""
     from filelock import FileLock
+    from optuna.trial import TrialState
 
     best = best_trial(study)
     if best is None:
         return []
     assert best.value is not None  # a best trial is a complete one
-    found = [(best.user_attrs.get("run_dir", f"trial-{best.number:04d}"), float(best.value))]
+    name = best.user_attrs.get("run_dir", f"trial-{best.number:04d}")
+    found = [(name, float(best.value))]
     if seeds < 2:
         return found
-    with FileLock(str(spec.folder / "seeds.lock")):
+    busy = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    if busy:
+        echo(f"  the best configuration's seeds: left to the worker that finishes last ({len(busy)} trial(s) "
+             f"still running or queued; deepcourse tune --resume {spec.folder} runs them too)")
+        return found
+    with FileLock(str(spec.folder / f"{name}-seeds.lock")):
         for offset in range(1, seeds):
-            run = spec.folder / f"best-seed{spec.seed + offset}"
+            run = spec.folder / f"{name}-seed{spec.seed + offset}"
             if not (run / "summary.json").exists():
-                echo(f"  the best configuration, seed {spec.seed + offset}")
+                echo(f"  the best configuration ({name}), seed {spec.seed + offset}")
                 cmd = run_command(spec, run, [*trial_overrides(spec, best.params), f"seed={spec.seed + offset}"])
                 code = _run_logged(cmd, spec.folder / f"{run.name}.log", run, stop)
                 if stop is not None:
