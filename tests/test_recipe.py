@@ -159,6 +159,7 @@ def test_every_shipped_recipe_resumes_with_itself(name: str, tmp_path: Path) -> 
     run = tmp_path / "run"
     run.mkdir()
     (run / "recipe.toml").write_text(started.to_toml())
+    (run / "checkpoints" / "step-000000001").mkdir(parents=True)  # a run that got as far as a checkpoint
     assert read_resume(run, path, ["train.epochs=1"]).recipe.to_toml() == started.to_toml()  # same TOML values
     assert read_resume(run, None, ()).recipe.to_toml() == started.to_toml()
     with pytest.raises(UserError, match=r"train.epochs: run has 1, recipe has 2"):
