@@ -80,3 +80,24 @@ def final_weights(run: Path) -> dict:
 
     last = sorted((run / "checkpoints").glob("step-*"))[-1]
     return load_file(str(last / "model.safetensors"))
+
+
+#: the toy recipe the study tests search over, up to its [train] table (each test adds train keys and [search])
+TOY_SEARCH_HEAD = """\
+name = "toysearch"
+seed = 1
+[task]
+name = "toy-classification"
+[data]
+name = "toy_blobs"
+batch_size = 16
+n = 64
+[model]
+name = "toy_mlp"
+[optimizer]
+name = "sgd"
+lr = 0.1
+[train]
+epochs = 2
+progress = false
+"""

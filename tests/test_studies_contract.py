@@ -12,27 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from core_support import run_cli
+from core_support import TOY_SEARCH_HEAD, run_cli
 
 from deepcourse.errors import RecipeWarning, UserError
 
-SEARCH = """\
-name = "toysearch"
-seed = 1
-[task]
-name = "toy-classification"
-[data]
-name = "toy_blobs"
-batch_size = 16
-n = 64
-[model]
-name = "toy_mlp"
-[optimizer]
-name = "sgd"
-lr = 0.1
-[train]
-epochs = 2
-progress = false
+SEARCH = TOY_SEARCH_HEAD + """\
 {callbacks}
 [search]
 trials = 1

@@ -18,25 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_support import make_distribution
+from core_support import TOY_SEARCH_HEAD, make_distribution
 
-SEARCH = """\
-name = "toysearch"
-seed = 1
-[task]
-name = "toy-classification"
-[data]
-name = "toy_blobs"
-batch_size = 16
-n = 64
-[model]
-name = "toy_mlp"
-[optimizer]
-name = "sgd"
-lr = 0.1
-[train]
-epochs = 2
-progress = false
+SEARCH = TOY_SEARCH_HEAD + """\
 {train}
 [search]
 trials = {trials}
