@@ -78,13 +78,26 @@ def run(recipe: Path | None, overrides: Sequence[str], resume: Path | None, run_
         fitted = fit(load_recipe(recipe, overrides), runs_root=runs_root, run_dir=run_dir)
     from accelerate.state import PartialState
 
-    if not PartialState().is_main_process:
-        return
-    summary = fitted.summary
+    state = PartialState()
+    try:
+        if state.is_main_process:
+            _finish_run(fitted.summary, fitted.trained, no_report, as_json)
+    finally:
+        # every process leaves the group together, once the main one is done: a process that simply exited while
+        # the others still held the group could abort in the group's threads at exit ("terminate called ...")
+        import torch.distributed as dist
+
+        if state.num_processes > 1 and dist.is_initialized():
+            state.wait_for_everyone()
+            dist.destroy_process_group()
+
+
+def _finish_run(summary: dict, trained: object, no_report: bool, as_json: bool) -> None:
+    """The main process's end of `run`: the report, then the summary."""
     if not no_report:
         from deepcourse.results.report import write_report
 
-        summary["report"] = str(write_report(Path(summary["run_dir"]), trained=fitted.trained))
+        summary["report"] = str(write_report(Path(summary["run_dir"]), trained=trained))  # type: ignore[arg-type]
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
