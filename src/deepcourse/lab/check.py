@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from deepcourse.lab.convert import to_array
-from deepcourse.lab.modules import split_backward, split_forward
+from deepcourse.lab.modules import split_backward, split_forward, split_pair
 from deepcourse.lab.pieces import Piece, PieceError
 from deepcourse.lab.references import Case, LayerReference, LossReference, UpdateReference
 
@@ -257,15 +257,12 @@ def _check_loss(p: Piece, report: Report, seed: int) -> None:
         ya = to_array(y, p.array)
 
         def call(s: Any, label: str = case.label, ya: Any = ya) -> tuple[float, Any]:
-            returned = _call(p, "loss", label, s, ya)
-            if not (isinstance(returned, tuple) and len(returned) == 2):
-                raise PieceError(f"lab loss '{p.name}' ({p.where('loss')}) returned {type(returned).__name__}; "
-                                 f"expected (value, dscores)")
-            value = _tensor(p, returned[0], name="the loss value", case=label, fn="loss", shape=None)
+            loss, dscores = split_pair(p, "loss", _call(p, "loss", label, s, ya), "(value, dscores)")
+            value = _tensor(p, loss, name="the loss value", case=label, fn="loss", shape=None)
             if value.size != 1:
                 raise PieceError(f"lab loss '{p.name}': returned a loss of shape {value.shape} in case '{label}'; "
                                  f"expected one number (the mean over the batch)")
-            return float(value), returned[1]
+            return float(value), dscores
 
         value, dscores = call(to_array(scores, p.array, copy=True))
         d = _tensor(p, dscores, name="dscores", case=case.label, fn="loss", shape=case.x)
@@ -335,11 +332,8 @@ def _check_update(p: Piece, report: Report, seed: int) -> None:
 
 
 def _step(p: Piece, w: Any, dw: Any, config: dict[str, Any], label: str) -> tuple[Any, dict[str, Any]]:
-    returned = _call(p, "step", label, w, dw, config)
-    if not (isinstance(returned, tuple) and len(returned) == 2 and isinstance(returned[1], dict)):
-        raise PieceError(f"lab update rule '{p.name}' ({p.where('step')}) returned {type(returned).__name__}; "
-                         f"expected (w, config) with config a dict")
-    return returned
+    return split_pair(p, "step", _call(p, "step", label, w, dw, config), "(w, config) with config a dict",
+                      dict_second=True)
 
 
 def _state_rows(p: Piece, ref: UpdateReference, config: dict[str, Any], torch_state: dict[str, Any], label: str,

@@ -37,11 +37,18 @@ def split_backward(p: Piece, returned: Any, names: list[str]) -> tuple[Any, dict
     return dx, dparams
 
 
+def split_pair(p: Piece, fn: str, returned: Any, expected: str, *, dict_second: bool = False) -> tuple[Any, Any]:
+    """What a piece's `fn` returned, checked to be the pair `expected` names ('(out, cache)'; with `dict_second`
+    its second item a dict), or a PieceError naming the piece, where its function is, and what was expected."""
+    if isinstance(returned, tuple) and len(returned) == 2 and (not dict_second or isinstance(returned[1], dict)):
+        return returned
+    got = f"a tuple of {len(returned)}" if isinstance(returned, tuple) else type(returned).__name__
+    kind = {"update": "update rule"}.get(p.kind, p.kind)
+    raise PieceError(f"lab {kind} '{p.name}': {fn} ({p.where(fn)}) returned {got}; expected {expected}")
+
+
 def split_forward(p: Piece, returned: Any) -> tuple[Any, Any]:
-    if not (isinstance(returned, tuple) and len(returned) == 2):
-        got = f"a tuple of {len(returned)}" if isinstance(returned, tuple) else type(returned).__name__
-        raise PieceError(f"lab layer '{p.name}': forward ({p.where('forward')}) returned {got}; expected (out, cache)")
-    return returned
+    return split_pair(p, "forward", returned, "(out, cache)")
 
 
 class _LayerFunction(torch.autograd.Function):
@@ -136,10 +143,7 @@ class _LossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, p: Piece, scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         returned = p.functions["loss"](to_array(scores, p.array), to_array(y, p.array))
-        if not (isinstance(returned, tuple) and len(returned) == 2):
-            raise PieceError(f"lab loss '{p.name}' ({p.where('loss')}) returned {type(returned).__name__}; expected "
-                             f"(value, dscores)")
-        value, dscores = returned
+        value, dscores = split_pair(p, "loss", returned, "(value, dscores)")
         ctx.dscores = from_array(dscores, like=scores, what=f"lab loss '{p.name}': dscores")
         return torch.as_tensor(float(value), dtype=scores.dtype, device=scores.device)
 

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from deepcourse.lab.convert import from_array, to_array
+from deepcourse.lab.modules import split_pair
 from deepcourse.lab.pieces import PREFIX, Piece, PieceError
 from deepcourse.registry import OPTIMIZERS
 
@@ -50,10 +51,8 @@ class LabOptimizer(torch.optim.Optimizer):
                 config: dict[str, Any] = {"learning_rate": group["lr"], **hyper}
                 config.update({k: to_array(v, kind) if isinstance(v, torch.Tensor) else v for k, v in state.items()})
                 returned = rule(to_array(p, kind, copy=True), to_array(p.grad, kind), config)
-                if not (isinstance(returned, tuple) and len(returned) == 2 and isinstance(returned[1], dict)):
-                    raise PieceError(f"lab update rule '{self.piece.name}' ({self.piece.where('step')}) returned "
-                                     f"{type(returned).__name__}; expected (w, config)")
-                w, config = returned
+                w, config = split_pair(self.piece, "step", returned, "(w, config) with config a dict",
+                                       dict_second=True)
                 new = from_array(w, like=p, what=f"lab update rule '{self.piece.name}': w")
                 if new.shape != p.shape:
                     raise PieceError(f"lab update rule '{self.piece.name}' returned w of shape {tuple(new.shape)} "

@@ -119,22 +119,21 @@ def agreed(accelerator: Accelerator, stop: StopRequest) -> bool:
     return signum > 0
 
 
-def any_process(accelerator: Accelerator, flag: bool) -> bool:
+def any_process(accelerator: Accelerator, flag: bool | torch.Tensor) -> bool:
     """True if any process says so (one all-reduce; with one process it costs nothing): a decision every process
-    takes together, such as a checkpoint when time is up on the main process's clock."""
-    if accelerator.num_processes == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
+    takes together, such as a checkpoint when time is up on the main process's clock. A flag still on the device
+    (a tensor) is reduced there, so the decision costs one host sync."""
+    t = flag.float().reshape(1) if isinstance(flag, torch.Tensor) else torch.tensor(
+        [1.0 if flag else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        t = accelerator.reduce(t, reduction="sum")
+    return bool(t.item() > 0)  # host sync
 
 
 def all_finite(acc: Accelerator, loss: torch.Tensor) -> bool:
     """Whether every process's loss is finite: the processes skip a step together, or none leaves the gradients'
     all-reduce that the others wait in."""
-    bad = (~torch.isfinite(loss.detach()).all()).float()
-    if acc.num_processes > 1:
-        bad = acc.reduce(bad, reduction="sum")
-    return not bool(bad)  # host sync
+    return not any_process(acc, ~torch.isfinite(loss.detach()).all())
 
 
 def check_due(accelerator: Accelerator, count: int, every: int) -> bool:
