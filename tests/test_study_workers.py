@@ -317,6 +317,7 @@ def test_checkpoint_stops_the_trial_takes_no_other_and_hands_back_a_clean_worker
 PREEMPT = '''
 import os
 import signal
+import threading
 from pathlib import Path
 
 from deepcourse.api import CALLBACKS, Callback
@@ -332,9 +333,19 @@ class PreemptWorkerAt(Callback):
 
     def on_step_end(self, ctx, loss) -> None:
         if ctx.state.global_step == self.step and not self.marker.exists():
+            arrived = threading.Event()
+            handler = signal.getsignal(signal.SIGTERM)  # the run's own: it must still see the SIGTERM
+
+            def passed_on(signum, frame):
+                handler(signum, frame)
+                arrived.set()
+
+            signal.signal(signal.SIGTERM, passed_on)
             self.marker.write_text(str(os.getppid()))
             os.kill(os.getppid(), signal.SIGUSR2)
-            signal.pause()  # returns once the SIGTERM's handler has run
+            while not arrived.wait(0.05):  # until the worker's SIGTERM has reached the run's handler (any other
+                pass                        # signal, which woke signal.pause() before, no longer ends the wait)
+            signal.signal(signal.SIGTERM, handler)
 '''
 
 
