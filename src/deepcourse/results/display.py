@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deepcourse.figures import FIGSIZE, nice, pyplot
+from deepcourse.figures import FIGSIZE, integer_epochs, nice, pyplot
 from deepcourse.recipe.schema import HOLDOUT
 from deepcourse.task import Explanation
 from deepcourse.training.lrfind import LRFindResult, draw
@@ -40,6 +40,10 @@ def img_tag(data: bytes, alt: str) -> str:
 
 def number(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def seconds(value: Any) -> str:
+    return f"{value:.1f} s" if isinstance(value, (int, float)) else "?"
 
 
 def html_table(rows: Iterable[tuple[str, str]]) -> str:
@@ -96,6 +100,7 @@ class RunResult:
             if isinstance(best_epoch, int):
                 ax.axvline(best_epoch, color="grey", ls="--", lw=1, label=f"best (epoch {best_epoch})")
             ax.set(title=f"{self.name}: {label}", xlabel="epoch", ylabel=label)
+            integer_epochs(ax)
             if ax.lines:
                 ax.legend(fontsize=8)
         return fig
@@ -116,7 +121,7 @@ class RunResult:
                          ", ".join(f"{html.escape(k)} {number(v)}" for k, v in shown.items())))
         rows.append(("epochs / steps / time", f"{number(self.summary.get('epochs', '?'))} / "
                                               f"{number(self.summary.get('steps', '?'))} / "
-                                              f"{number(self.summary.get('wall_time_s', '?'))} s"))
+                                              f"{seconds(self.summary.get('wall_time_s'))}"))
         if self.report is not None:
             rows.append(("report", f"<code>{html.escape(str(self.report))}</code>"))
         return rows

@@ -43,7 +43,7 @@ def kind_of_bar(show: bool = True) -> str:
     if not show or forced in _OFF:
         return "off"
     if in_jupyter_kernel():
-        return "widget" if importlib.util.find_spec("ipywidgets") is not None else "text"
+        return "widget" if has_widgets() else "text"
     if forced in _ON or _isatty(sys.stderr):
         return "text"
     return "off"
@@ -57,6 +57,11 @@ def in_jupyter_kernel() -> bool:
         return False
     shell = ipython.get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def has_widgets() -> bool:
+    """Whether ipywidgets is installed: tqdm's notebook bar is a widget, and fails to show without it."""
+    return importlib.util.find_spec("ipywidgets") is not None
 
 
 def _isatty(stream: Any) -> bool:
