@@ -72,7 +72,7 @@ def test_recipe_errors_print_every_problem(plugin_site, tmp_path: Path) -> None:
 
 
 def test_the_package_exports_only_the_python_api() -> None:
-    assert set(deepcourse.__all__) == {"__version__", "run", "evaluate", "predict", "RunResult"}
+    assert set(deepcourse.__all__) == {"__version__", "run", "evaluate", "predict", "explain", "lr_find", "RunResult"}
     with pytest.raises(AttributeError):
         deepcourse.fit  # noqa: B018 - internals stay internal
 

@@ -5,10 +5,12 @@ lab report that mixes the core's curves with a plugin's confusion matrix reads a
 """
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 FIGSIZE = (6.4, 4.0)
 DPI = 120
@@ -24,16 +26,74 @@ class Figure:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def pyplot() -> Any:
-    """matplotlib with a non-interactive backend: reports are made on servers and in CI."""
-    import matplotlib
+#: the one look of every chart, applied while a figure is built and while it is drawn, never to the session's settings
+STYLE: dict[str, Any] = {"axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+         "figure.dpi": DPI, "savefig.bbox": "tight"}
+#: the arguments of pyplot's `subplots` that lay out the axes; the others are the figure's
+_LAYOUT_KEYS = ("sharex", "sharey", "squeeze", "width_ratios", "height_ratios", "subplot_kw", "gridspec_kw")
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
-                         "axes.spines.right": False, "figure.dpi": DPI, "savefig.bbox": "tight"})
-    return plt
+class Plotter:
+    """The part of `matplotlib.pyplot` that reports draw with (`subplots`, `figure`, `close`), on matplotlib's object
+    API: a figure made here belongs to no pyplot backend and is never shown by one, so a run in a notebook neither
+    switches the session's backend (the user's `plt.show()` and inline plots keep working) nor leaves figures for
+    the notebook to display twice. Figures are drawn by the Agg renderer when saved, as on a server."""
+
+    def figure(self, **kwargs: Any) -> Any:
+        """A `matplotlib.figure.Figure` in the toolkit's style (`Figure(**kwargs)`: figsize, dpi, layout...)."""
+        return _styled_figure_class()(**kwargs)
+
+    def subplots(self, nrows: int = 1, ncols: int = 1, **kwargs: Any) -> tuple[Any, Any]:
+        """(figure, axes) as `pyplot.subplots` returns them."""
+        layout = {key: kwargs.pop(key) for key in _LAYOUT_KEYS if key in kwargs}
+        fig = self.figure(**kwargs)
+        return fig, fig.subplots(nrows, ncols, **layout)
+
+    def close(self, fig: Any = None) -> None:
+        """Release a figure: one of this toolkit's needs nothing; one made through pyplot (Optuna's plots) is closed
+        there, without importing pyplot when nothing did."""
+        plt = sys.modules.get("matplotlib.pyplot")
+        if plt is not None and fig is not None:
+            plt.close(fig)
+
+
+def pyplot() -> Plotter:
+    """What reports draw with: `plt = pyplot(); fig, ax = plt.subplots(...); fig.savefig(path); plt.close(fig)`,
+    on `matplotlib.figure.Figure` (see `Plotter`), leaving the session's pyplot, backend and rcParams alone."""
+    return Plotter()
+
+
+@functools.cache
+def _styled_figure_class() -> type:
+    """`matplotlib.figure.Figure` that builds its axes and saves itself in STYLE (made on first use: importing this
+    module does not import matplotlib)."""
+    from matplotlib.figure import Figure as MplFigure
+
+    class StyledFigure(MplFigure):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            with _in_style():
+                super().__init__(*args, **kwargs)
+
+        def add_subplot(self, *args: Any, **kwargs: Any) -> Any:  # subplots() and colorbars come through these two
+            with _in_style():
+                return super().add_subplot(*args, **kwargs)
+
+        def add_axes(self, *args: Any, **kwargs: Any) -> Any:
+            with _in_style():
+                return super().add_axes(*args, **kwargs)
+
+        def savefig(self, *args: Any, **kwargs: Any) -> None:  # ticks and grid lines are made when drawn
+            with _in_style():
+                super().savefig(*args, **kwargs)
+
+    return StyledFigure
+
+
+def _in_style() -> Any:
+    """matplotlib's rc_context with STYLE: the settings for what is made inside it, restored on leaving."""
+    from matplotlib import rc_context
+
+    return rc_context(cast(Any, STYLE))  # matplotlib types its keys as literals: STYLE holds only real ones
 
 
 def integer_epochs(ax: Any) -> None:
@@ -53,9 +113,7 @@ def save_figure(fig: Any, out: Path, file: str, title: str, caption: str) -> Fig
         if ax.get_xlabel() == "epoch":
             integer_epochs(ax)
     fig.savefig(out / file)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    pyplot().close(fig)
     return Figure(title, file, caption)
 
 

@@ -1,9 +1,10 @@
-"""deepcourse from Python: `run`, `evaluate` and `predict`, for notebooks and scripts.
+"""deepcourse from Python: `run`, `evaluate`, `predict`, `explain` and `lr_find`, for notebooks and scripts.
 
     import deepcourse
     result = deepcourse.run("quickstart", "train.epochs=2")      # a shipped recipe, a file, or a dict
-    result.best["accuracy"], result.run_dir
+    result.best["accuracy"], result.run_dir                      # as a notebook cell's value: curves and numbers
     deepcourse.evaluate(result.run_dir, split="test")
+    deepcourse.lr_find("quickstart").suggestion                  # the figure shows inline
 
 They do what the commands of the same names do (the same recipe checks, run directory, checkpoints and report) and
 raise `deepcourse.api.UserError` where a command would exit 2: `print(exc)` shows every problem.
@@ -12,30 +13,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deepcourse.cli.common import default_output
 from deepcourse.discovery import load_plugins
 from deepcourse.recipe.load import load_recipe
+from deepcourse.results.display import Explained, LRFind, RunResult
 from deepcourse.results.inference import evaluate_run, predict_run
 from deepcourse.results.report import write_report
 from deepcourse.rundir.layout import read_metrics
 from deepcourse.training.loop import fit
 
 PathLike = str | os.PathLike[str]
-
-
-@dataclass
-class RunResult:
-    """A finished run: its folder, the best evaluation's metrics, every logged event, and summary.json."""
-
-    run_dir: Path
-    best: dict[str, Any]
-    history: list[dict[str, Any]]
-    summary: dict[str, Any]
-    report: Path | None = field(default=None)
 
 
 def run(recipe: PathLike | Mapping[str, Any], *overrides: str, runs_root: PathLike | None = None,
@@ -76,3 +66,38 @@ def predict(run_dir: PathLike, inputs: PathLike | Sequence[PathLike], *, batch_s
     items = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(i) for i in inputs]
     _, results = predict_run(Path(run_dir), items, batch_size=batch_size)
     return list(results)
+
+
+def explain(run_dir: PathLike, inputs: PathLike | Sequence[PathLike], *, output: PathLike | None = None,
+            target: str | None = None, topk: int | None = None, nbest: int | None = None, layer: str | None = None,
+            channels: int | None = None, steps: int = 32) -> Explained:
+    """What `deepcourse explain` shows (Grad-CAM, feature maps, integrated gradients; a tagger's marginals and n-best
+    paths), for inputs as `predict` takes them: the figures (written to `output`, default RUN_DIR/explain) shown
+    inline as a cell's value, and the numbers in `.numbers`."""
+    from deepcourse.results.explain import ExplainOptions, explain_run
+    from deepcourse.rundir.outputs import writable_folder
+
+    default_output()
+    load_plugins()
+    folder = writable_folder(Path(output) if output is not None else Path(run_dir) / "explain", "output")
+    items = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(i) for i in inputs]
+    options = ExplainOptions(target=target, topk=topk, nbest=nbest, layer=layer, channels=channels, steps=steps)
+    return Explained(folder, explain_run(Path(run_dir), items, folder, options))
+
+
+def lr_find(recipe: PathLike | Mapping[str, Any], *overrides: str, start_lr: float = 1e-7, end_lr: float = 10.0,
+            steps: int = 100, output: PathLike | None = None) -> LRFind:
+    """The learning-rate range test of a recipe, as `deepcourse lr-find` runs it: `.suggestion`, every step's rate
+    and loss in `.result`, and the loss-against-rate figure shown inline as a cell's value (`.figure()`). Writes
+    lr_find.png, .csv and .json only when `output` names a folder; trains nothing that is kept."""
+    from deepcourse.rundir.outputs import writable_folder
+    from deepcourse.training.lrfind import check_range, find_lr
+
+    default_output()
+    check_range(start_lr, end_lr)  # before the recipe's data is read
+    load_plugins()
+    resolved = load_recipe(data=recipe, overrides=overrides) if isinstance(recipe, Mapping) else \
+        load_recipe(recipe, overrides)
+    folder = writable_folder(Path(output), "output") if output is not None else None
+    result = find_lr(resolved, folder, start_lr=start_lr, end_lr=end_lr, num_steps=steps)
+    return LRFind(result, resolved.name, folder)

@@ -152,7 +152,8 @@ class TrainSection(_Strict):
     trackers: list[Tracker] = doc(
         [], "experiment trackers besides metrics.jsonl, through Accelerate: tensorboard, mlflow, wandb, aim, comet_ml, "
             "clearml, dvclive, trackio, swanlab (each needs its package); the recipe is logged as hyperparameters")
-    progress: bool = doc(True, "progress bars on a terminal")
+    progress: bool = doc(True, "progress bars on a terminal and in a Jupyter notebook; none where the output is "
+                               "neither (a CI log, a file) unless DEEPCOURSE_PROGRESS=1")
     device: Literal["auto", "cpu"] = doc("auto", "auto (GPU when there is one) or cpu")
     threads: PositiveInt | None = doc(None, "torch CPU threads per process (the caller's setting is restored "
                                             "after the run)")

@@ -28,6 +28,7 @@ from deepcourse.training.build import make_loader
 from deepcourse.training.callbacks import TrainContext
 from deepcourse.training.checkpoint import best_folder, load_best_weights
 from deepcourse.training.collective import on_main
+from deepcourse.training.progress import bar
 from deepcourse.training.stopping import StopRequest, agreed, check_due
 
 log = logging.getLogger(__name__)
@@ -43,16 +44,13 @@ def evaluation_loop(accelerator: Accelerator, task: Task, model: torch.nn.Module
     number of batches everywhere), so outputs are padded and gathered across processes; otherwise this process
     sees every batch and moves it itself. With `stop`, a stop request ends the loop early, in every process at the
     same batch; the caller checks `stop` again afterwards."""
-    from tqdm.auto import tqdm
-
     model.eval()
     metrics = task.create_metrics()
     metrics.reset()
     seen = 0
     show = progress and accelerator.is_main_process
     with torch.no_grad():
-        for index, batch in enumerate(tqdm(batches, desc=desc, leave=False, disable=True if not show else None,
-                                           dynamic_ncols=True)):
+        for index, batch in enumerate(bar(batches, desc=desc, leave=False, show=show, dynamic_ncols=True)):
             if not sharded:
                 batch = send_to_device(batch, accelerator.device, non_blocking=True)
             outputs = task.evaluation_step(model, batch)

@@ -27,6 +27,7 @@ from deepcourse.metrics import scalars
 from deepcourse.recipe.schema import HOLDOUT, Recipe
 from deepcourse.rundir import files, lock
 from deepcourse.rundir.layout import new_run_dir, remove_unstarted, run_info
+from deepcourse.training import progress
 from deepcourse.training.accelerator import effective_settings, make_accelerator, torch_threads
 from deepcourse.training.build import Trained, build_run, count_parameters, monitor_of, steps_per_evaluation
 from deepcourse.training.callbacks import TrainContext, TrainState
@@ -204,8 +205,6 @@ def train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, ev
 
 def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, stop: StopRequest) -> bool:
     """The optimizer steps of one epoch (from where a resumed run stopped); True when train.max_steps is reached."""
-    from tqdm.auto import tqdm
-
     acc, task, model, optimizer, state = ctx.accelerator, ctx.task, ctx.model, ctx.optimizer, ctx.state
     cfg, accum = ctx.recipe.train, acc.gradient_accumulation_steps
     l1_params = [p for p in model.parameters() if p.requires_grad and p.ndim > 1] if cfg.l1 else []
@@ -219,9 +218,8 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
     # cannot reach through a skip loader over a sharded batch sampler.
     batches.set_epoch(state.epoch)
     sampler.set_epoch(state.epoch)
-    bar = tqdm(total=ctx.steps_per_epoch, initial=state.step_in_epoch, leave=False, dynamic_ncols=True,
-               desc=f"epoch {state.epoch + 1}/{cfg.epochs}", disable=True if not (cfg.progress and ctx.is_main)
-               else None)
+    bar = progress.bar(total=ctx.steps_per_epoch, initial=state.step_in_epoch, leave=False, dynamic_ncols=True,
+                       desc=f"epoch {state.epoch + 1}/{cfg.epochs}", show=cfg.progress and ctx.is_main)
     tick = Tick()
     try:
         if state.step_in_epoch >= ctx.steps_per_epoch:

@@ -161,10 +161,10 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, floa
     return lrs[steepest], lrs[lowest]
 
 
-def find_lr(recipe: Recipe, out: Path, *, start_lr: float, end_lr: float, num_steps: int) -> LRFindResult:
+def find_lr(recipe: Recipe, out: Path | None, *, start_lr: float, end_lr: float, num_steps: int) -> LRFindResult:
     """The range test of `recipe`'s task, data, model and optimizer (its [scheduler] is not used: the test sets the
     rate itself), run as training runs them; writes lr_find.png, lr_find.csv and lr_find.json into `out` (through
-    a temporary folder) and creates nothing else."""
+    a temporary folder) and creates nothing else. `out` None (`deepcourse.lr_find` in a notebook): writes nothing."""
     from accelerate.utils import set_seed
 
     from deepcourse.rundir.files import atomic_write
@@ -185,22 +185,29 @@ def find_lr(recipe: Recipe, out: Path, *, start_lr: float, end_lr: float, num_st
         result = lr_range_test(model, run.optimizer, run.train_loader, loss_of, start_lr=start_lr, end_lr=end_lr,
                                num_steps=num_steps, accelerator=accelerator,
                                clip_grad_norm=recipe.train.clip_grad_norm)
-    with atomic_write(out, merge=True) as tmp:
-        write_result(result, recipe.name, tmp)
+    if out is not None:
+        with atomic_write(out, merge=True) as tmp:
+            write_result(result, recipe.name, tmp)
     return result
 
 
 def write_result(result: LRFindResult, name: str, folder: Path) -> None:
-    """lr_find.png (loss against rate, log axis, the suggestion marked), lr_find.csv (every step), lr_find.json."""
-    from deepcourse.figures import FIGSIZE, pyplot
+    """lr_find.png (see `draw`), lr_find.csv (every step), lr_find.json."""
     from deepcourse.rundir import files
 
     rows = ["step,lr,loss,smoothed_loss"] + [f"{i + 1},{lr:.6g},{loss:.6g},{s:.6g}" for i, (lr, loss, s)
                                              in enumerate(zip(result.lrs, result.losses, result.smoothed, strict=True))]
     (folder / "lr_find.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     files.write_json(folder / "lr_find.json", {"recipe": name, **result.to_dict()})
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=FIGSIZE)
+    draw(result, name).savefig(folder / "lr_find.png")
+
+
+def draw(result: LRFindResult, name: str) -> Any:
+    """The loss against the rate (log axis), the suggestion marked: a `matplotlib.figure.Figure`, for lr_find.png
+    and for a notebook (`deepcourse.lr_find`)."""
+    from deepcourse.figures import FIGSIZE, pyplot
+
+    fig, ax = pyplot().subplots(figsize=FIGSIZE)
     ax.plot(result.lrs, result.losses, color="tab:blue", alpha=0.3, lw=1, label="loss at each step")
     ax.plot(result.lrs, result.smoothed, color="tab:blue", lw=1.8, label="smoothed")
     if result.suggestion is not None:
@@ -214,5 +221,4 @@ def write_result(result: LRFindResult, name: str, folder: Path) -> None:
         ax.set_ylim(low - 0.05 * abs(low), min(max(finite), 2.5 * finite[0] + 1e-12) * 1.05)
     ax.set(title=f"{name}: learning-rate range test", xlabel="learning rate (log scale)", ylabel="training loss")
     ax.legend(fontsize=8)
-    fig.savefig(folder / "lr_find.png")
-    plt.close(fig)
+    return fig
