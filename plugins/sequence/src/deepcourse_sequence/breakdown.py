@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,9 +22,8 @@ from deepcourse.api import PairedItem, Recipe, UserError, evaluate_split
 
 from .schemes import convert, spans
 
-if TYPE_CHECKING:
-    from .task import SequenceTagging
-
+#: the sequence-tagging task (typed loosely: importing it here would close an import circle with task.py)
+SequenceTagging = Any
 #: the groups of an entity by the share of its words out of the training vocabulary
 OOV_GROUPS = ("none out of vocabulary", "some out of vocabulary", "all out of vocabulary")
 Span = tuple[str, int, int]
