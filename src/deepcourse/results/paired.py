@@ -48,7 +48,9 @@ class Paired:
 def paired_answers(run_a: Path, run_b: Path, *, split: str | None, data_dir: str | Path | None) -> Paired:
     """Both runs evaluated on `split` (default: their recipes' eval.split, which must be the same)."""
     require_data_files(data_dir)
-    answers, tasks, splits = [], [], []
+    answers: list[list[PairedItem]] = []
+    tasks: list[tuple[str, Task]] = []
+    splits: list[str] = []
     for run in (run_a, run_b):
         recipe, task, _, artifacts, model = load_trained(run)
         if type(task).paired_items is Task.paired_items:

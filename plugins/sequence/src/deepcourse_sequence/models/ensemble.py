@@ -46,7 +46,7 @@ class MeanCRFHead(CRFHead):
         self.members = list(heads)  # a plain list: the weights stay the ensemble's members'
         zero = next(iter(heads[0].parameters()))
         chains = [h.chain(zero.new_zeros(1, 1, h.proj.out_features))[1:] for h in heads]
-        self.crf = AveragedCRF(chains)  # type: ignore[assignment]  # CRF's interface, the members' mean values
+        self.crf = AveragedCRF(chains)  # CRF's interface, the members' mean values
 
     def combine(self, scores: Sequence[torch.Tensor]) -> torch.Tensor:
         """Emissions of the ensemble from each member's tag scores (a softmax member's as log-probabilities)."""
