@@ -18,6 +18,8 @@ releases. Grouped as:
 - reports: `evaluate_split` (what `deepcourse evaluate` computes, with a hook on every batch), `SplitEvaluation`,
   and the figure toolkit `pyplot`, `Figure`, `grouped_bars`, `heatmap`, `markdown_table`, `markdown_escape`,
   `FIGSIZE`;
+- analysis: `PairedItem` (what `Task.paired_items` gives `compare --paired`), `ProbabilityEnsemble` (the default
+  `Task.ensemble`: averaged class probabilities);
 - explanations (`deepcourse explain`): `Explanation`, `ExplainOptions`, and the attributions on Captum `grad_cam`,
   `integrated_gradients`, `layer_integrated_gradients`, `module_outputs`, `ModuleOutput`;
 - lab pieces (hand-written layers, losses and update rules; `deepcourse.lab` is the students' face): `PIECES`,
@@ -82,7 +84,7 @@ from deepcourse.registry import (
     RegistryError,
     UnknownNameError,
 )
-from deepcourse.task import DataBundle, ExplainOptions, Explanation, Task
+from deepcourse.task import DataBundle, ExplainOptions, Explanation, PairedItem, ProbabilityEnsemble, Task
 from deepcourse.training.build import build_task
 from deepcourse.training.callbacks import Callback, TrainContext, TrainState
 from deepcourse.training.checkpoint import latest_checkpoint
@@ -96,7 +98,7 @@ __all__ = [
     "call_builder", "validate_options", "parameters", "Unique", "load_recipe", "build_task", "Recipe", "DataSection",
     "ModelSection",
     # tasks and training
-    "Task", "DataBundle", "Callback", "TrainContext", "TrainState",
+    "Task", "DataBundle", "Callback", "TrainContext", "TrainState", "PairedItem", "ProbabilityEnsemble",
     # data
     "ArrayDataset", "resolve_splits", "splits_to_read", "HOLDOUT", "holdout_indices", "split_indices", "subset",
     "load_hf_splits", "locate_splits", "present_splits", "candidate_dirs", "DATA_ENV",

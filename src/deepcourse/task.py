@@ -10,6 +10,7 @@ other hooks read it, and none of them changes the task's configuration from the 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,62 @@ class Task:
 
     def save_extra(self, folder: Path) -> None:
         """Hook to save task files beside the best weights (rarely needed: prefer artifacts)."""
+
+    # -- analysis: ensembles, paired comparisons, breakdowns --------------------------------------------------------
+    def label_names(self) -> dict[str, list[str]]:
+        """The answers the model chooses among, per output (class names; a tagger's tags per label column), once set
+        up: runs that differ here cannot be ensembled or compared item by item. Default: none known."""
+        return {}
+
+    def ensemble(self, members: Sequence[nn.Module]) -> nn.Module:
+        """One model of several trained on the same task and data (`deepcourse ensemble`), called the way a member
+        is, so evaluate, predict and report need no special case. Default: the members' class probabilities
+        averaged (`ProbabilityEnsemble`), for a model that returns class scores; a task whose model returns more
+        (a tagger's losses and decoded paths) combines its own way."""
+        return ProbabilityEnsemble(members)
+
+    def paired_items(self, data: Any, start: int, batch: Any, outputs: Outputs) -> Iterable[PairedItem]:
+        """One `PairedItem` per sample of an evaluation batch (as `prediction_rows` reads it), for `deepcourse
+        compare --paired`. Default: the task cannot pair two runs' answers."""
+        raise NotImplementedError
+
+    def breakdown(self, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], *, split: str | None,
+                  data_dir: str | Path | None) -> tuple[dict[str, Any], list[str]]:
+        """Scores of a split broken down by what the task knows about its items (a tagger: entities seen or unseen
+        in training, the share of their words out of the training vocabulary, their type), for `deepcourse evaluate
+        --breakdown`: the numbers for --json and the lines to print. Default: the task has none."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class PairedItem:
+    """One evaluated sample as `compare --paired` reads it: what names it in the table of flips (an image's index,
+    a sentence), the gold and the predicted answer in words, and the counts its score sums: `hits` right out of
+    `predicted` answers and `gold` ones. A classifier's item is (1 or 0, 1, 1), scored by McNemar's test; a
+    tagger's sentence is (spans right, spans predicted, gold spans), scored as F1 = 2 hits / (predicted + gold)
+    by a paired bootstrap."""
+
+    item: str
+    gold: str
+    predicted: str
+    hits: int
+    predicted_count: int
+    gold_count: int
+
+
+class ProbabilityEnsemble(nn.Module):
+    """Members that return class scores (logits), as one model returning the log of their mean probabilities:
+    softmax of it is the mean probability, argmax the class the members favour on average, cross-entropy the loss
+    of the mean. Averaging probabilities rather than logits keeps a member that is sure and wrong from outvoting
+    the others by the size of its scores."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        log_probs = torch.stack([m(*args, **kwargs).float().log_softmax(-1) for m in self.members])
+        return torch.logsumexp(log_probs, 0) - math.log(len(self.members))  # log mean exp: exact for equal members
 
 
 # -- explanations ---------------------------------------------------------------------------------------------------

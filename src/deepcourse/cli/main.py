@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 
 from deepcourse._version import __version__
+from deepcourse.cli.analysis import ensemble
+from deepcourse.cli.analysis import paired as paired_compare
 from deepcourse.cli.common import handle_errors, read_inputs
 from deepcourse.cli.common import override_option as _override_option
 from deepcourse.cli.inspect import explain, lr_find
@@ -212,13 +214,19 @@ def recipes(pattern: str) -> None:
 @click.option("--write-predictions", "predictions", type=click.Path(path_type=Path), metavar="FILE",
               help="Also write every sample's prediction: a CSV row per image (id, gold, predicted, probability), "
                    "token / gold / predicted columns for a tagger (what conlleval reads).")
+@click.option("--breakdown", is_flag=True, help="The task's breakdown of the scores instead (a tagger: F1 by entities "
+                                                "seen / unseen in training, by out-of-vocabulary words, by type).")
 @handle_errors
 def evaluate(run_dir: Path, split: str | None, data_dir: str | None, checkpoint: str, as_json: bool,
-             predictions: Path | None) -> None:
+             predictions: Path | None, breakdown: bool) -> None:
     """Metrics of a trained run's best (or latest) weights on a split."""
-    from deepcourse.results.inference import evaluate_run
+    from deepcourse.results.inference import breakdown_run, evaluate_run
     from deepcourse.rundir.outputs import writable_file
 
+    if breakdown:
+        numbers, lines = breakdown_run(run_dir, split=split, data_dir=data_dir, which=checkpoint)
+        click.echo(json.dumps(numbers, indent=1) if as_json else "\n".join(lines))
+        return
     if predictions is not None:
         writable_file(predictions, "--write-predictions")
     task, metrics = evaluate_run(run_dir, split=split, data_dir=data_dir, which=checkpoint, progress=not as_json,
@@ -281,13 +289,27 @@ def report(run_dir: Path, no_task_figures: bool) -> None:
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("comparison"), show_default=True,
               help="Folder for the PNGs and the compare.md / compare.csv tables.")
+@click.option("--paired", is_flag=True, help="Test RUN_A against RUN_B on the same items of --split: McNemar's test "
+                                             "(classifiers), a paired bootstrap of span F1 (taggers), and the flips.")
+@click.option("--split", help="--paired: split to evaluate both on (default: the recipes' eval.split).")
+@click.option("--data-dir", help="--paired: read the split from this folder, as `evaluate --data-dir`.")
+@click.option("--resamples", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="--paired: bootstrap resamples (taggers).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="--paired: bootstrap seed.")
+@click.option("--show", default=10, show_default=True, type=click.IntRange(min=0),
+              help="--paired: items that flipped to list.")
+@click.option("--json", "as_json", is_flag=True, help="--paired: print the result as JSON.")
 @handle_errors
-def compare(run_dirs: Sequence[Path], output: Path) -> None:
+def compare(run_dirs: Sequence[Path], output: Path, paired: bool, split: str | None, data_dir: str | None,
+            resamples: int, seed: int, show: int, as_json: bool) -> None:
     """Overlay the curves of several runs and tabulate their metrics; lines are labelled by the recipe keys
-    that differ between the runs."""
+    that differ between the runs. With --paired, test two runs against each other on the same items."""
     from deepcourse.results.compare import compare_runs
     from deepcourse.rundir.outputs import writable_folder
 
+    if paired:
+        return paired_compare(run_dirs, split=split, data_dir=data_dir, resamples=resamples, seed=seed, show=show,
+                              as_json=as_json)
     _, md = compare_runs(list(run_dirs), writable_folder(output, "-o"))
     click.echo(md.read_text(encoding="utf-8").rstrip())
     click.echo(f"\nwritten: {md}, {md.with_suffix('.csv')} and compare_*.png in {output}")
@@ -321,6 +343,7 @@ main.add_command(sweep)
 main.add_command(tune)
 main.add_command(explain)
 main.add_command(lr_find)
+main.add_command(ensemble)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

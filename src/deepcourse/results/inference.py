@@ -127,3 +127,18 @@ def predict_run(run_dir: Path, inputs: Sequence[str], *, batch_size: int = 64,
     model = accelerator.prepare_model(model, evaluation_mode=True)
     model.eval()
     return task, task.predict(model, inputs, batch_size=batch_size, device=accelerator.device)
+
+
+def breakdown_run(run_dir: Path, *, split: str | None = None, data_dir: str | Path | None = None,
+                  which: str = "best") -> tuple[dict[str, Any], list[str]]:
+    """`evaluate --breakdown`: the task's breakdown of a split's scores (`Task.breakdown`), as numbers and lines."""
+    require_data_files(data_dir)
+    recipe, task, _, artifacts, model = load_trained(run_dir, which=which)
+    if type(task).breakdown is Task.breakdown:
+        raise UserError(f"--breakdown: task '{recipe.task.name}' has no breakdown of its scores (its plugin does not "
+                        f"implement Task.breakdown); `deepcourse evaluate` without --breakdown prints the metrics")
+    with torch_threads(recipe.train.threads):
+        try:
+            return task.breakdown(model, recipe, artifacts, split=split, data_dir=data_dir)
+        except DataError as exc:
+            raise as_option(exc, data_dir) from None

@@ -34,6 +34,7 @@ from deepcourse.recipe.schema import HOLDOUT, ModelSection, Recipe
 from deepcourse.registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
 from deepcourse.task import DataBundle, Task
 from deepcourse.training.callbacks import Callback
+from deepcourse.training.ensemble import ENSEMBLE, member_sections
 from deepcourse.training.sampling import DeviceBatchSampler, EpochSampler, LengthGroupedSampler
 
 if TYPE_CHECKING:
@@ -193,6 +194,8 @@ _NO_MEMORY = re.compile(r"can't allocate memory|out of memory|tried to allocate|
 def build_model(task: Task, model: ModelSection, facts: Mapping[str, Any]) -> nn.Module:
     """The task's model. A layer too large to allocate is a recipe problem: named by its key and size, not left to
     surface as an allocator's traceback."""
+    if model.name == ENSEMBLE:  # several trained runs as one model (`deepcourse ensemble`)
+        return task.ensemble([build_model(task, member, facts) for member in member_sections(model)])
     try:
         return task.build_model(model, facts)
     except (MemoryError, RuntimeError) as exc:

@@ -287,7 +287,11 @@ def _saliency(task: ExplainedTagger, model: nn.Module, name: str, batch: dict[st
             "the model predicts no entity"
         explanation.notes += [f"_No saliency for {name}: {why}._", ""]
         return
-    embedding = _unwrapped(model).word_embedding
+    embedding = getattr(_unwrapped(model), "word_embedding", None)
+    if embedding is None:  # an ensemble: each member has its own embeddings, and no one layer to attribute over
+        explanation.notes += [f"_No saliency for {name}: the model is an ensemble, whose members each embed the "
+                              f"words their own way._", ""]
+        return
     for j, entity in enumerate(chosen, 1):
         start, end = entity["start"], entity["end"]
         forward = _entity_log_probability(model, name, batch, start, end, pred_ids)

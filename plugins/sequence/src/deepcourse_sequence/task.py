@@ -30,6 +30,7 @@ from deepcourse.api import (
     MeanLoss,
     Metric,
     MetricCollection,
+    PairedItem,
     Recipe,
     RecipeError,
     Task,
@@ -389,6 +390,33 @@ class SequenceTagging(Task):
         from .report import write_figures
 
         return write_figures(self, model, recipe, artifacts, out)
+
+    # -- analysis: ensembles, paired comparisons, breakdowns ------------------------------------------------------
+    def label_names(self) -> dict[str, list[str]]:
+        return {name: self.tags[name][:self.num_trained[name]] for name in self.labels}
+
+    def ensemble(self, members: Sequence[nn.Module]) -> nn.Module:
+        """Averaged emissions and transitions for CRF heads, averaged tag probabilities for softmax heads (why not a
+        vote over spans: `models/ensemble.py`)."""
+        from .models.ensemble import TaggerEnsemble
+
+        return TaggerEnsemble(members)
+
+    def paired_items(self, data: Any, start: int, batch: Mapping[str, torch.Tensor],
+                     outputs: Mapping[str, torch.Tensor]) -> Iterator[PairedItem]:
+        """One item per sentence of the primary column: its spans (scoring scheme) right, predicted and gold for a
+        span column, its tokens right out of its length for a token column."""
+        from .breakdown import sentence_items
+
+        return sentence_items(self, data, start, batch, outputs)
+
+    def breakdown(self, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any], *, split: str | None,
+                  data_dir: str | Path | None) -> tuple[dict[str, Any], list[str]]:
+        """Span F1 of the primary column by entities seen / unseen in training (the surface form with the same type
+        in the training split), by the share of the entity's words out of the training vocabulary, and by type."""
+        from .breakdown import breakdown
+
+        return breakdown(self, model, recipe, artifacts, split=split, data_dir=data_dir)
 
     # -- inference ------------------------------------------------------------------------------------------------
     @staticmethod

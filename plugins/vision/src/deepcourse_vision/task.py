@@ -35,6 +35,7 @@ from deepcourse.api import (
     MeanLoss,
     MetricCollection,
     ModelSection,
+    PairedItem,
     Recipe,
     RecipeError,
     Task,
@@ -300,6 +301,17 @@ class ImageClassification(Task):
         for i, (gold, guess, p) in enumerate(zip(outputs["targets"].tolist(), predicted.tolist(),
                                                  probability.tolist())):
             yield csv_row([start + i, self.class_names[gold], self.class_names[guess], f"{p:.6f}"])
+
+    def label_names(self) -> dict[str, list[str]]:
+        return {"class": list(self.class_names)}
+
+    def paired_items(self, data: Any, start: int, batch: Any, outputs: Mapping[str, torch.Tensor]
+                     ) -> Iterator[PairedItem]:
+        """One item per image, named by its position in the evaluated split (as --write-predictions names it):
+        right or wrong, for McNemar's test."""
+        for i, (gold, guess) in enumerate(zip(outputs["targets"].tolist(), outputs["preds"].tolist())):
+            yield PairedItem(f"image {start + i}", self.class_names[gold], self.class_names[guess], int(gold == guess),
+                             1, 1)
 
     def explain(self, model: nn.Module, inputs: Sequence[str], *, options: ExplainOptions, device: torch.device,
                 out: Path) -> Iterator[Explanation]:
