@@ -185,8 +185,8 @@ class TrainSection(_Strict):
               "deepcourse.training.accelerator); false restores glibc's defaults")
     callbacks: list[dict[str, Any]] = doc([], "[{name = ..., ...}]: registered callbacks with their keys")
     average: WeightAveraging | None = doc(
-        None, "{method = \"ema\" | \"lookahead\" | \"swa\", ...}: average the weights while training (see "
-              "train.average)")
+        None, "{method = \"ema\", \"lookahead\" or \"swa\", ...}: average the weights while training; evaluation and "
+              "best/ use the average (see [train.average])")
 
 
 class EvalSection(_Open):
