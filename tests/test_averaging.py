@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from core_support import TOY_RECIPE, run_cli
+from core_support import TOY_RECIPE, launch, run_cli
 from safetensors.torch import load_file
 from torch import nn
 
@@ -208,6 +208,25 @@ def test_evaluation_and_best_use_the_average(plugin_site, tmp_path: Path) -> Non
     last = checkpoint_files(run)["average.safetensors"]
     ended = fitted.trained.model.state_dict()
     assert all(torch.equal(ended[k], last[f"averaged.{k}"]) for k in ended)
+
+
+@pytest.mark.slow
+def test_two_processes_average_alike_and_resume_exactly(tmp_path: Path, toy_recipe: Path, cli_env) -> None:
+    """Lookahead writes the average back into the weights of every process: stopped after step 7 (both processes
+    stop at step 10, train.stop_check_every) and resumed, the run ends as one never stopped; the other process got
+    the average it resumed with from the main one."""
+    common = ["--set", f"train.average={AVERAGES['lookahead']}", "--set", "train.keep_checkpoints=10"]
+    whole = launch(["run", str(toy_recipe), "--run-dir", str(tmp_path / "whole"), *common], cli_env, port=29563)
+    assert whole.returncode == 0, whole.stderr
+    cut = launch(["run", str(toy_recipe), "--run-dir", str(tmp_path / "cut"), *common,
+                  "--set", "train.callbacks=[{name = 'interrupt_at', step = 7}]"], cli_env, port=29563)
+    assert cut.returncode != 0 and (tmp_path / "cut" / "checkpoints" / "step-000000010").is_dir()
+    resumed = launch(["run", "--resume", str(tmp_path / "cut"), "--set", "train.callbacks=[]"], cli_env, port=29563)
+    assert resumed.returncode == 0, resumed.stderr
+    for name, tensors in checkpoint_files(tmp_path / "whole").items():
+        assert_same(tensors, checkpoint_files(tmp_path / "cut")[name])
+    assert_same(load_file(str(tmp_path / "whole" / "best" / "model.safetensors")),
+                load_file(str(tmp_path / "cut" / "best" / "model.safetensors")))
 
 
 # -- bad input --------------------------------------------------------------------------------------------------------
