@@ -117,6 +117,23 @@ class EarlyStopping(_Strict):
     min_delta: NonNegFloat = doc(0.0, "smallest change that counts as an improvement")
 
 
+class WeightAveraging(_Strict):
+    method: Literal["ema", "lookahead", "swa"] = doc(
+        ..., "ema: an exponential moving average of the weights kept beside the model; lookahead: the same average, "
+             "copied back into the model at each update (airbench's); swa: the equal average of the weights at every "
+             "update from `start` on. Buffers (batch-norm statistics) are averaged with the weights. Evaluation and "
+             "best/ use the average; the model holds it when training ends")
+    decay: Annotated[float, Field(gt=0, lt=1)] = doc(
+        0.999, "ema: the share the average keeps at each update; lookahead: per optimizer step (an update keeps "
+               "decay ** every). swa ignores it")
+    every: PositiveInt = doc(1, "optimizer steps between updates of the average")
+    ramp: NonNegFloat = doc(0.0, "ema and lookahead: the share kept is multiplied by (step / total steps) ** ramp, so "
+                                 "early weights are soon forgotten (airbench: 3). swa ignores it")
+    start: Annotated[float, Field(ge=0, lt=1)] = doc(
+        0.0, "fraction of the run's optimizer steps before the average begins, as a copy of the weights then (0: the "
+             "initial weights)")
+
+
 class TrainSection(_Strict):
     epochs: PositiveInt = doc(10, "passes over the training data")
     max_steps: PositiveInt | None = doc(None, "stop after this many optimizer steps (smoke runs), evaluating at the "
@@ -168,6 +185,9 @@ class TrainSection(_Strict):
         True, "on Linux (glibc), keep freed memory for reuse instead of page-faulting it back every step (see "
               "deepcourse.training.accelerator); false restores glibc's defaults")
     callbacks: list[dict[str, Any]] = doc([], "[{name = ..., ...}]: registered callbacks with their keys")
+    average: WeightAveraging | None = doc(
+        None, "{method = \"ema\", \"lookahead\" or \"swa\", ...}: average the weights while training; evaluation and "
+              "best/ use the average (see [train.average])")
 
 
 class EvalSection(_Open):
@@ -249,7 +269,8 @@ class Recipe(_Strict):
 SECTION_MODELS: dict[str, type[BaseModel]] = {
     "": Recipe, "task": TaskSection, "data": DataSection, "model": ModelSection, "optimizer": OptimizerSection,
     "scheduler": SchedulerSection, "train": TrainSection, "train.compile": CompileOptions,
-    "train.early_stopping": EarlyStopping, "eval": EvalSection, "sweep": SweepSection, "search": SearchSection,
+    "train.early_stopping": EarlyStopping, "train.average": WeightAveraging,
+    "eval": EvalSection, "sweep": SweepSection, "search": SearchSection,
 }
 #: Tables whose `name` picks a builder from a registry, and that registry.
 BUILDER_SECTIONS = {"task": "tasks", "data": "datasets", "model": "models", "optimizer": "optimizers",

@@ -33,6 +33,7 @@ from deepcourse.recipe.overrides import flatten
 from deepcourse.recipe.schema import HOLDOUT, ModelSection, Recipe
 from deepcourse.registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
 from deepcourse.task import DataBundle, Task
+from deepcourse.training.averaging import WeightAverage, build_average, require_trained_weights
 from deepcourse.training.callbacks import Callback
 from deepcourse.training.ensemble import ENSEMBLE, member_sections
 from deepcourse.training.sampling import DeviceBatchSampler, EpochSampler, LengthGroupedSampler
@@ -59,6 +60,7 @@ class RunPieces:
     eval_loader: DataLoader | None = None
     holdout_loader: DataLoader | None = None
     callbacks: list[Callback] = field(default_factory=list)
+    average: WeightAverage | None = None  # train.average's, also the first of `callbacks`
     steps_per_epoch: int = 0
     total_steps: int = 0
 
@@ -100,6 +102,7 @@ def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifac
     bundle = load_training_data(task, recipe, artifacts)
     place_data(recipe, bundle, accelerator.device)
     model = build_model(task, recipe.model, bundle.facts)
+    require_trained_weights(recipe, model)
     optimizer = build_optimizer(recipe, model)
     train = bundle.splits["train"]
     # the range test draws its batches at random even where the recipe groups them by length: the loss should
@@ -130,7 +133,8 @@ def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifac
     if lr_test:
         return pieces
     pieces = _with_schedule(pieces, optimizer, math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps))
-    pieces.callbacks = build_callbacks(recipe)
+    pieces.average = build_average(recipe, accelerator.unwrap_model(prepared_model), pieces.total_steps)
+    pieces.callbacks = [*([pieces.average] if pieces.average else []), *build_callbacks(recipe)]
     return pieces
 
 

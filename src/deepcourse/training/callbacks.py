@@ -60,6 +60,7 @@ class TrainContext:
     train_metrics: TrainMetrics = field(default_factory=lambda: _no_train_metrics())
     started: float = field(default_factory=time.perf_counter)  # perf_counter origin of the run, resumes included
     checkpointed: float = field(default_factory=time.perf_counter)  # when the last checkpoint was written
+    average: Any = None  # train.average's WeightAverage (training/averaging.py), also the first of `callbacks`
 
     def elapsed(self) -> float:
         """Seconds the run has spent so far, earlier segments of a resumed run included."""

@@ -1,8 +1,8 @@
 """The checkpoint layout of a run directory: training states under checkpoints/, the best weights under best/.
 
     checkpoints/step-000001234/   model.safetensors, optimizer.{json,safetensors}, scheduler.{json,safetensors},
-                                  [scaler.{json,safetensors}], rng-<rank>.{json,safetensors} for every process,
-                                  trainer_state.json (written last)
+                                  [scaler.{json,safetensors}], [average.{json,safetensors}],
+                                  rng-<rank>.{json,safetensors} for every process, trainer_state.json (written last)
     best/                         model.safetensors, facts.json [+ facts.safetensors], artifacts.json,
                                   recipe.toml, metrics.json
 
@@ -30,6 +30,7 @@ from accelerate import Accelerator
 from deepcourse.errors import CheckpointError, DamagedFileError
 from deepcourse.rundir import files
 from deepcourse.task import DataBundle
+from deepcourse.training.averaging import WeightAverage, averaged_weights
 from deepcourse.training.callbacks import TrainContext, TrainState
 from deepcourse.training.collective import gather_to_all, launched, on_main
 
@@ -99,11 +100,12 @@ def unwrapped(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Modu
 
 def save_checkpoint(folder: Path, accelerator: Accelerator, *, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainState, loss: LossMeter,
-                    train_metrics: TrainMetrics, keep: int) -> Path:
+                    train_metrics: TrainMetrics, keep: int, average: WeightAverage | None = None) -> Path:
     """Write folder/step-<state.global_step>/ and keep the `keep` newest checkpoints; every process calls it (it
     gathers the RNG states), the main process writes. It holds exactly: model.safetensors (the weights of the
     unwrapped model), optimizer.* and scheduler.* (their state dicts), scaler.* (the fp16 gradient scaler's, when
-    Accelerate has one), rng-<rank>.* (the random-number states of every process) and, written last,
+    Accelerate has one), average.* (train.average's state, the averaged tensors and the update count, when the run
+    averages), rng-<rank>.* (the random-number states of every process) and, written last,
     trainer_state.json (`state`, with every process's loss-meter sums and the training metrics' sums, which must hold no
     outputs left to fold). Changes none of what it saves; returns the folder."""
     final = folder / step_dir_name(state.global_step)
@@ -119,6 +121,8 @@ def save_checkpoint(folder: Path, accelerator: Accelerator, *, model: torch.nn.M
             files.save_state(scheduler.state_dict(), tmp / "scheduler")
             if accelerator.scaler is not None:
                 files.save_state(accelerator.scaler.state_dict(), tmp / "scaler")
+            if average is not None:
+                files.save_state(average.state_dict(), tmp / "average")
             files.write_json(tmp / STATE_FILE, {**asdict(state), "loss_meter": meters[0], "loss_meters": meters,
                                                 "train_metrics": train_metrics.state_dict()})  # written last
         prune(folder, keep)
@@ -138,6 +142,8 @@ def load_checkpoint(ctx: TrainContext, folder: Path) -> None:
     ctx.scheduler.load_state_dict(saved["scheduler"])
     if acc.scaler is not None and saved["scaler"] is not None:
         acc.scaler.load_state_dict(saved["scaler"])
+    if ctx.average is not None:
+        ctx.average.load_state_dict(saved["average"], str(folder))
     files.set_rng_state(*saved["rng"][acc.process_index])
     state = saved["state"]
     per_process = state.get("loss_meters")  # one per process; older checkpoints kept the main process's alone
@@ -162,6 +168,7 @@ def _read_checkpoint(folder: Path, num_processes: int, model: torch.nn.Module) -
     return {"state": state, "optimizer": _read_state(folder, "optimizer"),
             "scheduler": _read_state(folder, "scheduler"),
             "scaler": _read_state(folder, "scaler") if has_scaler else None, "rng": rng,
+            "average": files.load_state(folder / "average") if files.has_state(folder / "average") else None,
             "weights": (folder / "model.safetensors").read_bytes() if launched() else None}
 
 
@@ -180,10 +187,11 @@ def _older_loss_sums(saved: Mapping[str, Any]) -> dict[str, Any]:
 
 # -- best weights -------------------------------------------------------------------------------------------------
 def save_best(ctx: TrainContext, metrics: Mapping[str, Any]) -> None:
-    """best/: weights plus everything evaluate/predict need without the training data."""
+    """best/: weights (train.average's average, when the run averages) plus everything evaluate/predict need without
+    the training data."""
     if not ctx.is_main:
         return
-    with files.atomic_write(ctx.run_dir / "best", folder=True) as tmp:
+    with files.atomic_write(ctx.run_dir / "best", folder=True) as tmp, averaged_weights(ctx.average):
         files.save_weights(unwrapped(ctx.accelerator, ctx.model), tmp / "model.safetensors")
         save_facts(tmp, ctx.bundle)
         files.atomic_write_text(tmp / "recipe.toml", ctx.recipe.to_toml())

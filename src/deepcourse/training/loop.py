@@ -29,6 +29,7 @@ from deepcourse.rundir import files, lock
 from deepcourse.rundir.layout import new_run_dir, remove_unstarted, run_info
 from deepcourse.training import progress
 from deepcourse.training.accelerator import effective_settings, make_accelerator, torch_threads
+from deepcourse.training.averaging import averaged_weights
 from deepcourse.training.build import Trained, build_run, count_parameters, monitor_of, steps_per_evaluation
 from deepcourse.training.callbacks import TrainContext, TrainState
 from deepcourse.training.checkpoint import (
@@ -109,7 +110,7 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | R
         ctx = TrainContext(acc, recipe, task, run.model, run.optimizer, run.scheduler, TrainState(), out_dir,
                            run.bundle, RunLog(None), LossMeter(acc.device), run.steps_per_epoch, run.total_steps,
                            run.callbacks, train_metrics=TrainMetrics(task.create_train_metrics(), task.pad_index),
-                           started=started)
+                           started=started, average=run.average)
         try:
             if resume is not None:
                 continue_run(ctx, resume)
@@ -161,14 +162,14 @@ def start_run_dir(ctx: TrainContext) -> None:
 
 
 def checkpoint(ctx: TrainContext) -> Path:
-    """Save the run's state (`save_checkpoint`), after folding the kept training outputs into the metrics' sums and
-    bringing the loop state's process count and wall time up to date."""
+    """Save the run's state (`save_checkpoint`; a host sync), after folding the kept training outputs into the
+    metrics' sums and bringing the loop state's process count and wall time up to date."""
     ctx.train_metrics.fold(ctx.accelerator)  # gathers across processes
     ctx.checkpointed = time.perf_counter()
     ctx.state.num_processes, ctx.state.elapsed_s = ctx.accelerator.num_processes, round(ctx.elapsed(), 3)
     return save_checkpoint(ctx.run_dir / "checkpoints", ctx.accelerator, model=ctx.model, optimizer=ctx.optimizer,
                            scheduler=ctx.scheduler, state=ctx.state, loss=ctx.loss, train_metrics=ctx.train_metrics,
-                           keep=ctx.recipe.train.keep_checkpoints)  # host sync: every tensor is copied off the device
+                           keep=ctx.recipe.train.keep_checkpoints, average=ctx.average)
 
 
 # -- the loop -----------------------------------------------------------------------------------------------------
@@ -342,9 +343,10 @@ def evaluate_epoch(ctx: TrainContext, eval_loader: DataLoader, stop: StopRequest
     """Evaluate, log, then pick the best model, step a plateau schedule and count early-stopping patience."""
     recipe, state = ctx.recipe, ctx.state
     # each batch's outputs gathered across processes; the metrics computed on the host at the end (host sync)
-    metrics = evaluation_loop(ctx.accelerator, ctx.task, ctx.model, eval_loader, sharded=True, stop=stop,
-                              stop_check_every=recipe.train.stop_check_every, desc=f"eval {recipe.eval.split}",
-                              progress=recipe.train.progress)
+    with averaged_weights(ctx.average):  # train.average: the average is evaluated (and best/ saved from it)
+        metrics = evaluation_loop(ctx.accelerator, ctx.task, ctx.model, eval_loader, sharded=True, stop=stop,
+                                  stop_check_every=recipe.train.stop_check_every, desc=f"eval {recipe.eval.split}",
+                                  progress=recipe.train.progress)
     if agreed(ctx.accelerator, stop):  # all-reduce + host sync
         raise Interrupted(checkpoint(ctx), stop.signum)
     state.evaluated_epoch = state.epoch
