@@ -34,6 +34,7 @@ from deepcourse.recipe.schema import HOLDOUT, ModelSection, Recipe
 from deepcourse.registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
 from deepcourse.task import DataBundle, Task
 from deepcourse.training.callbacks import Callback
+from deepcourse.training.datainit import init_from_data
 from deepcourse.training.sampling import DeviceBatchSampler, EpochSampler, LengthGroupedSampler
 
 if TYPE_CHECKING:
@@ -99,6 +100,8 @@ def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifac
     bundle = load_training_data(task, recipe, artifacts)
     place_data(recipe, bundle, accelerator.device)
     model = build_model(task, recipe.model, bundle.facts)
+    if artifacts is None:  # a new run (a resumed one takes its weights from the checkpoint)
+        init_from_data(model, task, bundle, seed=recipe.seed, device=accelerator.device)
     optimizer = build_optimizer(recipe, model)
     train = bundle.splits["train"]
     # the range test draws its batches at random even where the recipe groups them by length: the loss should
