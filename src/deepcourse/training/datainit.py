@@ -7,7 +7,8 @@ needs to see real inputs. Any module of a model may ask for them by defining `in
 seed, so every process draws the same one and initialises the same weights), runs it through the task's
 `evaluation_step` once, in eval mode and without gradients (no augmentation, no batch-norm statistics updated), and
 hands each asking module its own input just before its forward runs. Modules are thus initialised in forward order,
-each seeing the input the modules before it, already initialised, produce.
+each seeing the input the modules before it, already initialised, produce; once the last has been, the forward
+stops there (a whitening first layer costs one layer's forward, not the whole net's).
 
 A resumed run takes its weights from the checkpoint and inference from the trained weights: neither calls this.
 """
@@ -66,6 +67,8 @@ def init_from_data(model: nn.Module, task: Task, bundle: DataBundle, *, seed: in
         model.eval()
         with torch.no_grad():
             task.evaluation_step(model, batch)
+    except _AllInitialised:
+        pass
     finally:
         model.train(was_training)
         for hook in hooks:
@@ -88,4 +91,10 @@ def _hook(name: str, pending: set[str]) -> Any:
             module.init_from_data(args[0])
         except UserError as exc:
             raise UserError(f"model: {name}.init_from_data: {exc}") from None
+        if not pending:
+            raise _AllInitialised
     return hook
+
+
+class _AllInitialised(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by the last hook: the rest of the forward is not needed."""
