@@ -188,8 +188,10 @@ def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: Anno
 def triangle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: Fraction = 0.23,
              start_ratio: Annotated[float, Field(ge=0)] = 0.2, end_ratio: Annotated[float, Field(ge=0)] = 0.07
              ) -> lr_scheduler.LRScheduler:
-    """airbench's triangle: linear from start_ratio * lr up to lr over the first pct_start of the steps, then linear
-    down to end_ratio * lr at the last step (onecycle without its momentum cycle, from a high start)."""
+    """airbench's triangle: start_ratio * lr rising linearly to lr, then falling linearly to end_ratio * lr.
+
+    The rise takes the first pct_start of the steps; the fall reaches end_ratio * lr at the last step. A one-cycle
+    schedule without its momentum cycle, starting high (airbench94: 0.2, 0.23, 0.07)."""
     warm = int(total_steps * pct_start)
 
     def factor(step: int) -> float:

@@ -88,7 +88,7 @@ def _hook(name: str, pending: set[str]) -> Any:
             raise UserError(f"model: module {name} defines init_from_data, but its forward's first positional "
                             f"input is not a tensor")
         try:
-            module.init_from_data(args[0])
+            module.init_from_data(args[0])  # type: ignore[operator]  # asking_modules found it callable
         except UserError as exc:
             raise UserError(f"model: {name}.init_from_data: {exc}") from None
         if not pending:
@@ -96,5 +96,5 @@ def _hook(name: str, pending: set[str]) -> Any:
     return hook
 
 
-class _AllInitialised(Exception):  # noqa: N818 - a signal, not an error
+class _AllInitialised(Exception):
     """Raised by the last hook: the rest of the forward is not needed."""

@@ -33,8 +33,10 @@ def half_of(index: torch.Tensor, seed: int) -> torch.Tensor:
 
 @TRANSFORMS.register("alternating_flip")
 class AlternatingFlip(ImageTransform):
-    """Left-right mirror of a fixed random half of the images in even epochs, of the other half in odd epochs
-    (airbench's derandomised flip; training only): every image is seen both ways in any two consecutive epochs."""
+    """Mirror a fixed random half of the images in even epochs, the other half in odd ones (training only).
+
+    airbench's derandomised flip: every image is seen both ways in any two consecutive epochs. `seed` picks the
+    half; the task gives the epoch and each image's index in its split."""
 
     moves_pixels = per_sample = True
 
@@ -54,8 +56,10 @@ class AlternatingFlip(ImageTransform):
 
 @TRANSFORMS.register("translate")
 def translate(pixels: Annotated[int, Field(gt=0)] = 2) -> RandomCrop:
-    """Shift each image by a random offset in [-pixels, pixels] each way, the border filled by reflection
-    (airbench's translate: reflect padding, then a random crop of the original size; training only)."""
+    """Shift each image by a random offset in [-pixels, pixels] each way (training only).
+
+    airbench's translate: reflect padding by `pixels`, then a random crop of the original size (random_crop with
+    reflect padding, under the name the method uses)."""
     return RandomCrop(padding=pixels, padding_mode="reflect")
 
 

@@ -371,7 +371,7 @@ class ImagePipeline:
         for t in transforms:
             if x.dtype == torch.uint8 and not t.moves_pixels:
                 x = self.to_float(x)
-            x = t(x, train=train, **sample) if t.per_sample else t(x, train=train)  # type: ignore[call-arg]
+            x = t(x, train=train, **sample) if t.per_sample else t(x, train=train)
         return x
 
     def __call__(self, images: torch.Tensor, *, train: bool, **sample: Any) -> torch.Tensor:

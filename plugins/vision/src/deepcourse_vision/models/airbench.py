@@ -30,7 +30,7 @@ class Whitening(nn.Conv2d):
         super().__init__(in_channels, 2 * in_channels * kernel_size ** 2, kernel_size, padding=0, bias=True)
         self.eps, self.init_samples = eps, init_samples
         self.weight.requires_grad = False
-        nn.init.zeros_(self.bias)
+        nn.init.zeros_(self.bias)  # type: ignore[arg-type]  # bias=True
 
     def init_from_data(self, x: torch.Tensor) -> None:
         """`x`: the sample's images; with test-time augmentation the task stacks views after the plain images,
