@@ -40,20 +40,24 @@ def test_whitening_decorrelates_the_first_layers_outputs() -> None:
 
 
 def test_the_engine_initialises_the_whitening_from_the_training_data(tmp_path: Path) -> None:
-    from deepcourse.training.accelerator import make_accelerator
-    from deepcourse.training.build import build_run
+    """A run of airbench: its whitening layer (frozen, so as the engine set it) decorrelates the training images'
+    patches; the sample is all 24 training images here."""
+    from safetensors.torch import load_file
+
+    import deepcourse
 
     root = make_imagefolder(tmp_path / "chars", per_class=8, size=12, splits=("train", "develop"))
-    recipe = load_recipe(data={
-        "name": "tiny", "task": {"name": "image-classification"}, "optimizer": {"name": "sgd"},
-        "data": {"name": "imagefolder", "data_dir": str(root), "batch_size": 8},
-        "model": {"name": "airbench", "widths": [8, 8, 8], "whiten_eps": 1e-6}, "train": {"max_steps": 1}})
-    run = build_run(recipe, make_accelerator(recipe, trackers=False, warn=False))
-    images = run.bundle.splits["train"].arrays["image"]
-    x = run.task.pipeline(images, train=False)
-    whiten = run.model.features.whiten
-    cov = patch_covariance(F.conv2d(x, whiten.weight[:12]))
-    assert torch.allclose(cov, torch.eye(12), atol=0.05)  # all 24 training images: the sample is all of them
+    recipe = {"name": "tiny", "task": {"name": "image-classification"}, "optimizer": {"name": "sgd"},
+              "data": {"name": "imagefolder", "data_dir": str(root), "batch_size": 8},
+              "model": {"name": "airbench", "widths": [8, 8, 8], "whiten_eps": 1e-6},
+              "train": {"max_steps": 1, "progress": False}}
+    result = deepcourse.run(recipe, runs_root=tmp_path / "runs", report=False)
+    weight = load_file(str(result.run_dir / "best" / "model.safetensors"))["features.whiten.weight"]
+    task = build_task(load_recipe(data=recipe))
+    train = task.setup_data(load_recipe(data=recipe).data, splits=("train",), seed=0).splits["train"]
+    x = task.pipeline(train.arrays["image"], train=False)
+    assert len(x) == 24
+    assert torch.allclose(patch_covariance(F.conv2d(x, weight[:12])), torch.eye(12), atol=0.05)
 
 
 def test_airbench_is_width_and_depth_configurable() -> None:
