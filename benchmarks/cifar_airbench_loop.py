@@ -11,8 +11,11 @@ augmentation (flip + two 1-pixel shifts).
 
     python benchmarks/cifar_airbench_loop.py --seed 0 --out /tmp/airbench.json    # DEEPCOURSE_DATA must be set
 
-It trains on 45,000 of CIFAR-10's training images and reports accuracy on the other 5,000 (a fixed split by seed 0,
-never selected on), after every epoch, with the training time so far (evaluation not counted).
+It trains on 45,000 of CIFAR-10's training images and reports accuracy on the other 5,000 (never selected on), after
+every epoch, with the training time so far (evaluation not counted, nor the whitening's initialisation, which
+deepcourse does while building the run). The split is deepcourse's own `data.val_split = 0.1` for the same seed
+(`deepcourse.api.split_indices`), and the whitening is computed from the same 5,000 training images the engine's
+data-dependent initialization draws, so `benchmarks/cifar_speed.py` compares the two on the same data.
 """
 from __future__ import annotations
 
@@ -55,9 +58,16 @@ def load_cifar(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(labels)
 
 
-def split(n: int, held_out: int) -> tuple[torch.Tensor, torch.Tensor]:
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    return order[held_out:], order[:held_out]
+def split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) indices: deepcourse's `data.val_split` for this seed, as a recipe's run carves them."""
+    from deepcourse.api import split_indices
+
+    return split_indices(n, fraction, seed)
+
+
+def init_sample(n: int, size: int, seed: int) -> torch.Tensor:
+    """The training images the whitening is computed from: those deepcourse's data-dependent init draws."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -218,9 +228,9 @@ def train(x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, 
         return 1.0 * (1 - frac) + 0.07 * frac
 
     alpha = 0.95 ** HYP["lookahead_every"] * (torch.arange(total + 1) / total) ** 3
-    started = time.perf_counter()
-    init_whitening(net[0], normalise(x[:5000]))
+    init_whitening(net[0], normalise(x[init_sample(len(x), 5000, seed)]))
     lookahead = Lookahead(net)
+    started = time.perf_counter()
     step, trained_s = 0, 0.0
     flips_prev = torch.rand(len(x), generator=g) < 0.5
     for epoch in range(math.ceil(epochs)):
@@ -261,6 +271,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=float, default=HYP["epochs"])
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images only (smoke runs)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out images only")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
@@ -269,9 +280,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     precision = ("bf16" if native_bf16() else "fp32") if args.precision == "auto" else args.precision
     images, labels = load_cifar(Path(os.environ["DEEPCOURSE_DATA"]))
-    train_idx, held_idx = split(len(images), 5000)
+    train_idx, held_idx = split(len(images), 0.1, args.seed)
     if args.limit:
         train_idx = train_idx[:args.limit]
+    if args.eval_limit:
+        held_idx = held_idx[:args.eval_limit]
     log: list[dict[str, Any]] = []
     accuracy = train(images[train_idx], labels[train_idx], images[held_idx], labels[held_idx], args.seed,
                      args.epochs, precision, log)

@@ -96,3 +96,20 @@ def test_the_headline_schedule_on_a_four_step_smoke_run(tmp_path: Path, toy_reci
     assert "scheduler.pct_start = 0.25 does not fit a run of 4 optimizer steps" in out.stderr
     assert (tmp_path / "run" / "best" / "model.safetensors").exists()
 
+
+
+def test_the_triangle_is_airbenchs_schedule_step_for_step() -> None:
+    """The fast CIFAR recipes' schedule: from 0.2 x lr up to lr over 23% of the steps, then down to 0.07 x lr, the
+    factor of each step as the airbench94 reference loop computes it (benchmarks/cifar_airbench_loop.py)."""
+    total = 436
+    warm = int(total * 0.23)
+
+    def reference(step: int) -> float:
+        if step < warm:
+            return 0.2 * (1 - step / warm) + 1.0 * (step / warm)
+        frac = (step - warm) / (total - warm)
+        return 1.0 * (1 - frac) + 0.07 * frac
+
+    rates = learning_rates({"name": "triangle"}, total, 44)
+    assert rates == pytest.approx([0.2 * reference(s) for s in range(total)])
+    assert rates[warm] == pytest.approx(0.2) and rates[0] == pytest.approx(0.04)

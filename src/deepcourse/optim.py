@@ -184,6 +184,24 @@ def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: Anno
         cycle_momentum=cycle_momentum and has_momentum)
 
 
+@SCHEDULERS.register("triangle")
+def triangle(optimizer: torch.optim.Optimizer, total_steps: int, pct_start: Fraction = 0.23,
+             start_ratio: Annotated[float, Field(ge=0)] = 0.2, end_ratio: Annotated[float, Field(ge=0)] = 0.07
+             ) -> lr_scheduler.LRScheduler:
+    """airbench's triangle: start_ratio * lr rising linearly to lr, then falling linearly to end_ratio * lr.
+
+    The rise takes the first pct_start of the steps; the fall reaches end_ratio * lr at the last step. A one-cycle
+    schedule without its momentum cycle, starting high (airbench94: 0.2, 0.23, 0.07)."""
+    warm = int(total_steps * pct_start)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return start_ratio + (1 - start_ratio) * step / warm
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 1 - (1 - end_ratio) * progress
+    return lr_scheduler.LambdaLR(optimizer, factor)
+
+
 @SCHEDULERS.register("step")
 def step(optimizer: torch.optim.Optimizer, steps_per_epoch: int, step_epochs: Annotated[int, Field(gt=0)] = 30,
          gamma: Annotated[float, Field(gt=0)] = 0.1) -> lr_scheduler.LRScheduler:

@@ -73,6 +73,8 @@ class Task:
 
     eval_options: dict[str, Any]
     predict_options: dict[str, Any]
+    #: the training epoch being run (0-based), set by the engine through `set_epoch`
+    epoch: int = 0
 
     def __init__(self) -> None:
         self.eval_options = {}
@@ -91,6 +93,12 @@ class Task:
         return call_builder(MODELS.get(model.name), model.options, loc="model", provided=facts)
 
     # -- hot path -------------------------------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the engine before each training epoch (0-based; a resumed run's first epoch too), so augmentation
+        that depends on the epoch (alternating flips: each image mirrored every other epoch) can read `self.epoch`.
+        The one hook besides `setup_*` that changes what a task holds."""
+        self.epoch = epoch
+
     def training_step(self, model: nn.Module, batch: Any) -> torch.Tensor | tuple[torch.Tensor, Outputs]:
         """The loss of one batch (already on the training device), in one of two shapes:
 

@@ -33,6 +33,7 @@ CASES: dict[str, tuple[dict[str, Any], int, int]] = {
     "densenet121": ({"stem": "imagenet"}, 3, 64),
     "densenet_small": ({}, 3, 32),
     "mlp": ({"norm": "batch", "dropout": 0.2}, 1, 28),
+    "airbench": ({"widths": [16, 32, 32]}, 3, 32),
 }
 
 

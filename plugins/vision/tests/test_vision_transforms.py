@@ -20,6 +20,8 @@ CASES: dict[str, tuple[dict[str, Any], bool]] = {
     "rotation": ({"degrees": 30}, True),
     "gaussian_noise": ({"std": 0.1}, True),
     "cutout": ({"size": 5}, True),
+    "alternating_flip": ({}, False),  # derandomised: the epoch and each image's index decide
+    "translate": ({"pixels": 2}, True),
 }
 OUT_SIZE = {"center_crop": 10, "resize": 20}
 
@@ -41,20 +43,22 @@ def test_shape_dtype_and_determinism(name: str) -> None:
     options, random = CASES[name]
     t = make(name, **options)
     x = batch()
+    sample = {"epoch": 1, "index": torch.arange(len(x))} if t.per_sample else {}
     torch.manual_seed(3)
-    a = t(x, train=True)
+    a = t(x, train=True, **sample)
     torch.manual_seed(3)
-    b = t(x, train=True)
+    b = t(x, train=True, **sample)
     size = OUT_SIZE.get(name, 16)
     assert a.shape == (16, 3, size, size) and a.dtype == torch.float32
     assert torch.equal(a, b)  # same seed, same augmentation
     torch.manual_seed(4)
-    c = t(x, train=True)
+    c = t(x, train=True, **sample)
     assert torch.equal(a, c) is not random  # another seed, another augmentation (only for random ones)
     assert 0 <= float(a.min()) and float(a.max()) <= 1
 
 
-@pytest.mark.parametrize("name", ["hflip", "vflip", "rotation", "gaussian_noise", "cutout"])
+@pytest.mark.parametrize("name", ["hflip", "vflip", "rotation", "gaussian_noise", "cutout", "alternating_flip",
+                                  "translate"])
 def test_augmentations_do_nothing_at_evaluation(name: str) -> None:
     x = batch()
     assert torch.equal(make(name, **CASES[name][0])(x, train=False), x)

@@ -35,6 +35,7 @@ from deepcourse.registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
 from deepcourse.task import DataBundle, Task
 from deepcourse.training.averaging import WeightAverage, build_average, require_trained_weights
 from deepcourse.training.callbacks import Callback
+from deepcourse.training.datainit import init_from_data
 from deepcourse.training.ensemble import ENSEMBLE, member_sections
 from deepcourse.training.sampling import DeviceBatchSampler, EpochSampler, LengthGroupedSampler
 
@@ -103,6 +104,8 @@ def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifac
     place_data(recipe, bundle, accelerator.device)
     model = build_model(task, recipe.model, bundle.facts)
     require_trained_weights(recipe, model)
+    if artifacts is None:  # a new run (a resumed one takes its weights from the checkpoint)
+        init_from_data(model, task, bundle, seed=recipe.seed, device=accelerator.device)
     optimizer = build_optimizer(recipe, model)
     train = bundle.splits["train"]
     # the range test draws its batches at random even where the recipe groups them by length: the loss should

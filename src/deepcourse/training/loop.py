@@ -219,6 +219,7 @@ def train_epoch(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampl
     # cannot reach through a skip loader over a sharded batch sampler.
     batches.set_epoch(state.epoch)
     sampler.set_epoch(state.epoch)
+    task.set_epoch(state.epoch)  # for augmentation that depends on the epoch (alternating flips)
     bar = progress.bar(total=ctx.steps_per_epoch, initial=state.step_in_epoch, leave=False, dynamic_ncols=True,
                        desc=f"epoch {state.epoch + 1}/{cfg.epochs}", show=cfg.progress and ctx.is_main)
     tick = Tick()

@@ -4,6 +4,6 @@ Importing this package registers the `image-classification` task, the datasets (
 digits, imagefolder), the batched transforms and the CNN zoo. deepcourse imports it through the
 `deepcourse.plugins` entry point.
 """
-from . import data, models, task, transforms  # noqa: F401 - importing registers the components
+from . import augment, data, models, task, transforms  # noqa: F401 - importing registers the components
 
 __version__ = "0.1.0"

@@ -47,10 +47,11 @@ from deepcourse.api import (
     splits_to_read,
 )
 
+from .augment import MULTI_CROP_WEIGHTS, multi_crop_views
 from .data import ImageData, ImageSplit, load_image_files
 from .transforms import ImagePipeline, TransformSpec, build_transforms
 
-TTA = Literal["none", "flip", "ten_crop"]
+TTA = Literal["none", "flip", "ten_crop", "multi_crop"]
 if TYPE_CHECKING:
     Loss = str
 else:  # cross-entropy, or a student's softmax or SVM loss "lab:NAME", checked when the recipe is validated
@@ -122,7 +123,9 @@ class ImageClassification(Task):
     @staticmethod
     def evaluation_options(tta: TTA = "none") -> None:
         """tta: test-time augmentation; 'flip' averages the probabilities of each image and its mirror,
-        'ten_crop' those of AlexNet's ten views (4 corner + centre crops where random_crop crops, and mirrors)."""
+        'ten_crop' those of AlexNet's ten views (4 corner + centre crops where random_crop crops, and mirrors),
+        'multi_crop' the logits of airbench's six (the image and its mirror, 1/4 each; both shifted one pixel up-left
+        and down-right, and mirrored, 1/8 each)."""
 
     @property
     def tta(self) -> str:
@@ -145,12 +148,19 @@ class ImageClassification(Task):
         elif artifacts is None:
             raise DataError("no saved artifacts (class names, statistics) to predict with; is this a finished run?")
         self._fit_state(out, class_names, artifacts)
-        bundle_splits = {s: ArrayDataset(image=v.images, label=v.labels) for s, v in out.items()}
+        bundle_splits = {s: ArrayDataset(image=v.images, label=v.labels, **self._identity(s, len(v)))
+                         for s, v in out.items()}
         image_size = self._model_input_size()
         facts = {"num_classes": len(self.class_names), "in_channels": self.in_channels, "image_size": image_size}
         saved = {"class_names": self.class_names, "in_channels": self.in_channels, "source_size": self.source_size,
                  "mean": self.pipeline.mean, "std": self.pipeline.std, "dataset": data.name}
         return DataBundle(bundle_splits, facts=facts, artifacts=saved)
+
+    def _identity(self, split: str, n: int) -> dict[str, torch.Tensor]:
+        """An `index` column (each image's position in its split) for the training batches, when a transform
+        needs it (alternating_flip); none otherwise."""
+        needed = split == "train" and any(t.per_sample for t in self.transforms)
+        return {"index": torch.arange(n)} if needed else {}
 
     def _load(self, data: DataSection, wanted: list[str], seed: int, artifacts: Mapping[str, Any] | None) -> ImageData:
         provided: dict[str, Any] = {"data_dir": data.data_dir, "splits": tuple(wanted), "seed": seed}
@@ -237,7 +247,8 @@ class ImageClassification(Task):
     # -- hot path ----------------------------------------------------------------------------------------------------
     def training_step(self, model: nn.Module, batch: Mapping[str, torch.Tensor]
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits = self._forward(model, self.pipeline(batch["image"], train=True))
+        logits = self._forward(model, self.pipeline(batch["image"], train=True, epoch=self.epoch,
+                                                    index=batch.get("index")))
         if self.train_loss is not None:
             loss = self.train_loss(logits, batch["label"])
         else:
@@ -246,10 +257,14 @@ class ImageClassification(Task):
 
     def log_probs(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of a uint8 batch, averaged in probability space over the TTA views."""
-        views = self.pipeline.views(images, self.tta)
+        views = multi_crop_views(self.pipeline, images) if self.tta == "multi_crop" else \
+            self.pipeline.views(images, self.tta)
         logits = self._forward(model, torch.cat(views) if len(views) > 1 else views[0]).float()
         if len(views) == 1:
             return logits.log_softmax(-1)
+        if self.tta == "multi_crop":  # airbench averages the logits, with its weights
+            weights = torch.tensor(MULTI_CROP_WEIGHTS, device=logits.device).view(-1, 1, 1)
+            return (logits.view(len(views), images.shape[0], -1) * weights).sum(0).log_softmax(-1)
         probs = logits.softmax(-1).view(len(views), images.shape[0], -1).mean(0)
         return probs.clamp_min(1e-12).log()
 

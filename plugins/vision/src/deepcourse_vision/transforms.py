@@ -40,9 +40,10 @@ class ImageTransform:
     """A transform of a float image batch [N, C, H, W]; `train` says whether to augment or evaluate.
 
     Transforms that only move pixels (crops, flips) set `moves_pixels = True` and also accept uint8 batches: the
-    pipeline runs them before converting to float, on a quarter of the bytes."""
+    pipeline runs them before converting to float, on a quarter of the bytes. Those that set `per_sample = True`
+    are also called with `epoch` and `index` (each sample's position in its split), in training."""
 
-    moves_pixels = False
+    moves_pixels = per_sample = False
 
     def __call__(self, x: torch.Tensor, *, train: bool) -> torch.Tensor:
         raise NotImplementedError
@@ -365,16 +366,16 @@ class ImagePipeline:
         a, b = self._affine(x.device, 1.0)
         return torch.addcmul(b, x.float(), a)
 
-    def run(self, x: torch.Tensor, transforms: Sequence[ImageTransform], *, train: bool) -> torch.Tensor:
+    def run(self, x: torch.Tensor, transforms: Sequence[ImageTransform], *, train: bool, **sample: Any) -> torch.Tensor:
         """Apply `transforms`; pixel-moving ones run on uint8, the first other one gets floats in [0, 1]."""
         for t in transforms:
             if x.dtype == torch.uint8 and not t.moves_pixels:
                 x = self.to_float(x)
-            x = t(x, train=train)
+            x = t(x, train=train, **sample) if t.per_sample else t(x, train=train)
         return x
 
-    def __call__(self, images: torch.Tensor, *, train: bool) -> torch.Tensor:
-        return self.normalize(self.run(images, self.transforms, train=train))
+    def __call__(self, images: torch.Tensor, *, train: bool, **sample: Any) -> torch.Tensor:
+        return self.normalize(self.run(images, self.transforms, train=train, **sample))
 
     def ten_crop_index(self) -> int:
         """Position of the last random crop: test-time ten-crop views are taken where it crops."""

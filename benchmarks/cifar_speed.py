@@ -1,0 +1,115 @@
+"""The fast CIFAR recipe through the engine against the same method in one hand-written file, on the same machine.
+
+Runs, one after the other (never at once: they would share the cores), `deepcourse run recipes/cifar_fast90.toml`
+with an evaluation after every epoch, and `benchmarks/cifar_airbench_loop.py` (same net, schedule, split and
+whitening sample, for the same seed), then reads both logs and reports, for each, the training time (evaluation
+excluded: the run's per-epoch training seconds, the loop's train_s) at which the held-out accuracy first reached 90%
+and 92%, and the ratio deepcourse / loop. The issue's bar: a ratio <= 1.05 at 90%.
+
+    python benchmarks/cifar_speed.py --seed 0 --out cifar_speed.json              # DEEPCOURSE_DATA must be set
+    python benchmarks/cifar_speed.py --smoke --out /tmp/speed.json                  # a few steps, to try the wiring
+
+A smoke run trains on 2,048 images for a few steps and evaluates 500: its times say nothing about the method.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "cifar_fast90.toml"
+LOOP = ROOT / "benchmarks" / "cifar_airbench_loop.py"
+TARGETS = (0.90, 0.92)
+
+
+def run_deepcourse(recipe: Path, seed: int, threads: int | None, smoke: bool, work: Path) -> list[dict[str, Any]]:
+    """Train the recipe with an evaluation after every epoch; (cumulative training seconds, accuracy) per epoch."""
+    run_dir = work / "deepcourse_run"
+    sets = [f"seed={seed}", "eval.every=1", "train.progress=false"]
+    if threads:
+        sets.append(f"train.threads={threads}")
+    if smoke:
+        sets += ["data.train_samples=2048", "data.eval_samples=500", "train.max_steps=4", "train.epochs=2"]
+    command = [sys.executable, "-m", "deepcourse", "run", str(recipe), "--run-dir", str(run_dir), "--no-report"]
+    for item in sets:
+        command += ["--set", item]
+    subprocess.run(command, check=True, cwd=ROOT)
+    return epochs_of_run(run_dir / "metrics.jsonl")
+
+
+def epochs_of_run(metrics: Path) -> list[dict[str, Any]]:
+    """Per evaluated epoch: the training seconds so far (the sum of the epochs' own, which exclude evaluation) and
+    the validation accuracy, from a run's metrics.jsonl."""
+    trained, out = 0.0, []
+    for line in metrics.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("scope") != "epoch":
+            continue
+        if event.get("split") == "train":
+            trained += float(event["seconds"])
+        elif "accuracy" in event:
+            out.append({"epoch": event["epoch"], "train_s": round(trained, 2), "accuracy": event["accuracy"]})
+    return out
+
+
+def run_loop(seed: int, threads: int | None, smoke: bool, work: Path) -> list[dict[str, Any]]:
+    out = work / "loop.json"
+    command = [sys.executable, str(LOOP), "--seed", str(seed), "--out", str(out)]
+    if threads:
+        command += ["--threads", str(threads)]
+    if smoke:
+        command += ["--limit", "2048", "--eval-limit", "500", "--epochs", "2"]
+    subprocess.run(command, check=True, cwd=ROOT)
+    return [{k: e[k] for k in ("epoch", "train_s", "accuracy")} for e in json.loads(out.read_text())["epochs"]]
+
+
+def time_to(epochs: list[dict[str, Any]], target: float) -> float | None:
+    """Training seconds at the first evaluation at or above `target` (None: never reached)."""
+    return next((e["train_s"] for e in epochs if e["accuracy"] >= target), None)
+
+
+def compare(engine: list[dict[str, Any]], loop: list[dict[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for target in TARGETS:
+        a, b = time_to(engine, target), time_to(loop, target)
+        result[f"{target:.0%}"] = {"deepcourse_s": a, "loop_s": b,
+                                   "ratio": round(a / b, 3) if a is not None and b else None}
+    result["final_accuracy"] = {"deepcourse": engine[-1]["accuracy"] if engine else None,
+                                "loop": loop[-1]["accuracy"] if loop else None}
+    result["total_train_s"] = {"deepcourse": engine[-1]["train_s"] if engine else None,
+                               "loop": loop[-1]["train_s"] if loop else None}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="the recipe to run (default: cifar_fast90)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
+    parser.add_argument("--smoke", action="store_true", help="a few steps on 2,048 images: the wiring, not the speed")
+    parser.add_argument("--out", type=Path, default=None, help="write the comparison here as JSON")
+    args = parser.parse_args()
+    if "DEEPCOURSE_DATA" not in os.environ:
+        parser.error("set DEEPCOURSE_DATA to the folder holding cifar10/")
+    with tempfile.TemporaryDirectory(prefix="cifar_speed_") as tmp:
+        work = Path(tmp)
+        started = time.time()
+        engine = run_deepcourse(args.recipe, args.seed, args.threads, args.smoke, work)
+        loop = run_loop(args.seed, args.threads, args.smoke, work)
+    result = {"seed": args.seed, "smoke": args.smoke, "threads": args.threads, "recipe": args.recipe.name,
+              "wall_s": round(time.time() - started, 1), **compare(engine, loop),
+              "epochs": {"deepcourse": engine, "loop": loop}}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "epochs"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
