@@ -71,8 +71,8 @@ def test_a_run_says_and_records_what_auto_chose(plugin_site: Path, tmp_path: Pat
 
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
     with caplog.at_level("INFO"):
-        result = deepcourse.run(_write(tmp_path), "train.mixed_precision='auto'", "train.epochs=1", "train.device='cpu'",
-                                run_dir=tmp_path / "run", report=False)
+        result = deepcourse.run(_write(tmp_path), "train.mixed_precision='auto'", "train.epochs=1",
+                                "train.device='cpu'", run_dir=tmp_path / "run", report=False)
     info = json.loads((result.run_dir / "run.json").read_text())
     assert info["mixed_precision"] == "bf16" and info["channels_last"] is False  # an MLP: nothing to lay out
     assert info["precision_reason"] == "auto: this CPU computes bfloat16 natively"

@@ -195,8 +195,8 @@ def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] 
 
 
 def smoke_subset(recipe: Recipe, evaluated: Any) -> Any:
-    """The evaluation split of a run train.max_steps cuts, at most as many samples as it trains on (Recipe.eval_samples),
-    said in one line: a smoke run is not spent evaluating."""
+    """The evaluation split of a run train.max_steps cuts: at most as many samples as it trains on
+    (Recipe.eval_samples), said in one line, so a smoke run is not spent evaluating."""
     limit = recipe.eval_samples
     if limit is None or limit >= len(evaluated):
         return evaluated
@@ -204,8 +204,8 @@ def smoke_subset(recipe: Recipe, evaluated: Any) -> Any:
 
     if PartialState().is_main_process:
         logger.info(f"deepcourse: train.max_steps = {recipe.train.max_steps}: evaluating {limit:,} of the "
-                    f"{len(evaluated):,} '{recipe.eval.split}' samples, as many as the run trains on (data.eval_samples "
-                    f"sets how many)")
+                    f"{len(evaluated):,} '{recipe.eval.split}' samples, as many as the run trains on "
+                    f"(data.eval_samples sets how many)")
     return random_subset(evaluated, limit, recipe.seed)
 
 

@@ -73,7 +73,7 @@ def choose(mixed_precision: str, channels_last: bool | None, device: torch.devic
 def to_memory_format(model: nn.Module, precision: Precision) -> nn.Module:
     """The model converted to channels-last when the run computes so (parameters stay the same objects)."""
     if precision.channels_last_for(model):
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model = model.to(memory_format=torch.channels_last)
         _layout[model] = True
     return model
 
