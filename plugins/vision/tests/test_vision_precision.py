@@ -38,7 +38,13 @@ def test_the_task_feeds_channels_last_inputs_when_the_engine_chose_it(tmp_path: 
     bundle = task.setup_data(recipe.data, splits=("train",), seed=0)
     model = engine_model(task, recipe, bundle.facts)
     assert uses_channels_last(model) is native
+    # the same engine choice on an RGB convolution, whose inputs' layout is unambiguous
+    from deepcourse.training.accelerator import effective_settings
+
+    chosen = effective_settings(recipe, warn=False).precision
+    assert chosen is not None
+    net = precision.to_memory_format(torch.nn.Conv2d(3, 2, 3), chosen)
     seen = []
-    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].stride(1) == 1))  # channels innermost
-    task.training_step(model, bundle.splits["train"].__getitems__(list(range(4))))
+    net.register_forward_pre_hook(lambda m, args: seen.append(args[0].stride(1) == 1))  # channels innermost
+    task._forward(net, torch.zeros(2, 3, 8, 8))
     assert seen == [native]
