@@ -8,7 +8,8 @@ releases. Grouped as:
   (`REGISTRIES` by kind), `Registry`, `Entry`, and `load_plugins`, the one explicit discovery step;
 - builders and recipes: `call_builder`, `validate_options`, `parameters`, `Unique` (items that must differ),
   `load_recipe`, `build_task`, `Recipe`, `DataSection`, `ModelSection`;
-- tasks and training: `Task`, `DataBundle`, `Callback`, `TrainContext`, `TrainState`, and `DataInit`: a module that
+- tasks and training: `Task`, `DataBundle`, `Callback`, `TrainContext`, `TrainState`, `uses_channels_last` (whether
+  the engine laid a model out channels-last: `train.channels_last`, precision "auto"), and `DataInit`: a module that
   defines `init_from_data(self, x)` (and optionally `init_samples`) is initialised from a sample of the training
   data before a new run trains (a whitening layer, LSUV);
 - data: `ArrayDataset`, `resolve_splits` (the one meaning of `data.val_split` and `data.holdout`), `splits_to_read`,
@@ -92,6 +93,7 @@ from deepcourse.training.callbacks import Callback, TrainContext, TrainState
 from deepcourse.training.checkpoint import latest_checkpoint
 from deepcourse.training.datainit import DataInit
 from deepcourse.training.evaluation import SplitEvaluation, evaluate_split
+from deepcourse.training.precision import uses_channels_last
 
 __all__ = [
     # registries
@@ -102,6 +104,7 @@ __all__ = [
     "ModelSection",
     # tasks and training
     "Task", "DataBundle", "Callback", "TrainContext", "TrainState", "DataInit", "PairedItem", "ProbabilityEnsemble",
+    "uses_channels_last",
     # data
     "ArrayDataset", "resolve_splits", "splits_to_read", "HOLDOUT", "holdout_indices", "split_indices", "subset",
     "load_hf_splits", "locate_splits", "present_splits", "candidate_dirs", "DATA_ENV",

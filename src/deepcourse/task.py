@@ -67,6 +67,13 @@ class Task:
     #: what one example of `setup_example` is, in words, when the facts do not say it (FLOPs grow with it)
     example_input: ClassVar[str] = ""
 
+    #: train.mixed_precision when neither the recipe nor the launcher sets it: "no" (float32), or "auto" (bf16 autocast
+    #: and channels-last convolutions where the device computes bfloat16 natively; deepcourse.training.precision)
+    default_precision: ClassVar[str] = "no"
+    #: dataset name -> a shipped recipe of this task that trains on it much faster, named when a run's estimate on a
+    #: CPU is over an hour (deepcourse.training.estimate)
+    faster_recipes: ClassVar[dict[str, str]] = {}
+
     #: whether `predict` can give the n best answers per input (`deepcourse predict --nbest K`; a tagger's K best
     #: tag paths): the core refuses --nbest for a task that cannot, and otherwise sets predict_options["nbest"]
     supports_nbest: ClassVar[bool] = False

@@ -114,12 +114,19 @@ def _finish_run(summary: dict, trained: object, no_report: bool, as_json: bool) 
 @click.argument("recipe", type=click.Path(path_type=Path))
 @_override_option
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved recipe as JSON instead of TOML.")
+@click.option("--estimate", is_flag=True, help="Instead, build the run and time a few of its steps here: print how "
+                                               "long it would take on this machine (no training, no run directory).")
 @handle_errors
-def check(recipe: Path, overrides: Sequence[str], as_json: bool) -> None:
+def check(recipe: Path, overrides: Sequence[str], as_json: bool, estimate: bool) -> None:
     """Validate RECIPE and print it fully resolved (exit 0), or list every problem (exit 2)."""
     from deepcourse.recipe.load import load_recipe
 
     resolved = load_recipe(recipe, overrides)
+    if estimate:
+        from deepcourse.training.estimate import estimate_recipe
+
+        click.echo("\n".join(line.removeprefix("deepcourse: ") for line in estimate_recipe(resolved)[1]))
+        return
     click.echo(json.dumps(resolved.to_dict(), indent=1) if as_json else resolved.to_toml().rstrip())
 
 

@@ -167,7 +167,8 @@ def _in_file(problem: str, origins: Mapping[str, Path], source: Path | None) -> 
         origin = origins.get(key)
         if origin is not None:
             return problem if source is not None and origin == source else f"{origin}: {problem}"
-        key = re.sub(r"(\[\d+\]|\.[^.\[]*)$", "", key) if re.search(r"[.\[]", key) else ""
+        shorter = re.sub(r"(\[[^\]]*\]|\.[^.\[]*)$", "", key) if re.search(r"[.\[]", key) else ""
+        key = shorter if shorter != key else ""  # (a union's member, such as literal['end'], ends the walk)
     return problem
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
 from deepcourse.recipe.builders import parameters
 from deepcourse.registry import ALL
@@ -136,12 +136,26 @@ class WeightAveraging(_Strict):
 
 class TrainSection(_Strict):
     epochs: PositiveInt = doc(10, "passes over the training data")
-    max_steps: PositiveInt | None = doc(None, "stop after this many optimizer steps (smoke runs), evaluating at the "
-                                              "end")
-    mixed_precision: Literal["no", "bf16", "fp16"] | None = doc(
-        None, "no, bf16 (CPU or recent GPUs) or fp16 (CUDA GPUs, with a gradient scaler); unset: what the launcher "
-              "says (`accelerate launch --mixed_precision`, or its config file), else no. A value here wins over the "
-              "launcher's, with a warning when they differ")
+    max_steps: PositiveInt | None = doc(
+        None, "stop after this many optimizer steps (smoke runs). A run it cuts short evaluates once, at the end, and "
+              "unless data.eval_samples is set evaluates at most as many samples as it trained on (max_steps x "
+              "batch_size x grad_accum), so a smoke run is not spent evaluating; a line says so")
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] | None = doc(
+        None, "no (float32), bf16 (CPU or recent GPUs), fp16 (CUDA GPUs, with a gradient scaler), or auto: bf16 "
+              "autocast (and channels-last convolutions) where the device computes bfloat16 natively (CPUs with "
+              "AVX-512 BF16 or AMX, ARM BF16, CUDA GPUs that support it), else no. Unset: what the launcher says "
+              "(`accelerate launch --mixed_precision`, or its config file), else the task's default (auto for image "
+              "classification, no elsewhere). A value here wins over the launcher's, with a warning when they "
+              "differ. The run's first lines and run.json say what was chosen")
+    channels_last: bool | None = doc(
+        None, "convert the model to the channels-last (NHWC) memory format, faster for convolutions in bf16; unset: "
+              "on exactly when mixed_precision auto chose bf16 and the model has a Conv2d. Evaluation, `evaluate` "
+              "and `predict` use the same format")
+    estimate: bool | None = doc(
+        None, "before training, time a few real steps and one evaluation batch and print the run's length (\"about "
+              "N min on this machine\"), also in run.json; the probe leaves weights, optimizer and random state as "
+              "they were. Unset: for new runs of more than 50 optimizer steps; `deepcourse check --estimate` prints "
+              "it without training")
     grad_accum: PositiveInt | None = doc(
         None, "batches per optimizer step; unset: Accelerate's ACCELERATE_GRADIENT_ACCUMULATION_STEPS, else 1. A "
               "value here wins, with a warning when they differ")
@@ -190,10 +204,19 @@ class TrainSection(_Strict):
               "best/ use the average (see [train.average])")
 
 
+def _every(value: Any) -> Any:
+    """eval.every: a whole number of epochs or "end", in one message (a union would name each member)."""
+    if value == "end" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError('a whole number of epochs (> 0) or "end"')
+
+
 class EvalSection(_Open):
     split: str = doc("validation", "split evaluated each epoch and used to pick the best model (never 'holdout', which "
                                    "only estimates how the chosen model does on unseen data)")
-    every: PositiveInt = doc(1, "evaluate every N epochs (and always after the last)")
+    every: Annotated[PositiveInt | Literal["end"], PlainValidator(_every)] = doc(
+        1, "evaluate every N epochs (and always after the last), or \"end\": only after the last epoch (speed "
+           "recipes: the best weights are then the last)")
     batch_size: PositiveInt | None = doc(None, "batch size for evaluation")
 
 
@@ -245,6 +268,15 @@ class Recipe(_Strict):
         place, so training, `evaluate` and the tasks' reports batch the evaluation split alike."""
         return self.eval.batch_size or self.data.eval_batch_size or self.data.batch_size
 
+    @property
+    def eval_samples(self) -> int | None:
+        """At most this many samples of the evaluation split (None: all): data.eval_samples, else, for a run that
+        train.max_steps cuts (a smoke run), as many as it trains on. One place, so training, the report and
+        `deepcourse evaluate` of the run evaluate alike."""
+        if self.data.eval_samples or not self.train.max_steps:
+            return self.data.eval_samples
+        return self.train.max_steps * self.data.batch_size * (self.train.grad_accum or 1)
+
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe: every key with its value, builder defaults included."""
         data = self.model_dump(mode="json", exclude_none=True, exclude={"source", "extends"})
@@ -289,7 +321,7 @@ CONTEXT_KEYS = {"optimizer": ("params",),
 NON_COMPUTING_KEYS = ("train.progress", "train.log_every", "train.checkpoint_every", "train.checkpoint_epochs",
                       "train.checkpoint_minutes", "train.keep_checkpoints",
                       "train.threads", "train.keep_freed_memory", "train.trackers", "train.callbacks",
-                      "train.stop_check_every", "data.on_device", "sweep", "search")
+                      "train.stop_check_every", "train.estimate", "data.on_device", "sweep", "search")
 
 
 def _plain(value: Any) -> bool:

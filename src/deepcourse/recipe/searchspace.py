@@ -211,8 +211,10 @@ def grid_problems(dims: list[Dimension]) -> list[str]:
             if d.kind != "categorical" and d.step is None]
 
 
-def evaluations(epochs: int, every: int) -> int:
-    """How many times a run of `epochs` evaluates, every `every` epochs and always after the last."""
+def evaluations(epochs: int, every: int | str) -> int:
+    """How many times a run of `epochs` evaluates, every `every` epochs ("end": none) and always after the last."""
+    if not isinstance(every, int):
+        return 1
     return epochs // every + (1 if epochs % every else 0)
 
 

@@ -28,7 +28,9 @@ from accelerate.utils import (
 
 from deepcourse.errors import RecipeError, UserError
 from deepcourse.recipe.schema import CompileOptions, Recipe
+from deepcourse.registry import TASKS
 from deepcourse.training.compiling import check_compile
+from deepcourse.training.precision import Precision, choose
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +88,20 @@ class Settings:
     grad_accum: int
     compile: dict[str, Any] | None  # torch.compile options, or None when not compiling
     source: dict[str, str] = field(default_factory=dict)
+    precision: Precision | None = None  # mixed precision and memory format, "auto" resolved on this machine
 
-    def as_record(self) -> dict[str, Any]:
-        """For run.json: the effective values and where each came from."""
-        return {"mixed_precision": self.mixed_precision, "grad_accum": self.grad_accum, "compile": self.compile,
-                "settings_from": dict(self.source)}
+    def as_record(self, model: torch.nn.Module | None = None) -> dict[str, Any]:
+        """For run.json: the effective values and where each came from (with `model`, also its memory format and
+        why "auto" chose what it did)."""
+        record = {"mixed_precision": self.mixed_precision, "grad_accum": self.grad_accum, "compile": self.compile,
+                  "settings_from": dict(self.source)}
+        if model is not None and self.precision is not None:
+            from deepcourse.training.precision import uses_channels_last
+
+            record["channels_last"] = uses_channels_last(model)
+            if self.precision.reason:
+                record["precision_reason"] = self.precision.reason
+        return record
 
 
 def effective_settings(recipe: Recipe, *, warn: bool = True) -> Settings:
@@ -111,11 +122,22 @@ def effective_settings(recipe: Recipe, *, warn: bool = True) -> Settings:
     else:
         options = CompileOptions() if train.compile is True else train.compile
         recipe_compile = options.model_dump()
-    mp = _choose("train.mixed_precision", train.mixed_precision, launcher_mp, "no", source, warn)
+    default_mp = getattr(TASKS.get(recipe.task.name), "default_precision", "no") \
+        if recipe.task.name in TASKS else "no"
+    asked = _choose("train.mixed_precision", train.mixed_precision, launcher_mp, default_mp, source, warn)
+    precision = choose(asked, train.channels_last, run_device(recipe))
+    mp = precision.mixed_precision
     accum = _choose("train.grad_accum", train.grad_accum, launcher_accum, 1, source, warn)
     compiled = _choose("train.compile", None if recipe_compile is ... else recipe_compile, launcher_compile, None,
                        source, warn and recipe_compile is not ..., explicit=recipe_compile is not ...)
-    return Settings(mp, int(accum), compiled, source)
+    return Settings(mp, int(accum), compiled, source, precision)
+
+
+def run_device(recipe: Recipe) -> torch.device:
+    """The kind of device a recipe trains on here (its index is Accelerate's to choose)."""
+    if recipe.train.device == "cpu" or not has_accelerator():
+        return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "mps")
 
 
 def _choose(key: str, recipe_value: Any, launcher_value: Any, default: Any, source: dict[str, str], warn: bool,

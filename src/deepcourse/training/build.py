@@ -7,6 +7,7 @@ surfaces here, before a run directory exists.
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 import warnings
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 from deepcourse.data import (
     ArrayDataset,
     passthrough_collate,
+    random_subset,
     require_data_dir,
     sample_lengths,
     sized_subset,
@@ -33,14 +35,18 @@ from deepcourse.recipe.overrides import flatten
 from deepcourse.recipe.schema import HOLDOUT, ModelSection, Recipe
 from deepcourse.registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
 from deepcourse.task import DataBundle, Task
+from deepcourse.training.accelerator import effective_settings
 from deepcourse.training.averaging import WeightAverage, build_average, require_trained_weights
 from deepcourse.training.callbacks import Callback
 from deepcourse.training.datainit import init_from_data
 from deepcourse.training.ensemble import ENSEMBLE, member_sections
+from deepcourse.training.precision import to_memory_format
 from deepcourse.training.sampling import DeviceBatchSampler, EpochSampler, LengthGroupedSampler
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,12 +103,12 @@ def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifac
         return _with_schedule(RunPieces(recipe, None, stand_in, optimizer=optimizer), optimizer, steps_per_epoch)
     task = build_task(recipe)
     if facts is not None:
-        return RunPieces(recipe, task, build_model(task, recipe.model, facts), dict(facts))
+        return RunPieces(recipe, task, engine_model(task, recipe, facts), dict(facts))
     if accelerator is None:
         raise ValueError("build_run: a run's data and loaders need its accelerator (or give facts for inference)")
     bundle = load_training_data(task, recipe, artifacts)
     place_data(recipe, bundle, accelerator.device)
-    model = build_model(task, recipe.model, bundle.facts)
+    model = engine_model(task, recipe, bundle.facts)
     require_trained_weights(recipe, model)
     if artifacts is None:  # a new run (a resumed one takes its weights from the checkpoint)
         init_from_data(model, task, bundle, seed=recipe.seed, device=accelerator.device)
@@ -185,13 +191,30 @@ def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] 
         subset = " (data.train_samples)" if recipe.data.train_samples else f" of '{name}'"
         warnings.warn(f"data.batch_size = {recipe.data.batch_size} is more than the {len(train)} training samples"
                       f"{subset}: every epoch is one batch of {len(train)}", RecipeWarning, stacklevel=2)
-    if split in bundle.splits:
+    if split in bundle.splits and recipe.data.eval_samples:
         bundle.splits[split] = sized_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed,
                                             key="data.eval_samples", what=f"samples of '{name}' split '{split}'")
+    elif split in bundle.splits:
+        bundle.splits[split] = smoke_subset(recipe, bundle.splits[split])
     if recipe.data.holdout and not len(bundle.splits.get(HOLDOUT, ())):
         raise UserError(f"data.holdout: task '{recipe.task.name}' gave no holdout split; its setup_data must pass "
                         f"holdout=data.holdout to resolve_splits (and read splits_to_read(...) of its source)")
     return bundle
+
+
+def smoke_subset(recipe: Recipe, evaluated: Any) -> Any:
+    """The evaluation split of a run train.max_steps cuts: at most as many samples as it trains on
+    (Recipe.eval_samples), said in one line, so a smoke run is not spent evaluating."""
+    limit = recipe.eval_samples
+    if limit is None or limit >= len(evaluated):
+        return evaluated
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        logger.info(f"deepcourse: train.max_steps = {recipe.train.max_steps}: evaluating {limit:,} of the "
+                    f"{len(evaluated):,} '{recipe.eval.split}' samples, as many as the run trains on "
+                    f"(data.eval_samples sets how many)")
+    return random_subset(evaluated, limit, recipe.seed)
 
 
 #: what torch says when a tensor cannot be allocated: the CPU allocator, CUDA, or a size past 64 bits
@@ -215,6 +238,14 @@ def build_model(task: Task, model: ModelSection, facts: Mapping[str, Any]) -> nn
                    " [model] sets no size: lower the model's defaults or use a smaller model.")
         raise RecipeError(f"model: building '{model.name}' needs {_asked_for(str(exc))} than this machine can "
                           f"allocate.{culprit}") from None
+
+
+def engine_model(task: Task, recipe: Recipe, facts: Mapping[str, Any]) -> nn.Module:
+    """The task's model in the memory format the run computes in (train.channels_last, or precision auto's choice),
+    for training and inference alike."""
+    precision = effective_settings(recipe, warn=False).precision
+    model = build_model(task, recipe.model, facts)
+    return to_memory_format(model, precision) if precision is not None else model
 
 
 def _is_size(value: Any) -> bool:

@@ -68,6 +68,31 @@ def evaluation_loop(accelerator: Accelerator, task: Task, model: torch.nn.Module
     return {**metrics.compute(), "num_samples": seen}
 
 
+# -- when a run evaluates -----------------------------------------------------------------------------------------
+def cut_short(recipe: Recipe, steps_per_epoch: int, total_steps: int) -> bool:
+    """Whether train.max_steps ends the run before train.epochs are done (a smoke run, or a step budget)."""
+    return total_steps < steps_per_epoch * recipe.train.epochs
+
+
+def due(recipe: Recipe, epoch: int, *, last: bool, cut: bool) -> bool:
+    """Whether the run evaluates after `epoch` (0-based): after its last epoch always; before, every eval.every
+    epochs, unless eval.every is "end" or the run is `cut` short by train.max_steps (it evaluates once, at the end)."""
+    every = recipe.eval.every
+    return last or (every != "end" and not cut and (epoch + 1) % every == 0)
+
+
+def evaluation_due(ctx: TrainContext, epoch: int, last: bool) -> bool:
+    """`due` for the run in `ctx`."""
+    return due(ctx.recipe, epoch, last=last, cut=cut_short(ctx.recipe, ctx.steps_per_epoch, ctx.total_steps))
+
+
+def evaluations_planned(recipe: Recipe, steps_per_epoch: int, total_steps: int) -> int:
+    """How many evaluations a run of `total_steps` makes (early stopping aside)."""
+    epochs = max(1, -(-total_steps // max(steps_per_epoch, 1)))
+    cut = cut_short(recipe, steps_per_epoch, total_steps)
+    return sum(due(recipe, epoch, last=epoch == epochs - 1, cut=cut) for epoch in range(epochs))
+
+
 def load_split(task: Task, recipe: Recipe, artifacts: Mapping[str, Any], split: str, *,
                data_dir: str | Path | None = None, key: str = "eval.split") -> DataBundle:
     """One split of a trained run's dataset, as `deepcourse evaluate` loads it: with the run's artifacts (no
@@ -88,7 +113,8 @@ def load_split(task: Task, recipe: Recipe, artifacts: Mapping[str, Any], split: 
                         f"(available: {', '.join(bundle.splits) or 'none'})")
     if len(bundle.splits[split]) == 0:
         raise DataError(f"{key}: dataset '{recipe.data.name}' has no samples in split '{split}' here")
-    size = None if split == HOLDOUT else recipe.data.eval_samples  # the holdout is always scored whole
+    # the holdout is always scored whole; a smoke run's own split as the run evaluated it (Recipe.eval_samples)
+    size = None if split == HOLDOUT else recipe.eval_samples if split == recipe.eval.split else recipe.data.eval_samples
     bundle.splits = {split: random_subset(bundle.splits[split], size, recipe.seed)}
     return bundle
 

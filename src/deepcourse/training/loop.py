@@ -40,7 +40,8 @@ from deepcourse.training.checkpoint import (
     unwrapped,
 )
 from deepcourse.training.collective import on_main
-from deepcourse.training.evaluation import evaluation_loop, score_holdout
+from deepcourse.training.estimate import start_lines
+from deepcourse.training.evaluation import evaluation_due, evaluation_loop, score_holdout
 from deepcourse.training.meter import LossMeter, TrainMetrics
 from deepcourse.training.mlflow_store import check_mlflow_store
 from deepcourse.training.resume import Resume, continue_run, read_resume
@@ -91,6 +92,7 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | R
 
     # 1. task, data, model, optimizer, loaders, schedule: every user error surfaces here, before a run directory
     run = build_run(recipe, acc, artifacts=resume.artifacts if resume is not None else None)
+    first_lines = start_lines(run, acc, resumed=resume is not None)  # precision; estimate (a few timed steps, undone)
 
     # 2. the run directory: a new one (created once, by the main process) or the one being resumed. From here until
     # training ends a stop request (Ctrl-C, SIGTERM) is a flag the run answers (`stop_while_starting`, `train`)
@@ -116,7 +118,7 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | R
                 continue_run(ctx, resume)
                 ctx.started = started - ctx.state.elapsed_s  # the wall time counts the segments before this one
             else:
-                on_main(lambda: start_run_dir(ctx))
+                on_main(lambda: start_run_dir(ctx, first_lines))
             start_trackers(acc, recipe, out_dir, runs_root)
             if acc.is_main_process:
                 ctx.log = RunLog(out_dir / "metrics.jsonl", acc)
@@ -147,8 +149,8 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | R
     return Fitted(summary, Trained(recipe, task, run.facts, run.artifacts, unwrapped(acc, ctx.model)))
 
 
-def start_run_dir(ctx: TrainContext) -> None:
-    """checkpoints/, the resolved recipe, the artifacts and run.json of a new run (main process)."""
+def start_run_dir(ctx: TrainContext, first_lines: Mapping[str, Any]) -> None:
+    """checkpoints/, the resolved recipe, the artifacts and run.json (with `start_lines`') of a new run (main)."""
     out_dir, recipe = ctx.run_dir, ctx.recipe
     (out_dir / "checkpoints").mkdir(parents=True)
     files.atomic_write_text(out_dir / "recipe.toml", recipe.to_toml())
@@ -156,7 +158,7 @@ def start_run_dir(ctx: TrainContext) -> None:
     info = run_info(recipe.seed, [{"name": p.name, "dist": p.dist, "version": p.version, "status": p.status}
                                   for p in discovery.plugins()],
                     {"num_processes": ctx.accelerator.num_processes, "device": str(ctx.accelerator.device),
-                     **effective_settings(recipe, warn=False).as_record(),
+                     **effective_settings(recipe, warn=False).as_record(ctx.model), **first_lines,
                      "num_parameters": count_parameters(ctx.model)})
     files.write_json(out_dir / "run.json", info)
 
@@ -185,7 +187,7 @@ def train(ctx: TrainContext, train_loader: DataLoader, sampler: EpochSampler, ev
 
         metrics: dict[str, Any] = {}
         last_epoch = hit_max_steps or epoch + 1 >= cfg.epochs
-        if eval_loader is not None and ((epoch + 1) % ctx.recipe.eval.every == 0 or last_epoch):
+        if eval_loader is not None and evaluation_due(ctx, epoch, last_epoch):
             metrics = evaluate_epoch(ctx, eval_loader, stop)
         elif eval_loader is None and last_epoch:  # host sync: the weights are copied off the device
             save_best(ctx, {"train_loss": epoch_loss} if epoch_loss is not None else {})

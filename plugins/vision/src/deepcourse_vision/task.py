@@ -45,6 +45,7 @@ from deepcourse.api import (
     lab_loss,
     resolve_splits,
     splits_to_read,
+    uses_channels_last,
 )
 
 from .augment import MULTI_CROP_WEIGHTS, multi_crop_views
@@ -85,6 +86,8 @@ class ImageClassification(Task):
 
     monitor = "accuracy"
     monitor_mode = "max"
+    default_precision = "auto"
+    faster_recipes = {"cifar10": "cifar_fast"}
 
     def __init__(
         self,
@@ -101,7 +104,8 @@ class ImageClassification(Task):
         transforms: e.g. [{name = "random_crop", padding = 4}, {name = "hflip"}], run in order on the device;
             each also says what it does at evaluation (random_crop: centre crop, flips: nothing).
         normalize: subtract the training set's per-channel mean and divide by its std (or `mean`/`std`).
-        channels_last: NHWC memory format, faster for convolutions on recent GPUs.
+        channels_last: NHWC memory format for the model and its inputs, whatever the engine chose; false leaves it
+            to the engine (train.channels_last, on with precision auto's bf16), whose choice the inputs follow.
         topk: also report top-k accuracy when there are more than k classes.
         loss: the training loss: 'cross_entropy', or a lab softmax or SVM loss 'lab:NAME' (the student's, on the
             logits); evaluation reports plain cross-entropy either way."""
@@ -240,7 +244,7 @@ class ImageClassification(Task):
         return net.to(memory_format=torch.channels_last) if self.channels_last else net
 
     def _forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
+        if self.channels_last or uses_channels_last(model):
             x = x.contiguous(memory_format=torch.channels_last)
         return model(x)
 

@@ -1,0 +1,85 @@
+"""train.mixed_precision = "auto": bf16 (and channels-last convolutions) only where the device computes bfloat16
+natively, float32 elsewhere; the task's default; what the run says and records."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from core_support import TOY_RECIPE
+from torch import nn
+
+from deepcourse.recipe.load import load_recipe
+from deepcourse.recipe.schema import Recipe
+from deepcourse.training import precision
+from deepcourse.training.accelerator import effective_settings
+
+
+def toy(tmp_path: Path, *overrides: str) -> Recipe:
+    path = tmp_path / "toy.toml"
+    path.write_text(TOY_RECIPE)
+    return load_recipe(path, ["train.device='cpu'", *overrides])
+
+
+def conv_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_picks_bf16_only_where_the_cpu_computes_it_natively(plugin_site: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    monkeypatch.setattr(precision, "native_bf16", lambda device: native)
+    settings = effective_settings(toy(tmp_path, "train.mixed_precision='auto'"), warn=False)
+    assert settings.mixed_precision == ("bf16" if native else "no")
+    assert settings.precision is not None
+    assert settings.precision.channels_last_for(conv_net()) is native  # channels-last with bf16, for convolutions
+    assert settings.precision.channels_last_for(nn.Linear(2, 2)) is False
+    model = precision.to_memory_format(conv_net(), settings.precision)
+    assert precision.uses_channels_last(model) is native
+    # an explicit choice is kept either way
+    explicit = effective_settings(toy(tmp_path, "train.mixed_precision='auto'", "train.channels_last=false"))
+    assert explicit.precision is not None and explicit.precision.channels_last_for(conv_net()) is False
+
+
+def test_native_bf16_reads_the_cpu_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    for avx512_bf16, amx, expected in ((True, False, True), (False, True, True), (False, False, False)):
+        precision._cpu_bf16_flags.cache_clear()
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
+        assert precision.native_bf16(torch.device("cpu")) is expected
+    precision._cpu_bf16_flags.cache_clear()
+    assert precision.native_bf16(torch.device("mps")) is False
+
+
+def test_the_task_default_applies_when_nothing_says_otherwise(plugin_site: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepcourse.registry import TASKS
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert effective_settings(toy(tmp_path)).mixed_precision == "no"  # the base Task's default
+    monkeypatch.setattr(TASKS.get("toy-classification"), "default_precision", "auto")
+    assert effective_settings(toy(tmp_path)).mixed_precision == "bf16"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # the launcher's word beats the task's default
+    assert effective_settings(toy(tmp_path)).mixed_precision == "no"
+
+
+def test_a_run_says_and_records_what_auto_chose(plugin_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    import deepcourse
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    with caplog.at_level("INFO"):
+        result = deepcourse.run(_write(tmp_path), "train.mixed_precision='auto'", "train.epochs=1",
+                                "train.device='cpu'", run_dir=tmp_path / "run", report=False)
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert info["mixed_precision"] == "bf16" and info["channels_last"] is False  # an MLP: nothing to lay out
+    assert info["precision_reason"] == "auto: this CPU computes bfloat16 natively"
+    assert "deepcourse: precision bf16 autocast (auto: this CPU computes bfloat16 natively)" in caplog.text
+
+
+def _write(tmp_path: Path) -> str:
+    path = tmp_path / "toy.toml"
+    path.write_text(TOY_RECIPE)
+    return str(path)
