@@ -79,7 +79,6 @@ def push_run(run_dir: Path, repo: str, *, private: bool = False, dry_run: bool =
 
 def upload(folder: Path, repo: str, token: str, private: bool) -> str:
     """Create the repository if needed, then upload the folder in one commit; HTTP and network failures exit 2."""
-    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -91,7 +90,14 @@ def upload(folder: Path, repo: str, token: str, private: bool) -> str:
     except HfHubHTTPError as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"push: the Hub refused the upload to {repo}: {first}") from None
-    except (httpx.HTTPError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the HTTP client's errors share no base class across huggingface_hub
+        if not network_error(exc):  # versions (requests, httpx, httpx2); anything else is a bug, shown as one
+            raise
         raise UserError(f"push: cannot reach the Hub ({type(exc).__name__}: {exc}); this machine may be offline: "
                         f"push from one that reaches huggingface.co") from None
     return str(getattr(commit, "commit_url", commit))
+
+
+def network_error(exc: BaseException) -> bool:
+    """A connection failure (no network, DNS, timeout) from whichever HTTP client huggingface_hub uses."""
+    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3")
