@@ -100,7 +100,7 @@ def export_trained(trained: Trained, fmt: str, output: Path, *, source: str = ""
     with tempfile.TemporaryDirectory(prefix=".export-", dir=output.parent) as folder:  # renamed into place if it matches
         tmp = Path(folder) / output.name  # its own name: torch.export.load reads only files ending in .pt2
         WRITERS[fmt](graph, tmp, facts)
-        got = RUNNERS[fmt](tmp, graph.check or graph.inputs)
+        got = run_written(fmt, tmp, graph.check or graph.inputs)
         error = max_error(expected, got, graph.outputs)
         if error > 0 and not close(expected, got):
             raise ExportMismatch(f"export: the {fmt} file's outputs differ from the model's by up to {error:.3g} "
@@ -110,6 +110,17 @@ def export_trained(trained: Trained, fmt: str, output: Path, *, source: str = ""
         os.replace(Path(folder) / sidecar.name, sidecar)
     shapes = {k: list(v.shape) for k, v in (graph.check or graph.inputs).items()}
     return Exported(output, sidecar, error, shapes)
+
+
+def run_written(fmt: str, path: Path, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The written file on the check's inputs; a file that fails on them (a size baked in) is a mismatch."""
+    try:
+        return RUNNERS[fmt](path, inputs)
+    except Exception as exc:  # noqa: BLE001 - each runtime raises its own errors for a graph that cannot run
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in inputs.items())
+        raise ExportMismatch(f"export: the written {fmt} file fails on inputs of other sizes ({shapes}): "
+                             f"{first}") from None
 
 
 def as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
@@ -186,17 +197,22 @@ def run_torchscript(path: Path, inputs: Mapping[str, torch.Tensor]) -> tuple[tor
 
 
 def write_exported(graph: ExportGraph, path: Path, facts: Mapping[str, Any]) -> None:
-    """`torch.export` with every dynamic axis left to the exporter (Dim.AUTO: dynamic where the code allows it)."""
-    auto = torch.export.Dim.AUTO
-    shapes = tuple({axis: auto for axis in graph.dynamic.get(name, {})} or None for name in graph.inputs)
+    """`torch.export` with every dynamic axis marked dynamic. An axis the code fixes to the example's size (an LSTM
+    is unrolled over the sentence's length) is refused, naming it: a file that reads one sentence length only is
+    no export of a tagger."""
+    dynamic = torch.export.Dim.DYNAMIC
+    shapes = tuple({axis: dynamic for axis in graph.dynamic.get(name, {})} or None for name in graph.inputs)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # notes on an RNN's flat weights, which the program keeps as constants
             program = torch.export.export(graph.module, tuple(graph.inputs.values()), dynamic_shapes=shapes)
     except Exception as exc:  # noqa: BLE001 - torch.export fails in many ways (graph breaks, data-dependent shapes)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--format exported: torch.export cannot capture the model ({first}); try --format "
-                        f"torchscript") from None
+        fixed = sorted({graph.dynamic.get(name, {}).get(int(axis), f"{name}[{axis}]")
+                        for name, axis in re.findall(r"L\['(\w+)'\]\.size\(\)\[(\d+)\]", str(exc))})
+        reason = f"the model fixes the {', '.join(fixed)} axis to the example's size" if fixed else \
+            (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"--format exported: torch.export cannot capture the model ({reason}); use --format onnx "
+                        f"or --format torchscript") from None
     torch.export.save(program, str(path), extra_files={f"{METADATA_KEY}.json": json.dumps(facts)})
 
 
