@@ -87,7 +87,7 @@ def test_push_uploads_the_staged_folder_in_one_commit(seed_runs: list[Path], mon
     seen: list[tuple[str, str]] = []
     committed: list[str] = []
 
-    def handler(request):  # noqa: ANN001, ANN202 - the HTTP client's request type
+    def handler(request):
         seen.append((request.method, request.url.path))
         path = request.url.path
         if path.endswith("/preupload/main"):

@@ -45,8 +45,8 @@ class Cumulative(nn.Module):
         return torch.cummax(self.model(x), dim=1)[0]
 
 
-def toy_graph(wrap: type[nn.Module] | None = None):  # noqa: ANN201 - a patched method
-    def export_graph(self, model: nn.Module, facts, artifacts) -> ExportGraph:  # noqa: ANN001
+def toy_graph(wrap: type[nn.Module] | None = None):
+    def export_graph(self, model: nn.Module, facts, artifacts) -> ExportGraph:
         module = wrap(model) if wrap else model
         generator = torch.Generator().manual_seed(0)
         x, check = (torch.randn(n, facts["in_features"], generator=generator) for n in (2, 5))

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from deepcourse.api import shipped_recipes
-from deepcourse.results.viterbi import decode_output
 from deepcourse.testing import cli as main
+from deepcourse.testing import decode_output
 
 
 def cli(*args: object) -> Result:
@@ -52,10 +52,10 @@ def test_host_decoding_of_the_onnx_scores_gives_predicts_tags(run_dir: Path) -> 
     import onnxruntime
     import torch
 
-    from deepcourse.results.inference import load_trained
-
     assert cli("export", run_dir).exit_code == 0
     facts = json.loads((run_dir / "export" / "model.onnx.json").read_text())
+    from deepcourse.testing import load_trained
+
     trained = load_trained(run_dir)
     task = trained.task
     task.setup_data(trained.recipe.data, splits=(), seed=trained.recipe.seed, artifacts=trained.artifacts)

@@ -10,8 +10,8 @@ import torch
 from test_vision_models import CASES
 
 from deepcourse.api import MODELS, TASKS, call_builder, load_recipe
-from deepcourse.results.export import FORMATS, export_trained
-from deepcourse.training.build import Trained
+from deepcourse.testing import EXPORT_FORMATS as FORMATS
+from deepcourse.testing import Trained, export_trained
 
 #: nets whose export takes tens of seconds on a CPU (deep graphs): run with the slow tests
 DEEP = {"resnet50", "resnet101", "resnet152", "densenet121"}

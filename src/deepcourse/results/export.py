@@ -97,7 +97,8 @@ def export_trained(trained: Trained, fmt: str, output: Path, *, source: str = ""
     facts = describe(graph, fmt, trained, source, expected)
     output.parent.mkdir(parents=True, exist_ok=True)
     sidecar = output.with_name(output.name + ".json")
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=output.parent) as folder:  # renamed into place if it matches
+    # written in a temporary folder, renamed into place when it matches the model
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=output.parent) as folder:
         tmp = Path(folder) / output.name  # its own name: torch.export.load reads only files ending in .pt2
         WRITERS[fmt](graph, tmp, facts)
         got = run_written(fmt, tmp, graph.check or graph.inputs)

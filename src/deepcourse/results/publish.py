@@ -90,7 +90,7 @@ def upload(folder: Path, repo: str, token: str, private: bool) -> str:
     except HfHubHTTPError as exc:
         first = str(exc).strip().splitlines()[0]
         raise UserError(f"push: the Hub refused the upload to {repo}: {first}") from None
-    except Exception as exc:  # noqa: BLE001 - the HTTP client's errors share no base class across huggingface_hub
+    except Exception as exc:
         if not network_error(exc):  # versions (requests, httpx, httpx2); anything else is a bug, shown as one
             raise
         raise UserError(f"push: cannot reach the Hub ({type(exc).__name__}: {exc}); this machine may be offline: "

@@ -181,8 +181,9 @@ def task_figures(run_dir: Path, out: Path, trained: Trained | None = None) -> tu
 
 
 def write_report(run_dir: Path, *, with_task: bool = True, trained: Trained | None = None) -> Path:
-    """Write RUN_DIR/report/ (PNGs and report.md) and the model card RUN_DIR/README.md; returns the Markdown file. `trained`: the recipe, task and model
-    of the run as `fit` returned them, used instead of reading and building them again from the run's files."""
+    """Write RUN_DIR/report/ (PNGs and report.md) and the model card RUN_DIR/README.md; returns report.md. `trained`:
+    the recipe, task and model of the run as `fit` returned them, used instead of reading and building them again
+    from the run's files."""
     run = read_run(run_dir)
     require_metrics(run)
     out = run_dir / "report"

@@ -10,7 +10,7 @@ and the same split keeps the three formats alike. The vocabularies, word options
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,10 +19,10 @@ from deepcourse.api import ExportGraph
 
 from .batching import CASINGS
 from .models.heads import CRFHead
+from .models.recurrent import SequenceTagger
 
-if TYPE_CHECKING:
-    from .models.recurrent import SequenceTagger
-    from .task import SequenceTagging
+#: the sequence-tagging task (not imported: `.task` imports this module)
+SequenceTagging = Any
 
 #: the inputs of the exported graph, in order, and their variable axes
 INPUTS: dict[str, dict[int, str]] = {
@@ -30,7 +30,8 @@ INPUTS: dict[str, dict[int, str]] = {
     "chars": {0: "forms", 1: "characters"}, "char_lengths": {0: "forms"}, "char_index": {0: "batch", 1: "tokens"}}
 #: two sentences to write the file with, three others (other lengths, other forms) to check it on
 WRITE_WITH = ["Alice Smith flew to Paris .", "Acme Corp hired Bob on Monday morning in Berlin ."]
-CHECK_ON = ["The EU rejected German calls to boycott British lamb on Friday .", "Peter Blackburn", "BRUSSELS 1996-08-22"]
+CHECK_ON = ["The EU rejected German calls to boycott British lamb on Friday .", "Peter Blackburn",
+            "BRUSSELS 1996-08-22"]
 
 
 class Emissions(nn.Module):

@@ -7,15 +7,15 @@ and std for those who feed other inputs. Test-time augmentation (`eval.tta`) is 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from deepcourse.api import ExportGraph
 
-if TYPE_CHECKING:
-    from .task import ImageClassification
+#: the image-classification task (not imported: `.task` imports this module)
+ImageClassification = Any
 
 
 class Preprocessed(nn.Module):
@@ -23,6 +23,9 @@ class Preprocessed(nn.Module):
 
     The normalisation is an affine map per channel held as buffers (the pipeline's own caches tensors per device,
     which an exporter would see as loose constants)."""
+
+    scale: torch.Tensor  # buffers (nn.Module types its attributes as tensor-or-module)
+    shift: torch.Tensor
 
     def __init__(self, task: ImageClassification, model: nn.Module) -> None:
         super().__init__()
