@@ -28,6 +28,7 @@ releases. Grouped as:
 - lab pieces (hand-written layers, losses and update rules; `deepcourse.lab` is the students' face): `PIECES`,
   `lab_layer`, `lab_loss`, `lab_choice` (a builder option that takes a built-in name or 'lab:NAME'), `LabLayer`,
   `PieceError`;
+- export (`deepcourse export`): `ExportGraph`, what `Task.export_graph` returns;
 - runs and recipes on disk: `latest_checkpoint`, `shipped_recipes` (name -> file of the recipes that ship with
   deepcourse).
 
@@ -87,7 +88,15 @@ from deepcourse.registry import (
     RegistryError,
     UnknownNameError,
 )
-from deepcourse.task import DataBundle, ExplainOptions, Explanation, PairedItem, ProbabilityEnsemble, Task
+from deepcourse.task import (
+    DataBundle,
+    ExplainOptions,
+    Explanation,
+    ExportGraph,
+    PairedItem,
+    ProbabilityEnsemble,
+    Task,
+)
 from deepcourse.training.build import build_task
 from deepcourse.training.callbacks import Callback, TrainContext, TrainState
 from deepcourse.training.checkpoint import latest_checkpoint
@@ -117,7 +126,7 @@ __all__ = [
     "evaluate_split", "SplitEvaluation", "pyplot", "Figure", "grouped_bars", "heatmap", "markdown_table",
     "markdown_escape", "FIGSIZE",
     # explanations
-    "Explanation", "ExplainOptions", "grad_cam", "integrated_gradients", "layer_integrated_gradients",
+    "Explanation", "ExplainOptions", "ExportGraph", "grad_cam", "integrated_gradients", "layer_integrated_gradients",
     "module_outputs", "ModuleOutput",
     # lab pieces
     "PIECES", "lab_layer", "lab_loss", "lab_choice", "LabLayer", "PieceError",

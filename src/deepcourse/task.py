@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from deepcourse.errors import UserError
 from deepcourse.figures import Figure
 from deepcourse.recipe.builders import call_builder
 from deepcourse.registry import MODELS
@@ -188,6 +189,18 @@ class Task:
         has no explanations, which the command says."""
         raise NotImplementedError
 
+    def export_graph(self, model: nn.Module, facts: Mapping[str, Any], artifacts: Mapping[str, Any]) -> ExportGraph:
+        """What `deepcourse export` writes for this task: a module of tensors in and out (preprocessing inside where
+        it can be), example inputs, and the facts a user of the file needs (class names, vocabularies, decoding).
+        Called with the best weights, the task set up from the run's artifacts (or by `setup_example`). Default:
+        the model itself on `setup_example`'s batch, when that batch is one tensor; otherwise the task cannot be
+        exported (UserError)."""
+        batch = self.setup_example(facts, 2)
+        if not isinstance(batch, torch.Tensor):
+            raise UserError(f"export: task {type(self).__name__} gives no single-tensor example batch to export "
+                            f"with (its plugin implements neither Task.export_graph nor such a setup_example)")
+        return ExportGraph(model, {"input": batch}, ["output"], dynamic={"input": {0: "batch"}})
+
     def save_extra(self, folder: Path) -> None:
         """Hook to save task files beside the best weights (rarely needed: prefer artifacts)."""
 
@@ -246,6 +259,21 @@ class ProbabilityEnsemble(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         log_probs = torch.stack([m(*args, **kwargs).float().log_softmax(-1) for m in self.members])
         return torch.logsumexp(log_probs, 0) - math.log(len(self.members))  # log mean exp: exact for equal members
+
+
+@dataclass
+class ExportGraph:
+    """What a task hands `deepcourse export`: `module(*inputs.values())` returns the tensors named `outputs` (one
+    tensor, or a tuple in that order). `dynamic` names the axes that vary ({"image": {0: "batch"}}); `check`, inputs
+    of other sizes along those axes that the written file is run on and compared with `module` (default: `inputs`);
+    `facts`, JSON-serialisable preprocessing and decoding facts written beside the file."""
+
+    module: nn.Module
+    inputs: dict[str, torch.Tensor]
+    outputs: list[str]
+    dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
+    check: dict[str, torch.Tensor] | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 # -- explanations ---------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from deepcourse.cli.common import handle_errors, read_inputs
 from deepcourse.cli.common import override_option as _override_option
 from deepcourse.cli.inspect import explain, lr_find
 from deepcourse.cli.lab import gradcheck
+from deepcourse.cli.publish import card, export, push
 from deepcourse.cli.studies import sweep, tune
 from deepcourse.errors import UserError
 
@@ -350,7 +351,8 @@ main.add_command(sweep)
 main.add_command(tune)
 main.add_command(explain)
 main.add_command(lr_find)
-main.add_command(ensemble)
+for _command in (ensemble, export, card, push):
+    main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

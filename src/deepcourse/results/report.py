@@ -18,6 +18,7 @@ import tomli_w
 from deepcourse.errors import UserError
 from deepcourse.figures import FIGSIZE, Figure, nice, pyplot, save_figure
 from deepcourse.recipe.schema import Recipe
+from deepcourse.results.card import write_card
 from deepcourse.results.inference import load_trained
 from deepcourse.rundir.files import load_weights
 from deepcourse.rundir.layout import RunData, read_run
@@ -180,8 +181,9 @@ def task_figures(run_dir: Path, out: Path, trained: Trained | None = None) -> tu
 
 
 def write_report(run_dir: Path, *, with_task: bool = True, trained: Trained | None = None) -> Path:
-    """Write RUN_DIR/report/ (PNGs and report.md); returns the Markdown file. `trained`: the recipe, task and model
-    of the run as `fit` returned them, used instead of reading and building them again from the run's files."""
+    """Write RUN_DIR/report/ (PNGs and report.md) and the model card RUN_DIR/README.md; returns report.md. `trained`:
+    the recipe, task and model of the run as `fit` returned them, used instead of reading and building them again
+    from the run's files."""
     run = read_run(run_dir)
     require_metrics(run)
     out = run_dir / "report"
@@ -192,6 +194,7 @@ def write_report(run_dir: Path, *, with_task: bool = True, trained: Trained | No
         figures += extra
     md = out / "report.md"
     md.write_text(render_markdown(run, figures, notes), encoding="utf-8")
+    write_card(run_dir)  # RUN_DIR/README.md, the model card, with the figures just drawn
     return md
 
 

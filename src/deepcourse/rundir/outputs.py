@@ -18,10 +18,11 @@ from pathlib import Path
 
 from deepcourse.errors import UserError
 
-#: the names a run directory holds (deepcourse.rundir.layout, training.checkpoint, the trackers, the report), besides
+#: the names a run directory holds (deepcourse.rundir.layout, training.checkpoint, the trackers, the report and its
+#: model card README.md, `deepcourse export`'s default folder), besides
 #: every dot-name (its lock, temporary and replaced folders); `tests/test_output_contract.py` keeps it complete
 RUN_OWNED = frozenset({"recipe.toml", "run.json", "metrics.jsonl", "summary.json", "artifacts.json", "holdout.json",
-                       "checkpoints", "best", "report", "trackers"})
+                       "checkpoints", "best", "report", "trackers", "README.md", "export"})
 #: what marks a folder as a run: its recipe, and what training writes beside it from the start
 RUN_MARKS = ("run.json", "metrics.jsonl", "checkpoints", "best")
 

@@ -26,6 +26,7 @@ from deepcourse.api import (
     DataSection,
     ExplainOptions,
     Explanation,
+    ExportGraph,
     Figure,
     MeanLoss,
     Metric,
@@ -381,6 +382,14 @@ class SequenceTagging(Task):
         from .explain import explain_sentences
 
         return explain_sentences(self, model, inputs, options=options, device=device, out=out)
+
+    def export_graph(self, model: nn.Module, facts: Mapping[str, Any], artifacts: Mapping[str, Any]) -> ExportGraph:
+        """The network up to each label's tag scores; decoding (Viterbi for a CRF) runs on the host (`.export`)."""
+        from .export import export_graph, restored
+
+        if self.words is None:  # not set up from a run's artifacts (the model zoo)
+            restored(self, facts)
+        return export_graph(self, model)
 
     def report(self, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any],
                out: Path) -> tuple[list[Figure], list[str]]:

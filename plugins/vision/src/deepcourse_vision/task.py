@@ -31,6 +31,7 @@ from deepcourse.api import (
     DataSection,
     ExplainOptions,
     Explanation,
+    ExportGraph,
     Figure,
     MeanLoss,
     MetricCollection,
@@ -339,6 +340,14 @@ class ImageClassification(Task):
         from .explain import explain_images
 
         return explain_images(self, model, inputs, options=options, device=device, out=out)
+
+    def export_graph(self, model: nn.Module, facts: Mapping[str, Any], artifacts: Mapping[str, Any]) -> ExportGraph:
+        """The network with its evaluation preprocessing inside, on uint8 images as decoded (see `.export`)."""
+        from .export import export_graph
+
+        if not self.class_names:  # not set up from a run's artifacts: set up as for the model zoo
+            self.setup_example(facts)
+        return export_graph(self, model)
 
     def report(self, model: nn.Module, recipe: Recipe, artifacts: Mapping[str, Any],
                out: Path) -> tuple[list[Figure], list[str]]:
