@@ -188,8 +188,8 @@ def require(names: list[str], key: str = "requires_plugins") -> None:
         if info is None:
             hint = did_you_mean(wanted, list(by_name)) or (
                 " Installed: " + ", ".join(sorted(by_name)) + "." if by_name else " No plugins are installed.")
-            problems.append(f"{key}[{i}]: plugin '{wanted}' is not installed (pip install deepcourse-{wanted}, or "
-                            f"pip install -e plugins/{wanted} from a deepcourse checkout).{hint}")
+            problems.append(f"{key}[{i}]: plugin '{wanted}' is not installed (pip install -e plugins/{wanted} from a "
+                            f"deepcourse checkout; no deepcourse package is published on PyPI yet).{hint}")
         elif info.status != "ok":
             problems.append(f"{key}[{i}]: plugin '{wanted}' is installed but {info.status}: {info.error}")
     if problems:
