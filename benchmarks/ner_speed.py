@@ -9,6 +9,7 @@ backward direction then reads the padding first). The deepcourse side is the rea
 train.max_steps), with and without `data.group_by_length`, and the task's evaluation step. Rounds alternate
 between the sides so the load of a shared machine hits them alike; medians over rounds are compared.
 
+    pip install pytorch-crf                 # the hand-written side's CRF (deepcourse itself no longer needs it)
     export DEEPCOURSE_DATA=/path/to/data   # conll2003/train.txt and glove/
     python benchmarks/ner_speed.py --steps 150 --rounds 2
 """

@@ -82,6 +82,9 @@ def test_the_installed_packages_run_a_shipped_recipe_by_name(installed: tuple[Pa
     assert out.returncode == 0, out.stderr
     assert "epoch 1/1" in out.stdout and '"accuracy"' in out.stdout
     assert list((tmp_path / "runs" / "quickstart").glob("*/best/model.safetensors"))
+    schema = run_installed(target, tmp_path, "schema")
+    assert schema.returncode == 0, schema.stderr
+    assert schema.stdout == (REPO / "recipe.schema.json").read_text(encoding="utf-8")
     origin = subprocess.run([sys.executable, "-c", "import deepcourse, deepcourse_vision; print(deepcourse.__file__);"
                              " print(deepcourse_vision.__file__)"], cwd=tmp_path, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(target)})

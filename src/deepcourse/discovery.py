@@ -34,6 +34,7 @@ class PluginInfo:
     status: str = "pending"  # ok | error | incompatible
     error: str = ""
     details: str = ""  # traceback, shown by `deepcourse plugins -v`
+    heavy: tuple[str, ...] = ()  # the plugin module's HEAVY_MODULES: imported by `check_heavy_modules`
 
     @property
     def components(self) -> list[tuple[str, str]]:
@@ -114,6 +115,8 @@ def _load_one(info: PluginInfo, ep: md.EntryPoint) -> None:
         target = ep.load()
         if callable(target) and not inspect.ismodule(target):
             target()
+        module = target if inspect.ismodule(target) else inspect.getmodule(target)
+        info.heavy = tuple(getattr(module, "HEAVY_MODULES", ()))
         info.status = "ok"
     except Exception as exc:  # any failure in third-party code is reported, not fatal
         _rollback(info)
@@ -123,6 +126,24 @@ def _load_one(info: PluginInfo, ep: md.EntryPoint) -> None:
         if os.environ.get("DEEPCOURSE_PLUGIN_ERRORS", "").lower() == "raise":
             raise
         _warn(info)
+
+
+def check_heavy_modules() -> None:
+    """Import the heavy dependencies each loaded plugin declares (`HEAVY_MODULES = ("torchvision", ...)` in the module
+    its entry point names), which plugins import lazily so that every command starts fast: `deepcourse plugins`
+    calls this before it says "ok", so a broken torchvision reports the vision plugin broken, by name."""
+    for info in plugins():
+        if info.status != "ok":
+            continue
+        for module in info.heavy:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # noqa: BLE001 - a broken third-party installation fails in any way
+                _rollback(info)
+                info.status = "error"
+                info.error = f"needs the module '{module}', which fails to import: {type(exc).__name__}: {exc}"
+                info.details = traceback.format_exc()
+                break
 
 
 def _rollback(info: PluginInfo) -> None:
@@ -167,8 +188,8 @@ def require(names: list[str], key: str = "requires_plugins") -> None:
         if info is None:
             hint = did_you_mean(wanted, list(by_name)) or (
                 " Installed: " + ", ".join(sorted(by_name)) + "." if by_name else " No plugins are installed.")
-            problems.append(f"{key}[{i}]: plugin '{wanted}' is not installed (pip install deepcourse-{wanted}, or "
-                            f"pip install -e plugins/{wanted} from a deepcourse checkout).{hint}")
+            problems.append(f"{key}[{i}]: plugin '{wanted}' is not installed (pip install -e plugins/{wanted} from a "
+                            f"deepcourse checkout; no deepcourse package is published on PyPI yet).{hint}")
         elif info.status != "ok":
             problems.append(f"{key}[{i}]: plugin '{wanted}' is installed but {info.status}: {info.error}")
     if problems:

@@ -25,12 +25,27 @@ if TYPE_CHECKING:
 
 #: the name of the handler that `configure_output` and `default_output` put on the `deepcourse` logger
 TERMINAL = "deepcourse-terminal"
+#: the command line's -v minus -q: the level `configure_output` gives the `deepcourse` logger
+_VERBOSITY = {"level": 0}
+
+
+def set_verbosity(level: int) -> None:
+    """-q (< 0): warnings and errors only; 0: info; -v (> 0): debug too. Set by the group, read by each command."""
+    _VERBOSITY["level"] = level
+
+
+def _logger_level() -> int:
+    import logging
+
+    level = _VERBOSITY["level"]
+    return logging.WARNING if level < 0 else logging.DEBUG if level > 0 else logging.INFO
 
 
 def configure_output() -> None:
-    """The command line's output: every record of the `deepcourse` logger from INFO up on the terminal, and each
-    RecipeWarning as `deepcourse: warning: ...` every time it is raised (unless -W or PYTHONWARNINGS says
-    otherwise). Idempotent: a second call (another command in the same process) replaces the first one's handler."""
+    """The command line's output: every record of the `deepcourse` logger from INFO up (-q: WARNING, -v: DEBUG) on
+    the terminal, and each RecipeWarning as `deepcourse: warning: ...` every time it is raised (unless -W or
+    PYTHONWARNINGS says otherwise). Idempotent: a second call (another command in the same process) replaces the
+    first one's handler."""
     import logging
     import warnings
 
@@ -38,7 +53,7 @@ def configure_output() -> None:
     for old in [h for h in logger.handlers if h.get_name() == TERMINAL]:
         logger.removeHandler(old)
     logger.addHandler(_terminal_handler())
-    logger.setLevel(logging.INFO)
+    logger.setLevel(_logger_level())
     if not getattr(warnings.showwarning, TERMINAL, False):
         warnings.showwarning = _show_recipe_warnings(warnings.showwarning)
     if not sys.warnoptions:

@@ -5,6 +5,7 @@ Commands import torch and the plugins only when they run, so `deepcourse --help`
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import click
 from deepcourse._version import __version__
 from deepcourse.cli.analysis import ensemble
 from deepcourse.cli.analysis import paired as paired_compare
-from deepcourse.cli.common import handle_errors, read_inputs
+from deepcourse.cli.common import handle_errors, read_inputs, set_verbosity
 from deepcourse.cli.common import override_option as _override_option
+from deepcourse.cli.completion import complete_recipe
 from deepcourse.cli.inspect import explain, lr_find
 from deepcourse.cli.lab import gradcheck
 from deepcourse.cli.publish import card, export, push
@@ -24,7 +26,10 @@ from deepcourse.errors import UserError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="deepcourse")
-def main() -> None:
+@click.option("-q", "--quiet", count=True, help="Show warnings and errors only (the `deepcourse` logger at WARNING).")
+@click.option("-v", "--verbose", count=True, help="Also show debug messages (the `deepcourse` logger at DEBUG).")
+@click.pass_context
+def main(ctx: click.Context, quiet: int, verbose: int) -> None:
     """Train the networks of a deep-learning course from TOML recipes.
 
     \b
@@ -32,11 +37,16 @@ def main() -> None:
     deepcourse run recipes/mnist_lenet.toml --set optimizer.lr=0.01
     deepcourse list models 'res*'
     deepcourse explain RUN_DIR digit.png           (look inside a trained network)
+
+    Set NO_COLOR to turn colours off; shell completion: see docs/cli.md.
     """
+    set_verbosity(verbose - quiet)
+    if os.environ.get("NO_COLOR"):  # https://no-color.org: any non-empty value
+        ctx.color = False
 
 
 @main.command()
-@click.argument("recipe", required=False, type=click.Path(path_type=Path))
+@click.argument("recipe", required=False, type=click.Path(path_type=Path), shell_complete=complete_recipe)
 @_override_option
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this run directory.")
 @click.option("--run-dir", type=click.Path(path_type=Path), help="Write the run here instead of runs/<name>/<time>/.")
@@ -112,7 +122,7 @@ def _finish_run(summary: dict, trained: object, no_report: bool, as_json: bool) 
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path), shell_complete=complete_recipe)
 @_override_option
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved recipe as JSON instead of TOML.")
 @click.option("--estimate", is_flag=True, help="Instead, build the run and time a few of its steps here: print how "
@@ -172,14 +182,15 @@ def plugins(verbose: bool) -> None:
     """Installed plugins: distribution, version, status and errors."""
     from deepcourse import discovery
 
+    discovery.check_heavy_modules()  # "ok" means its torchvision (or seqeval, ...) imports too
     found = discovery.plugins()
     if not found:
         click.echo("no plugins installed (pip install -e plugins/vision -e plugins/sequence)")
         return
     for p in found:
         colour = {"ok": "green", "error": "red", "incompatible": "yellow"}.get(p.status, None)
-        status = click.style(p.status, fg=colour)
-        click.echo(f"{p.name:<12} {p.dist} {p.version:<10} {status:<12} {len(p.components)} components  ({p.target})")
+        status = click.style(f"{p.status:<12}", fg=colour)  # padded before styling: escapes take no columns
+        click.echo(f"{p.name:<12} {p.dist} {p.version:<10} {status} {len(p.components)} components  ({p.target})")
         if p.error:
             click.echo(f"    {p.error}")
         if verbose:
@@ -321,6 +332,19 @@ def compare(run_dirs: Sequence[Path], output: Path, paired: bool, split: str | N
     _, md = compare_runs(list(run_dirs), writable_folder(output, "-o"))
     click.echo(md.read_text(encoding="utf-8").rstrip())
     click.echo(f"\nwritten: {md}, {md.with_suffix('.csv')} and compare_*.png in {output}")
+
+
+@main.command()
+@click.option("--components", is_flag=True, help="List the installed components' names as examples of each section's "
+                                                 "`name` (the output then depends on the plugins installed).")
+@handle_errors
+def schema(components: bool) -> None:
+    """Print the recipe JSON Schema, for editor completion (Taplo, Even Better TOML: see docs/cli.md)."""
+    from deepcourse.recipe.jsonschema import recipe_json_schema, render
+    from deepcourse.registry import ALL
+
+    names = {kind: [e.name for e in table.entries()] for kind, table in ALL.items()} if components else None
+    click.echo(render(recipe_json_schema(names)), nl=False)
 
 
 @main.command(name="new-plugin")

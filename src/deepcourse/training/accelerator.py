@@ -221,7 +221,7 @@ def check_trackers(names: Sequence[str]) -> None:
     if "mlflow" in needs and "MLFLOW_TRACKING_URI" not in os.environ:
         needs["mlflow"] += ["sqlalchemy", "alembic"]  # the local sqlite store (deepcourse.training.tracking)
     hints = {"tensorboard": "pip install tensorboard (or deepcourse[tensorboard])",
-             "mlflow": "pip install 'deepcourse[mlflow]' (mlflow-skinny, sqlalchemy, alembic)"}
+             "mlflow": "pip install -e '.[mlflow]' in deepcourse's checkout (mlflow, sqlalchemy, alembic)"}
     problems = [f"'{name}' needs the {', '.join(missing)} package{'s' if len(missing) > 1 else ''} "
                 f"({hints.get(name, f'pip install {name}')})"
                 for name, modules in needs.items()

@@ -1,23 +1,47 @@
-"""Fast likelihood and batched Viterbi decoding on the parameters of a pytorch-crf `CRF` layer.
+"""A linear-chain CRF layer: its parameters, a fast likelihood and batched Viterbi decoding.
 
-The layer (its parameters and initialisation) is pytorch-crf's; two of its code paths are replaced because they
-dominate a CPU training step:
+`CRF` holds the three parameters under pytorch-crf's names, shapes and initialisation (the plugin used that package
+until it was dropped: it was last released in 2019 and only its parameters were still used), so the weights of runs
+trained with it load unchanged. The computations are this module's own, written for speed on a CPU training step:
 
-- `decode` backtracks one sentence at a time in Python and returns lists. `viterbi_decode` runs the forward pass
-  and the backtrace on whole-batch tensors (no host synchronisation) and returns a padded tensor ready to be
-  gathered across processes.
-- the log-likelihood records a dozen autograd nodes per time step. `crf_log_likelihood` scores the gold path
-  with a few vectorised operations and computes the log-partition with the forward algorithm under `no_grad`;
-  its gradient (the tag marginals) comes from the backward algorithm, in one custom autograd function.
+- `viterbi_decode` runs the forward pass and the backtrace on whole-batch tensors (no host synchronisation) and
+  returns a padded tensor ready to be gathered across processes.
+- `crf_log_likelihood` scores the gold path with a few vectorised operations and computes the log-partition with the
+  forward algorithm under `no_grad`; its gradient (the tag marginals) comes from the backward algorithm, in one
+  custom autograd function, instead of a dozen autograd nodes per time step.
 
-`plugins/sequence/tests/test_crf.py` checks both against pytorch-crf and against brute-force enumeration of every path.
+`plugins/sequence/tests/test_crf.py` checks them against brute-force enumeration of every path and against each other.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from torchcrf import CRF
+from torch import nn
+
+
+class CRF(nn.Module):
+    """The transition scores of a linear-chain CRF over `num_tags` tags: `start_transitions` [K],
+    `end_transitions` [K] and `transitions` [K, K] (tag i followed by tag j), uniform in [-0.1, 0.1] at first as
+    pytorch-crf initialised them. The state-dict keys are pytorch-crf's, so old checkpoints load as they are."""
+
+    def __init__(self, num_tags: int, batch_first: bool = False) -> None:
+        if num_tags <= 0:
+            raise ValueError(f"invalid number of tags: {num_tags}")
+        super().__init__()
+        self.num_tags = num_tags
+        self.batch_first = batch_first
+        self.start_transitions = nn.Parameter(torch.empty(num_tags))
+        self.end_transitions = nn.Parameter(torch.empty(num_tags))
+        self.transitions = nn.Parameter(torch.empty(num_tags, num_tags))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for parameter in (self.start_transitions, self.end_transitions, self.transitions):
+            nn.init.uniform_(parameter, -0.1, 0.1)
+
+    def extra_repr(self) -> str:
+        return f"num_tags={self.num_tags}"
 
 
 def viterbi_decode(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
@@ -47,7 +71,7 @@ def viterbi_decode(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Ten
 
 
 def crf_decode(crf: CRF, emissions: torch.Tensor, mask: torch.Tensor, pad: int = -100) -> torch.Tensor:
-    """`viterbi_decode` with the parameters of a batch-first pytorch-crf layer."""
+    """`viterbi_decode` with the parameters of a `CRF` layer."""
     if not crf.batch_first:
         emissions, mask = emissions.transpose(0, 1), mask.transpose(0, 1)
     return viterbi_decode(emissions, mask, crf.start_transitions, crf.end_transitions, crf.transitions, pad)

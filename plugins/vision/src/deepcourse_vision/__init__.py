@@ -7,3 +7,5 @@ digits, imagefolder), the batched transforms and the CNN zoo. deepcourse imports
 from . import augment, data, models, task, transforms  # noqa: F401 - importing registers the components
 
 __version__ = "0.1.0"
+#: imported lazily by the components; `deepcourse plugins` imports them before it reports this plugin "ok"
+HEAVY_MODULES = ("torchvision", "PIL", "pyarrow")

@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchcrf import CRF
 
-from ..crf import crf_decode, crf_log_likelihood
+from ..crf import CRF, crf_decode, crf_log_likelihood
 
 #: a head seen as a linear-chain model: emissions [B, T, K], start [K], end [K], transitions [K, K]
 Chain = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -44,8 +43,8 @@ class SoftmaxHead(nn.Module):
 
 
 class CRFHead(nn.Module):
-    """A linear-chain CRF (pytorch-crf) on per-token scores: the whole tag sequence is scored and decoded
-    jointly, so transitions such as O -> I-PER are learnt to be impossible."""
+    """A linear-chain CRF (`deepcourse_sequence.crf.CRF`) on per-token scores: the whole tag sequence is scored and
+    decoded jointly, so transitions such as O -> I-PER are learnt to be impossible."""
 
     def __init__(self, in_features: int, num_tags: int) -> None:
         super().__init__()
