@@ -21,13 +21,14 @@ from typing import cast
 import torch
 from torch import nn
 
+from ..crf import CRF
 from .heads import CRFHead, Head, SoftmaxHead
 from .recurrent import SequenceTagger
 
 
 class AveragedCRF(nn.Module):
-    """The mean of the members' CRF parameters, as a batch-first pytorch-crf layer shows them (no weights of its own:
-    read afresh from the members on every call, so loading their weights is all it takes)."""
+    """The mean of the members' CRF parameters, as a batch-first `CRF` layer shows them (start, end, transitions;
+    no weights of its own: read afresh from the members on every call, so loading their weights is all it takes)."""
 
     batch_first = True
 
@@ -46,7 +47,7 @@ class MeanCRFHead(CRFHead):
         self.members = list(heads)  # a plain list: the weights stay the ensemble's members'
         zero = next(iter(heads[0].parameters()))
         chains = [h.chain(zero.new_zeros(1, 1, h.proj.out_features))[1:] for h in heads]
-        self.crf = AveragedCRF(chains)  # CRF's interface, the members' mean values
+        self.crf = cast(CRF, AveragedCRF(chains))  # CRF's interface (its three tensors), the members' mean values
 
     def combine(self, scores: Sequence[torch.Tensor]) -> torch.Tensor:
         """Emissions of the ensemble from each member's tag scores (a softmax member's as log-probabilities)."""
