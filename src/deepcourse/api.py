@@ -24,7 +24,9 @@ releases. Grouped as:
   `lab_layer`, `lab_loss`, `lab_choice` (a builder option that takes a built-in name or 'lab:NAME'), `LabLayer`,
   `PieceError`;
 - runs and recipes on disk: `latest_checkpoint`, `shipped_recipes` (name -> file of the recipes that ship with
-  deepcourse).
+  deepcourse);
+- pretrained weights: `use_weights` (a model builder names a local weights file, loaded by matching names and
+  shapes when a run starts, as `model.init_from` is).
 
 The documentation and test helpers (`cli`, `zoo_section`, `count_flops`, `results_table`) live in
 `deepcourse.testing`, so importing this module loads neither the command line nor the studies; reading them from here
@@ -87,6 +89,7 @@ from deepcourse.training.build import build_task
 from deepcourse.training.callbacks import Callback, TrainContext, TrainState
 from deepcourse.training.checkpoint import latest_checkpoint
 from deepcourse.training.evaluation import SplitEvaluation, evaluate_split
+from deepcourse.training.transfer import use_weights
 
 __all__ = [
     # registries
@@ -115,6 +118,8 @@ __all__ = [
     "PIECES", "lab_layer", "lab_loss", "lab_choice", "LabLayer", "PieceError",
     # documentation and tests
     "latest_checkpoint", "shipped_recipes",
+    # pretrained weights
+    "use_weights",
 ]
 
 #: moved to `deepcourse.testing`; reachable here for one release

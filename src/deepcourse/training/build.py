@@ -34,7 +34,9 @@ from deepcourse.recipe.schema import HOLDOUT, ModelSection, Recipe
 from deepcourse.registry import CALLBACKS, OPTIMIZERS, SCHEDULERS, TASKS
 from deepcourse.task import DataBundle, Task
 from deepcourse.training.callbacks import Callback
+from deepcourse.training.params import FreezeSchedule, freeze, param_groups
 from deepcourse.training.sampling import DeviceBatchSampler, EpochSampler, LengthGroupedSampler
+from deepcourse.training.transfer import load_initial
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -76,20 +78,21 @@ class Trained(NamedTuple):
 
 def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifacts: Mapping[str, Any] | None = None,
               facts: Mapping[str, Any] | None = None, steps_per_epoch: int | None = None,
-              lr_test: bool = False) -> RunPieces:
+              lr_test: bool = False, resuming: bool = False) -> RunPieces:
     """The pieces of a run of `recipe`, built in the order a run reports its user errors: the task, its data, the
     model, the optimizer, the loaders, the schedule, the callbacks. What is built follows from what is given:
 
     - an `accelerator` (a run): all of them, the data placed and the model, optimizer and loaders prepared by it;
       `artifacts` are a resumed run's (nothing is fitted anew). With `lr_test`, the range test's: the training
-      loader alone, in random order, and no schedule, evaluation or callbacks (the test sets the rate itself);
+      loader alone, in random order, and no schedule, evaluation or callbacks (the test sets the rate itself). A
+      new run's model starts from model.init_from (or its builder's weights); a `resuming` one from its checkpoint;
     - `facts` (a trained run's): the task and the model alone, for inference; no data is read;
     - `steps_per_epoch` (a finished run's, from its log): the optimizer and the schedule alone, on a stand-in
       parameter, to replay the learning rate of every step; no task, data or model.
     """
     if steps_per_epoch is not None:
         stand_in = nn.Linear(1, 1)
-        optimizer = build_optimizer(recipe, stand_in)
+        optimizer = build_optimizer(recipe, stand_in, groups=False)
         return _with_schedule(RunPieces(recipe, None, stand_in, optimizer=optimizer), optimizer, steps_per_epoch)
     task = build_task(recipe)
     if facts is not None:
@@ -99,6 +102,9 @@ def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifac
     bundle = load_training_data(task, recipe, artifacts)
     place_data(recipe, bundle, accelerator.device)
     model = build_model(task, recipe.model, bundle.facts)
+    if not resuming:  # a resumed run has its weights in its checkpoint
+        load_initial(model, recipe, main=accelerator.is_main_process)
+    frozen = freeze(recipe, model, num_processes=accelerator.num_processes, main=accelerator.is_main_process)
     optimizer = build_optimizer(recipe, model)
     train = bundle.splits["train"]
     # the range test draws its batches at random even where the recipe groups them by length: the loss should
@@ -129,7 +135,7 @@ def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifac
     if lr_test:
         return pieces
     pieces = _with_schedule(pieces, optimizer, math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps))
-    pieces.callbacks = build_callbacks(recipe)
+    pieces.callbacks = build_callbacks(recipe) + ([FreezeSchedule(frozen)] if frozen else [])
     return pieces
 
 
@@ -265,10 +271,12 @@ def make_train_sampler(recipe: Recipe, dataset: Any) -> EpochSampler:
     return LengthGroupedSampler(lengths, recipe.data.batch_size, seed=recipe.seed)
 
 
-def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return call_builder(OPTIMIZERS.get(recipe.optimizer.name), recipe.optimizer.options, loc="optimizer",
-                        provided={"params": params})
+def build_optimizer(recipe: Recipe, model: torch.nn.Module, *, groups: bool = True) -> torch.optim.Optimizer:
+    """The optimizer of the trainable parameters, in optimizer.groups' groups (`groups`: False for a stand-in
+    model, whose names no pattern is about)."""
+    builder = OPTIMIZERS.get(recipe.optimizer.name)
+    params = param_groups(recipe, model, builder) if groups else [p for p in model.parameters() if p.requires_grad]
+    return call_builder(builder, recipe.optimizer.options, loc="optimizer", provided={"params": params})
 
 
 def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int,
