@@ -61,7 +61,7 @@ def test_imagenet_weights_load_from_a_folder_in_torchvision_format(tmp_path: Pat
     with caplog.at_level(logging.INFO, logger="deepcourse"):
         code, out = run(tmp_path)
     assert code == 0, out
-    assert f"model.weights: loaded 2 of the model's" in caplog.text and str(folder / name) in caplog.text
+    assert "model.weights: loaded 2 of the model's" in caplog.text and str(folder / name) in caplog.text
     assert "conv1.weight (64x3x7x7 -> 64x3x3x3)" in caplog.text and "fc.weight (1000x512 -> 3x512)" in caplog.text
     (best,) = (tmp_path / "runs" / "folder_resnet").glob("*/best/model.safetensors")
     assert torch.equal(load_file(str(best))["layer1.0.conv1.weight"], torch.full((64, 64, 3, 3), 0.01))

@@ -91,8 +91,8 @@ class ModelSection(_Open):
 
 
 #: what `optimizer.groups[i].match`, `train.freeze` match against: parameter names as model.named_parameters() gives
-MATCH_HELP = ("a pattern on parameter names (model.named_parameters()): an fnmatch glob (\"*.bias\", \"layer[34]\") or a "
-              "module path (\"layer1\" matches everything under it)")
+MATCH_HELP = ("a pattern on parameter names (model.named_parameters()): an fnmatch glob (\"*.bias\", "
+              "\"layer[34]\") or a module path (\"layer1\" matches everything under it)")
 
 
 class ParamGroup(_Strict):

@@ -27,7 +27,8 @@ Weights = Literal["none", "imagenet"]
 
 #: torchvision's DenseNet files use the names of an older layout ("denselayer1.norm.1.weight"), which torchvision
 #: itself renames on load ("denselayer1.norm1.weight")
-_OLD_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_OLD_DENSENET = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def with_weights(model: nn.Module, arch: str, weights: Weights) -> nn.Module:
