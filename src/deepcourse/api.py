@@ -30,7 +30,9 @@ releases. Grouped as:
   `PieceError`;
 - export (`deepcourse export`): `ExportGraph`, what `Task.export_graph` returns;
 - runs and recipes on disk: `latest_checkpoint`, `shipped_recipes` (name -> file of the recipes that ship with
-  deepcourse).
+  deepcourse);
+- pretrained weights: `use_weights` (a model builder names a local weights file, loaded by matching names and
+  shapes when a run starts, as `model.init_from` is).
 
 The documentation and test helpers (`cli`, `zoo_section`, `count_flops`, `results_table`) live in
 `deepcourse.testing`, so importing this module loads neither the command line nor the studies; reading them from here
@@ -103,6 +105,7 @@ from deepcourse.training.checkpoint import latest_checkpoint
 from deepcourse.training.datainit import DataInit
 from deepcourse.training.evaluation import SplitEvaluation, evaluate_split
 from deepcourse.training.precision import uses_channels_last
+from deepcourse.training.transfer import use_weights
 
 __all__ = [
     # registries
@@ -132,6 +135,8 @@ __all__ = [
     "PIECES", "lab_layer", "lab_loss", "lab_choice", "LabLayer", "PieceError",
     # documentation and tests
     "latest_checkpoint", "shipped_recipes",
+    # pretrained weights
+    "use_weights",
 ]
 
 #: moved to `deepcourse.testing`; reachable here for one release

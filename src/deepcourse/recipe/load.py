@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from deepcourse import discovery
 from deepcourse.errors import RecipeError, UserError, did_you_mean
 from deepcourse.recipe import shipped
-from deepcourse.recipe.builders import format_errors, validate_options
+from deepcourse.recipe.builders import _join, format_errors, validate_options
 from deepcourse.recipe.overrides import apply_overrides, flatten, parse_override, toml_literal
 from deepcourse.recipe.schema import (
     BUILDER_SECTIONS,
@@ -290,11 +290,11 @@ def recipe_problems(exc: ValidationError, data: Mapping[str, Any]) -> list[str]:
     for line, err in zip(format_errors(exc, "", None), exc.errors(include_url=False), strict=True):
         if err["type"] == "extra_forbidden":
             loc = [str(p) for p in err["loc"]]
-            parent = ".".join(loc[:-1])
+            parent = ".".join(p for p in loc[:-1] if not p.isdigit())  # optimizer.groups.0 -> optimizer.groups
             model = SECTION_MODELS.get(parent)
             valid = [k for k, f in model.model_fields.items() if not f.exclude] if model else []
             hint = did_you_mean(loc[-1], valid) or (f" Valid keys: {', '.join(valid)}." if valid else "")
-            line = f"{'.'.join(loc)}: unknown key.{hint}"
+            line = f"{_join('', *err['loc'])}: unknown key.{hint}"
         elif err["type"] == "missing":
             key = ".".join(str(p) for p in err["loc"])
             line = f"{key}: required" + (" (every recipe names one)" if key.endswith("name") else "")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
 
 from deepcourse.recipe.builders import parameters
 from deepcourse.registry import ALL
@@ -83,10 +83,42 @@ class DataSection(_Open):
 
 class ModelSection(_Open):
     name: str = doc(..., "registered model")
+    init_from: str | None = doc(
+        None, "start from earlier weights: a run folder (its best/ weights; a recipe's runs folder: its newest run "
+              "with best weights), a .safetensors file or a torch .pth/.pt state dict. Tensors of the same name and "
+              "shape are loaded after the model is built; the run's first lines say what matched and what was "
+              "skipped (missing in the source, another shape: e.g. a new classifier head)")
+
+
+#: what `optimizer.groups[i].match`, `train.freeze` match against: parameter names as model.named_parameters() gives
+MATCH_HELP = ("a pattern on parameter names (model.named_parameters()): an fnmatch glob (\"*.bias\", "
+              "\"layer[34]\") or a module path (\"layer1\" matches everything under it)")
+
+
+class ParamGroup(_Strict):
+    match: str = doc(..., MATCH_HELP)
+    lr_scale: PositiveFloat = doc(1.0, "this group's learning rate is optimizer.lr times this (schedules keep the "
+                                       "ratio)")
+    weight_decay_scale: NonNegFloat = doc(1.0, "this group's weight decay is optimizer.weight_decay times this (0: no "
+                                               "decay, e.g. on norms and biases)")
+    lr: PositiveFloat | None = doc(None, "this group's learning rate, instead of lr_scale")
+    weight_decay: NonNegFloat | None = doc(None, "this group's weight decay, instead of weight_decay_scale")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ParamGroup:
+        for absolute, scale in (("lr", "lr_scale"), ("weight_decay", "weight_decay_scale")):
+            if getattr(self, absolute) is not None and scale in self.model_fields_set:
+                raise ValueError(f"set {absolute} or {scale}, not both")
+        return self
 
 
 class OptimizerSection(_Open):
     name: str = doc("adamw", "registered optimizer, or `lab:NAME` for a hand-written update rule (docs/labs.md)")
+    groups: list[ParamGroup] | None = doc(
+        None, "[[optimizer.groups]] tables {match = ..., lr_scale = ..., weight_decay_scale = ...}: parameter groups "
+              "with their own rate and decay. A parameter goes in the first group whose pattern matches it; the "
+              "others form the default group (optimizer.lr, optimizer.weight_decay). A pattern that matches no "
+              "parameter is an error")
 
 
 class SchedulerSection(_Open):
@@ -132,6 +164,22 @@ class WeightAveraging(_Strict):
     start: Annotated[float, Field(ge=0, lt=1)] = doc(
         0.0, "fraction of the run's optimizer steps before the average begins, as a copy of the weights then (0: the "
              "initial weights)")
+
+
+class FreezeRule(_Strict):
+    match: str = doc(..., MATCH_HELP)
+    from_epoch: PositiveInt | None = doc(None, "trained for the first N epochs, then frozen")
+    until_epoch: PositiveInt | None = doc(None, "frozen for the first N epochs, then trained (gradual unfreezing)")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FreezeRule:
+        if self.from_epoch is not None and self.until_epoch is not None:
+            raise ValueError("give from_epoch or until_epoch, not both (neither: frozen for the whole run)")
+        return self
+
+    @property
+    def whole_run(self) -> bool:
+        return self.from_epoch is None and self.until_epoch is None
 
 
 class TrainSection(_Strict):
@@ -202,6 +250,18 @@ class TrainSection(_Strict):
     average: WeightAveraging | None = doc(
         None, "{method = \"ema\", \"lookahead\" or \"swa\", ...}: average the weights while training; evaluation and "
               "best/ use the average (see [train.average])")
+
+    freeze: list[FreezeRule] | None = doc(
+        None, "parameters that do not train, by pattern (as optimizer.groups' match): [\"conv1\", \"layer1\"] for "
+              "the whole run (left out of the optimizer), or {match = ..., from_epoch = N} / {match = ..., "
+              "until_epoch = N} for part of it. The run's first lines say how many were frozen; freezing every "
+              "parameter is an error")
+
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _patterns(cls, value: Any) -> Any:
+        """A plain pattern is the rule {match = pattern}: frozen for the whole run."""
+        return [{"match": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
 
 
 def _every(value: Any) -> Any:
@@ -301,7 +361,8 @@ class Recipe(_Strict):
 SECTION_MODELS: dict[str, type[BaseModel]] = {
     "": Recipe, "task": TaskSection, "data": DataSection, "model": ModelSection, "optimizer": OptimizerSection,
     "scheduler": SchedulerSection, "train": TrainSection, "train.compile": CompileOptions,
-    "train.early_stopping": EarlyStopping, "train.average": WeightAveraging,
+    "train.early_stopping": EarlyStopping, "train.average": WeightAveraging, "optimizer.groups": ParamGroup,
+    "train.freeze": FreezeRule,
     "eval": EvalSection, "sweep": SweepSection, "search": SearchSection,
 }
 #: Tables whose `name` picks a builder from a registry, and that registry.

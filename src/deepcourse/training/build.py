@@ -40,8 +40,10 @@ from deepcourse.training.averaging import WeightAverage, build_average, require_
 from deepcourse.training.callbacks import Callback
 from deepcourse.training.datainit import init_from_data
 from deepcourse.training.ensemble import ENSEMBLE, member_sections
+from deepcourse.training.params import FreezeSchedule, freeze, param_groups
 from deepcourse.training.precision import to_memory_format
 from deepcourse.training.sampling import DeviceBatchSampler, EpochSampler, LengthGroupedSampler
+from deepcourse.training.transfer import load_initial
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -86,20 +88,21 @@ class Trained(NamedTuple):
 
 def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifacts: Mapping[str, Any] | None = None,
               facts: Mapping[str, Any] | None = None, steps_per_epoch: int | None = None,
-              lr_test: bool = False) -> RunPieces:
+              lr_test: bool = False, resuming: bool = False) -> RunPieces:
     """The pieces of a run of `recipe`, built in the order a run reports its user errors: the task, its data, the
     model, the optimizer, the loaders, the schedule, the callbacks. What is built follows from what is given:
 
     - an `accelerator` (a run): all of them, the data placed and the model, optimizer and loaders prepared by it;
       `artifacts` are a resumed run's (nothing is fitted anew). With `lr_test`, the range test's: the training
-      loader alone, in random order, and no schedule, evaluation or callbacks (the test sets the rate itself);
+      loader alone, in random order, and no schedule, evaluation or callbacks (the test sets the rate itself). A
+      new run's model starts from model.init_from (or its builder's weights); a `resuming` one from its checkpoint;
     - `facts` (a trained run's): the task and the model alone, for inference; no data is read;
     - `steps_per_epoch` (a finished run's, from its log): the optimizer and the schedule alone, on a stand-in
       parameter, to replay the learning rate of every step; no task, data or model.
     """
     if steps_per_epoch is not None:
         stand_in = nn.Linear(1, 1)
-        optimizer = build_optimizer(recipe, stand_in)
+        optimizer = build_optimizer(recipe, stand_in, groups=False)
         return _with_schedule(RunPieces(recipe, None, stand_in, optimizer=optimizer), optimizer, steps_per_epoch)
     task = build_task(recipe)
     if facts is not None:
@@ -109,9 +112,11 @@ def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifac
     bundle = load_training_data(task, recipe, artifacts)
     place_data(recipe, bundle, accelerator.device)
     model = engine_model(task, recipe, bundle.facts)
-    require_trained_weights(recipe, model)
-    if artifacts is None:  # a new run (a resumed one takes its weights from the checkpoint)
+    if not resuming:  # a new run: a resumed one has its weights in its checkpoint
         init_from_data(model, task, bundle, seed=recipe.seed, device=accelerator.device)
+        load_initial(model, recipe, main=accelerator.is_main_process)  # over the data's init
+    frozen = freeze(recipe, model, num_processes=accelerator.num_processes, main=accelerator.is_main_process)
+    require_trained_weights(recipe, model)
     optimizer = build_optimizer(recipe, model)
     train = bundle.splits["train"]
     # the range test draws its batches at random even where the recipe groups them by length: the loss should
@@ -143,7 +148,8 @@ def build_run(recipe: Recipe, accelerator: Accelerator | None = None, *, artifac
         return pieces
     pieces = _with_schedule(pieces, optimizer, math.ceil(len(train_loader) / accelerator.gradient_accumulation_steps))
     pieces.average = build_average(recipe, accelerator.unwrap_model(prepared_model), pieces.total_steps)
-    pieces.callbacks = [*([pieces.average] if pieces.average else []), *build_callbacks(recipe)]
+    pieces.callbacks = [*([pieces.average] if pieces.average else []), *build_callbacks(recipe),
+                        *([FreezeSchedule(frozen)] if frozen else [])]
     return pieces
 
 
@@ -306,10 +312,12 @@ def make_train_sampler(recipe: Recipe, dataset: Any) -> EpochSampler:
     return LengthGroupedSampler(lengths, recipe.data.batch_size, seed=recipe.seed)
 
 
-def build_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return call_builder(OPTIMIZERS.get(recipe.optimizer.name), recipe.optimizer.options, loc="optimizer",
-                        provided={"params": params})
+def build_optimizer(recipe: Recipe, model: torch.nn.Module, *, groups: bool = True) -> torch.optim.Optimizer:
+    """The optimizer of the trainable parameters, in optimizer.groups' groups (`groups`: False for a stand-in
+    model, whose names no pattern is about)."""
+    builder = OPTIMIZERS.get(recipe.optimizer.name)
+    params = param_groups(recipe, model, builder) if groups else [p for p in model.parameters() if p.requires_grad]
+    return call_builder(builder, recipe.optimizer.options, loc="optimizer", provided={"params": params})
 
 
 def build_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int,

@@ -91,7 +91,7 @@ def _fit(recipe: Recipe, runs_root: Path, run_dir: Path | None, resume: Path | R
     set_seed(recipe.seed, deterministic=recipe.train.deterministic)
 
     # 1. task, data, model, optimizer, loaders, schedule: every user error surfaces here, before a run directory
-    run = build_run(recipe, acc, artifacts=resume.artifacts if resume is not None else None)
+    run = build_run(recipe, acc, artifacts=resume.artifacts if resume else None, resuming=resume is not None)
     first_lines = start_lines(run, acc, resumed=resume is not None)  # precision; estimate (a few timed steps, undone)
 
     # 2. the run directory: a new one (created once, by the main process) or the one being resumed. From here until

@@ -72,14 +72,15 @@ def lr_range_test(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batc
     scaler_state = copy.deepcopy(scaler.state_dict()) if scaler is not None else None
     result = LRFindResult()
     factor = (end_lr / start_lr) ** (1 / max(num_steps - 1, 1))
+    scales = [g["lr"] / optimizer.param_groups[0]["lr"] for g in optimizer.param_groups]  # optimizer.groups' ratios
     average, lowest, pending = 0.0, math.inf, []
     try:
         model.train()
         for batch in _again_and_again(batches):
             step = len(result.lrs)
             lr = start_lr * factor ** step
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            for group, scale in zip(optimizer.param_groups, scales, strict=True):
+                group["lr"] = lr * scale
             with accelerator.accumulate(model) if accelerator is not None else contextlib.nullcontext():
                 loss = loss_of(batch)
                 if not torch.isfinite(loss).all():

@@ -13,6 +13,7 @@ from torch import nn
 from deepcourse.api import MODELS
 
 from ..layers import Dropout, Norm, PositiveInt, replace_batchnorm
+from ..pretrained import Weights, with_weights
 
 Stem = Literal["auto", "imagenet", "cifar"]
 
@@ -38,14 +39,15 @@ def _densenet(num_classes: int, in_channels: int, image_size: int, growth_rate: 
 
 @MODELS.register("densenet121")
 def densenet121(num_classes: int, in_channels: int, image_size: int, stem: Stem = "auto", norm: Norm = "batch",
-                norm_groups: PositiveInt = 32, drop_rate: Dropout = 0.0, memory_efficient: bool = False
-                ) -> nn.Module:
+                norm_groups: PositiveInt = 32, drop_rate: Dropout = 0.0, memory_efficient: bool = False,
+                weights: Weights = "none") -> nn.Module:
     """DenseNet-121 on torchvision's DenseNet (7.98M parameters with the ImageNet stem and 1000 classes).
 
     Growth 32, blocks (6, 12, 24, 16), 64 initial features; stem 'cifar' for small images. memory_efficient:
-    recompute concatenations in backward."""
-    return _densenet(num_classes, in_channels, image_size, 32, (6, 12, 24, 16), 64, stem, norm, norm_groups,
-                     drop_rate, memory_efficient)
+    recompute concatenations in backward. weights 'imagenet': start from torchvision's ImageNet weights (read from
+    $DEEPCOURSE_WEIGHTS or torch's hub cache; the tensors of the same shape)."""
+    return with_weights(_densenet(num_classes, in_channels, image_size, 32, (6, 12, 24, 16), 64, stem, norm,
+                                  norm_groups, drop_rate, memory_efficient), "densenet121", weights)
 
 
 @MODELS.register("densenet_small")

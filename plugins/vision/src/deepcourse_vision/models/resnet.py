@@ -15,6 +15,7 @@ from torch import nn
 from deepcourse.api import MODELS
 
 from ..layers import Dropout, Norm, PositiveInt, make_norm, norm_factory
+from ..pretrained import Weights, with_weights
 
 Stem = Literal["auto", "imagenet", "cifar"]
 
@@ -58,16 +59,18 @@ def _resnet(block: str, layers: list[int], num_classes: int, in_channels: int, i
 
 def _builder(name: str, block: str, layers: list[int], params: str) -> None:
     def build(num_classes: int, in_channels: int, image_size: int, stem: Stem = "auto", norm: Norm = "batch",
-              norm_groups: PositiveInt = 32, zero_init_residual: bool = True, dropout: Dropout = 0.0) -> nn.Module:
-        return _resnet(block, layers, num_classes, in_channels, image_size, stem, norm, norm_groups,
-                       zero_init_residual, dropout)
+              norm_groups: PositiveInt = 32, zero_init_residual: bool = True, dropout: Dropout = 0.0,
+              weights: Weights = "none") -> nn.Module:
+        return with_weights(_resnet(block, layers, num_classes, in_channels, image_size, stem, norm, norm_groups,
+                                    zero_init_residual, dropout), name, weights)
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = (f"{name.replace('resnet', 'ResNet-')} on torchvision's ResNet ({params} parameters with the "
                      f"ImageNet stem and 1000 classes).\n\n{block.capitalize()} blocks {layers}; stem 'cifar' "
                      f"(3x3, no max-pool) for small images, 'auto' picks it under 64 px. zero_init_residual "
                      f"(default, as in timm): each block starts as the identity, which keeps deep nets trainable from "
-                     f"step one.")
+                     f"step one. weights 'imagenet': start from torchvision's ImageNet weights (read from "
+                     f"$DEEPCOURSE_WEIGHTS or torch's hub cache; the tensors of the same shape).")
     MODELS.register(name, build)
 
 
