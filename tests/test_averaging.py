@@ -16,7 +16,7 @@ from torch import nn
 
 from deepcourse.errors import RecipeError
 from deepcourse.recipe.load import load_recipe
-from deepcourse.recipe.schema import WeightAveraging
+from deepcourse.recipe.techniques import WeightAveraging
 from deepcourse.registry import MODELS
 from deepcourse.training.averaging import WeightAverage, averaged_weights
 from deepcourse.training.callbacks import TrainState

@@ -11,43 +11,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_validator, model_validator
+from pydantic import BaseModel, Field, PlainValidator, field_validator
 
 from deepcourse.recipe.builders import parameters
+from deepcourse.recipe.fields import NonNegFloat, NonNegInt, Open, PositiveFloat, PositiveInt, Strict, doc
+from deepcourse.recipe.techniques import FreezeRule, ParamGroup, WeightAveraging
 from deepcourse.registry import ALL
-
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
-
-
-def doc(default: Any, description: str) -> Any:
-    """A field's default and the sentence the recipe reference shows for it."""
-    return Field(default, description=description)
-
 
 #: the split `data.holdout` carves from train: scored once at the end of a run, never trained or selected on
 HOLDOUT = "holdout"
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class _Open(BaseModel):
-    """A table whose extra keys belong to a registered builder, checked against its signature."""
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class TaskSection(_Open):
+class TaskSection(Open):
     name: str = doc(..., "registered task")
 
 
-class DataSection(_Open):
+class DataSection(Open):
     name: str = doc(..., "registered dataset")
     data_dir: str | None = doc(None, "folder with a local copy; it must exist (without the key: $DEEPCOURSE_DATA/"
                                       "<dataset>/, else the Hub)")
@@ -81,7 +59,7 @@ class DataSection(_Open):
                "processes still send each batch's indices from the host")
 
 
-class ModelSection(_Open):
+class ModelSection(Open):
     name: str = doc(..., "registered model")
     init_from: str | None = doc(
         None, "start from earlier weights: a run folder (its best/ weights; a recipe's runs folder: its newest run "
@@ -90,29 +68,7 @@ class ModelSection(_Open):
               "skipped (missing in the source, another shape: e.g. a new classifier head)")
 
 
-#: what `optimizer.groups[i].match`, `train.freeze` match against: parameter names as model.named_parameters() gives
-MATCH_HELP = ("a pattern on parameter names (model.named_parameters()): an fnmatch glob (\"*.bias\", "
-              "\"layer[34]\") or a module path (\"layer1\" matches everything under it)")
-
-
-class ParamGroup(_Strict):
-    match: str = doc(..., MATCH_HELP)
-    lr_scale: PositiveFloat = doc(1.0, "this group's learning rate is optimizer.lr times this (schedules keep the "
-                                       "ratio)")
-    weight_decay_scale: NonNegFloat = doc(1.0, "this group's weight decay is optimizer.weight_decay times this (0: no "
-                                               "decay, e.g. on norms and biases)")
-    lr: PositiveFloat | None = doc(None, "this group's learning rate, instead of lr_scale")
-    weight_decay: NonNegFloat | None = doc(None, "this group's weight decay, instead of weight_decay_scale")
-
-    @model_validator(mode="after")
-    def _one_of(self) -> ParamGroup:
-        for absolute, scale in (("lr", "lr_scale"), ("weight_decay", "weight_decay_scale")):
-            if getattr(self, absolute) is not None and scale in self.model_fields_set:
-                raise ValueError(f"set {absolute} or {scale}, not both")
-        return self
-
-
-class OptimizerSection(_Open):
+class OptimizerSection(Open):
     name: str = doc("adamw", "registered optimizer, or `lab:NAME` for a hand-written update rule (docs/labs.md)")
     groups: list[ParamGroup] | None = doc(
         None, "[[optimizer.groups]] tables {match = ..., lr_scale = ..., weight_decay_scale = ...}: parameter groups "
@@ -121,7 +77,7 @@ class OptimizerSection(_Open):
               "parameter is an error")
 
 
-class SchedulerSection(_Open):
+class SchedulerSection(Open):
     name: str = doc("constant", "registered learning-rate schedule (stepped per optimizer step; plateau per "
                                 "evaluation)")
 
@@ -135,7 +91,7 @@ CompileBackend = Literal["eager", "aot_eager", "inductor", "aot_ts_nvfuser", "nv
 Tracker = Literal["aim", "tensorboard", "wandb", "trackio", "comet_ml", "mlflow", "clearml", "dvclive", "swanlab"]
 
 
-class CompileOptions(_Strict):
+class CompileOptions(Strict):
     backend: CompileBackend = doc("inductor", "torch.compile backend (eager and aot_eager only trace: quick to check "
                                               "that a model compiles)")
     mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = doc(
@@ -144,45 +100,12 @@ class CompileOptions(_Strict):
     dynamic: bool | None = doc(None, "trace with dynamic shapes (default: torch decides)")
 
 
-class EarlyStopping(_Strict):
+class EarlyStopping(Strict):
     patience: PositiveInt = doc(..., "evaluations without improvement before stopping")
     min_delta: NonNegFloat = doc(0.0, "smallest change that counts as an improvement")
 
 
-class WeightAveraging(_Strict):
-    method: Literal["ema", "lookahead", "swa"] = doc(
-        ..., "ema: an exponential moving average of the weights kept beside the model; lookahead: the same average, "
-             "copied back into the model at each update (airbench's); swa: the equal average of the weights at every "
-             "update from `start` on. Buffers (batch-norm statistics) are averaged with the weights. Evaluation and "
-             "best/ use the average; the model holds it when training ends")
-    decay: Annotated[float, Field(gt=0, lt=1)] = doc(
-        0.999, "ema: the share the average keeps at each update; lookahead: per optimizer step (an update keeps "
-               "decay ** every). swa ignores it")
-    every: PositiveInt = doc(1, "optimizer steps between updates of the average")
-    ramp: NonNegFloat = doc(0.0, "ema and lookahead: the share kept is multiplied by (step / total steps) ** ramp, so "
-                                 "early weights are soon forgotten (airbench: 3). swa ignores it")
-    start: Annotated[float, Field(ge=0, lt=1)] = doc(
-        0.0, "fraction of the run's optimizer steps before the average begins, as a copy of the weights then (0: the "
-             "initial weights)")
-
-
-class FreezeRule(_Strict):
-    match: str = doc(..., MATCH_HELP)
-    from_epoch: PositiveInt | None = doc(None, "trained for the first N epochs, then frozen")
-    until_epoch: PositiveInt | None = doc(None, "frozen for the first N epochs, then trained (gradual unfreezing)")
-
-    @model_validator(mode="after")
-    def _one_of(self) -> FreezeRule:
-        if self.from_epoch is not None and self.until_epoch is not None:
-            raise ValueError("give from_epoch or until_epoch, not both (neither: frozen for the whole run)")
-        return self
-
-    @property
-    def whole_run(self) -> bool:
-        return self.from_epoch is None and self.until_epoch is None
-
-
-class TrainSection(_Strict):
+class TrainSection(Strict):
     epochs: PositiveInt = doc(10, "passes over the training data")
     max_steps: PositiveInt | None = doc(
         None, "stop after this many optimizer steps (smoke runs). A run it cuts short evaluates once, at the end, and "
@@ -271,7 +194,7 @@ def _every(value: Any) -> Any:
     raise ValueError('a whole number of epochs (> 0) or "end"')
 
 
-class EvalSection(_Open):
+class EvalSection(Open):
     split: str = doc("validation", "split evaluated each epoch and used to pick the best model (never 'holdout', which "
                                    "only estimates how the chosen model does on unseen data)")
     every: Annotated[PositiveInt | Literal["end"], PlainValidator(_every)] = doc(
@@ -280,14 +203,14 @@ class EvalSection(_Open):
     batch_size: PositiveInt | None = doc(None, "batch size for evaluation")
 
 
-class SweepSection(_Strict):
+class SweepSection(Strict):
     """What `deepcourse sweep RECIPE` varies when no --grid is given: an ablation kept with its recipe."""
     grid: dict[str, list[Any]] = doc({}, "what `deepcourse sweep` varies: {\"key.path\" = [values]}, the runs are the "
                                          "product")
     seeds: PositiveInt = doc(1, "runs per grid point (seed, seed+1, ...), reported as mean and spread")
 
 
-class SearchSection(_Strict):
+class SearchSection(Strict):
     """What `deepcourse tune RECIPE` searches: the space, the budget, Optuna's sampler and pruner."""
     trials: PositiveInt = doc(20, "trials to finish (completed or pruned), counted over every worker of the study")
     sampler: Literal["tpe", "random", "grid", "cmaes", "qmc"] = doc(
@@ -302,7 +225,7 @@ class SearchSection(_Strict):
             "\"model.hidden\" = {low = 16, high = 128, step = 16}, \"optimizer\" = [{name = \"sgd\"}, ...]}")
 
 
-class Recipe(_Strict):
+class Recipe(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = doc(
         ..., "run name: runs go to runs/<name>/<timestamp>/ (default: the file name)")
     description: str = doc("", "free text, shown in reports")

@@ -31,7 +31,8 @@ from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn, get_swa_multi_avg_fn
 
 from deepcourse.errors import CheckpointError, RecipeError
-from deepcourse.recipe.schema import Recipe, WeightAveraging
+from deepcourse.recipe.schema import Recipe
+from deepcourse.recipe.techniques import WeightAveraging
 from deepcourse.training.callbacks import Callback, TrainContext
 
 _swa_update = get_swa_multi_avg_fn()

@@ -22,7 +22,8 @@ from torch import nn
 
 from deepcourse.errors import RecipeError
 from deepcourse.recipe.builders import parameters
-from deepcourse.recipe.schema import FreezeRule, ParamGroup, Recipe
+from deepcourse.recipe.schema import Recipe
+from deepcourse.recipe.techniques import FreezeRule, ParamGroup
 from deepcourse.training.callbacks import Callback, TrainContext
 
 logger = logging.getLogger(__name__)

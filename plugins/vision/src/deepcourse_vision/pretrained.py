@@ -43,7 +43,7 @@ def file_name(arch: str) -> tuple[str, str]:
     """(torchvision's file name, its address) of `arch`'s ImageNet-1k weights."""
     from torchvision.models import get_model_weights
 
-    url = get_model_weights(arch).IMAGENET1K_V1.url  # type: ignore[attr-defined]
+    url = get_model_weights(arch).IMAGENET1K_V1.url
     return url.rsplit("/", 1)[-1], url
 
 
