@@ -60,7 +60,8 @@ def build(recipe: Recipe, monkeypatch: pytest.MonkeyPatch, *, fail: bool = False
 
     monkeypatch.setattr(TASKS.get("toy-classification"), "build_model",
                         lambda self, model, facts: layered(facts["in_features"], facts["num_classes"], fail))
-    return build_run(recipe, make_accelerator(recipe, trackers=False, warn=False), artifacts=artifacts)
+    return build_run(recipe, make_accelerator(recipe, trackers=False, warn=False), artifacts=artifacts,
+                     resuming=artifacts is not None)
 
 
 def test_modules_see_their_own_input_in_forward_order(recipe: Recipe, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,8 @@ plugin's import loads neither the command line nor the studies.
 - `cli`: the command line as a click command, for `click.testing.CliRunner`;
 - `zoo_section`, `count_flops`, `results_table`: the generated tables of the model zoo and results pages;
 - `export_trained`, `EXPORT_FORMATS`, `Trained`, `load_trained`, `decode_output`: export a model built in a test (the
-  zoo round-trips) or a run, and decode an exported tagger's scores.
+  zoo round-trips) or a run, and decode an exported tagger's scores;
+- `native_bf16`: whether a device computes bfloat16 natively (what precision "auto" asks).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from deepcourse.results.export import export_trained
 from deepcourse.results.inference import load_trained
 from deepcourse.results.viterbi import decode_output
 from deepcourse.training.build import Trained
+from deepcourse.training.precision import native_bf16
 
 __all__ = ["cli", "zoo_section", "count_flops", "results_table", "export_trained", "EXPORT_FORMATS", "Trained",
-           "decode_output", "load_trained"]
+           "decode_output", "load_trained", "native_bf16"]
