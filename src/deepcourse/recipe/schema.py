@@ -125,8 +125,9 @@ class TrainSection(Strict):
     estimate: bool | None = doc(
         None, "before training, time a few real steps and one evaluation batch and print the run's length (\"about "
               "N min on this machine\"), also in run.json; the probe leaves weights, optimizer and random state as "
-              "they were. Unset: for new runs of more than 50 optimizer steps; `deepcourse check --estimate` prints "
-              "it without training")
+              "they were. Unset: for new runs of more than 200 optimizer steps (the probe then costs at most a few "
+              "percent), not for the runs of a sweep or search; `deepcourse check --estimate` prints it without "
+              "training")
     grad_accum: PositiveInt | None = doc(
         None, "batches per optimizer step; unset: Accelerate's ACCELERATE_GRADIENT_ACCUMULATION_STEPS, else 1. A "
               "value here wins, with a warning when they differ")

@@ -183,7 +183,9 @@ def run_command(spec: StudySpec, run: Path, sets: Sequence[str], callbacks: Sequ
     else:
         if run.exists():
             shutil.rmtree(run)
-        cmd += [str(spec.recipe), "--run-dir", str(run), *[a for o in [*spec.overrides, *sets] for a in ("--set", o)]]
+        # no run-time probe per run (train.estimate): the study reports its own progress; the user's --set still wins
+        sets = ["train.estimate=false", *spec.overrides, *sets]
+        cmd += [str(spec.recipe), "--run-dir", str(run), *[a for o in sets for a in ("--set", o)]]
     if callbacks:
         recipe = load_recipe(run / "recipe.toml") if resume else load_recipe(spec.recipe, [*spec.overrides, *sets])
         added = {cb["name"] for cb in callbacks}  # a resumed trial's recipe holds its earlier try's pruning callback

@@ -39,7 +39,7 @@ PROBE_STEPS = 3
 PROBE_SECONDS = 15.0
 #: train.estimate unset: new runs of more optimizer steps than this are estimated (shorter ones would spend a
 #: noticeable part of their time on it)
-AUTO_MIN_STEPS = 50
+AUTO_MIN_STEPS = 200
 #: on a CPU, an estimate above this names the task's faster shipped recipe for the dataset (Task.faster_recipes)
 HINT_AFTER_S = 3600.0
 
