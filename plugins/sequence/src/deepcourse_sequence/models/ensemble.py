@@ -23,7 +23,7 @@ from torch import nn
 
 from ..crf import CRF
 from .heads import CRFHead, Head, SoftmaxHead
-from .recurrent import SequenceTagger
+from .recurrent import SequenceTagger, head_outputs
 
 
 class AveragedCRF(nn.Module):
@@ -94,11 +94,5 @@ class TaggerEnsemble(nn.Module):
         for name in self.taggers()[0].heads:
             head = self.head(name)
             tag_scores = head.combine([t.head(name).scores(s) for t, s in zip(self.taggers(), states)])
-            tags = batch.get(f"tags_{name}")
-            if tags is not None:
-                out[f"loss_{name}"] = head.loss(tag_scores, tags, mask)
-            if decode:
-                out[f"pred_{name}"] = head.decode(tag_scores, mask)
-            if scores:
-                out[f"scores_{name}"] = tag_scores
+            out.update(head_outputs(name, head, tag_scores, batch, mask, decode=decode, scores=scores))
         return out

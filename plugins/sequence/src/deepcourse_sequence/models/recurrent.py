@@ -131,15 +131,23 @@ class SequenceTagger(nn.Module):
         out: dict[str, torch.Tensor] = {}
         for name in self.heads:
             head = self.head(name)
-            tags = batch.get(f"tags_{name}")
-            tag_scores = head.scores(states)
-            if tags is not None:
-                out[f"loss_{name}"] = head.loss(tag_scores, tags, mask)
-            if decode:
-                out[f"pred_{name}"] = head.decode(tag_scores, mask)
-            if scores:
-                out[f"scores_{name}"] = tag_scores
+            out.update(head_outputs(name, head, head.scores(states), batch, mask, decode=decode, scores=scores))
         return out
+
+
+def head_outputs(name: str, head: Head, tag_scores: torch.Tensor, batch: Mapping[str, torch.Tensor],
+                 mask: torch.Tensor, *, decode: bool, scores: bool) -> dict[str, torch.Tensor]:
+    """Label `name`'s entries of a tagger's outputs from its tag scores: the loss (when the batch has its tags), the
+    decoded tags (`decode`) and the scores themselves (`scores`). One tagger's, or an ensemble's combined head's."""
+    out: dict[str, torch.Tensor] = {}
+    tags = batch.get(f"tags_{name}")
+    if tags is not None:
+        out[f"loss_{name}"] = head.loss(tag_scores, tags, mask)
+    if decode:
+        out[f"pred_{name}"] = head.decode(tag_scores, mask)
+    if scores:
+        out[f"scores_{name}"] = tag_scores
+    return out
 
 
 def build_tagger(
