@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, Field, PlainValidator, field_validator
+from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema, field_validator
 
 from deepcourse.recipe.builders import parameters
 from deepcourse.recipe.fields import NonNegFloat, NonNegInt, Open, PositiveFloat, PositiveInt, Strict, doc
@@ -195,10 +195,14 @@ def _every(value: Any) -> Any:
     raise ValueError('a whole number of epochs (> 0) or "end"')
 
 
+# written out: a plain validator has no schema of its own (pydantic 2.6 refuses to render one, later versions say Any)
+_EVERY_SCHEMA = {"anyOf": [{"type": "integer", "exclusiveMinimum": 0}, {"const": "end", "type": "string"}]}
+
+
 class EvalSection(Open):
     split: str = doc("validation", "split evaluated each epoch and used to pick the best model (never 'holdout', which "
                                    "only estimates how the chosen model does on unseen data)")
-    every: Annotated[PositiveInt | Literal["end"], PlainValidator(_every)] = doc(
+    every: Annotated[PositiveInt | Literal["end"], PlainValidator(_every), WithJsonSchema(_EVERY_SCHEMA)] = doc(
         1, "evaluate every N epochs (and always after the last), or \"end\": only after the last epoch (speed "
            "recipes: the best weights are then the last)")
     batch_size: PositiveInt | None = doc(None, "batch size for evaluation")
