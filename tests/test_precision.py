@@ -1,5 +1,6 @@
-"""train.mixed_precision = "auto": bf16 (and channels-last convolutions) only where the device computes bfloat16
-natively, float32 elsewhere; the task's default; what the run says and records."""
+"""train.mixed_precision = "auto": bf16 only where the device computes bfloat16 fast (AMX, ARM BF16, recent GPUs),
+float32 elsewhere, and channels-last convolutions on CPUs either way; the task's default; what the run says and
+records."""
 from __future__ import annotations
 
 import json
@@ -33,23 +34,38 @@ def test_auto_picks_bf16_only_where_the_cpu_computes_it_natively(plugin_site: Pa
     settings = effective_settings(toy(tmp_path, "train.mixed_precision='auto'"), warn=False)
     assert settings.mixed_precision == ("bf16" if native else "no")
     assert settings.precision is not None
-    assert settings.precision.channels_last_for(conv_net()) is native  # channels-last with bf16, for convolutions
+    assert settings.precision.channels_last_for(conv_net()) is True  # on a CPU, convolutions channels-last either way
     assert settings.precision.channels_last_for(nn.Linear(2, 2)) is False
     model = precision.to_memory_format(conv_net(), settings.precision)
-    assert precision.uses_channels_last(model) is native
+    assert precision.uses_channels_last(model) is True
     # an explicit choice is kept either way
     explicit = effective_settings(toy(tmp_path, "train.mixed_precision='auto'", "train.channels_last=false"))
     assert explicit.precision is not None and explicit.precision.channels_last_for(conv_net()) is False
 
 
 def test_native_bf16_reads_the_cpu_probe(monkeypatch: pytest.MonkeyPatch) -> None:
-    for avx512_bf16, amx, expected in ((True, False, True), (False, True, True), (False, False, False)):
+    """On x86, AMX: AVX-512 BF16 alone computes bf16 convolutions slower than float32 (measured), so it says no."""
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
+    for avx512_bf16, amx, expected in ((True, False, False), (False, True, True), (True, True, True),
+                                       (False, False, False)):
         precision._cpu_bf16_flags.cache_clear()
+        precision._x86_bf16_dot.cache_clear()
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
         assert precision.native_bf16(torch.device("cpu")) is expected
+        chosen = precision.choose("auto", None, torch.device("cpu"))
+        assert chosen.mixed_precision == ("bf16" if expected else "no")
+        assert ("AVX-512 BF16 but no AMX" in chosen.reason) is (avx512_bf16 and not amx)
     precision._cpu_bf16_flags.cache_clear()
+    precision._x86_bf16_dot.cache_clear()
     assert precision.native_bf16(torch.device("mps")) is False
+
+
+def test_auto_on_a_gpu_without_bf16_keeps_the_default_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    chosen = precision.choose("auto", None, torch.device("cuda"))
+    assert (chosen.mixed_precision, chosen.channels_last_for(conv_net())) == ("no", False)
+    assert precision.choose("auto", True, torch.device("cuda")).channels_last_for(conv_net()) is True
 
 
 def test_the_task_default_applies_when_nothing_says_otherwise(plugin_site: Path, tmp_path: Path,

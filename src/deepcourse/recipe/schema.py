@@ -113,8 +113,9 @@ class TrainSection(Strict):
               "batch_size x grad_accum), so a smoke run is not spent evaluating; a line says so")
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] | None = doc(
         None, "no (float32), bf16 (CPU or recent GPUs), fp16 (CUDA GPUs, with a gradient scaler), or auto: bf16 "
-              "autocast (and channels-last convolutions) where the device computes bfloat16 natively (CPUs with "
-              "AVX-512 BF16 or AMX, ARM BF16, CUDA GPUs that support it), else no. Unset: what the launcher says "
+              "autocast where the device has bfloat16 matrix units (CPUs with AMX or ARM BF16, CUDA GPUs that "
+              "support it; not AVX-512 BF16 alone, where it is slower than float32), else no; and channels-last "
+              "convolutions on CPUs and with bf16. Unset: what the launcher says "
               "(`accelerate launch --mixed_precision`, or its config file), else the task's default (auto for image "
               "classification, no elsewhere). A value here wins over the launcher's, with a warning when they "
               "differ. The run's first lines and run.json say what was chosen")

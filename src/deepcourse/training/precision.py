@@ -1,14 +1,18 @@
-"""`train.mixed_precision = "auto"` and `train.channels_last`: the fastest numerics the hardware runs natively.
+"""`train.mixed_precision = "auto"` and `train.channels_last`: the fastest numerics the hardware runs well.
 
-bfloat16 autocast pays only where the hardware computes in bfloat16: CPUs with AVX-512 BF16 or AMX (recent Xeons,
-and many laptops), ARM cores with the BF16 extension, and CUDA GPUs from Ampere on. Elsewhere torch emulates it,
-which is slower than float32, so "auto" chooses float32 there. Convolutions in bfloat16 run fastest with the
-channels-last (NHWC) memory format, so "auto" converts a model with a Conv2d when it chose bfloat16. The one
-detection is `native_bf16`, which tests replace.
+bfloat16 autocast pays only where the hardware has bfloat16 matrix units: x86 CPUs with AMX (Xeons from Sapphire
+Rapids on), ARM cores with the BF16 extension, and CUDA GPUs from Ampere on. An x86 CPU with AVX-512 BF16 but no AMX
+computes bfloat16 dot products natively, yet torch's (oneDNN's) bfloat16 convolutions there are slower than its
+float32 ones: airbench's net trained 1.4x slower a step in bf16 + channels-last than in float32 + channels-last, and
+ResNet-18 1.3x, on such a CPU. Elsewhere torch emulates bfloat16, which is slower still. So "auto" chooses bfloat16
+only on AMX, ARM BF16 and those GPUs. On a CPU, convolutions run faster channels-last (NHWC) in either precision
+(oneDNN's preferred layout: 1.5x a step for airbench's net in float32 on that CPU), so "auto" converts a model with a
+Conv2d on every CPU, and on a GPU when it chose bfloat16. The one detection is `native_bf16`, which tests replace.
 """
 from __future__ import annotations
 
 import functools
+import platform
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +25,29 @@ AUTO = "auto"
 
 @functools.cache
 def _cpu_bf16_flags() -> tuple[str, ...]:
-    """The CPU's native bfloat16 features, as torch's own CPU probe (cpuinfo, every OS) reports them, else as Linux's
-    /proc/cpuinfo lists them (x86 flags avx512_bf16 / amx_bf16, ARM feature bf16)."""
-    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx": "_is_amx_tile_supported"}
-    found = [name for name, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)()]
-    if found or all(hasattr(torch.cpu, probe) for probe in probes.values()):
-        return tuple(found)
+    """The CPU's bfloat16 matrix features: on x86, AMX as torch's own CPU probe (cpuinfo, every OS) reports it; else
+    as Linux's /proc/cpuinfo lists them (x86 flag amx_bf16, ARM feature bf16). AVX-512 BF16 alone does not count."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if probe is not None and platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        return ("amx",) if probe() else ()
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ()
     words = set(text.split())
-    return tuple(flag for flag in ("avx512_bf16", "amx_bf16", "bf16") if flag in words)
+    return tuple(flag for flag in ("amx_bf16", "bf16") if flag in words)
+
+
+@functools.cache
+def _x86_bf16_dot() -> tuple[str, ...]:
+    """("avx512_bf16",) where the CPU has AVX-512 BF16 (said in the reason when "auto" still chooses float32)."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return ("avx512_bf16",) if probe is not None and probe() else ()
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 natively (not emulated): a CUDA GPU that supports it, or a CPU with
-    AVX-512 BF16, AMX or ARM's BF16 extension. Other devices (MPS) answer no."""
+    """Whether `device` computes bfloat16 fast (with matrix units, not emulated): a CUDA GPU that supports it, or a
+    CPU with AMX or ARM's BF16 extension. Other devices (MPS, x86 CPUs with AVX-512 BF16 only) answer no."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
@@ -61,13 +71,18 @@ class Precision:
 
 
 def choose(mixed_precision: str, channels_last: bool | None, device: torch.device) -> Precision:
-    """Resolve "auto" on `device`: bf16 (and channels-last for convolutions) where it is native, else "no"."""
+    """Resolve "auto" on `device`: bf16 where it is fast, else "no"; channels-last for convolutions with bf16 and
+    on every CPU (unless train.channels_last says otherwise)."""
     if mixed_precision != AUTO:
         return Precision(mixed_precision, bool(channels_last), "")
     where = "GPU" if device.type == "cuda" else device.type.upper()
     if native_bf16(device):
         return Precision("bf16", channels_last, f"auto: this {where} computes bfloat16 natively")
-    return Precision("no", bool(channels_last), f"auto: this {where} has no native bfloat16 (emulated is slower)")
+    layout = channels_last if device.type == "cpu" else bool(channels_last)
+    if device.type == "cpu" and "avx512_bf16" in _x86_bf16_dot():
+        return Precision("no", layout, "auto: this CPU has AVX-512 BF16 but no AMX, where bfloat16 convolutions are "
+                                       "slower than float32")
+    return Precision("no", layout, f"auto: this {where} has no native bfloat16 (emulated is slower)")
 
 
 def to_memory_format(model: nn.Module, precision: Precision) -> nn.Module:
