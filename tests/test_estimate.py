@@ -48,6 +48,16 @@ def test_a_run_cut_by_max_steps_evaluates_once_on_as_many_samples_as_it_trained_
     assert deepcourse.evaluate(result.run_dir)["num_samples"] == 24
 
 
+def test_a_run_cut_by_max_steps_keeps_an_eval_every_it_is_given(plugin_site: Path, tmp_path: Path) -> None:
+    """A step budget (a recipe's max_steps, a benchmark's --set eval.every=1) still evaluates as asked."""
+    # batches of 16: 10 steps an epoch; 25 steps end in the third of 100 epochs
+    cut = ("train.max_steps=25", "data.batch_size=16", "train.epochs=100")
+    asked = deepcourse.run(toy(tmp_path), *cut, "eval.every=1", run_dir=tmp_path / "asked", report=False)
+    assert [r["epoch"] for r in evaluations(asked.run_dir)] == [1, 2, 3]
+    default = deepcourse.run(toy(tmp_path), *cut, run_dir=tmp_path / "default", report=False)
+    assert [r["epoch"] for r in evaluations(default.run_dir)] == [3]
+
+
 def test_the_probe_changes_nothing_the_run_computes(plugin_site: Path, tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     # dropout draws from the global generator and momentum SGD keeps state: both must be as without the probe

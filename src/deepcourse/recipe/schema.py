@@ -108,7 +108,8 @@ class EarlyStopping(Strict):
 class TrainSection(Strict):
     epochs: PositiveInt = doc(10, "passes over the training data")
     max_steps: PositiveInt | None = doc(
-        None, "stop after this many optimizer steps (smoke runs). A run it cuts short evaluates once, at the end, and "
+        None, "stop after this many optimizer steps (smoke runs). A run it cuts short evaluates once, at the end (unless "
+              "eval.every is given), and "
               "unless data.eval_samples is set evaluates at most as many samples as it trained on (max_steps x "
               "batch_size x grad_accum), so a smoke run is not spent evaluating; a line says so")
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] | None = doc(

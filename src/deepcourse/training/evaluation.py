@@ -76,9 +76,12 @@ def cut_short(recipe: Recipe, steps_per_epoch: int, total_steps: int) -> bool:
 
 def due(recipe: Recipe, epoch: int, *, last: bool, cut: bool) -> bool:
     """Whether the run evaluates after `epoch` (0-based): after its last epoch always; before, every eval.every
-    epochs, unless eval.every is "end" or the run is `cut` short by train.max_steps (it evaluates once, at the end)."""
+    epochs, unless eval.every is "end", or the run is `cut` short by train.max_steps and eval.every is left at its
+    default (a smoke run evaluates once, at the end; an eval.every the recipe or --set gives is kept)."""
     every = recipe.eval.every
-    return last or (every != "end" and not cut and (epoch + 1) % every == 0)
+    if cut and "every" not in recipe.eval.model_fields_set:
+        return last
+    return last or (every != "end" and (epoch + 1) % every == 0)
 
 
 def evaluation_due(ctx: TrainContext, epoch: int, last: bool) -> bool:
