@@ -108,10 +108,10 @@ class EarlyStopping(Strict):
 class TrainSection(Strict):
     epochs: PositiveInt = doc(10, "passes over the training data")
     max_steps: PositiveInt | None = doc(
-        None, "stop after this many optimizer steps (smoke runs). A run it cuts short evaluates once, at the end (unless "
-              "eval.every is given), and "
-              "unless data.eval_samples is set evaluates at most as many samples as it trained on (max_steps x "
-              "batch_size x grad_accum), so a smoke run is not spent evaluating; a line says so")
+        None, "stop after this many optimizer steps (smoke runs). A run it cuts short evaluates once, at the end "
+              "(unless eval.every is given), and unless data.eval_samples is set evaluates at most as many samples "
+              "as it trained on (max_steps x batch_size x grad_accum), so a smoke run is not spent evaluating; a "
+              "line says so")
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] | None = doc(
         None, "no (float32), bf16 (CPU or recent GPUs), fp16 (CUDA GPUs, with a gradient scaler), or auto: bf16 "
               "autocast where the device has bfloat16 matrix units (CPUs with AMX or ARM BF16, CUDA GPUs that "
