@@ -3,11 +3,12 @@
 bfloat16 autocast pays only where the hardware has bfloat16 matrix units: x86 CPUs with AMX (Xeons from Sapphire
 Rapids on), ARM cores with the BF16 extension, and CUDA GPUs from Ampere on. An x86 CPU with AVX-512 BF16 but no AMX
 computes bfloat16 dot products natively, yet torch's (oneDNN's) bfloat16 convolutions there are slower than its
-float32 ones: airbench's net trained 1.4x slower a step in bf16 + channels-last than in float32 + channels-last, and
-ResNet-18 1.3x, on such a CPU. Elsewhere torch emulates bfloat16, which is slower still. So "auto" chooses bfloat16
-only on AMX, ARM BF16 and those GPUs. On a CPU, convolutions run faster channels-last (NHWC) in either precision
-(oneDNN's preferred layout: 1.5x a step for airbench's net in float32 on that CPU), so "auto" converts a model with a
-Conv2d on every CPU, and on a GPU when it chose bfloat16. The one detection is `native_bf16`, which tests replace.
+float32 ones: a training step in bf16 + channels-last took 1.2x (airbench's net) and 1.3x (ResNet-18) the time of
+float32 + channels-last on such a CPU (benchmarks/cpu_precision.py). Elsewhere torch emulates bfloat16, which is
+slower still. So "auto" chooses bfloat16 only on AMX, ARM BF16 and those GPUs. On a CPU, convolutions run channels-
+last (NHWC) at least as fast in either precision (oneDNN's preferred layout: 1.5x faster a step for airbench's net in
+float32 there, ResNet-18 the same), so "auto" converts a model with a Conv2d on every CPU, and on a GPU when it chose
+bfloat16. The one detection is `native_bf16`, which tests replace.
 """
 from __future__ import annotations
 
