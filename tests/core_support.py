@@ -1,6 +1,7 @@
 """Helpers shared by the core tests (imported by name: every test folder has its own conftest)."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -31,10 +32,20 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path | None = None, timeo
                           text=True, timeout=timeout)
 
 
-def launch(args: list[str], env: dict[str, str], *, processes: int = 2, port: int = 29517, timeout: int = 300,
+def free_port() -> int:
+    """A TCP port nothing listens on now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(args: list[str], env: dict[str, str], *, processes: int = 2, port: int | None = None, timeout: int = 300,
            popen: bool = False) -> Any:
     """`accelerate launch` N CPU processes (gloo) running the deepcourse CLI; with popen=True, the started launcher
-    in a process group of its own (to send it Ctrl-C as a terminal would)."""
+    in a process group of its own (to send it Ctrl-C as a terminal would). Each launch gets a port of its own unless
+    `port` says, so that two test workers never share one and a resumed run never meets what is left of the stopped
+    run on its port (suspected in a rare abort of a resumed two-process run's second rank, seen only under load)."""
+    port = port or free_port()
     # `accelerate launch --cpu --num_processes 2` starts ONE process without mpirun (accelerate issue #2741);
     # --multi_gpu on a machine whose GPUs are hidden runs N CPU processes with gloo.
     env = {**env, "CUDA_VISIBLE_DEVICES": ""}

@@ -216,12 +216,12 @@ def test_two_processes_average_alike_and_resume_exactly(tmp_path: Path, toy_reci
     stop at step 10, train.stop_check_every) and resumed, the run ends as one never stopped; the other process got
     the average it resumed with from the main one."""
     common = ["--set", f"train.average={AVERAGES['lookahead']}", "--set", "train.keep_checkpoints=10"]
-    whole = launch(["run", str(toy_recipe), "--run-dir", str(tmp_path / "whole"), *common], cli_env, port=29563)
+    whole = launch(["run", str(toy_recipe), "--run-dir", str(tmp_path / "whole"), *common], cli_env)
     assert whole.returncode == 0, whole.stderr
     cut = launch(["run", str(toy_recipe), "--run-dir", str(tmp_path / "cut"), *common,
-                  "--set", "train.callbacks=[{name = 'interrupt_at', step = 7}]"], cli_env, port=29563)
+                  "--set", "train.callbacks=[{name = 'interrupt_at', step = 7}]"], cli_env)
     assert cut.returncode != 0 and (tmp_path / "cut" / "checkpoints" / "step-000000010").is_dir()
-    resumed = launch(["run", "--resume", str(tmp_path / "cut"), "--set", "train.callbacks=[]"], cli_env, port=29563)
+    resumed = launch(["run", "--resume", str(tmp_path / "cut"), "--set", "train.callbacks=[]"], cli_env)
     assert resumed.returncode == 0, resumed.stderr
     for name, tensors in checkpoint_files(tmp_path / "whole").items():
         assert_same(tensors, checkpoint_files(tmp_path / "cut")[name])
