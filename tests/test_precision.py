@@ -49,7 +49,7 @@ def test_native_bf16_reads_the_cpu_probe(monkeypatch: pytest.MonkeyPatch) -> Non
     for avx512_bf16, amx, expected in ((True, False, False), (False, True, True), (True, True, True),
                                        (False, False, False)):
         precision._cpu_bf16_flags.cache_clear()
-        precision._x86_bf16_dot.cache_clear()
+        precision._avx512_bf16.cache_clear()
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
         assert precision.native_bf16(torch.device("cpu")) is expected
@@ -57,7 +57,7 @@ def test_native_bf16_reads_the_cpu_probe(monkeypatch: pytest.MonkeyPatch) -> Non
         assert chosen.mixed_precision == ("bf16" if expected else "no")
         assert ("AVX-512 BF16 but no AMX" in chosen.reason) is (avx512_bf16 and not amx)
     precision._cpu_bf16_flags.cache_clear()
-    precision._x86_bf16_dot.cache_clear()
+    precision._avx512_bf16.cache_clear()
     assert precision.native_bf16(torch.device("mps")) is False
 
 

@@ -40,10 +40,10 @@ def _cpu_bf16_flags() -> tuple[str, ...]:
 
 
 @functools.cache
-def _x86_bf16_dot() -> tuple[str, ...]:
-    """("avx512_bf16",) where the CPU has AVX-512 BF16 (said in the reason when "auto" still chooses float32)."""
+def _avx512_bf16() -> bool:
+    """Whether the CPU has AVX-512 BF16 (said in the reason when "auto" still chooses float32)."""
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    return ("avx512_bf16",) if probe is not None and probe() else ()
+    return probe is not None and bool(probe())
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -80,7 +80,7 @@ def choose(mixed_precision: str, channels_last: bool | None, device: torch.devic
     if native_bf16(device):
         return Precision("bf16", channels_last, f"auto: this {where} computes bfloat16 natively")
     layout = channels_last if device.type == "cpu" else bool(channels_last)
-    if device.type == "cpu" and "avx512_bf16" in _x86_bf16_dot():
+    if device.type == "cpu" and _avx512_bf16():
         return Precision("no", layout, "auto: this CPU has AVX-512 BF16 but no AMX, where bfloat16 convolutions are "
                                        "slower than float32")
     return Precision("no", layout, f"auto: this {where} has no native bfloat16 (emulated is slower)")
