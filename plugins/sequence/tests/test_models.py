@@ -8,7 +8,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from deepcourse.api import MODELS, RecipeError, call_builder, parameters
 from deepcourse_sequence.batching import TaggedSentences
-from deepcourse_sequence.models.recurrent import RecurrentEncoder, reverse_index
+from deepcourse_sequence.models.recurrent import RecurrentEncoder, SequenceDropout, reverse_index
 from deepcourse_sequence.vocab import VocabOptions, Vocabulary
 
 TAGGERS = ["rnn_tagger", "lstm_tagger", "gru_tagger", "bilstm_tagger", "bilstm_crf"]
@@ -80,6 +80,40 @@ def test_every_tagger_learns_a_batch(name: str, chars: str) -> None:
     model.eval()
     out = model(batch, decode=True)
     assert torch.equal(out["pred_ner"], batch["tags_ner"]) and torch.equal(out["pred_pos"], batch["tags_pos"])
+
+
+def test_locked_dropout_keeps_one_mask_per_sentence() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(4, 7, 50)
+    locked, plain = SequenceDropout(0.5, locked=True), SequenceDropout(0.5)
+    y = locked(x)
+    assert torch.equal(y, y[:, :1].expand_as(y))  # the same mask at every position of a sentence
+    assert set(y.unique().tolist()) == {0.0, 2.0}  # dropped or scaled by 1 / (1 - p): the expectation is kept
+    assert not torch.equal(y[0], y[1])  # each sentence draws its own
+    z = plain(x)
+    assert not torch.equal(z, z[:, :1].expand_as(z))  # nn.Dropout's mask changes from word to word
+    locked.eval()
+    assert torch.equal(locked(x), x)
+
+
+def test_a_tagger_with_locked_dropout_trains_and_loads_into_one_without() -> None:
+    torch.manual_seed(0)
+    batch, facts = tiny_batch()
+    options = {"hidden_size": 16, "dropout": 0.3, "num_layers": 2, "head_decoders": {"pos": "softmax"}}
+    model = call_builder(MODELS.get("bilstm_crf"), {**options, "locked_dropout": True}, loc="model", provided=facts)
+    assert all(m.locked for m in model.modules() if isinstance(m, SequenceDropout))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(60):
+        out = model(batch)
+        (out["loss_ner"] + out["loss_pos"]).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    out = model(batch, decode=True)
+    assert torch.equal(out["pred_ner"], batch["tags_ner"])
+    plain = call_builder(MODELS.get("bilstm_crf"), options, loc="model", provided=facts).eval()
+    plain.load_state_dict(model.state_dict())  # dropout has no weights: the same checkpoint either way
+    assert torch.equal(plain(batch, decode=True)["pred_ner"], out["pred_ner"])
 
 
 def test_variants_fix_their_architecture() -> None:

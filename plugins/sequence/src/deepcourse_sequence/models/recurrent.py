@@ -37,6 +37,24 @@ def reverse_index(lengths: torch.Tensor, width: int) -> torch.Tensor:
     return torch.where(pos < lengths.unsqueeze(1), last - pos, pos)
 
 
+class SequenceDropout(nn.Dropout):
+    """Dropout over [B, T, H] sequences. `locked=True` is variational (locked) dropout (Gal & Ghahramani 2016;
+    Merity et al. 2018): one mask per sentence and feature, the same at every position, so a recurrent layer sees
+    a feature either present or absent for the whole sentence instead of flickering from word to word. `locked=False`
+    is `nn.Dropout` (a mask per position). Neither has weights: a model saved with one loads with the other."""
+
+    def __init__(self, p: float, locked: bool = False) -> None:
+        super().__init__(p)
+        self.locked = locked
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.locked and self.training and self.p > 0) or x.dim() != 3:
+            return super().forward(x)
+        keep = 1.0 - self.p
+        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(keep).div_(keep)
+        return x * mask
+
+
 class RecurrentEncoder(nn.Module):
     """Stacked RNN/LSTM/GRU over padded batches, one or both directions.
 
@@ -48,10 +66,10 @@ class RecurrentEncoder(nn.Module):
     """
 
     def __init__(self, cell: Cell, input_size: int, hidden_size: int, num_layers: int, bidirectional: bool,
-                 dropout: float) -> None:
+                 dropout: float, locked_dropout: bool = False) -> None:
         super().__init__()
         rnn = _CELLS[cell]
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = SequenceDropout(dropout, locked_dropout)  # between stacked layers
         sizes = [input_size] + [hidden_size * (2 if bidirectional else 1)] * (num_layers - 1)
         self.forward_layers = nn.ModuleList(rnn(n, hidden_size, batch_first=True) for n in sizes)
         self.backward_layers = nn.ModuleList(rnn(n, hidden_size, batch_first=True) for n in sizes) \
@@ -83,14 +101,16 @@ class SequenceTagger(nn.Module):
     def __init__(self, *, word_embedding: nn.Embedding, char_encoder: CharCNN | CharLSTM | None, cell: Cell,
                  hidden_size: int, num_layers: int, bidirectional: bool, dropout: float, word_dropout: float,
                  unk_idx: int, heads: Mapping[str, tuple[Decoder, int]], casing_dim: int = 0,
-                 singleton_dropout: float = 0.0, singletons: torch.Tensor | None = None) -> None:
+                 singleton_dropout: float = 0.0, singletons: torch.Tensor | None = None,
+                 locked_dropout: bool = False) -> None:
         super().__init__()
         self.word_embedding = word_embedding
         self.char_encoder = char_encoder
         self.casing_embedding = nn.Embedding(len(CASINGS), casing_dim, padding_idx=0) if casing_dim else None
         in_features = word_embedding.embedding_dim + (char_encoder.out_features if char_encoder else 0) + casing_dim
-        self.dropout = nn.Dropout(dropout)
-        self.encoder = RecurrentEncoder(cell, in_features, hidden_size, num_layers, bidirectional, dropout)
+        self.dropout = SequenceDropout(dropout, locked_dropout)  # on the encoder's input and output
+        self.encoder = RecurrentEncoder(cell, in_features, hidden_size, num_layers, bidirectional, dropout,
+                                        locked_dropout)
         self.heads = nn.ModuleDict({name: HEADS[kind](self.encoder.out_features, n)
                                     for name, (kind, n) in heads.items()})
         self.word_dropout, self.unk_idx = word_dropout, unk_idx
@@ -169,6 +189,7 @@ def build_tagger(
     hidden_size: PositiveInt = 200,
     num_layers: PositiveInt = 1,
     dropout: Rate = 0.5,
+    locked_dropout: bool = False,
     word_dropout: Rate = 0.0,
     singleton_dropout: Rate = 0.0,
     casing_dim: NonNegInt = 0,
@@ -185,7 +206,8 @@ def build_tagger(
     singleton_dropout does so for the words seen once in train only (Lample et al. 2016 use 0.5), so <unk>, which
     every unseen word becomes, is trained on rare words like the ones it will stand for. casing_dim > 0 adds an
     embedding of each token's shape (lower, UPPER, Initial, numeric, ...: Reimers & Gurevych 2017), which
-    lower-cased word vectors lose.
+    lower-cased word vectors lose. locked_dropout makes the dropout on the encoder's input, between its layers and
+    on its output variational (Gal & Ghahramani 2016): one mask per sentence, the same at every word.
     The facts default to None (char_vocab_size 0, padding_idx 0, unk_idx 1) so that a saved recipe, which lists
     every default, never overrides what the data provides.
     """
@@ -217,7 +239,8 @@ def build_tagger(
                           hidden_size=hidden_size, num_layers=num_layers, bidirectional=bidirectional,
                           dropout=dropout, word_dropout=word_dropout, unk_idx=unk_idx,
                           heads={name: (decoders[name], n) for name, n in heads.items()}, casing_dim=casing_dim,
-                          singleton_dropout=singleton_dropout, singletons=singletons)
+                          singleton_dropout=singleton_dropout, singletons=singletons,
+                          locked_dropout=locked_dropout)
 
 
 def register_variant(name: str, doc: str, *, fixed: Mapping[str, Any],

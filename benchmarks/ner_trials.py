@@ -1,0 +1,140 @@
+"""The NER trials table: what each change to the BiLSTM-CRF recipe does on text it never trained or selected on.
+
+Every trial is `recipes/ner_bilstm_crf.toml` (or the recipe it names) with a few keys set, run as a seeds-only sweep
+(`deepcourse sweep RECIPE --seeds 3`, seeds 1-3) with `data.holdout = 0.1`: the last tenth of train's documents is
+never trained on, dev selects the epoch as usual, and the selected weights are scored once on the held-out tenth
+at the end of each run (`RUN/holdout.json`, and `summary.json`'s "holdout"). The table gives dev and held-out F1 as
+mean ± std over the seeds and Welch's two-sided p-value of the held-out F1 against the first trial named.
+
+Trials run `--parallel` at a time (default 2: this project's reference machine has 2 cores, and each run uses one
+thread, `train.threads = 1`); a trial whose sweep folder under `--root` already holds its finished runs is read,
+not run again, so the command can be repeated to add trials or to redraw the table.
+
+    export DEEPCOURSE_DATA=/path/to/data          # conll2003/{train,dev}.txt and glove/
+    python benchmarks/ner_trials.py                          # every trial below
+    python benchmarks/ner_trials.py --trials base,ema,sgd    # some of them (the first is the reference row)
+    python benchmarks/ner_trials.py --table-only             # the table from what has run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from deepcourse.results.stats import summarize, welch_p
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = "recipes/ner_bilstm_crf.toml"
+EMA = 'train.average={method="ema", decay=0.999}'
+
+#: name -> (what changed, recipe, keys set). Each is measured against the first trial of a table.
+TRIALS: dict[str, tuple[str, str, list[str]]] = {
+    "base": ("the recipe before this table (Adam 0.002, batch 32, char CNN, hidden 100 per direction)", RECIPE, []),
+    "ema": ("+ an EMA of the weights (decay 0.999 per step)", RECIPE, [EMA]),
+    "sgd": ("NCRF++'s optimizer in 20 epochs (SGD 0.015, decay 0.1 per epoch, batch 10, summed loss, cased words)",
+            "recipes/ner_ncrfpp.toml", ["data.group_by_length=true", "train.epochs=20", "scheduler.decay=0.1"]),
+    "locked": ("+ locked (variational) dropout on the LSTM's inputs and outputs", RECIPE,
+               ["model.locked_dropout=true"]),
+    "singleton": ("+ singleton dropout 0.5", RECIPE, ["model.singleton_dropout=0.5"]),
+    "ema_locked": ("+ EMA + locked dropout", RECIPE, [EMA, "model.locked_dropout=true"]),
+    "ema_singleton": ("+ EMA + singleton dropout 0.5", RECIPE, [EMA, "model.singleton_dropout=0.5"]),
+    "hidden200": ("hidden 200 per direction", RECIPE, ["model.hidden_size=200"]),
+    "layers2": ("two BiLSTM layers", RECIPE, ["model.num_layers=2"]),
+    "charlstm": ("a character BiLSTM in place of the CNN (Lample et al. 2016)", RECIPE,
+                 ["model.char_features=\"lstm\""]),
+}
+
+
+def sweep_folder(root: Path, name: str, seeds: int) -> Path | None:
+    """The newest sweep folder of trial `name` holding `seeds` finished runs, or None."""
+    for folder in sorted(root.glob(f"{name}/*/sweep-*"), reverse=True):
+        if len(finished(folder)) >= seeds:
+            return folder
+    return None
+
+
+def finished(folder: Path) -> list[dict]:
+    runs = []
+    for summary in sorted(folder.glob("*/summary.json")):
+        data = json.loads(summary.read_text())
+        data["recipe_path"] = str(summary.parent)
+        runs.append(data)
+    return runs
+
+
+def start(root: Path, name: str, seeds: int) -> subprocess.Popen[bytes]:
+    _, recipe, keys = TRIALS[name]
+    command = ["deepcourse", "sweep", recipe, "--seeds", str(seeds), "-j", "1", "--runs-root", str(root / name),
+               "--set", "data.holdout=0.1"]
+    for key in keys:
+        command += ["--set", key]
+    log = (root / f"{name}.log").open("wb")
+    print(f"start {name}: {' '.join(command)}", flush=True)
+    return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+
+
+def run_trials(root: Path, names: list[str], seeds: int, parallel: int) -> None:
+    todo = [n for n in names if sweep_folder(root, n, seeds) is None]
+    running: dict[str, subprocess.Popen[bytes]] = {}
+    while todo or running:
+        while todo and len(running) < parallel:
+            name = todo.pop(0)
+            running[name] = start(root, name, seeds)
+        time.sleep(5)
+        for name, process in list(running.items()):
+            if process.poll() is not None:
+                print(f"done {name} (exit {process.returncode})", flush=True)
+                del running[name]
+
+
+def table(root: Path, names: list[str], seeds: int) -> str:
+    rows, reference = [], None
+    for name in names:
+        folder = sweep_folder(root, name, seeds)
+        if folder is None:
+            rows.append(f"| {name}: {TRIALS[name][0]} | not run | | | | |")
+            continue
+        runs = finished(folder)[:seeds]
+        dev = [100 * r["best"]["f1"] for r in runs]
+        held = [100 * r["holdout"]["f1"] for r in runs]
+        reference = held if reference is None else reference
+        p = welch_p(held, reference) if held is not reference else None
+        rows.append(f"| {name}: {TRIALS[name][0]} | {summarize(dev, 'f1', 100).shown(2)} | "
+                    f"{summarize(held, 'f1', 100).shown(2)} | {'-' if p is None else f'{p:.3f}'} | "
+                    f"{statistics.fmean(r['epochs'] for r in runs):.3g} | "
+                    f"{statistics.fmean(r['wall_time_s'] for r in runs):,.0f} s |")
+    head = ["| trial: what changed | dev F1 | holdout F1 | p (holdout, vs first row) | epochs | wall time per run |",
+            "|---|---|---|---|---|---|"]
+    return "\n".join(head + rows) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", default=",".join(TRIALS), help="comma-separated; the first is the reference")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--parallel", type=int, default=2, help="trials at a time (one run each, one thread)")
+    parser.add_argument("--root", type=Path, default=ROOT / "runs" / "ner-trials")
+    parser.add_argument("--table-only", action="store_true", help="draw the table from the finished trials")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.trials.split(",") if n.strip()]
+    unknown = [n for n in names if n not in TRIALS]
+    if unknown:
+        print(f"ner_trials: unknown trial(s) {', '.join(unknown)}; known: {', '.join(TRIALS)}", file=sys.stderr)
+        return 2
+    if not os.environ.get("DEEPCOURSE_DATA"):
+        print("ner_trials: set DEEPCOURSE_DATA to the folder holding conll2003/ and glove/", file=sys.stderr)
+        return 2
+    args.root.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        run_trials(args.root, names, args.seeds, args.parallel)
+    print(table(args.root, names, args.seeds), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
