@@ -40,8 +40,13 @@ def cli(*args: object) -> Result:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory, mini: Path) -> Path:
-    sets = [f"data.data_dir='{mini}'", "train.max_steps=4", "train.epochs=1", "train.progress=false"]
-    run = tmp_path_factory.mktemp("runs") / "run"
+    """A short run of the toy corpus with pretrained word vectors, as the shipped NER recipes have (GloVe)."""
+    folder = tmp_path_factory.mktemp("runs")
+    vectors = folder / "vectors.txt"
+    vectors.write_text("alice 0.1 0.2 0.3\nparis 0.3 0.2 0.1\nthe 0.0 0.1 0.0\n", encoding="utf-8")
+    sets = [f"data.data_dir='{mini}'", f"data.embeddings='{vectors}'", "model.word_dim=3", "train.max_steps=4",
+            "train.epochs=1", "train.progress=false"]
+    run = folder / "run"
     result = cli("run", RECIPE, "--run-dir", run, "--no-report", *[a for s in sets for a in ("--set", s)])
     assert result.exit_code == 0, result.output
     return run

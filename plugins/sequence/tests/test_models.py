@@ -116,6 +116,18 @@ def test_a_tagger_with_locked_dropout_trains_and_loads_into_one_without() -> Non
     assert torch.equal(plain(batch, decode=True)["pred_ner"], out["pred_ner"])
 
 
+def test_pretrained_vectors_are_copied_into_each_model() -> None:
+    _, facts = tiny_batch()
+    vectors = torch.randn(facts["vocab_size"], 8)
+    kept = vectors.clone()
+    first, second = (call_builder(MODELS.get("bilstm_crf"), {}, loc="model", provided={**facts, "embeddings": vectors})
+                     for _ in range(2))
+    assert torch.equal(first.word_embedding.weight, vectors)
+    with torch.no_grad():
+        first.word_embedding.weight.add_(1.0)  # as training (or loading an ensemble member's weights) does
+    assert torch.equal(vectors, kept) and torch.equal(second.word_embedding.weight, kept)
+
+
 def test_variants_fix_their_architecture() -> None:
     assert "cell" not in parameters(MODELS.get("bilstm_crf"))
     assert "bidirectional" not in parameters(MODELS.get("bilstm_tagger"))

@@ -222,8 +222,10 @@ def build_tagger(
         if word_dim is not None and word_dim != embeddings.shape[1]:
             raise RecipeError(f"model.word_dim: {word_dim}, but the pretrained vectors (data.embeddings) have "
                               f"{embeddings.shape[1]} dimensions; remove word_dim or make them agree")
-        word_embedding = nn.Embedding.from_pretrained(embeddings.float(), freeze=freeze_embeddings,
-                                                      padding_idx=padding_idx)
+        # a copy: from_pretrained wraps the tensor it is given, and the task hands every model it builds the same
+        # one (an ensemble's members would share one embedding, and training would change the task's vectors)
+        word_embedding = nn.Embedding.from_pretrained(embeddings.detach().float().clone(),
+                                                      freeze=freeze_embeddings, padding_idx=padding_idx)
     else:
         word_embedding = nn.Embedding(vocab_size, word_dim or 100, padding_idx=padding_idx)
     char_encoder: CharCNN | CharLSTM | None = None
