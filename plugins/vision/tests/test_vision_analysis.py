@@ -103,3 +103,25 @@ def test_an_ensemble_of_runs_with_different_classes_exits_2(run_dir: Path, tmp_p
     result = cli("ensemble", run_dir, other, "-o", tmp_path / "ens")
     assert result.exit_code == 2 and "differ" in result.stderr, result.output
     assert not (tmp_path / "ens").exists()
+
+
+def test_seeds_share_a_validation_split_through_data_split_seed(run_dir: Path, tmp_path: Path) -> None:
+    """Runs of other seeds carve other validation images and fit their statistics on other training images: an
+    ensemble of them is refused with the way out, which data.split_seed gives (the same split for every seed)."""
+    def train(name: str, *sets: str) -> Path:
+        run = tmp_path / name
+        options = ["train.max_steps=2", "train.epochs=1", "train.progress=false", *sets]
+        result = cli("run", RECIPES / "quickstart.toml", "--run-dir", run, "--no-report",
+                     *[a for s in options for a in ("--set", s)])
+        assert result.exit_code == 0, result.output
+        return run
+
+    other = train("seed1", "seed=1")
+    result = cli("ensemble", run_dir, other, "-o", tmp_path / "refused")
+    assert result.exit_code == 2 and "train the members with the same data.split_seed" in result.output
+    assert not (tmp_path / "refused").exists()
+    shared = [train(f"shared{seed}", f"seed={seed}", "data.split_seed=0") for seed in (1, 2)]
+    assert (json.loads((shared[0] / "best" / "artifacts.json").read_text())
+            == json.loads((run_dir / "best" / "artifacts.json").read_text()))  # seed 0's split and statistics
+    result = cli("ensemble", *shared, "-o", tmp_path / "ens")
+    assert result.exit_code == 0, result.output

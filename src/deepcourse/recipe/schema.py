@@ -43,6 +43,10 @@ class DataSection(Open):
               "selected on; the best weights are scored on it once, at the end of the run (RUN/holdout.json): an "
               "estimate of performance on unseen data when the test split is kept out. 0 turns it off (--set "
               "data.holdout=0 trains the final model on all of train)")
+    split_seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = doc(
+        None, "seed of the data's random choices: the validation split carved by val_split and the train_samples / "
+              "eval_samples subsets (default: the run's seed). Runs with different seeds that must see the same "
+              "validation samples, such as the members of an ensemble, give the same split_seed")
     num_workers: NonNegInt = doc(0, "DataLoader worker processes (0: load in the training process)")
     train_samples: PositiveInt | None = doc(
         None, "train on a random subset of this many samples (the same for the same seed): quick ablations")
@@ -237,7 +241,8 @@ class Recipe(Strict):
         ..., "run name: runs go to runs/<name>/<timestamp>/ (default: the file name)")
     description: str = doc("", "free text, shown in reports")
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = doc(
-        0, "seeds Python, NumPy and torch, the data order and the validation split (NumPy takes at most 2**32 - 1)")
+        0, "seeds Python, NumPy and torch, the data order and (unless data.split_seed is given) the validation "
+           "split (NumPy takes at most 2**32 - 1)")
     extends: str | None = doc(None, "path of a base recipe (relative to this file): tables merge, lists replace")
     requires_plugins: list[str] = doc([], "plugins the recipe needs; a clear message names any that are missing")
     task: TaskSection
@@ -266,6 +271,13 @@ class Recipe(Strict):
         if self.data.eval_samples or not self.train.max_steps:
             return self.data.eval_samples
         return self.train.max_steps * self.data.batch_size * (self.train.grad_accum or 1)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the data's random choices (the validation split, the train / eval subsets):
+        data.split_seed, else the run's seed. One place, so training, evaluation and every command that sets up
+        a run's data again choose the same samples."""
+        return self.seed if self.data.split_seed is None else self.data.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe: every key with its value, builder defaults included."""

@@ -82,7 +82,7 @@ def load_member(path: Path) -> Trained:
                               f"stopped before its end); an ensemble combines finished runs")
     trained = load_trained(path)
     recipe = trained.recipe  # the task set up from the run's artifacts, as predict does: its labels are known
-    trained.task.setup_data(recipe.data, splits=(), seed=recipe.seed, artifacts=trained.artifacts)
+    trained.task.setup_data(recipe.data, splits=(), seed=recipe.data_seed, artifacts=trained.artifacts)
     return trained
 
 
@@ -101,9 +101,14 @@ def require_agreement(paths: Sequence[Path], members: Sequence[Trained]) -> None
             problems.append(f"{path}: its labels of {', '.join(sorted(labels))} differ from {paths[0]}'s")
         keys = differing(member.artifacts, first.artifacts)
         if keys:
+            carved = (member.recipe.data.val_split and member.recipe.data_seed != first.recipe.data_seed)
             problems.append(f"{path}: what it fitted on its training data differs from {paths[0]}'s in "
                             f"{', '.join(keys)} (vocabularies, class names or statistics: other data, or other "
-                            f"data options)")
+                            f"data options)" + (
+                                f"; its validation split was carved with seed {member.recipe.data_seed}, "
+                                f"{paths[0]}'s with {first.recipe.data_seed}: train the members with the same "
+                                f"data.split_seed (--set data.split_seed=0), so they share one split" if carved
+                                else ""))
         keys = differing(_shapes(member.facts), _shapes(first.facts))
         if keys:
             problems.append(f"{path}: the facts its model was built from differ from {paths[0]}'s in "

@@ -40,7 +40,7 @@ def explain_run(run_dir: Path, inputs: Sequence[str], out: Path, options: Explai
     if type(task).explain is Task.explain:
         raise UserError(f"explain: task '{recipe.task.name}' has no explanations (its plugin does not implement "
                         f"Task.explain); `deepcourse predict` and `deepcourse report` still work for it")
-    task.setup_data(recipe.data, splits=(), seed=recipe.seed, artifacts=artifacts)
+    task.setup_data(recipe.data, splits=(), seed=recipe.data_seed, artifacts=artifacts)
     accelerator = make_accelerator(recipe, trackers=False, warn=False)
     model = accelerator.prepare_model(model, evaluation_mode=True)  # the run's device and mixed precision
     model.eval()

@@ -89,7 +89,7 @@ def export_trained(trained: Trained, fmt: str, output: Path, *, source: str = ""
     task, model = trained.task, trained.model
     model = model.float().cpu().eval()
     if trained.artifacts:  # the task's vocabularies, class names and statistics, as `predict` sets it up
-        task.setup_data(trained.recipe.data, splits=(), seed=trained.recipe.seed, artifacts=trained.artifacts)
+        task.setup_data(trained.recipe.data, splits=(), seed=trained.recipe.data_seed, artifacts=trained.artifacts)
     with torch.no_grad():
         graph = task.export_graph(model, trained.facts, trained.artifacts)
         graph.module.eval()

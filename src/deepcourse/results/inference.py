@@ -122,7 +122,7 @@ def predict_run(run_dir: Path, inputs: Sequence[str], *, batch_size: int = 64,
         raise UserError(f"--nbest {nbest}: task '{recipe.task.name}' gives one prediction per input (n-best lists "
                         f"are a tagger's K best tag sequences); use --nbest 1, or --json for the top classes")
     task.predict_options = {**getattr(task, "predict_options", {}), "nbest": nbest}
-    task.setup_data(recipe.data, splits=(), seed=recipe.seed, artifacts=artifacts)
+    task.setup_data(recipe.data, splits=(), seed=recipe.data_seed, artifacts=artifacts)
     accelerator = make_accelerator(recipe, trackers=False, warn=False)
     model = accelerator.prepare_model(model, evaluation_mode=True)
     model.eval()

@@ -185,20 +185,20 @@ def load_training_data(task: Task, recipe: Recipe, artifacts: Mapping[str, Any] 
         require_data_dir(recipe.data.data_dir)
     splits = ("train", split, *((HOLDOUT,) if recipe.data.holdout else ()))
     try:
-        bundle = task.setup_data(recipe.data, splits=splits, seed=recipe.seed, artifacts=artifacts)
+        bundle = task.setup_data(recipe.data, splits=splits, seed=recipe.data_seed, artifacts=artifacts)
     except MissingSplitError as exc:
         raise (exc.named("eval.split") if exc.split == split != "train" else exc) from None
     if "train" not in bundle.splits or len(bundle.splits["train"]) == 0:
         raise UserError(f"data: dataset '{recipe.data.name}' has no training samples")
     name = recipe.data.name
-    train = bundle.splits["train"] = sized_subset(bundle.splits["train"], recipe.data.train_samples, recipe.seed,
+    train = bundle.splits["train"] = sized_subset(bundle.splits["train"], recipe.data.train_samples, recipe.data_seed,
                                                   key="data.train_samples", what=f"training samples of '{name}'")
     if recipe.data.batch_size > len(train):  # it trains (one batch an epoch), but not as the recipe says
         subset = " (data.train_samples)" if recipe.data.train_samples else f" of '{name}'"
         warnings.warn(f"data.batch_size = {recipe.data.batch_size} is more than the {len(train)} training samples"
                       f"{subset}: every epoch is one batch of {len(train)}", RecipeWarning, stacklevel=2)
     if split in bundle.splits and recipe.data.eval_samples:
-        bundle.splits[split] = sized_subset(bundle.splits[split], recipe.data.eval_samples, recipe.seed,
+        bundle.splits[split] = sized_subset(bundle.splits[split], recipe.data.eval_samples, recipe.data_seed,
                                             key="data.eval_samples", what=f"samples of '{name}' split '{split}'")
     elif split in bundle.splits:
         bundle.splits[split] = smoke_subset(recipe, bundle.splits[split])
@@ -220,7 +220,7 @@ def smoke_subset(recipe: Recipe, evaluated: Any) -> Any:
         logger.info(f"deepcourse: train.max_steps = {recipe.train.max_steps}: evaluating {limit:,} of the "
                     f"{len(evaluated):,} '{recipe.eval.split}' samples, as many as the run trains on "
                     f"(data.eval_samples sets how many)")
-    return random_subset(evaluated, limit, recipe.seed)
+    return random_subset(evaluated, limit, recipe.data_seed)
 
 
 #: what torch says when a tensor cannot be allocated: the CPU allocator, CUDA, or a size past 64 bits

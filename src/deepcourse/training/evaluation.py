@@ -108,7 +108,7 @@ def load_split(task: Task, recipe: Recipe, artifacts: Mapping[str, Any], split: 
         require_data_dir(recipe.data.data_dir, hint="Give the folder that holds the split with --data-dir DIR")
     data = recipe.data.model_copy(update={"data_dir": str(data_dir)}) if data_dir else recipe.data
     try:
-        bundle = task.setup_data(data, splits=(split,), seed=recipe.seed, artifacts=artifacts)
+        bundle = task.setup_data(data, splits=(split,), seed=recipe.data_seed, artifacts=artifacts)
     except MissingSplitError as exc:
         raise exc.named(key) from None
     if split not in bundle.splits:
@@ -118,7 +118,7 @@ def load_split(task: Task, recipe: Recipe, artifacts: Mapping[str, Any], split: 
         raise DataError(f"{key}: dataset '{recipe.data.name}' has no samples in split '{split}' here")
     # the holdout is always scored whole; a smoke run's own split as the run evaluated it (Recipe.eval_samples)
     size = None if split == HOLDOUT else recipe.eval_samples if split == recipe.eval.split else recipe.data.eval_samples
-    bundle.splits = {split: random_subset(bundle.splits[split], size, recipe.seed)}
+    bundle.splits = {split: random_subset(bundle.splits[split], size, recipe.data_seed)}
     return bundle
 
 
