@@ -55,7 +55,7 @@ TRIALS: dict[str, tuple[str, str, list[str]]] = {
 
 
 def sweep_folder(root: Path, name: str, seeds: int) -> Path | None:
-    """The newest sweep folder of trial `name` holding `seeds` finished runs, or None."""
+    """The newest sweep folder of trial `name` holding at least `seeds` finished runs, or None."""
     for folder in sorted(root.glob(f"{name}/*/sweep-*"), reverse=True):
         if len(finished(folder)) >= seeds:
             return folder
@@ -96,23 +96,33 @@ def run_trials(root: Path, names: list[str], seeds: int, parallel: int) -> None:
                 del running[name]
 
 
-def table(root: Path, names: list[str], seeds: int) -> str:
+def table(root: Path, names: list[str], seeds: int, base: tuple[float, float, int] | None) -> str:
+    """One row per trial (a trial stopped early shows the seeds it finished); p: Welch's test of the held-out F1
+    against the first row's runs, or against `base` (mean, std, n of a reference measured before)."""
+    from scipy import stats
+
     rows, reference = [], None
     for name in names:
-        folder = sweep_folder(root, name, seeds)
+        folder = sweep_folder(root, name, seeds) or sweep_folder(root, name, 1)
         if folder is None:
             rows.append(f"| {name}: {TRIALS[name][0]} | not run | | | | |")
             continue
         runs = finished(folder)[:seeds]
         dev = [100 * r["best"]["f1"] for r in runs]
         held = [100 * r["holdout"]["f1"] for r in runs]
-        reference = held if reference is None else reference
-        p = welch_p(held, reference) if held is not reference else None
+        if base is not None and len(held) > 1:
+            mean, std, n = base
+            p: float | None = float(stats.ttest_ind_from_stats(statistics.fmean(held), statistics.stdev(held),
+                                                               len(held), mean, std, n, equal_var=False).pvalue)
+        else:
+            reference = held if reference is None else reference
+            p = welch_p(held, reference) if held is not reference else None
         rows.append(f"| {name}: {TRIALS[name][0]} | {summarize(dev, 'f1', 100).shown(2)} | "
                     f"{summarize(held, 'f1', 100).shown(2)} | {'-' if p is None else f'{p:.3f}'} | "
                     f"{statistics.fmean(r['epochs'] for r in runs):.3g} | "
                     f"{statistics.fmean(r['wall_time_s'] for r in runs):,.0f} s |")
-    head = ["| trial: what changed | dev F1 | holdout F1 | p (holdout, vs first row) | epochs | wall time per run |",
+    versus = "the reference given" if base else "first row"
+    head = [f"| trial: what changed | dev F1 | holdout F1 | p (holdout, vs {versus}) | epochs | wall time per run |",
             "|---|---|---|---|---|---|"]
     return "\n".join(head + rows) + "\n"
 
@@ -124,19 +134,31 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=2, help="trials at a time (one run each, one thread)")
     parser.add_argument("--root", type=Path, default=ROOT / "runs" / "ner-trials")
     parser.add_argument("--table-only", action="store_true", help="draw the table from the finished trials")
+    parser.add_argument("--base-stats", metavar="MEAN,STD,N",
+                        help="compare with a reference measured before instead of the first row: its held-out F1 as "
+                             "mean, std and number of seeds (docs/course-notes.md: 90.02,0.07,3 for `base`)")
     args = parser.parse_args()
     names = [n.strip() for n in args.trials.split(",") if n.strip()]
     unknown = [n for n in names if n not in TRIALS]
     if unknown:
         print(f"ner_trials: unknown trial(s) {', '.join(unknown)}; known: {', '.join(TRIALS)}", file=sys.stderr)
         return 2
-    if not os.environ.get("DEEPCOURSE_DATA"):
+    if not args.table_only and not os.environ.get("DEEPCOURSE_DATA"):
         print("ner_trials: set DEEPCOURSE_DATA to the folder holding conll2003/ and glove/", file=sys.stderr)
         return 2
     args.root.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         run_trials(args.root, names, args.seeds, args.parallel)
-    print(table(args.root, names, args.seeds), end="")
+    base = None
+    if args.base_stats:
+        try:
+            mean, std, n = args.base_stats.split(",")
+            base = (float(mean), float(std), int(n))
+        except ValueError:
+            print(f"ner_trials: --base-stats {args.base_stats!r}: give MEAN,STD,N such as 90.02,0.07,3",
+                  file=sys.stderr)
+            return 2
+    print(table(args.root, names, args.seeds, base), end="")
     return 0
 
 
