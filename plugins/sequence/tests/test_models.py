@@ -64,6 +64,19 @@ def test_batches_cut_padding_and_share_word_forms() -> None:
     assert batch["tags_ner"].tolist() == [[0, 1, 0], [1, -100, -100]]
 
 
+def fit_batch(model: nn.Module, batch: dict[str, torch.Tensor], steps: int) -> dict[str, torch.Tensor]:
+    """Train `model` on one batch (NER and POS heads) with Adam, then decode it in eval mode."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(steps):
+        out = model(batch)
+        (out["loss_ner"] + out["loss_pos"]).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    with torch.no_grad():
+        return model(batch, decode=True)
+
+
 @pytest.mark.parametrize("name", TAGGERS)
 @pytest.mark.parametrize("chars", ["none", "cnn", "lstm"])
 def test_every_tagger_learns_a_batch(name: str, chars: str) -> None:
@@ -71,14 +84,7 @@ def test_every_tagger_learns_a_batch(name: str, chars: str) -> None:
     batch, facts = tiny_batch()
     model = call_builder(MODELS.get(name), {"char_features": chars, "hidden_size": 16, "dropout": 0.0,
                                             "head_decoders": {"pos": "softmax"}}, loc="model", provided=facts)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(40):
-        out = model(batch)
-        (out["loss_ner"] + out["loss_pos"]).mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
-    out = model(batch, decode=True)
+    out = fit_batch(model, batch, steps=40)
     assert torch.equal(out["pred_ner"], batch["tags_ner"]) and torch.equal(out["pred_pos"], batch["tags_pos"])
 
 
@@ -102,14 +108,7 @@ def test_a_tagger_with_locked_dropout_trains_and_loads_into_one_without() -> Non
     options = {"hidden_size": 16, "dropout": 0.3, "num_layers": 2, "head_decoders": {"pos": "softmax"}}
     model = call_builder(MODELS.get("bilstm_crf"), {**options, "locked_dropout": True}, loc="model", provided=facts)
     assert all(m.locked for m in model.modules() if isinstance(m, SequenceDropout))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(60):
-        out = model(batch)
-        (out["loss_ner"] + out["loss_pos"]).mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
-    out = model(batch, decode=True)
+    out = fit_batch(model, batch, steps=60)
     assert torch.equal(out["pred_ner"], batch["tags_ner"])
     plain = call_builder(MODELS.get("bilstm_crf"), options, loc="model", provided=facts).eval()
     plain.load_state_dict(model.state_dict())  # dropout has no weights: the same checkpoint either way
