@@ -73,8 +73,12 @@ def finished(folder: Path) -> list[dict]:
 
 def start(root: Path, name: str, seeds: int) -> subprocess.Popen[bytes]:
     _, recipe, keys = TRIALS[name]
-    command = ["deepcourse", "sweep", recipe, "--seeds", str(seeds), "-j", "1", "--runs-root", str(root / name),
-               "--set", "data.holdout=0.1"]
+    if seeds > 1:
+        command = ["deepcourse", "sweep", recipe, "--seeds", str(seeds), "-j", "1", "--runs-root", str(root / name)]
+    else:  # one seed is one run (a sweep needs something to vary), in a folder laid out as a sweep's
+        folder = root / name / "run" / "sweep-1" / "seed"
+        command = ["deepcourse", "run", recipe, "--no-report", "--run-dir", str(folder)]
+    command += ["--set", "data.holdout=0.1"]
     for key in keys:
         command += ["--set", key]
     log = (root / f"{name}.log").open("wb")
