@@ -149,7 +149,7 @@ def deepcourse_train(recipe_path: Path, steps: int, threads: int, runs: Path, gr
     recipe = load_recipe(recipe_path, [f"train.max_steps={steps}", f"train.log_every={steps}", "train.progress=false",
                                        f"train.threads={threads}", "data.eval_samples=32", "data.holdout=0",
                                        f"data.group_by_length={str(grouped).lower()}"])
-    summary = fit(recipe, runs_root=runs)
+    summary = fit(recipe, runs_root=runs).summary
     events = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     epoch = next(e for e in events if e.get("scope") == "epoch" and e.get("split") == "train")
     return float(epoch["seconds"]), recipe.data.batch_size
@@ -188,6 +188,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--decode-batch", type=int, default=512)
     args = parser.parse_args()
+    from deepcourse.api import load_plugins
+
+    load_plugins()  # the recipes name the sequence plugin's task and model
     torch.set_num_threads(args.threads)
     root = Path(os.environ.get("DEEPCOURSE_DATA", ""))
     if not (root / "conll2003" / "train.txt").is_file():
