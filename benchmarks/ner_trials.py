@@ -1,6 +1,7 @@
 """The NER trials table: what each change to the BiLSTM-CRF recipe does on text it never trained or selected on.
 
-Every trial is `recipes/ner_bilstm_crf.toml` (or the recipe it names) with a few keys set, run as a seeds-only sweep
+Every trial is `benchmarks/ner_trials_base.toml` (the shipped recipe as it was before the table; or the recipe it
+names) with a few keys set, run as a seeds-only sweep
 (`deepcourse sweep RECIPE --seeds 3`, seeds 1-3) with `data.holdout = 0.1`: the last tenth of train's documents is
 never trained on, dev selects the epoch as usual, and the selected weights are scored once on the held-out tenth
 at the end of each run (`RUN/holdout.json`, and `summary.json`'s "holdout"). The table gives dev and held-out F1 as
@@ -65,9 +66,7 @@ def sweep_folder(root: Path, name: str, seeds: int) -> Path | None:
 def finished(folder: Path) -> list[dict]:
     runs = []
     for summary in sorted(folder.glob("*/summary.json")):
-        data = json.loads(summary.read_text())
-        data["recipe_path"] = str(summary.parent)
-        runs.append(data)
+        runs.append(json.loads(summary.read_text()))
     return runs
 
 
