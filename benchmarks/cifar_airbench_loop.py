@@ -1,6 +1,6 @@
 """The airbench94 method (Keller Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024) as one hand-written
-file, for CPUs (channels_last; bf16 autocast where the CPU has AMX, as deepcourse's precision "auto" chooses): the
-reference that deepcourse's fast CIFAR recipes are measured against (same net, same schedule, same data), side by
+file, for CPUs (channels_last; bf16 autocast where the CPU has AMX or Zen 5's AVX-512 BF16, as deepcourse's precision
+"auto" chooses): the reference that deepcourse's fast CIFAR recipes are measured against (same net, same schedule, same data), side by
 side in one command.
 
 The method: a three-stage conv net (widths 64/256/256, GELU, batch norm without a learned scale) after a 2x2
@@ -169,13 +169,18 @@ class Lookahead:
 
 # -- precision ----------------------------------------------------------------------------------------------------
 def native_bf16() -> bool:
-    """Does this CPU compute bfloat16 fast (AMX)? With AVX-512 BF16 alone bf16 convolutions are slower than fp32,
-    and emulated bf16 slower still."""
+    """Does this CPU compute bfloat16 fast: AMX, or AVX-512 BF16 on AMD's full-width units (Zen 5, CPU family 26, and
+    later)? Elsewhere AVX-512 BF16 convolutions are slower than fp32, and emulated bf16 slower still."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "amx_bf16" in flags.split()
+    first = dict((k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in info.split("\n\n")[0].splitlines()
+                                                     if ":" in line))
+    flags = first.get("flags", "").split()
+    family = int(first["cpu family"]) if first.get("cpu family", "").isdigit() else 0
+    return "amx_bf16" in flags or ("avx512_bf16" in flags and first.get("vendor_id") == "AuthenticAMD"
+                                   and family >= 0x1A)
 
 
 # -- training -----------------------------------------------------------------------------------------------------

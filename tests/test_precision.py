@@ -43,21 +43,33 @@ def test_auto_picks_bf16_only_where_the_cpu_computes_it_natively(plugin_site: Pa
     assert explicit.precision is not None and explicit.precision.channels_last_for(conv_net()) is False
 
 
+ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: avx512f avx512_bf16\n\n"
+ZEN5 = ZEN4.replace("cpu family\t: 25", "cpu family\t: 26")
+INTEL = ZEN5.replace("AuthenticAMD", "GenuineIntel").replace("cpu family\t: 26", "cpu family\t: 6")
+
+
 def test_native_bf16_reads_the_cpu_probe(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On x86, AMX: AVX-512 BF16 alone computes bf16 convolutions slower than float32 (measured), so it says no."""
+    """On x86: AMX, or AVX-512 BF16 on AMD's full-width units (Zen 5, family 26, and later). AVX-512 BF16 elsewhere
+    computes bf16 convolutions slower than float32 (measured), so it says no."""
     monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
-    for avx512_bf16, amx, expected in ((True, False, False), (False, True, True), (True, True, True),
-                                       (False, False, False)):
+    cases = [(INTEL, True, False, False), (ZEN4, True, False, False), (ZEN5, True, False, True),
+             (ZEN5, False, False, False), (INTEL, False, True, True), (ZEN4, True, True, True),
+             (INTEL, False, False, False), ("", True, False, False)]
+    for cpuinfo, avx512_bf16, amx, expected in cases:
         precision._cpu_bf16_flags.cache_clear()
         precision._avx512_bf16.cache_clear()
+        monkeypatch.setattr(precision, "_cpuinfo", lambda text=cpuinfo: text)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
-        assert precision.native_bf16(torch.device("cpu")) is expected
+        assert precision.native_bf16(torch.device("cpu")) is expected, (cpuinfo[:60], avx512_bf16, amx)
         chosen = precision.choose("auto", None, torch.device("cpu"))
         assert chosen.mixed_precision == ("bf16" if expected else "no")
-        assert ("AVX-512 BF16 but no AMX" in chosen.reason) is (avx512_bf16 and not amx)
-    precision._cpu_bf16_flags.cache_clear()
-    precision._avx512_bf16.cache_clear()
+        assert ("AVX-512 BF16 but neither AMX" in chosen.reason) is (avx512_bf16 and not expected)
+        assert ("(AMX)" in chosen.reason) is amx
+        assert ("full-width units: AMD Zen 5" in chosen.reason) is (expected and not amx)
+    monkeypatch.undo()
+    for cached in (precision._cpu_bf16_flags, precision._avx512_bf16, precision._cpuinfo):
+        cached.cache_clear()
     assert precision.native_bf16(torch.device("mps")) is False
 
 
@@ -91,8 +103,8 @@ def test_a_run_says_and_records_what_auto_chose(plugin_site: Path, tmp_path: Pat
                                 "train.device='cpu'", run_dir=tmp_path / "run", report=False)
     info = json.loads((result.run_dir / "run.json").read_text())
     assert info["mixed_precision"] == "bf16" and info["channels_last"] is False  # an MLP: nothing to lay out
-    assert info["precision_reason"] == "auto: this CPU computes bfloat16 natively"
-    assert "deepcourse: precision bf16 autocast (auto: this CPU computes bfloat16 natively)" in caplog.text
+    assert info["precision_reason"].startswith("auto: this CPU computes bfloat16 natively")
+    assert f"deepcourse: precision bf16 autocast ({info['precision_reason']})" in caplog.text
 
 
 def _write(tmp_path: Path) -> str:

@@ -1,14 +1,15 @@
 """`train.mixed_precision = "auto"` and `train.channels_last`: the fastest numerics the hardware runs well.
 
-bfloat16 autocast pays only where the hardware has bfloat16 matrix units: x86 CPUs with AMX (Xeons from Sapphire
-Rapids on), ARM cores with the BF16 extension, and CUDA GPUs from Ampere on. An x86 CPU with AVX-512 BF16 but no AMX
-computes bfloat16 dot products natively, yet torch's (oneDNN's) bfloat16 convolutions there are slower than its
-float32 ones: a training step in bf16 + channels-last took 1.2x (airbench's net) and 1.3x (ResNet-18) the time of
-float32 + channels-last on such a CPU (benchmarks/cpu_precision.py). Elsewhere torch emulates bfloat16, which is
-slower still. So "auto" chooses bfloat16 only on AMX, ARM BF16 and those GPUs. On a CPU, convolutions run channels-
-last (NHWC) at least as fast in either precision (oneDNN's preferred layout: 1.5x faster a step for airbench's net in
-float32 there, ResNet-18 the same), so "auto" converts a model with a Conv2d on every CPU, and on a GPU when it chose
-bfloat16. The one detection is `native_bf16`, which tests replace.
+bfloat16 autocast pays only where the hardware computes bfloat16 dot products at full width: x86 CPUs with AMX
+(Xeons from Sapphire Rapids on), AMD CPUs from Zen 5 on (AVX-512 BF16 on full 512-bit units), ARM cores with the BF16
+extension, and CUDA GPUs from Ampere on. Measured with benchmarks/cpu_precision.py, a training step in bf16 +
+channels-last against float32 + channels-last: on a Zen 5 EPYC (CPU family 26, no AMX) 1.87x faster for airbench's
+net and 1.7x for ResNet-18; on an earlier x86 CPU with AVX-512 BF16 but neither AMX nor full-width units, 1.2x and
+1.3x *slower*. Where torch emulates bfloat16 it is slower still. So "auto" chooses bfloat16 on AMX, Zen 5 and later,
+ARM BF16 and those GPUs, float32 elsewhere. On a CPU, convolutions run channels-last (NHWC) at least as fast in either
+precision (oneDNN's preferred layout: 1.5-1.8x faster a step for airbench's net in float32), so "auto" converts a
+model with a Conv2d on every CPU, and on a GPU when it chose bfloat16. The one detection is `native_bf16`, which
+tests replace.
 """
 from __future__ import annotations
 
@@ -29,30 +30,68 @@ def _cpu_bf16_flags() -> tuple[str, ...]:
     """The CPU's bfloat16 matrix features: on x86, AMX as torch's own CPU probe (cpuinfo, every OS) reports it; else
     as Linux's /proc/cpuinfo lists them (x86 flag amx_bf16, ARM feature bf16). AVX-512 BF16 alone does not count."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    if probe is not None and platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+    if probe is not None and _x86():
         return ("amx",) if probe() else ()
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ()
-    words = set(text.split())
+    words = set(_cpuinfo().split())
     return tuple(flag for flag in ("amx_bf16", "bf16") if flag in words)
+
+
+def _x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+@functools.cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo's text ("" where there is none: not Linux)."""
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+ZEN5_FAMILY = 0x1A  # AMD's CPU family of Zen 5 (EPYC 9005, Ryzen 9000): AVX-512 on full 512-bit units
+
+
+def _amd_family() -> int:
+    """The CPU family /proc/cpuinfo gives an AMD CPU (0 for other vendors, or where it says nothing)."""
+    fields = dict(line.split(":", 1) for line in _cpuinfo().split("\n\n", 1)[0].splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    if fields.get("vendor_id") != "AuthenticAMD":
+        return 0
+    family = fields.get("cpu family", "0")
+    return int(family) if family.isdigit() else 0
 
 
 @functools.cache
 def _avx512_bf16() -> bool:
-    """Whether the CPU has AVX-512 BF16 (said in the reason when "auto" still chooses float32)."""
+    """Whether the CPU has AVX-512 BF16 (counted on Zen 5 and later; else said in the reason for float32)."""
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     return probe is not None and bool(probe())
 
 
+def _full_width_avx512_bf16() -> bool:
+    """AVX-512 BF16 on full 512-bit units: AMD from Zen 5 on (Zen 4 splits each 512-bit operation in two)."""
+    return _x86() and _avx512_bf16() and _amd_family() >= ZEN5_FAMILY
+
+
+def _cpu_bf16_source() -> str:
+    """What makes this CPU's bfloat16 fast, in words ("" where it is not)."""
+    flags = _cpu_bf16_flags()
+    if "amx" in flags or "amx_bf16" in flags:
+        return "AMX"
+    if _full_width_avx512_bf16():
+        return "AVX-512 BF16 on full-width units: AMD Zen 5 or later"
+    return "ARM BF16" if "bf16" in flags else ""
+
+
 def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bfloat16 fast (with matrix units, not emulated): a CUDA GPU that supports it, or a
-    CPU with AMX or ARM's BF16 extension. Other devices (MPS, x86 CPUs with AVX-512 BF16 only) answer no."""
+    """Whether `device` computes bfloat16 fast (at full width, not emulated): a CUDA GPU that supports it, or a CPU
+    with AMX, AMD's Zen 5 or later, or ARM's BF16 extension. Other devices (MPS, other x86 CPUs with AVX-512 BF16)
+    answer no."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        return bool(_cpu_bf16_flags())
+        return bool(_cpu_bf16_source())
     return False
 
 
@@ -78,11 +117,13 @@ def choose(mixed_precision: str, channels_last: bool | None, device: torch.devic
         return Precision(mixed_precision, bool(channels_last), "")
     where = "GPU" if device.type == "cuda" else device.type.upper()
     if native_bf16(device):
-        return Precision("bf16", channels_last, f"auto: this {where} computes bfloat16 natively")
+        how = _cpu_bf16_source() if device.type == "cpu" else ""
+        how = f" ({how})" if how else ""
+        return Precision("bf16", channels_last, f"auto: this {where} computes bfloat16 natively{how}")
     layout = channels_last if device.type == "cpu" else bool(channels_last)
     if device.type == "cpu" and _avx512_bf16():
-        return Precision("no", layout, "auto: this CPU has AVX-512 BF16 but no AMX, where bfloat16 convolutions are "
-                                       "slower than float32")
+        return Precision("no", layout, "auto: this CPU has AVX-512 BF16 but neither AMX nor full-width "
+                                       "units (Zen 5), where bfloat16 convolutions are slower than float32")
     return Precision("no", layout, f"auto: this {where} has no native bfloat16 (emulated is slower)")
 
 
