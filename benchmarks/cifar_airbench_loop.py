@@ -1,7 +1,7 @@
 """The airbench94 method (Keller Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024) as one hand-written
 file, for CPUs (channels_last; bf16 autocast where the CPU has AMX or Zen 5's AVX-512 BF16, as deepcourse's precision
-"auto" chooses): the reference that deepcourse's fast CIFAR recipes are measured against (same net, same schedule, same data), side by
-side in one command.
+"auto" chooses): the reference that deepcourse's fast CIFAR recipes are measured against (same net, same schedule,
+same data), side by side in one command.
 
 The method: a three-stage conv net (widths 64/256/256, GELU, batch norm without a learned scale) after a 2x2
 patch-whitening convolution initialised from the data (eigenvectors of the patch covariance, frozen weights, bias
