@@ -8,6 +8,11 @@ and 92%, and the ratio deepcourse / loop. The issue's bar: a ratio <= 1.05 at 90
 
     python benchmarks/cifar_speed.py --seed 0 --out cifar_speed.json              # DEEPCOURSE_DATA must be set
     python benchmarks/cifar_speed.py --smoke --out /tmp/speed.json                  # a few steps, to try the wiring
+    python benchmarks/cifar_speed.py --summarize cifar_speed_s0.json cifar_speed_s1.json cifar_speed_s2.json
+
+`--summarize` reads the JSON of several seeds and prints the table docs/results.md shows: per side the held-out
+accuracy after the last epoch and the training times (mean ± sample std over the seeds), and the ratios
+deepcourse / loop seed by seed (the whole schedule, and the time to 90% where both reached it).
 
 A smoke run trains on 2,048 images for a few steps and evaluates 500: its times say nothing about the method.
 """
@@ -88,6 +93,37 @@ def compare(engine: list[dict[str, Any]], loop: list[dict[str, Any]]) -> dict[st
     return result
 
 
+def summarize(paths: list[Path]) -> dict[str, Any]:
+    """The seeds' comparisons as one table: mean ± std per side, and the ratios pair by pair."""
+    import statistics
+
+    runs = [json.loads(path.read_text()) for path in paths]
+    if len({run["seed"] for run in runs}) != len(runs) or any(run.get("smoke") for run in runs):
+        raise SystemExit("--summarize: give one full (not --smoke) result per seed")
+
+    def spread(values: list[float | None]) -> str:
+        got = [v for v in values if v is not None]
+        if not got:
+            return "never"
+        std = statistics.stdev(got) if len(got) > 1 else 0.0
+        missing = f", {len(values) - len(got)} never" if len(got) < len(values) else ""
+        return f"{statistics.mean(got):.2f} ± {std:.2f} (n={len(got)}{missing})"
+
+    table: dict[str, Any] = {"seeds": [run["seed"] for run in runs]}
+    for side in ("deepcourse", "loop"):
+        table[side] = {
+            "final_accuracy_%": spread([100 * run["final_accuracy"][side] for run in runs]),
+            "each_%": [round(100 * run["final_accuracy"][side], 2) for run in runs],
+            "total_train_s": spread([run["total_train_s"][side] for run in runs]),
+            **{f"time_to_{t}_s": spread([run[t][f"{side}_s"] for run in runs]) for t in ("90%", "92%")}}
+    table["ratio_total_train"] = [round(run["total_train_s"]["deepcourse"] / run["total_train_s"]["loop"], 3)
+                                  for run in runs]
+    table["ratio_time_to_90%"] = [run["90%"]["ratio"] for run in runs]
+    gap = [100 * (run["final_accuracy"]["deepcourse"] - run["final_accuracy"]["loop"]) for run in runs]
+    table["accuracy_gap_points"] = spread(gap)  # deepcourse - loop, seed by seed
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -95,7 +131,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     parser.add_argument("--smoke", action="store_true", help="a few steps on 2,048 images: the wiring, not the speed")
     parser.add_argument("--out", type=Path, default=None, help="write the comparison here as JSON")
+    parser.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
+                        help="print the table of several seeds' --out files, and run nothing")
     args = parser.parse_args()
+    if args.summarize:
+        print(json.dumps(summarize(args.summarize), indent=2, ensure_ascii=False))
+        return
     if "DEEPCOURSE_DATA" not in os.environ:
         parser.error("set DEEPCOURSE_DATA to the folder holding cifar10/")
     with tempfile.TemporaryDirectory(prefix="cifar_speed_") as tmp:
