@@ -120,6 +120,16 @@ def test_seeds_share_a_validation_split_through_data_split_seed(run_dir: Path, t
     result = cli("ensemble", run_dir, other, "-o", tmp_path / "refused")
     assert result.exit_code == 2 and "train the members with the same data.split_seed" in result.output
     assert not (tmp_path / "refused").exists()
+    # a task that fits nothing on train still carves each seed's own validation images: planted here by giving the
+    # seed-1 run seed 0's statistics, so only the split tells them apart, and the ensemble is refused all the same
+    alike = tmp_path / "seed1-alike"
+    shutil.copytree(other, alike)
+    shutil.copy(run_dir / "best" / "artifacts.json", alike / "best" / "artifacts.json")
+    result = cli("ensemble", run_dir, alike, "-o", tmp_path / "refused")
+    assert result.exit_code == 2, result.output
+    assert "each trained on images the other validates on" in result.output
+    assert "what it fitted" not in result.output
+    assert not (tmp_path / "refused").exists()
     shared = [train(f"shared{seed}", f"seed={seed}", "data.split_seed=0") for seed in (1, 2)]
     assert (json.loads((shared[0] / "best" / "artifacts.json").read_text())
             == json.loads((run_dir / "best" / "artifacts.json").read_text()))  # seed 0's split and statistics

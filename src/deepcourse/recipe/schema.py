@@ -119,8 +119,8 @@ class TrainSection(Strict):
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] | None = doc(
         None, "no (float32), bf16 (CPU or recent GPUs), fp16 (CUDA GPUs, with a gradient scaler), or auto: bf16 "
               "autocast where the device computes bfloat16 at full width (CPUs with AMX, AMD Zen 5 or later, or ARM "
-              "BF16; CUDA GPUs that support it; not other AVX-512 BF16 CPUs, where it is slower than float32), else no; and channels-last "
-              "convolutions on CPUs and with bf16. Unset: what the launcher says "
+              "BF16; CUDA GPUs that support it; not other AVX-512 BF16 CPUs, where it is slower than float32), else "
+              "no; and channels-last convolutions on CPUs and with bf16. Unset: what the launcher says "
               "(`accelerate launch --mixed_precision`, or its config file), else the task's default (auto for image "
               "classification, no elsewhere). A value here wins over the launcher's, with a warning when they "
               "differ. The run's first lines and run.json say what was chosen")

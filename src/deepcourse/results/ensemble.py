@@ -100,8 +100,16 @@ def require_agreement(paths: Sequence[Path], members: Sequence[Trained]) -> None
         if labels:
             problems.append(f"{path}: its labels of {', '.join(sorted(labels))} differ from {paths[0]}'s")
         keys = differing(member.artifacts, first.artifacts)
+        carved = bool(member.recipe.data.val_split or first.recipe.data.val_split) and (
+            member.recipe.data_seed != first.recipe.data_seed)
+        if carved and not keys:
+            # nothing fitted tells them apart, but each member's validation images are some other member's training
+            # images: the ensemble's validation score would count images it trained on
+            problems.append(f"{path}: its validation split was carved from train with seed "
+                            f"{member.recipe.data_seed}, {paths[0]}'s with {first.recipe.data_seed}, so each trained "
+                            f"on images the other validates on: train the members with the same data.split_seed "
+                            f"(--set data.split_seed=0), so they share one split")
         if keys:
-            carved = (member.recipe.data.val_split and member.recipe.data_seed != first.recipe.data_seed)
             problems.append(f"{path}: what it fitted on its training data differs from {paths[0]}'s in "
                             f"{', '.join(keys)} (vocabularies, class names or statistics: other data, or other "
                             f"data options)" + (
