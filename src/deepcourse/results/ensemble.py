@@ -102,21 +102,18 @@ def require_agreement(paths: Sequence[Path], members: Sequence[Trained]) -> None
         keys = differing(member.artifacts, first.artifacts)
         carved = bool(member.recipe.data.val_split or first.recipe.data.val_split) and (
             member.recipe.data_seed != first.recipe.data_seed)
-        if carved and not keys:
-            # nothing fitted tells them apart, but each member's validation images are some other member's training
-            # images: the ensemble's validation score would count images it trained on
-            problems.append(f"{path}: its validation split was carved from train with seed "
-                            f"{member.recipe.data_seed}, {paths[0]}'s with {first.recipe.data_seed}, so each trained "
-                            f"on images the other validates on: train the members with the same data.split_seed "
-                            f"(--set data.split_seed=0), so they share one split")
+        # even where nothing fitted tells them apart, each member's validation images are some other member's
+        # training images: the ensemble's validation score would count images it trained on
+        split = (f"its validation split was carved from train with seed {member.recipe.data_seed}, {paths[0]}'s "
+                 f"with {first.recipe.data_seed}, so each trained on images the other validates on: train the "
+                 f"members with the same data.split_seed (--set data.split_seed=0), so they share one split"
+                 if carved else "")
         if keys:
             problems.append(f"{path}: what it fitted on its training data differs from {paths[0]}'s in "
                             f"{', '.join(keys)} (vocabularies, class names or statistics: other data, or other "
-                            f"data options)" + (
-                                f"; its validation split was carved with seed {member.recipe.data_seed}, "
-                                f"{paths[0]}'s with {first.recipe.data_seed}: train the members with the same "
-                                f"data.split_seed (--set data.split_seed=0), so they share one split" if carved
-                                else ""))
+                            f"data options)" + (f"; {split}" if split else ""))
+        elif split:
+            problems.append(f"{path}: {split}")
         keys = differing(_shapes(member.facts), _shapes(first.facts))
         if keys:
             problems.append(f"{path}: the facts its model was built from differ from {paths[0]}'s in "
