@@ -54,8 +54,8 @@ ZEN5_FAMILY = 0x1A  # AMD's CPU family of Zen 5 (EPYC 9005, Ryzen 9000): AVX-512
 
 def _amd_family() -> int:
     """The CPU family /proc/cpuinfo gives an AMD CPU (0 for other vendors, or where it says nothing)."""
-    fields = dict(line.split(":", 1) for line in _cpuinfo().split("\n\n", 1)[0].splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    first = _cpuinfo().split("\n\n", 1)[0]  # the first processor's block
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
     if fields.get("vendor_id") != "AuthenticAMD":
         return 0
     family = fields.get("cpu family", "0")
