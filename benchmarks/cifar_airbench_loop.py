@@ -1,7 +1,7 @@
 """The airbench94 method (Keller Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024) as one hand-written
-file, for CPUs (channels_last; bf16 autocast where the CPU has AMX or Zen 5's AVX-512 BF16, as deepcourse's precision
-"auto" chooses): the reference that deepcourse's fast CIFAR recipes are measured against (same net, same schedule,
-same data), side by side in one command.
+file, for CPUs (channels_last; bf16 autocast where the CPU trains the net faster in it, as deepcourse's precision
+"auto" chooses; `benchmarks/cifar_speed.py` gives it the run's precision): the reference that deepcourse's fast CIFAR
+recipes are measured against (same net, same schedule, same data), side by side in one command.
 
 The method: a three-stage conv net (widths 64/256/256, GELU, batch norm without a learned scale) after a 2x2
 patch-whitening convolution initialised from the data (eigenvectors of the patch covariance, frozen weights, bias
@@ -168,19 +168,28 @@ class Lookahead:
 
 
 # -- precision ----------------------------------------------------------------------------------------------------
-def native_bf16() -> bool:
-    """Does this CPU compute bfloat16 fast: AMX, or AVX-512 BF16 on AMD's full-width units (Zen 5, CPU family 26, and
-    later)? Elsewhere AVX-512 BF16 convolutions are slower than fp32, and emulated bf16 slower still."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
+def bf16_is_faster(memory: torch.memory_format) -> bool:
+    """Does this CPU train the net faster in bf16 autocast than in float32? With AMX, yes. Elsewhere it depends on
+    the CPU (AVX-512 BF16 is twice as fast as float32 on some, slower on others; emulated bf16 is slower), so
+    measure: the fastest of three training steps on 256 random images in each precision, alternating, after one
+    warm-up step each, and bf16 where it is at least 1.15x faster (deepcourse's rule)."""
+    if torch.cpu._is_amx_tile_supported():
+        return True
+    if not torch.cpu._is_avx512_bf16_supported():
         return False
-    first = dict((k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in info.split("\n\n")[0].splitlines()
-                                                     if ":" in line))
-    flags = first.get("flags", "").split()
-    family = int(first["cpu family"]) if first.get("cpu family", "").isdigit() else 0
-    return "amx_bf16" in flags or ("avx512_bf16" in flags and first.get("vendor_id") == "AuthenticAMD"
-                                   and family >= 0x1A)
+    with torch.random.fork_rng(devices=[]):
+        net = make_net(HYP["widths"], HYP["bn_momentum"], HYP["scaling_factor"]).to(memory_format=memory)
+        x = torch.randn(256, 3, 32, 32).contiguous(memory_format=memory)
+    fastest = {False: math.inf, True: math.inf}
+    for round_ in range(4):
+        for bf16 in (False, True):
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = net(x).float().logsumexp(1).mean()
+            loss.backward()
+            if round_:
+                fastest[bf16] = min(fastest[bf16], time.perf_counter() - started)
+    return fastest[False] / fastest[True] >= 1.15
 
 
 # -- training -----------------------------------------------------------------------------------------------------
@@ -285,7 +294,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    precision = ("bf16" if native_bf16() else "fp32") if args.precision == "auto" else args.precision
+    if args.precision == "auto":
+        precision = "bf16" if bf16_is_faster(torch.channels_last) else "fp32"
+    else:
+        precision = args.precision
     images, labels = load_cifar(Path(os.environ["DEEPCOURSE_DATA"]))
     train_idx, held_idx = split(len(images), 0.1, args.seed)
     if args.limit:

@@ -34,8 +34,10 @@ LOOP = ROOT / "benchmarks" / "cifar_airbench_loop.py"
 TARGETS = (0.90, 0.92)
 
 
-def run_deepcourse(recipe: Path, seed: int, threads: int | None, smoke: bool, work: Path) -> list[dict[str, Any]]:
-    """Train the recipe with an evaluation after every epoch; (cumulative training seconds, accuracy) per epoch."""
+def run_deepcourse(recipe: Path, seed: int, threads: int | None, smoke: bool,
+                   work: Path) -> tuple[list[dict[str, Any]], str]:
+    """Train the recipe with an evaluation after every epoch: (cumulative training seconds, accuracy) per epoch, and
+    the precision the run computed in ("bf16" or "fp32"), which the loop is then given."""
     run_dir = work / "deepcourse_run"
     sets = [f"seed={seed}", "eval.every=1", "train.progress=false"]
     if threads:
@@ -46,7 +48,8 @@ def run_deepcourse(recipe: Path, seed: int, threads: int | None, smoke: bool, wo
     for item in sets:
         command += ["--set", item]
     subprocess.run(command, check=True, cwd=ROOT)
-    return epochs_of_run(run_dir / "metrics.jsonl")
+    mixed = json.loads((run_dir / "run.json").read_text())["mixed_precision"]
+    return epochs_of_run(run_dir / "metrics.jsonl"), "bf16" if mixed == "bf16" else "fp32"
 
 
 def epochs_of_run(metrics: Path) -> list[dict[str, Any]]:
@@ -64,9 +67,9 @@ def epochs_of_run(metrics: Path) -> list[dict[str, Any]]:
     return out
 
 
-def run_loop(seed: int, threads: int | None, smoke: bool, work: Path) -> list[dict[str, Any]]:
+def run_loop(seed: int, threads: int | None, smoke: bool, work: Path, precision: str) -> list[dict[str, Any]]:
     out = work / "loop.json"
-    command = [sys.executable, str(LOOP), "--seed", str(seed), "--out", str(out)]
+    command = [sys.executable, str(LOOP), "--seed", str(seed), "--out", str(out), "--precision", precision]
     if threads:
         command += ["--threads", str(threads)]
     if smoke:
@@ -142,9 +145,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cifar_speed_") as tmp:
         work = Path(tmp)
         started = time.time()
-        engine = run_deepcourse(args.recipe, args.seed, args.threads, args.smoke, work)
-        loop = run_loop(args.seed, args.threads, args.smoke, work)
+        engine, precision = run_deepcourse(args.recipe, args.seed, args.threads, args.smoke, work)
+        loop = run_loop(args.seed, args.threads, args.smoke, work, precision)  # the same numerics as the run's
     result = {"seed": args.seed, "smoke": args.smoke, "threads": args.threads, "recipe": args.recipe.name,
+              "precision": precision,
               "wall_s": round(time.time() - started, 1), **compare(engine, loop),
               "epochs": {"deepcourse": engine, "loop": loop}}
     if args.out:

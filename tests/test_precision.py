@@ -4,6 +4,7 @@ records."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,34 +44,97 @@ def test_auto_picks_bf16_only_where_the_cpu_computes_it_natively(plugin_site: Pa
     assert explicit.precision is not None and explicit.precision.channels_last_for(conv_net()) is False
 
 
-ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: avx512f avx512_bf16\n\n"
-ZEN5 = ZEN4.replace("cpu family\t: 25", "cpu family\t: 26")
-INTEL = ZEN5.replace("AuthenticAMD", "GenuineIntel").replace("cpu family\t: 26", "cpu family\t: 6")
+INTEL = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nflags\t\t: avx512f avx512_bf16\n\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd bf16\n\n"
 
 
-def test_native_bf16_reads_the_cpu_probe(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On x86: AMX, or AVX-512 BF16 on AMD's full-width units (Zen 5, family 26, and later). AVX-512 BF16 elsewhere
-    computes bf16 convolutions slower than float32 (measured), so it says no."""
-    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
-    cases = [(INTEL, True, False, False), (ZEN4, True, False, False), (ZEN5, True, False, True),
-             (ZEN5, False, False, False), (INTEL, False, True, True), (ZEN4, True, True, True),
-             (INTEL, False, False, False), ("", True, False, False)]
-    for cpuinfo, avx512_bf16, amx, expected in cases:
-        precision._cpu_bf16_flags.cache_clear()
-        precision._avx512_bf16.cache_clear()
+@pytest.fixture
+def fresh_probes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """The CPU probes forgotten before and after, and the measurement's cache in tmp_path."""
+    cached = (precision._cpu_bf16_flags, precision._avx512_bf16, precision._cpuinfo, precision._bf16_speedup)
+    for probe in cached:
+        probe.cache_clear()
+    monkeypatch.setenv("DEEPCOURSE_CACHE", str(tmp_path / "cache"))
+    yield
+    for probe in cached:
+        probe.cache_clear()
+
+
+def test_native_bf16_reads_the_cpu_probes(monkeypatch: pytest.MonkeyPatch, fresh_probes: None) -> None:
+    """On x86: AMX says yes; AVX-512 BF16 alone says what a measured step says (twice as fast as float32 on some
+    CPUs, slower on others); nothing else says no. ARM's BF16 feature says yes."""
+    cases = [  # machine, cpuinfo, AVX-512 BF16, AMX, measured speedup (None: must not be measured), expected
+        ("x86_64", INTEL, True, False, 1.9, True), ("x86_64", INTEL, True, False, 0.85, False),
+        ("x86_64", INTEL, True, False, 1.1, False), ("x86_64", INTEL, False, True, None, True),
+        ("x86_64", INTEL, True, True, None, True), ("x86_64", INTEL, False, False, None, False),
+        ("x86_64", "", False, False, None, False), ("aarch64", ARM, False, False, None, True),
+        ("aarch64", "", False, False, None, False)]
+    for machine, cpuinfo, avx512_bf16, amx, speedup, expected in cases:
+        for probe in (precision._cpu_bf16_flags, precision._avx512_bf16, precision._bf16_speedup):
+            probe.cache_clear()
+        precision._cache_file().unlink(missing_ok=True)  # each case another machine
+        measured: list[bool] = []
+
+        def measure(rounds: int = 5, speedup: float | None = speedup, measured: list[bool] = measured) -> float:
+            assert speedup is not None, "measured where the CPU's features already decide"
+            measured.append(True)
+            return speedup
+
+        monkeypatch.setattr(precision.platform, "machine", lambda m=machine: m)
         monkeypatch.setattr(precision, "_cpuinfo", lambda text=cpuinfo: text)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
-        assert precision.native_bf16(torch.device("cpu")) is expected, (cpuinfo[:60], avx512_bf16, amx)
+        monkeypatch.setattr(precision, "measure_bf16_speedup", measure)
+        case = (machine, cpuinfo[:40], avx512_bf16, amx, speedup)
+        assert precision.native_bf16(torch.device("cpu")) is expected, case
         chosen = precision.choose("auto", None, torch.device("cpu"))
-        assert chosen.mixed_precision == ("bf16" if expected else "no")
-        assert ("AVX-512 BF16 but neither AMX" in chosen.reason) is (avx512_bf16 and not expected)
-        assert ("(AMX)" in chosen.reason) is amx
-        assert ("full-width units: AMD Zen 5" in chosen.reason) is (expected and not amx)
-    monkeypatch.undo()
-    for cached in (precision._cpu_bf16_flags, precision._avx512_bf16, precision._cpuinfo):
-        cached.cache_clear()
+        assert chosen.mixed_precision == ("bf16" if expected else "no"), case
+        assert len(measured) == (speedup is not None), case  # once, however often asked
+        if speedup is not None:
+            verdict = f"measured {speedup:.1f}x faster" if expected else f"measured {speedup:.2f}x float32's speed"
+            assert verdict in chosen.reason, (case, chosen.reason)
+        assert ("(AMX)" in chosen.reason) is amx, case
+        assert ("(ARM BF16)" in chosen.reason) is (machine == "aarch64" and expected), case
     assert precision.native_bf16(torch.device("mps")) is False
+
+
+def test_the_measurement_is_real_cached_per_machine_and_leaves_the_random_state(
+        monkeypatch: pytest.MonkeyPatch, fresh_probes: None, tmp_path: Path) -> None:
+    before = torch.get_rng_state()
+    speedup = precision.measure_bf16_speedup(rounds=1)
+    assert 0.05 < speedup < 50 and torch.equal(torch.get_rng_state(), before)
+
+    calls: list[int] = []
+    monkeypatch.setattr(precision, "measure_bf16_speedup", lambda rounds=5: calls.append(1) or 1.7)
+    assert precision._bf16_speedup() == 1.7
+    cache = tmp_path / "cache" / "cpu_bf16.json"
+    (entry,) = json.loads(cache.read_text()).values()
+    assert entry["speedup"] == 1.7 and entry["threads"] == torch.get_num_threads()
+    precision._bf16_speedup.cache_clear()  # a new process on the same machine reads it back
+    assert precision._bf16_speedup() == 1.7 and calls == [1]
+
+    threads = torch.get_num_threads()
+    precision._bf16_speedup.cache_clear()
+    try:  # another thread count is another measurement, kept beside the first
+        torch.set_num_threads(threads + 1)
+        assert precision._bf16_speedup() == 1.7 and calls == [1, 1]
+    finally:
+        torch.set_num_threads(threads)
+    assert len(json.loads(cache.read_text())) == 2
+
+    for damaged in ("{not json", "[1, 2]", json.dumps({precision._machine_key(): {"speedup": "fast"}})):
+        cache.write_text(damaged)  # measured again, and the cache mended
+        precision._bf16_speedup.cache_clear()
+        assert precision._bf16_speedup() == 1.7
+        assert json.loads(cache.read_text())[precision._machine_key()]["speedup"] == 1.7
+    assert len(calls) == 5
+
+    assert not list(cache.parent.glob("*.tmp"))
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("DEEPCOURSE_CACHE", str(blocked / "cache"))  # cannot be written: measured, and on it goes
+    precision._bf16_speedup.cache_clear()
+    assert precision._bf16_speedup() == 1.7 and len(calls) == 6
 
 
 def test_auto_on_a_gpu_without_bf16_keeps_the_default_layout(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,20 +1,25 @@
 """`train.mixed_precision = "auto"` and `train.channels_last`: the fastest numerics the hardware runs well.
 
-bfloat16 autocast pays only where the hardware computes bfloat16 dot products at full width: x86 CPUs with AMX
-(Xeons from Sapphire Rapids on), AMD CPUs from Zen 5 on (AVX-512 BF16 on full 512-bit units), ARM cores with the BF16
-extension, and CUDA GPUs from Ampere on. Measured with benchmarks/cpu_precision.py, a training step in bf16 +
-channels-last against float32 + channels-last: on a Zen 5 EPYC (CPU family 26, no AMX) 1.87x faster for airbench's
-net and 1.7x for ResNet-18; on an earlier x86 CPU with AVX-512 BF16 but neither AMX nor full-width units, 1.2x and
-1.3x *slower*. Where torch emulates bfloat16 it is slower still. So "auto" chooses bfloat16 on AMX, Zen 5 and later,
-ARM BF16 and those GPUs, float32 elsewhere. On a CPU, convolutions run channels-last (NHWC) at least as fast in either
-precision (oneDNN's preferred layout: 1.5-1.8x faster a step for airbench's net in float32), so "auto" converts a
-model with a Conv2d on every CPU, and on a GPU when it chose bfloat16. The one detection is `native_bf16`, which
-tests replace.
+bfloat16 autocast pays only where the hardware computes bfloat16 dot products fast: x86 CPUs with AMX (Xeons from
+Sapphire Rapids on), ARM cores with the BF16 extension, CUDA GPUs from Ampere on, and some x86 CPUs with AVX-512 BF16
+but no AMX. Which ones, the CPU's name does not tell: measured with benchmarks/cpu_precision.py, a training step of
+airbench's net in bf16 + channels-last against float32 + channels-last was 1.87x faster on a Zen 5 EPYC (CPU family
+26), 2.0x faster on a Zen 4 EPYC (family 25) and 1.2x *slower* on another x86 CPU with AVX-512 BF16. So on such a CPU
+"auto" measures: a few training steps of a small convolution block in each precision (well under a second, once per
+machine: the ratio is cached in $DEEPCOURSE_CACHE, default ~/.cache/deepcourse), and bf16 where it is at least
+`BF16_MIN_SPEEDUP` times faster. Where torch emulates bfloat16 it is slower, so float32. On a CPU, convolutions run
+channels-last (NHWC) at least as fast in either precision (oneDNN's preferred layout: 1.4-1.8x faster a step for
+airbench's net in float32), so "auto" converts a model with a Conv2d on every CPU, and on a GPU when it chose
+bfloat16. The one detection is `native_bf16`, which tests replace.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import platform
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,8 @@ import torch
 from torch import nn
 
 AUTO = "auto"
+BF16_MIN_SPEEDUP = 1.15  # bf16's numerics are worth trading for at least this much speed
+CACHE_ENV = "DEEPCOURSE_CACHE"
 
 
 @functools.cache
@@ -49,29 +56,82 @@ def _cpuinfo() -> str:
         return ""
 
 
-ZEN5_FAMILY = 0x1A  # AMD's CPU family of Zen 5 (EPYC 9005, Ryzen 9000): AVX-512 on full 512-bit units
-
-
-def _amd_family() -> int:
-    """The CPU family /proc/cpuinfo gives an AMD CPU (0 for other vendors, or where it says nothing)."""
-    first = _cpuinfo().split("\n\n", 1)[0]  # the first processor's block
-    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
-    if fields.get("vendor_id") != "AuthenticAMD":
-        return 0
-    family = fields.get("cpu family", "0")
-    return int(family) if family.isdigit() else 0
-
-
 @functools.cache
 def _avx512_bf16() -> bool:
-    """Whether the CPU has AVX-512 BF16 (counted on Zen 5 and later; else said in the reason for float32)."""
+    """Whether the CPU has AVX-512 BF16 (fast on some CPUs, slower than float32 on others: measured)."""
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     return probe is not None and bool(probe())
 
 
-def _full_width_avx512_bf16() -> bool:
-    """AVX-512 BF16 on full 512-bit units: AMD from Zen 5 on (Zen 4 splits each 512-bit operation in two)."""
-    return _x86() and _avx512_bf16() and _amd_family() >= ZEN5_FAMILY
+def _conv_step(net: nn.Module, x: torch.Tensor, bf16: bool) -> float:
+    """The seconds one training step (forward and backward) of `net` on `x` takes, in bf16 autocast or float32."""
+    started = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = net(x).float().square().mean()
+    loss.backward()
+    return time.perf_counter() - started
+
+
+def measure_bf16_speedup(rounds: int = 5) -> float:
+    """How many times faster this CPU trains a small convolution block (two 3x3 convolutions of 128 channels with
+    batch norm, batch 32 at 16x16, channels-last: airbench's middle layers) in bf16 autocast than in float32. The two
+    alternate, so that anything else running on the machine slows both alike, and each side keeps its fastest of
+    `rounds` steps, after a warm-up step in which oneDNN builds its kernels. Under a second on two cores. The global
+    random state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.GELU(),
+                            nn.Conv2d(128, 128, 3, padding=1, bias=False), nn.BatchNorm2d(128), nn.GELU())
+        net = net.to(memory_format=torch.channels_last)
+        x = torch.randn(32, 128, 16, 16).contiguous(memory_format=torch.channels_last)
+    fastest = {False: float("inf"), True: float("inf")}
+    for round_ in range(rounds + 1):
+        for bf16 in (False, True):
+            seconds = _conv_step(net, x, bf16)
+            if round_:  # round 0 warms up
+                fastest[bf16] = min(fastest[bf16], seconds)
+    return fastest[False] / fastest[True]
+
+
+def _cache_file() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "deepcourse") / "cpu_bf16.json"
+
+
+def _machine_key() -> str:
+    """What the measurement depends on: the CPU (its name, family, model, stepping and flags), torch's version and
+    the threads it uses."""
+    first = _cpuinfo().split("\n\n", 1)[0]
+    wanted = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags", "Features", "CPU part")
+    fields = [line.strip() for line in first.splitlines() if line.split(":", 1)[0].strip() in wanted]
+    text = "\n".join([*fields, platform.processor(), torch.__version__, str(torch.get_num_threads())])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.cache
+def _bf16_speedup() -> float:
+    """`measure_bf16_speedup` on this machine, measured once and cached on disk (so every run here, its resumption
+    and its sibling processes choose alike). A cache that cannot be read or written is measured around."""
+    path, key = _cache_file(), _machine_key()
+    try:
+        known = json.loads(path.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("speedup"), (int, float)):
+        return float(entry["speedup"])
+    speedup = round(measure_bf16_speedup(), 3)
+    known[key] = {"speedup": speedup, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(known, indent=1))
+        os.replace(partial, path)
+    except OSError:
+        pass
+    return speedup
 
 
 def _cpu_bf16_source() -> str:
@@ -79,15 +139,17 @@ def _cpu_bf16_source() -> str:
     flags = _cpu_bf16_flags()
     if "amx" in flags or "amx_bf16" in flags:
         return "AMX"
-    if _full_width_avx512_bf16():
-        return "AVX-512 BF16 on full-width units: AMD Zen 5 or later"
-    return "ARM BF16" if "bf16" in flags else ""
+    if "bf16" in flags:
+        return "ARM BF16"
+    if _x86() and _avx512_bf16() and _bf16_speedup() >= BF16_MIN_SPEEDUP:
+        return f"AVX-512 BF16, measured {_bf16_speedup():.1f}x faster than float32 here"
+    return ""
 
 
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bfloat16 fast (at full width, not emulated): a CUDA GPU that supports it, or a CPU
-    with AMX, AMD's Zen 5 or later, or ARM's BF16 extension. Other devices (MPS, other x86 CPUs with AVX-512 BF16)
-    answer no."""
+    with AMX, ARM's BF16 extension, or AVX-512 BF16 measured faster than float32 (`measure_bf16_speedup`). Other
+    devices (MPS) answer no."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
@@ -121,9 +183,9 @@ def choose(mixed_precision: str, channels_last: bool | None, device: torch.devic
         how = f" ({how})" if how else ""
         return Precision("bf16", channels_last, f"auto: this {where} computes bfloat16 natively{how}")
     layout = channels_last if device.type == "cpu" else bool(channels_last)
-    if device.type == "cpu" and _avx512_bf16():
-        return Precision("no", layout, "auto: this CPU has AVX-512 BF16 but neither AMX nor full-width "
-                                       "units (Zen 5), where bfloat16 convolutions are slower than float32")
+    if device.type == "cpu" and _x86() and _avx512_bf16():
+        return Precision("no", layout, f"auto: this CPU has AVX-512 BF16 but no AMX, and bfloat16 measured "
+                                       f"{_bf16_speedup():.2f}x float32's speed here (needs {BF16_MIN_SPEEDUP}x)")
     return Precision("no", layout, f"auto: this {where} has no native bfloat16 (emulated is slower)")
 
 
