@@ -4,6 +4,8 @@ records."""
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +177,33 @@ def _write(tmp_path: Path) -> str:
     path = tmp_path / "toy.toml"
     path.write_text(TOY_RECIPE)
     return str(path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the lock is fcntl's")
+def test_processes_started_together_measure_one_at_a_time(monkeypatch: pytest.MonkeyPatch, fresh_probes: None) -> None:
+    """A run that finds no figure while another process holds the lock (measuring) waits for it, then reads that
+    process's figure instead of measuring beside it."""
+    import fcntl
+
+    missed = threading.Event()
+    look_up = precision._cached_speedup
+
+    def cached_speedup(path: Path, key: str) -> float | None:
+        found = look_up(path, key)
+        if found is None:
+            missed.set()
+        return found
+
+    monkeypatch.setattr(precision, "_cached_speedup", cached_speedup)
+    monkeypatch.setattr(precision, "measure_bf16_speedup", lambda rounds=5: 0.5)
+    cache = precision._cache_file()
+    cache.parent.mkdir(parents=True)
+    result: list[float] = []
+    with open(cache.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process is measuring
+        run = threading.Thread(target=lambda: result.append(precision._bf16_speedup()))
+        run.start()
+        assert missed.wait(60)  # the run looked and found nothing
+        cache.write_text(json.dumps({precision._machine_key(): {"speedup": 1.9}}))  # the other process's figure
+    run.join(60)
+    assert result == [1.9]

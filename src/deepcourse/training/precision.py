@@ -14,6 +14,7 @@ bfloat16. The one detection is `native_bf16`, which tests replace.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -21,8 +22,10 @@ import os
 import platform
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -107,30 +110,65 @@ def _machine_key() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@functools.cache
-def _bf16_speedup() -> float:
-    """`measure_bf16_speedup` on this machine, measured once and cached on disk (so every run here, its resumption
-    and its sibling processes choose alike). A cache that cannot be read or written is measured around."""
-    path, key = _cache_file(), _machine_key()
+def _read_cache(path: Path) -> dict[str, Any]:
+    """The cache's measurements by machine key ({} where it is missing or damaged: measured again)."""
     try:
         known = json.loads(path.read_text())
-        if not isinstance(known, dict):
-            known = {}
     except (OSError, ValueError):
-        known = {}
-    entry = known.get(key)
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def _cached_speedup(path: Path, key: str) -> float | None:
+    entry = _read_cache(path).get(key)
     if isinstance(entry, dict) and isinstance(entry.get("speedup"), (int, float)):
         return float(entry["speedup"])
-    speedup = round(measure_bf16_speedup(), 3)
-    known[key] = {"speedup": speedup, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return None
+
+
+@contextlib.contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock beside the cache, so that processes started together (a sweep's runs, the ranks of
+    `accelerate launch`) measure one at a time: one measures, the others then read its figure. Where no lock can be
+    taken (no fcntl, a cache that cannot be written), it goes on without one."""
     try:
+        import fcntl
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        partial.write_text(json.dumps(known, indent=1))
-        os.replace(partial, path)
-    except OSError:
-        pass
+        handle = open(path.with_suffix(".lock"), "a")  # closed below, which unlocks
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
+@functools.cache
+def _bf16_speedup() -> float:
+    """`measure_bf16_speedup` on this machine, measured once and cached on disk, so that every run here, its
+    resumption and the processes started beside it choose alike. A cache that cannot be read or written is
+    measured around."""
+    path, key = _cache_file(), _machine_key()
+    cached = _cached_speedup(path, key)
+    if cached is not None:
+        return cached
+    with _cache_lock(path):
+        cached = _cached_speedup(path, key)  # measured by a process that held the lock first
+        if cached is not None:
+            return cached
+        speedup = round(measure_bf16_speedup(), 3)
+        known = _read_cache(path)
+        known[key] = {"speedup": speedup, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        try:
+            partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            partial.write_text(json.dumps(known, indent=1))
+            os.replace(partial, path)
+        except OSError:
+            pass
     return speedup
 
 
