@@ -53,7 +53,7 @@ ARM = "processor\t: 0\nFeatures\t: fp asimd bf16\n\n"
 @pytest.fixture
 def fresh_probes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """The CPU probes forgotten before and after, and the measurement's cache in tmp_path."""
-    cached = (precision._cpu_bf16_flags, precision._avx512_bf16, precision._cpuinfo, precision._bf16_speedup)
+    cached = (precision._cpu_bf16_flags, precision._avx512_bf16, precision._cpuinfo, precision._speedup_for)
     for probe in cached:
         probe.cache_clear()
     monkeypatch.setenv("DEEPCOURSE_CACHE", str(tmp_path / "cache"))
@@ -72,7 +72,7 @@ def test_native_bf16_reads_the_cpu_probes(monkeypatch: pytest.MonkeyPatch, fresh
         ("x86_64", "", False, False, None, False), ("aarch64", ARM, False, False, None, True),
         ("aarch64", "", False, False, None, False)]
     for machine, cpuinfo, avx512_bf16, amx, speedup, expected in cases:
-        for probe in (precision._cpu_bf16_flags, precision._avx512_bf16, precision._bf16_speedup):
+        for probe in (precision._cpu_bf16_flags, precision._avx512_bf16, precision._speedup_for):
             probe.cache_clear()
         precision._cache_file().unlink(missing_ok=True)  # each case another machine
         measured: list[bool] = []
@@ -112,12 +112,11 @@ def test_the_measurement_is_real_cached_per_machine_and_leaves_the_random_state(
     cache = tmp_path / "cache" / "cpu_bf16.json"
     (entry,) = json.loads(cache.read_text()).values()
     assert entry["speedup"] == 1.7 and entry["threads"] == torch.get_num_threads()
-    precision._bf16_speedup.cache_clear()  # a new process on the same machine reads it back
+    precision._speedup_for.cache_clear()  # a new process on the same machine reads it back
     assert precision._bf16_speedup() == 1.7 and calls == [1]
 
     threads = torch.get_num_threads()
-    precision._bf16_speedup.cache_clear()
-    try:  # another thread count is another measurement, kept beside the first
+    try:  # another thread count is another measurement, kept beside the first (in this process too)
         torch.set_num_threads(threads + 1)
         assert precision._bf16_speedup() == 1.7 and calls == [1, 1]
     finally:
@@ -126,7 +125,7 @@ def test_the_measurement_is_real_cached_per_machine_and_leaves_the_random_state(
 
     for damaged in ("{not json", "[1, 2]", json.dumps({precision._machine_key(): {"speedup": "fast"}})):
         cache.write_text(damaged)  # measured again, and the cache mended
-        precision._bf16_speedup.cache_clear()
+        precision._speedup_for.cache_clear()
         assert precision._bf16_speedup() == 1.7
         assert json.loads(cache.read_text())[precision._machine_key()]["speedup"] == 1.7
     assert len(calls) == 5
@@ -135,7 +134,7 @@ def test_the_measurement_is_real_cached_per_machine_and_leaves_the_random_state(
     blocked = tmp_path / "a-file"
     blocked.write_text("")
     monkeypatch.setenv("DEEPCOURSE_CACHE", str(blocked / "cache"))  # cannot be written: measured, and on it goes
-    precision._bf16_speedup.cache_clear()
+    precision._speedup_for.cache_clear()
     assert precision._bf16_speedup() == 1.7 and len(calls) == 6
 
 

@@ -146,12 +146,16 @@ def _cache_lock(path: Path) -> Iterator[None]:
         handle.close()  # closing releases the lock
 
 
-@functools.cache
 def _bf16_speedup() -> float:
-    """`measure_bf16_speedup` on this machine, measured once and cached on disk, so that every run here, its
-    resumption and the processes started beside it choose alike. A cache that cannot be read or written is
-    measured around."""
-    path, key = _cache_file(), _machine_key()
+    """`measure_bf16_speedup` on this machine with the threads torch uses now, measured once and cached on disk, so
+    that every run here, its resumption and the processes started beside it choose alike. A cache that cannot be
+    read or written is measured around."""
+    return _speedup_for(_machine_key())
+
+
+@functools.cache
+def _speedup_for(key: str) -> float:
+    path = _cache_file()
     cached = _cached_speedup(path, key)
     if cached is not None:
         return cached
