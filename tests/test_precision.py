@@ -4,7 +4,6 @@ records."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,31 +177,32 @@ def _write(tmp_path: Path) -> str:
     return str(path)
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="the lock is fcntl's")
+def _waiting_on(lock_file: Path) -> bool:
+    """Whether some process or thread is blocked waiting for a lock on `lock_file` (Linux's /proc/locks marks a
+    waiter with "->")."""
+    inode = f":{lock_file.stat().st_ino} "
+    return any("->" in line and inode in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="watches the lock through Linux's /proc/locks")
 def test_processes_started_together_measure_one_at_a_time(monkeypatch: pytest.MonkeyPatch, fresh_probes: None) -> None:
     """A run that finds no figure while another process holds the lock (measuring) waits for it, then reads that
-    process's figure instead of measuring beside it."""
+    process's figure instead of measuring beside it. The moment is the lock's: the other process writes its figure
+    once the run is seen blocked on the lock (or the run has finished, without waiting: the failure)."""
     import fcntl
 
-    missed = threading.Event()
-    look_up = precision._cached_speedup
-
-    def cached_speedup(path: Path, key: str) -> float | None:
-        found = look_up(path, key)
-        if found is None:
-            missed.set()
-        return found
-
-    monkeypatch.setattr(precision, "_cached_speedup", cached_speedup)
     monkeypatch.setattr(precision, "measure_bf16_speedup", lambda rounds=5: 0.5)
     cache = precision._cache_file()
     cache.parent.mkdir(parents=True)
+    lock_file = cache.with_suffix(".lock")
     result: list[float] = []
-    with open(cache.with_suffix(".lock"), "a") as lock:
+    with open(lock_file, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process is measuring
-        run = threading.Thread(target=lambda: result.append(precision._bf16_speedup()))
+        run = threading.Thread(target=lambda: result.append(precision._bf16_speedup()), daemon=True)
         run.start()
-        assert missed.wait(60)  # the run looked and found nothing
+        while run.is_alive() and not _waiting_on(lock_file):
+            run.join(0.01)
+        assert run.is_alive(), f"the run did not wait for the lock: {result}"
         cache.write_text(json.dumps({precision._machine_key(): {"speedup": 1.9}}))  # the other process's figure
     run.join(60)
     assert result == [1.9]
